@@ -1,0 +1,1 @@
+"""The public contract: NATS subjects, stream names and CloudEvents payload models."""

@@ -1,0 +1,1 @@
+"""Compiling rules and tagging events with them."""

@@ -1,0 +1,524 @@
+"""The compiled, immutable rule index and event evaluation.
+
+Per source kind, every linear leaf reading the same field sits in one RE2 `Filter`
+(FilteredRE2): a literal-atom set picks candidate patterns and only those run, each
+with RE2's own fallback, so a match is never missed. A bare `re2.Set` was measured to
+return no match at all when its DFA runs out of memory on long inputs, which is why
+it is not used here.
+
+Every change builds a new index that shares everything the change did not touch (other
+kinds, other fields of the same kind) and is published by swapping one reference, so a
+reader always evaluates against one whole index.
+"""
+
+from __future__ import annotations
+
+import logging
+import reprlib
+import time
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+from typing import Any, Final
+
+import re2
+
+from ttp_core.engine.compiler import CompiledRule, KindProgram, LinearLeaf
+from ttp_core.engine.fields import MAX_MATCH_TEXT, MISSING, as_text, resolve, scalars
+from ttp_core.engine.patterns import re2_options
+from ttp_core.engine.state import ENABLED, RuleState, StateKind
+from ttp_core.engine.tags import Tag, tag_uuid_from_name
+from ttp_core.rules.digest import ruleset_digest
+from ttp_core.rules.model import Rule
+
+MAX_EVIDENCE_TEXT: Final = 1024
+MAX_EVIDENCE_ITEMS: Final = 32
+_log = logging.getLogger(__name__)
+
+LifterEvaluator = Callable[[Rule, Mapping[str, Any]], bool]
+"""Decides whether an external (`lifter:`) rule fires on an event."""
+
+_Target = tuple[str, int, bool]
+_OPTIONS: Final = re2_options()
+_NO_TARGETS: Final[frozenset[_Target]] = frozenset()
+CACHED_TEXT_MAX: Final = 512
+"""Texts up to this length have their filter results cached per field matcher."""
+SHARD_PATTERNS: Final = 64
+"""Patterns per filter shard: a rule change recompiles about this many, not the field's all."""
+CACHE_ENTRIES: Final = 4096
+"""Cached texts per field matcher; the cache starts over when full."""
+
+
+_Entries = dict[str, list[tuple[str, _Target]]]
+"""One field's linear leaves, by rule_id: (RE2 pattern, target)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FilterShard:
+    """One RE2 filter over the patterns of the rules whose id hashes to this shard."""
+
+    matcher: Any
+    targets: tuple[tuple[_Target, ...], ...]
+
+    @classmethod
+    def build(cls, entries: Iterable[tuple[str, _Target]]) -> FilterShard | None:
+        by_regex: dict[str, list[_Target]] = {}
+        for regex, target in entries:
+            by_regex.setdefault(regex, []).append(target)
+        if not by_regex:
+            return None
+        matcher = re2.Filter()
+        for regex in by_regex:
+            matcher.Add(regex, _OPTIONS)
+        matcher.Compile()
+        return cls(matcher, tuple(tuple(t) for t in by_regex.values()))
+
+    def lookup(self, data: bytes, text: str, into: set[_Target]) -> None:
+        if len(text) <= MAX_MATCH_TEXT:
+            found = self.matcher.Match(data)
+        else:
+            found = self.matcher.Match(text[:MAX_MATCH_TEXT])
+            if found:
+                # The cut is not the end of the value: `$`, `\z` and `\b` must not match there.
+                # RE2 given the next character as context (endpos < len) confirms each hit.
+                context = text[: MAX_MATCH_TEXT + 1]
+                found = [i for i in found if self.matcher.re(i).search(context, 0, MAX_MATCH_TEXT)]
+        if found:
+            for i in found:
+                into.update(self.targets[i])
+
+
+def _shard_of(rule_id: str, shards: int) -> int:
+    return zlib.crc32(rule_id.encode()) % shards
+
+
+@dataclass(frozen=True, slots=True)
+class FieldMatcher:
+    """All linear leaves of one source kind that read one field.
+
+    The patterns are split over shards of about SHARD_PATTERNS by rule_id, so a rule
+    change recompiles one shard's filter, not the whole field's.
+    """
+
+    field: str
+    parts: tuple[str, ...]
+    shards: tuple[FilterShard | None, ...]
+    patterns: int
+    cache: dict[str, frozenset[_Target]] = dataclass_field(
+        default_factory=dict, compare=False, repr=False
+    )
+    """Results by text: honeypot traffic repeats itself (the same usernames, `uname -a`)."""
+
+    @classmethod
+    def build(cls, field: str, parts: tuple[str, ...], entries: _Entries) -> FieldMatcher:
+        patterns = sum(len(items) for items in entries.values())
+        count = max(1, -(-patterns // SHARD_PATTERNS))
+        buckets: list[list[tuple[str, _Target]]] = [[] for _ in range(count)]
+        for rule_id, items in entries.items():
+            buckets[_shard_of(rule_id, count)].extend(items)
+        return cls(field, parts, tuple(FilterShard.build(b) for b in buckets), patterns)
+
+    def replaced(self, entries: _Entries, changed: set[str]) -> FieldMatcher:
+        """This field with `entries` (all of it, as it now is), recompiling only the shards
+        that hold a `changed` rule; a field that grew or shrank a lot is rebuilt whole."""
+        patterns = sum(len(items) for items in entries.values())
+        count = len(self.shards)
+        if patterns > 2 * count * SHARD_PATTERNS or patterns * 4 < count * SHARD_PATTERNS:
+            return FieldMatcher.build(self.field, self.parts, entries)
+        dirty = {_shard_of(rule_id, count) for rule_id in changed}
+        buckets: dict[int, list[tuple[str, _Target]]] = {i: [] for i in dirty}
+        for rule_id, items in entries.items():
+            shard = _shard_of(rule_id, count)
+            if shard in buckets:
+                buckets[shard].extend(items)
+        shards = tuple(
+            FilterShard.build(buckets[i]) if i in buckets else shard
+            for i, shard in enumerate(self.shards)
+        )
+        return FieldMatcher(self.field, self.parts, shards, patterns)
+
+    def hits(self, payload: Mapping[str, Any], into: set[_Target]) -> None:
+        value = payload.get(self.field, MISSING)
+        if value is MISSING and len(self.parts) > 1:
+            value = resolve(payload, self.field, self.parts)
+        if value is MISSING or value is None:
+            return
+        if value.__class__ is str:
+            self._match(value, into)
+            return
+        for scalar in scalars(value):
+            text = scalar if isinstance(scalar, str) else as_text(scalar)
+            if text is not None:
+                self._match(text, into)
+
+    def _match(self, text: str, into: set[_Target]) -> None:
+        if len(text) > CACHED_TEXT_MAX:
+            into.update(self._lookup(text))
+            return
+        cached = self.cache.get(text)
+        if cached is None:
+            cached = self._lookup(text)
+            if len(self.cache) >= CACHE_ENTRIES:
+                self.cache.clear()
+            self.cache[text] = cached
+        if cached:
+            into.update(cached)
+
+    def _lookup(self, text: str) -> frozenset[_Target]:
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:
+            # Lone surrogates are valid in JSON but not in UTF-8: match them as U+FFFD.
+            text = text.encode("utf-8", "replace").decode("utf-8")
+            data = text.encode("utf-8")
+        found: set[_Target] = set()
+        for shard in self.shards:
+            if shard is not None:
+                shard.lookup(data, text, found)
+        return frozenset(found) if found else _NO_TARGETS
+
+
+class KindIndex:
+    """Programs of every built-in rule that applies to one source kind."""
+
+    __slots__ = ("_always", "_fields", "programs")
+
+    def __init__(
+        self, programs: Mapping[str, KindProgram], fields: Mapping[str, FieldMatcher]
+    ) -> None:
+        self.programs = dict(programs)
+        self._fields = dict(fields)
+        self._always = tuple(sorted(rid for rid, p in self.programs.items() if not p.needs_hit))
+
+    @classmethod
+    def build(cls, programs: Mapping[str, KindProgram]) -> KindIndex:
+        return cls(programs, _build_fields(programs.values(), None))
+
+    def replaced(self, removed: Iterable[str], added: Iterable[KindProgram]) -> KindIndex | None:
+        """A new index without `removed` and with `added`; only touched shards recompile."""
+        programs = dict(self.programs)
+        touched: set[str] = set()
+        changed: set[str] = set()
+        for rule_id in removed:
+            old = programs.pop(rule_id, None)
+            if old is not None:
+                touched.update(_linear_fields(old))
+                changed.add(rule_id)
+        for program in added:
+            old = programs.get(program.rule_id)
+            if old is not None:
+                touched.update(_linear_fields(old))
+            touched.update(_linear_fields(program))
+            programs[program.rule_id] = program
+            changed.add(program.rule_id)
+        if not programs:
+            return None
+        fields = {name: fm for name, fm in self._fields.items() if name not in touched}
+        entries, parts = _field_entries(programs.values(), touched)
+        for name, by_rule in sorted(entries.items()):
+            current = self._fields.get(name)
+            fields[name] = (
+                current.replaced(by_rule, changed)
+                if current is not None
+                else FieldMatcher.build(name, parts[name], by_rule)
+            )
+        return KindIndex(programs, dict(sorted(fields.items())))
+
+    def fired(self, payload: Mapping[str, Any]) -> list[str]:
+        """Rule ids whose match tree holds for `payload`, in rule id order."""
+        hits: set[_Target] = set()
+        for matcher in self._fields.values():
+            matcher.hits(payload, hits)
+        if not hits and not self._always:
+            return []
+        fired: set[str] = set()
+        candidates: set[str] = set()
+        for rule_id, _, simple in hits:
+            (fired if simple else candidates).add(rule_id)
+        candidates.update(self._always)
+        candidates -= fired
+        if candidates:
+            leaf_hits = {(rule_id, leaf) for rule_id, leaf, _ in hits}
+            for rule_id in candidates:
+                if self.programs[rule_id].fires(payload, leaf_hits):
+                    fired.add(rule_id)
+        return sorted(fired)
+
+
+def _linear_fields(program: KindProgram) -> set[str]:
+    return {leaf.field for leaf in program.leaves if isinstance(leaf, LinearLeaf)}
+
+
+def _field_entries(
+    programs: Iterable[KindProgram], only: set[str] | None
+) -> tuple[dict[str, _Entries], dict[str, tuple[str, ...]]]:
+    entries: dict[str, _Entries] = {}
+    parts: dict[str, tuple[str, ...]] = {}
+    for program in programs:
+        for number, leaf in enumerate(program.leaves):
+            if isinstance(leaf, LinearLeaf) and (only is None or leaf.field in only):
+                entries.setdefault(leaf.field, {}).setdefault(program.rule_id, []).append(
+                    (leaf.regex, (program.rule_id, number, program.simple))
+                )
+                parts[leaf.field] = leaf.parts
+    return entries, parts
+
+
+def _build_fields(
+    programs: Iterable[KindProgram], only: set[str] | None
+) -> dict[str, FieldMatcher]:
+    entries, parts = _field_entries(programs, only)
+    return {
+        name: FieldMatcher.build(name, parts[name], by_rule)
+        for name, by_rule in sorted(entries.items())
+    }
+
+
+class RuleIndex:
+    """An immutable snapshot of compiled rules and their operator states.
+
+    `with_changes` returns a new snapshot; holders swap their reference to it.
+    """
+
+    __slots__ = ("_kinds", "_lifted", "_lifters", "_rules", "_states")
+
+    def __init__(
+        self,
+        rules: Mapping[str, CompiledRule],
+        states: Mapping[str, RuleState],
+        kinds: Mapping[str, KindIndex],
+        lifters: Mapping[str, LifterEvaluator],
+    ) -> None:
+        self._rules = rules
+        self._states = states
+        self._kinds = kinds
+        self._lifters = lifters
+        lifted: dict[str, list[CompiledRule]] = {}
+        for compiled in rules.values():
+            if compiled.is_external and _lifter_name(compiled) in lifters:
+                for kind in compiled.kinds:
+                    lifted.setdefault(kind, []).append(compiled)
+        self._lifted = {kind: tuple(items) for kind, items in lifted.items()}
+
+    @classmethod
+    def empty(cls, lifters: Mapping[str, LifterEvaluator] | None = None) -> RuleIndex:
+        return cls({}, {}, {}, dict(lifters or {}))
+
+    @classmethod
+    def build(
+        cls,
+        rules: Iterable[CompiledRule],
+        states: Mapping[str, RuleState] | None = None,
+        lifters: Mapping[str, LifterEvaluator] | None = None,
+    ) -> RuleIndex:
+        """Build a whole index at once (a snapshot): every field compiles once."""
+        by_id = {compiled.rule_id: compiled for compiled in rules}
+        per_kind: dict[str, dict[str, KindProgram]] = {}
+        for compiled in by_id.values():
+            for kind, program in compiled.programs.items():
+                per_kind.setdefault(kind, {})[compiled.rule_id] = program
+        kinds = {kind: KindIndex.build(programs) for kind, programs in per_kind.items()}
+        return cls(by_id, dict(states or {}), kinds, dict(lifters or {}))
+
+    def with_changes(
+        self,
+        upserts: Iterable[CompiledRule] = (),
+        removals: Iterable[str] = (),
+        states: Mapping[str, RuleState | None] | None = None,
+    ) -> RuleIndex:
+        """A new index with rules replaced or removed and states set (None clears)."""
+        rules = dict(self._rules)
+        removed_by_kind: dict[str, set[str]] = {}
+        added_by_kind: dict[str, list[KindProgram]] = {}
+        for rule_id in removals:
+            old = rules.pop(rule_id, None)
+            if old is not None:
+                for kind in old.programs:
+                    removed_by_kind.setdefault(kind, set()).add(rule_id)
+        # The last upsert of a rule_id wins; an earlier one must not leave its programs behind.
+        for compiled in {c.rule_id: c for c in upserts}.values():
+            old = rules.get(compiled.rule_id)
+            if old is not None:
+                for kind in old.programs.keys() - compiled.programs.keys():
+                    removed_by_kind.setdefault(kind, set()).add(compiled.rule_id)
+            rules[compiled.rule_id] = compiled
+            for kind, program in compiled.programs.items():
+                added_by_kind.setdefault(kind, []).append(program)
+        kinds = dict(self._kinds)
+        for kind in removed_by_kind.keys() | added_by_kind.keys():
+            current = kinds.get(kind)
+            if current is None:
+                current = KindIndex({}, {})
+            updated = current.replaced(removed_by_kind.get(kind, ()), added_by_kind.get(kind, ()))
+            if updated is None:
+                kinds.pop(kind, None)
+            else:
+                kinds[kind] = updated
+        new_states = dict(self._states)
+        for rule_id, state in (states or {}).items():
+            if state is None:
+                new_states.pop(rule_id, None)
+            else:
+                new_states[rule_id] = state
+        return RuleIndex(rules, new_states, kinds, self._lifters)
+
+    def rule(self, rule_id: str) -> CompiledRule | None:
+        return self._rules.get(rule_id)
+
+    def state(self, rule_id: str) -> RuleState:
+        return self._states.get(rule_id, ENABLED)
+
+    @property
+    def rules(self) -> Mapping[str, CompiledRule]:
+        return self._rules
+
+    @property
+    def states(self) -> Mapping[str, RuleState]:
+        return self._states
+
+    def counts(self, now: float | None = None) -> dict[str, int]:
+        """`rules` held, `active` (built-in and not disabled now), `external`."""
+        moment = time.time() if now is None else now
+        external = sum(1 for c in self._rules.values() if c.is_external)
+        disabled = sum(
+            1
+            for rule_id, compiled in self._rules.items()
+            if not compiled.is_external
+            and rule_id in self._states
+            and self._states[rule_id].effective(moment) is StateKind.DISABLED
+        )
+        total = len(self._rules)
+        return {"rules": total, "active": total - external - disabled, "external": external}
+
+    def digest(self) -> str:
+        """The rule-set digest (`ttp_core.rules.digest`): equal iff same rules and states."""
+        return ruleset_digest(
+            ((rule_id, c.content_sha256) for rule_id, c in self._rules.items()),
+            (
+                (rule_id, s.state.value, s.confidence_max, s.expires_at)
+                for rule_id, s in self._states.items()
+            ),
+        )
+
+    def evaluate(self, event: Mapping[str, Any], now: float | None = None) -> list[Tag]:
+        """Tags for one event `{source_kind, source_id, payload}`; never raises on bad input."""
+        if not isinstance(event, Mapping):
+            return []
+        kind = event.get("source_kind")
+        if kind.__class__ is not str:
+            return []
+        payload = event.get("payload")
+        if not isinstance(payload, Mapping):
+            return []
+        index = self._kinds.get(kind)
+        fired = index.fired(payload) if index is not None else []
+        lifted = self._lifted.get(kind)
+        if lifted:
+            fired.extend(self._run_lifters(lifted, event))
+        if not fired:
+            return []
+        source_id = event.get("source_id")
+        return self._tags(kind, "" if source_id is None else _text(source_id), payload, fired, now)
+
+    def _run_lifters(self, lifted: tuple[CompiledRule, ...], event: Mapping[str, Any]) -> list[str]:
+        fired = []
+        for compiled in lifted:
+            evaluator = self._lifters[_lifter_name(compiled)]
+            try:
+                if evaluator(compiled.rule, event):
+                    fired.append(compiled.rule_id)
+            except Exception:
+                # A third-party evaluator must never stop tagging; its failure is logged.
+                _log.exception(
+                    "lifter %s failed on rule %s", _lifter_name(compiled), compiled.rule_id
+                )
+        return fired
+
+    def _tags(
+        self,
+        kind: str,
+        source_id: str,
+        payload: Mapping[str, Any],
+        fired: list[str],
+        now: float | None,
+    ) -> list[Tag]:
+        tags: list[Tag] = []
+        for rule_id in fired:
+            compiled = self._rules[rule_id]
+            state = self._states.get(rule_id)
+            moment = 0.0
+            if state is not None:
+                moment = time.time() if now is None else now
+                if state.effective(moment) is StateKind.DISABLED:
+                    continue
+            evidence = _evidence(payload, compiled)
+            prefix = f"{kind}|{source_id}|"
+            for emit in compiled.emits:
+                confidence = (
+                    emit.confidence if state is None else state.apply(emit.confidence, moment)
+                )
+                if confidence is None:
+                    continue
+                tags.append(
+                    Tag(
+                        uuid=tag_uuid_from_name(prefix + emit.uuid_suffix),
+                        rule_id=rule_id,
+                        rule_version=compiled.rule_version,
+                        tactic=emit.tactic,
+                        technique_id=emit.technique_id,
+                        sub_technique_id=emit.sub_technique_id,
+                        confidence=confidence,
+                        evidence=evidence,
+                        attack_version=compiled.attack_version,
+                        mitre_url=emit.mitre_url,
+                    )
+                )
+        return tags
+
+
+def _lifter_name(compiled: CompiledRule) -> str:
+    match = compiled.rule.match
+    return str(getattr(match, "lifter", ""))
+
+
+def _evidence(payload: Mapping[str, Any], compiled: CompiledRule) -> dict[str, Any]:
+    evidence: dict[str, Any] = {}
+    for name, parts in compiled.evidence:
+        value = resolve(payload, name, parts)
+        if value is not MISSING:
+            evidence[name] = _bounded(value, 2)
+    return evidence
+
+
+def _bounded(value: Any, depth: int) -> Any:
+    """A JSON-safe copy of `value` small enough to travel in every tag."""
+    if isinstance(value, str):
+        return value[:MAX_EVIDENCE_TEXT]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if depth <= 0:
+        return _text(value)[:MAX_EVIDENCE_TEXT]
+    if isinstance(value, Mapping):
+        items = list(value.items())[:MAX_EVIDENCE_ITEMS]
+        return {str(k)[:MAX_EVIDENCE_TEXT]: _bounded(v, depth - 1) for k, v in items}
+    if isinstance(value, list | tuple):
+        return [_bounded(v, depth - 1) for v in value[:MAX_EVIDENCE_ITEMS]]
+    return _text(value)[:MAX_EVIDENCE_TEXT]
+
+
+_REPR: Final = reprlib.Repr()
+_REPR.maxlevel = 3
+_REPR.maxstring = _REPR.maxother = MAX_EVIDENCE_TEXT
+_REPR.maxlist = _REPR.maxtuple = _REPR.maxdict = _REPR.maxset = MAX_EVIDENCE_ITEMS
+
+
+def _text(value: Any) -> str:
+    """`str(value)` for scalars; a depth- and size-bounded rendering of anything else.
+
+    `str()` of a container recurses once per nesting level (RecursionError on a deeply
+    nested event, which JSON allows) and renders all of it.
+    """
+    if isinstance(value, str | int | float | bool):
+        return str(value)
+    return _REPR.repr(value)

@@ -1,0 +1,1 @@
+"""Rule files: YAML source, schema, canonical form, validation."""
