@@ -1,0 +1,313 @@
+"""Wire the master's adapters to the core and run it (the one bootstrap of ttp-master).
+
+Lifecycle: migrate, connect, serve health; then as often as leadership is won: load the
+catalog, revert expired states, reconcile the whole rules directory, repair TTP_RULES,
+and follow the watcher and the outbox until stopped or the lock is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from nats.aio.client import Client
+from nats.js.client import JetStreamContext
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from ttp_core.contract import subjects
+from ttp_core.rules.validator import RuleValidator
+from ttp_master import metrics
+from ttp_master.db.migrate import upgrade_to_head
+from ttp_master.db.repository import ChangeSet, LeadershipLostError, RuleRepository, StateRevert
+from ttp_master.leader import LeaderLock
+from ttp_master.outbox_relay import OutboxRelay, RelayBatch
+from ttp_master.rule_sync import RuleSync, SyncResult
+from ttp_master.settings import MasterSettings
+from ttp_master.stream_guard import StreamGuard
+from ttp_master.watcher import DirectoryWatcher, WatchBatch
+from ttp_runtime.health import HealthServer
+from ttp_runtime.logging import configure_logging
+from ttp_runtime.nats import connect, drain, ensure_streams, publish_js
+from ttp_runtime.service import run_until_signalled
+from ttp_runtime.tracing import configure_tracing, get_tracer, inject_headers
+
+_log = logging.getLogger(__name__)
+
+STREAM_CHECK_INTERVAL_S = 5.0
+SHUTDOWN_GRACE_S = 8.0
+
+
+class NatsPublisher:
+    """The relay's publisher over a real NATS connection."""
+
+    def __init__(self, nc: Client, js: JetStreamContext) -> None:
+        self._nc = nc
+        self._js = js
+        self.lock = asyncio.Lock()
+        self.crash_after_publish = False
+
+    async def publish_stream(
+        self, subject: str, payload: bytes, msg_id: str, headers: dict[str, str]
+    ) -> None:
+        await publish_js(self._js, subject, payload, msg_id, headers)
+        if self.crash_after_publish and subject != subjects.RULESET_REVISION:
+            _crash("exit-after-publish")
+
+    async def publish_core(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
+        await self._nc.publish(subject, payload, headers=inject_headers(headers))
+
+
+@dataclass
+class MasterState:
+    """What the probes and metrics read."""
+
+    leader: bool = False
+    caught_up: bool = False
+    last_sync: SyncResult | None = None
+    terms: int = 0
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self.leader:
+            return False, "standby: another master leads"
+        if not self.caught_up:
+            return False, "leader, catching up"
+        return True, "leader and caught up"
+
+
+class Master:
+    """One master process: adapters wired to the core."""
+
+    def __init__(self, settings: MasterSettings) -> None:
+        self.settings = settings
+        self.root = settings.rules_dir.absolute()
+        self.state = MasterState()
+        self.validator = RuleValidator()
+        self.engine: AsyncEngine | None = None
+        self.nc: Client | None = None
+
+    def request_stop(self) -> None:
+        self.state.stop.set()
+
+    async def run(self) -> None:
+        settings = self.settings
+        await asyncio.to_thread(upgrade_to_head, settings.database_url)
+        self.engine = create_async_engine(settings.database_url, pool_size=4, pool_pre_ping=True)
+        self.nc = await connect(settings, "ttp-master")
+        js = self.nc.jetstream()
+        publisher = NatsPublisher(self.nc, js)
+        health = HealthServer.from_settings(settings, self.state.readiness)
+        await health.start()
+        _log.info("master started", extra={"rules_dir": str(self.root), "http_port": health.port})
+        leader = LeaderLock(settings.database_url, settings.leader_lock_key)
+        try:
+            while not self.state.stop.is_set():
+                if not await leader.acquire(self.state.stop):
+                    break
+                await self._lead(leader, js, publisher)
+                await leader.release()
+        finally:
+            self.state.leader = False
+            metrics.IS_LEADER.set(0)
+            await leader.release()
+            await drain(self.nc)
+            await health.stop()
+            await self.engine.dispose()
+
+    async def _lead(
+        self, leader: LeaderLock, js: JetStreamContext, publisher: NatsPublisher
+    ) -> None:
+        assert self.engine is not None
+        settings = self.settings
+        self.state.leader = True
+        self.state.caught_up = False
+        self.state.terms += 1
+        metrics.IS_LEADER.set(1)
+        term_stop = asyncio.Event()
+        repository = RuleRepository(self.engine, leader.fence)
+        sync = RuleSync(self.root, self.validator, repository)
+        relay = OutboxRelay(
+            self.engine,
+            settings.database_url,
+            publisher,
+            is_leader=lambda: leader.is_leader,
+            poll_interval=settings.relay_poll_interval_s,
+            on_batch=self._observe_relay,
+            lock=publisher.lock,
+        )
+        guard = StreamGuard(
+            self.engine, js, publisher, publish_summary=relay.publish_ruleset_revision
+        )
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            await ensure_streams(
+                js,
+                settings.stream_replicas,
+                settings.events_max_age_s,
+                settings.events_max_bytes,
+                settings.tags_max_age_s,
+            )
+            async with DirectoryWatcher(
+                self.root,
+                debounce=settings.debounce_ms / 1000,
+                rescan_interval=settings.rescan_interval_s,
+            ) as watcher:
+                await sync.load()
+                await self._revert_expired(repository)
+                await self._sync(sync, None, "startup")
+                async with publisher.lock:
+                    metrics.REPUBLISHED.inc(await guard.repair())
+                # Armed only now: the startup reconcile and repair publish normally.
+                publisher.crash_after_publish = settings.fault_injection == "exit-after-publish"
+                tasks = [
+                    asyncio.create_task(leader.watch(term_stop), name="leader-watch"),
+                    asyncio.create_task(relay.run(term_stop), name="outbox-relay"),
+                    asyncio.create_task(self._follow(watcher, sync, relay), name="watcher"),
+                    asyncio.create_task(self._guard(guard, js, publisher, term_stop), name="guard"),
+                    asyncio.create_task(self._track_caught_up(relay, term_stop), name="ready"),
+                ]
+                stop_wait = asyncio.create_task(self.state.stop.wait())
+                lost_wait = asyncio.create_task(leader.lost.wait())
+                done, _ = await asyncio.wait(
+                    [stop_wait, lost_wait, *tasks], return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in done:
+                    if task not in (stop_wait, lost_wait) and task.exception() is not None:
+                        _log.error(
+                            "master task %s failed", task.get_name(), exc_info=task.exception()
+                        )
+                stop_wait.cancel()
+                lost_wait.cancel()
+        except LeadershipLostError:
+            _log.error("leadership lost while writing; stepping down")
+        finally:
+            term_stop.set()
+            sync.close()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            self.state.leader = False
+            self.state.caught_up = False
+            metrics.IS_LEADER.set(0)
+
+    async def _follow(self, watcher: DirectoryWatcher, sync: RuleSync, relay: OutboxRelay) -> None:
+        async for batch in watcher.batches():
+            result = await self._apply_batch(sync, batch)
+            if result.cleared and not result.changed:
+                relay.summary_changed()
+
+    async def _apply_batch(self, sync: RuleSync, batch: WatchBatch) -> SyncResult:
+        paths = None if batch.full_rescan else batch.paths
+        if paths is not None and any(not path.is_file() for path in paths):
+            # Some editors move the old file away before writing the new one; give them
+            # a moment so a save is not published as a delete followed by a re-add.
+            await asyncio.sleep(self.settings.delete_grace_ms / 1000)
+        result = await self._sync(sync, paths, batch.reason)
+        if result.changed and self.settings.fault_injection == "exit-after-commit":
+            _crash("exit-after-commit")
+        return result
+
+    async def _sync(self, sync: RuleSync, paths: frozenset[Path] | None, reason: str) -> SyncResult:
+        started = time.perf_counter()
+        with get_tracer().start_as_current_span(
+            "rules.sync", attributes={"ttp.reason": reason, "ttp.paths": len(paths or ())}
+        ):
+            result = await sync.sync(paths, trace_headers=inject_headers())
+        metrics.RELOAD_DURATION.labels(reason).observe(time.perf_counter() - started)
+        metrics.CHANGES.labels("upsert").inc(len(result.upserted))
+        metrics.CHANGES.labels("delete").inc(len(result.deleted))
+        metrics.REJECTIONS.inc(len(result.rejected))
+        self._count_rules(sync)
+        self.state.last_sync = result
+        if result.changed:
+            _log.info(
+                "rules synced",
+                extra={
+                    "reason": reason,
+                    "upserted": result.upserted,
+                    "deleted": result.deleted,
+                    "rejected": result.rejected,
+                    "revisions": [result.revisions[0], result.revisions[-1]],
+                },
+            )
+        return result
+
+    def _count_rules(self, sync: RuleSync) -> None:
+        live = [k for k in sync.catalog.rules.values() if not k.deleted]
+        metrics.RULES.labels("active").set(len(live))
+        metrics.RULES.labels("rejected").set(len(sync.catalog.rejections))
+
+    async def _revert_expired(self, repository: RuleRepository) -> None:
+        expired = await repository.expired_states(datetime.now(UTC))
+        if expired:
+            changes = ChangeSet(state_reverts=[StateRevert(rule_id) for rule_id in expired])
+            await repository.apply(changes, actor="ttp-master")
+            _log.info("reverted expired operator states", extra={"rules": expired})
+
+    async def _guard(
+        self,
+        guard: StreamGuard,
+        js: JetStreamContext,
+        publisher: NatsPublisher,
+        stop: asyncio.Event,
+    ) -> None:
+        settings = self.settings
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), STREAM_CHECK_INTERVAL_S)
+            if stop.is_set():
+                return
+            try:
+                if await guard.stream_exists():
+                    continue
+                _log.error(
+                    "stream %s is gone: recreating it from PostgreSQL", subjects.STREAM_RULES
+                )
+                await ensure_streams(
+                    js,
+                    settings.stream_replicas,
+                    settings.events_max_age_s,
+                    settings.events_max_bytes,
+                    settings.tags_max_age_s,
+                )
+                async with publisher.lock:
+                    metrics.REPUBLISHED.inc(await guard.repair())
+            except Exception:
+                _log.exception("stream check failed; retrying")
+
+    async def _track_caught_up(self, relay: OutboxRelay, stop: asyncio.Event) -> None:
+        await relay.caught_up.wait()
+        self.state.caught_up = True
+        _log.info("master is leader and caught up")
+        await stop.wait()
+
+    def _observe_relay(self, batch: RelayBatch) -> None:
+        metrics.PUBLISH_LAG.observe(batch.lag_seconds)
+        metrics.REVISION.set(batch.last_revision)
+
+
+def _crash(point: str) -> None:
+    """Die at once, as a killed process would (fault injection for tests only)."""
+    _log.critical("fault injection %s: exiting without cleanup", point)
+    logging.shutdown()
+    os._exit(137)
+
+
+def run(settings: MasterSettings | None = None) -> int:
+    """Run the master until SIGTERM/SIGINT; returns the process exit code."""
+    settings = settings or MasterSettings()
+    configure_logging(settings.log_format, settings.log_level)
+    configure_tracing("ttp-master")
+    master = Master(settings)
+
+    return run_until_signalled(
+        "master", master.run, master.state.stop, master.request_stop, SHUTDOWN_GRACE_S
+    )

@@ -1,0 +1,101 @@
+"""Leadership: a PostgreSQL advisory lock held on a dedicated connection (SPEC section 5).
+
+A standby polls for the lock every `poll_interval` seconds, so it takes over within about
+that long after the leader's session ends. The leader probes its own connection just as
+often; when the probe fails the lock is gone with the session, and `lost` is set so that
+every writer and the relay stop at once (writes are fenced in PostgreSQL as well).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import psycopg
+
+from ttp_master.db.repository import LeaderFence
+
+_log = logging.getLogger(__name__)
+
+
+def libpq_url(database_url: str) -> str:
+    """The SQLAlchemy URL (`postgresql+psycopg://`) as a plain libpq URL."""
+    scheme, sep, rest = database_url.partition("://")
+    return f"postgresql://{rest}" if sep and scheme.startswith("postgresql") else database_url
+
+
+class LeaderLock:
+    """Acquire, hold and watch the leader lock."""
+
+    def __init__(self, database_url: str, key: int, *, poll_interval: float = 1.0) -> None:
+        self._url = libpq_url(database_url)
+        self._key = key
+        self._poll = poll_interval
+        self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
+        self.lost = asyncio.Event()
+        self.fence: LeaderFence | None = None
+
+    @property
+    def is_leader(self) -> bool:
+        return self.fence is not None and not self.lost.is_set()
+
+    async def acquire(self, stop: asyncio.Event) -> bool:
+        """Wait until this process leads (True) or `stop` is set (False)."""
+        announced = False
+        while not stop.is_set():
+            try:
+                if await self._try_acquire():
+                    _log.info("leader lock acquired", extra={"lock_key": self._key})
+                    return True
+                if not announced:
+                    _log.info("another master leads; waiting as hot standby")
+                    announced = True
+            except psycopg.Error as exc:
+                _log.warning("leader lock attempt failed: %s", exc)
+                await self._close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._poll)
+        return False
+
+    async def _try_acquire(self) -> bool:
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self._url, autocommit=True, application_name="ttp-master-leader"
+            )
+        cur = await self._conn.execute(
+            "SELECT pg_try_advisory_lock(%s), pg_backend_pid()", (self._key,)
+        )
+        row = await cur.fetchone()
+        if row is None or not row[0]:
+            return False
+        self.lost = asyncio.Event()
+        self.fence = LeaderFence(backend_pid=int(str(row[1])), lock_key=self._key)
+        return True
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Probe the lock connection until it fails (sets `lost`) or `stop` is set."""
+        while not stop.is_set() and not self.lost.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._poll)
+            if stop.is_set():
+                return
+            try:
+                assert self._conn is not None
+                await asyncio.wait_for(self._conn.execute("SELECT 1"), timeout=max(self._poll, 2.0))
+            except (psycopg.Error, TimeoutError, AssertionError) as exc:
+                _log.error("leader connection lost (%s): stepping down", exc)
+                self.lost.set()
+                self.fence = None
+                await self._close()
+
+    async def release(self) -> None:
+        """Give up the lock (closing the session releases it)."""
+        self.fence = None
+        await self._close()
+
+    async def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None and not conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()

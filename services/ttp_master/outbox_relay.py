@@ -1,0 +1,302 @@
+"""The transactional outbox relay (SPEC section 5).
+
+Unpublished `ttp_rule_event` rows are published in revision order, each with its
+`Nats-Msg-Id`, and marked published only after the PubAck; a crash anywhere in between
+republishes the same ids, which JetStream drops as duplicates. Woken by LISTEN/NOTIFY,
+with a poll as the fallback. After each batch the ruleset totals go out on
+`ttp.ruleset.revision`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import psycopg
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from ttp_core.contract import subjects
+from ttp_core.contract.payloads import MASTER_SOURCE, RulesetRevision, encode, envelope
+from ttp_core.rules.digest import ruleset_digest
+from ttp_master.db.repository import NOTIFY_CHANNEL
+from ttp_master.db.schema import rule, rule_event, rule_rejection, rule_state
+from ttp_master.leader import libpq_url
+from ttp_runtime.tracing import start_consumer_span, subject_template
+
+_log = logging.getLogger(__name__)
+
+
+PIPELINE_DEPTH = 64
+"""Publishes awaited together. A window never holds two rows of one subject, so the
+stream's last message per subject is always the newest revision, even if one fails."""
+
+
+def _windows(rows: Sequence[Any], depth: int) -> Iterator[list[Any]]:
+    """Consecutive runs of `rows` of at most `depth`, each subject at most once per run."""
+    window: list[Any] = []
+    subjects_in: set[str] = set()
+    for row in rows:
+        if len(window) >= depth or row.subject in subjects_in:
+            yield window
+            window, subjects_in = [], set()
+        window.append(row)
+        subjects_in.add(row.subject)
+    if window:
+        yield window
+
+
+class EventPublisher(Protocol):
+    """Where the relay sends messages: JetStream (acked) or core NATS."""
+
+    async def publish_stream(
+        self, subject: str, payload: bytes, msg_id: str, headers: dict[str, str]
+    ) -> None: ...
+
+    async def publish_core(self, subject: str, payload: bytes, headers: dict[str, str]) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RelayBatch:
+    """What one relay pass published."""
+
+    published: int
+    last_revision: int
+    lag_seconds: float
+
+
+class OutboxRelay:
+    """Publishes the outbox while this master leads."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        database_url: str,
+        publisher: EventPublisher,
+        *,
+        is_leader: Callable[[], bool],
+        poll_interval: float = 1.0,
+        batch_size: int = 500,
+        on_batch: Callable[[RelayBatch], None] | None = None,
+        lock: asyncio.Lock | None = None,
+    ) -> None:
+        """`lock`: held for each publishing pass; the stream guard's repair holds the same
+        lock, so a rebuild's republished (older) copy can never land after a newer publish
+        of the same subject."""
+        self._engine = engine
+        self._lock = lock if lock is not None else asyncio.Lock()
+        self._url = libpq_url(database_url)
+        self._publisher = publisher
+        self._is_leader = is_leader
+        self._poll = poll_interval
+        self._batch_size = batch_size
+        self._on_batch = on_batch
+        self._wake = asyncio.Event()
+        self._summary_due = False
+        self.caught_up = asyncio.Event()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def summary_changed(self) -> None:
+        """The totals changed without an outbox row (a rejection cleared): republish them."""
+        self._summary_due = True
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Relay until `stop` is set or leadership is lost."""
+        listener = asyncio.create_task(self._listen(stop), name="outbox-listen")
+        try:
+            while not stop.is_set() and self._is_leader():
+                self._wake.clear()
+                try:
+                    while await self.publish_pending():
+                        if stop.is_set() or not self._is_leader():
+                            return
+                    self.caught_up.set()
+                except (psycopg.Error, OSError) as exc:
+                    _log.warning("outbox relay pass failed, retrying: %s", exc)
+                    self.caught_up.clear()
+                except Exception:
+                    _log.exception("outbox relay pass failed, retrying")
+                    self.caught_up.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._poll)
+        finally:
+            listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await listener
+
+    async def publish_pending(self) -> int:
+        """Publish one batch of unpublished rows in revision order; returns how many."""
+        async with self._lock:
+            return await self._publish_pending()
+
+    async def _publish_pending(self) -> int:
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        rule_event.c.revision,
+                        rule_event.c.subject,
+                        rule_event.c.msg_id,
+                        rule_event.c.jetstream,
+                        rule_event.c.payload,
+                        rule_event.c.headers,
+                        rule_event.c.created_at,
+                    )
+                    .where(rule_event.c.published_at.is_(None))
+                    .order_by(rule_event.c.revision)
+                    .limit(self._batch_size)
+                )
+            ).all()
+        if not rows:
+            # A backlog that was an exact multiple of the batch size ends here.
+            await self._publish_summary_if_due()
+            return 0
+        published: list[int] = []
+        try:
+            for window in _windows(rows, PIPELINE_DEPTH):
+                if not self._is_leader():
+                    break
+                outcomes = await asyncio.gather(
+                    *(self._publish_row(row) for row in window), return_exceptions=True
+                )
+                published.extend(
+                    row.revision
+                    for row, outcome in zip(window, outcomes, strict=True)
+                    if not isinstance(outcome, BaseException)
+                )
+                for outcome in outcomes:
+                    if isinstance(outcome, BaseException):
+                        # Later windows wait: a failed row is retried before anything newer.
+                        raise outcome
+        finally:
+            if published:
+                await self._mark_published(published)
+        if published:
+            self._summary_due = True
+            done = set(published)
+            oldest = min(r.created_at for r in rows if r.revision in done)
+            lag = max(0.0, (datetime.now(UTC) - oldest).total_seconds())
+            if len(rows) < self._batch_size:
+                # The backlog is drained: one summary for all of it, not one per batch
+                # (each summary reads every rule and state).
+                await self._publish_summary_if_due()
+            if self._on_batch is not None:
+                self._on_batch(RelayBatch(len(published), published[-1], lag))
+        return len(published)
+
+    async def _publish_row(self, row: Any) -> None:
+        payload = json.dumps(row.payload, separators=(",", ":")).encode()
+        headers = {str(k): str(v) for k, v in (row.headers or {}).items()}
+        # Continue the trace of the change batch that wrote this row.
+        with start_consumer_span(
+            f"relay {subject_template(row.subject)}", headers, subject=row.subject
+        ):
+            if row.jetstream:
+                await self._publisher.publish_stream(row.subject, payload, row.msg_id, headers)
+            else:
+                await self._publisher.publish_core(row.subject, payload, headers)
+
+    async def _publish_summary_if_due(self) -> None:
+        if self._summary_due:
+            await self.publish_ruleset_revision()
+            self._summary_due = False
+
+    async def _mark_published(self, revisions: list[int]) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(rule_event)
+                .where(rule_event.c.revision.in_(revisions))
+                .values(published_at=func.now())
+            )
+
+    async def ruleset_summary(self) -> RulesetRevision:
+        """Totals and digest of the rule set as PostgreSQL holds it."""
+        async with self._engine.connect() as conn:
+            revision = await conn.scalar(
+                select(func.max(rule_event.c.revision)).where(
+                    rule_event.c.jetstream, rule_event.c.published_at.is_not(None)
+                )
+            )
+            rules = (
+                await conn.execute(
+                    select(rule.c.rule_id, rule.c.content_sha256, rule.c.is_external).where(
+                        rule.c.deleted.is_(False)
+                    )
+                )
+            ).all()
+            states = (
+                await conn.execute(
+                    select(
+                        rule_state.c.rule_id,
+                        rule_state.c.state,
+                        rule_state.c.confidence_max,
+                        rule_state.c.expires_at,
+                    )
+                )
+            ).all()
+            rejected = await conn.scalar(select(func.count()).select_from(rule_rejection))
+        now = time.time()
+        external = sum(1 for r in rules if r.is_external)
+        live_ids = {r.rule_id for r in rules if not r.is_external}
+        disabled = sum(
+            1
+            for s in states
+            if s.state == "disabled"
+            and s.rule_id in live_ids
+            and (s.expires_at is None or s.expires_at.timestamp() > now)
+        )
+        digest = ruleset_digest(
+            ((r.rule_id, r.content_sha256) for r in rules),
+            (
+                (
+                    s.rule_id,
+                    s.state,
+                    s.confidence_max,
+                    s.expires_at.timestamp() if s.expires_at is not None else None,
+                )
+                for s in states
+            ),
+        )
+        return RulesetRevision(
+            revision=int(revision or 0),
+            rules=len(rules),
+            active=len(live_ids) - disabled,
+            external=external,
+            rejected=int(rejected or 0),
+            digest=digest,
+        )
+
+    async def publish_ruleset_revision(self) -> RulesetRevision:
+        summary = await self.ruleset_summary()
+        event = envelope(
+            summary,
+            source=MASTER_SOURCE,
+            subject=str(summary.revision),
+            event_id=f"ttp-ruleset-{summary.revision}-{summary.digest[:16]}",
+        )
+        await self._publisher.publish_stream(subjects.RULESET_REVISION, encode(event), event.id, {})
+        return summary
+
+    async def _listen(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self._url, autocommit=True, application_name="ttp-master-relay"
+                ) as conn:
+                    await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except psycopg.Error as exc:
+                _log.debug("outbox LISTEN connection failed (polling meanwhile): %s", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self._poll)

@@ -1,0 +1,342 @@
+"""Bring PostgreSQL in line with the rules directory, for some paths or all of them.
+
+The same code serves the startup reconcile, every watcher batch, overflow rescans and the
+periodic backstop: read the files, validate them, compare by content hash with what the
+database holds, and write only real changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import os
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ttp_core.contract.subjects import is_token
+from ttp_core.rules.diagnostics import Diagnostic
+from ttp_core.rules.model import Rule
+from ttp_core.rules.validator import RuleReport, RuleValidator, is_rule_file, iter_rule_files
+from ttp_master.db.repository import (
+    Catalog,
+    ChangeSet,
+    KnownRule,
+    Rejection,
+    RuleDelete,
+    RuleRepository,
+    RuleUpsert,
+)
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class SyncResult:
+    """What one sync changed."""
+
+    upserted: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    rejected: list[str] = field(default_factory=list)
+    cleared: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    revisions: list[int] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.revisions)
+
+
+@dataclass(slots=True)
+class _Plan:
+    changes: ChangeSet
+    result: SyncResult
+    new_rules: dict[str, KnownRule]
+    new_rejections: dict[str, list[dict[str, object]]]
+
+
+@dataclass(frozen=True, slots=True)
+class FileVerdict:
+    """What validation said about one file, in a form that crosses process boundaries."""
+
+    rule: Rule | None
+    diagnostics: tuple[Diagnostic, ...]
+    text: str | None
+    content_sha256: str | None
+
+    @classmethod
+    def of(cls, report: RuleReport) -> FileVerdict:
+        return cls(report.rule, report.diagnostics, report.text, report.content_sha256)
+
+    @property
+    def ok(self) -> bool:
+        return self.content_sha256 is not None and not self.errors
+
+    @property
+    def rule_id(self) -> str | None:
+        return self.rule.rule_id if self.rule is not None else None
+
+    @property
+    def errors(self) -> tuple[Diagnostic, ...]:
+        return tuple(d for d in self.diagnostics if d.is_error)
+
+
+POOL_THRESHOLD = 64
+"""Files to validate in one sync before the work goes to a process pool (all cores)."""
+
+_pool_validator: RuleValidator | None = None
+
+
+def _validate_in_pool(root: str, rel: str) -> tuple[str, FileVerdict]:
+    global _pool_validator  # noqa: PLW0603 - one validator per pool process
+    if _pool_validator is None:
+        _pool_validator = RuleValidator()
+    return rel, FileVerdict.of(_pool_validator.validate_file(Path(root, rel), rel))
+
+
+class RuleSync:
+    """Reconciles the rules directory with the repository."""
+
+    def __init__(self, root: Path, validator: RuleValidator, repository: RuleRepository) -> None:
+        self.root = root
+        self.validator = validator
+        self.repository = repository
+        self.catalog = Catalog()
+        self._pool: ProcessPoolExecutor | None = None
+
+    def close(self) -> None:
+        """Stop the validation processes, if any were started."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def _validate(self, rels: list[str]) -> dict[str, FileVerdict]:
+        if len(rels) < POOL_THRESHOLD or (os.cpu_count() or 1) < 2:
+            return {
+                rel: FileVerdict.of(self.validator.validate_file(self.root / rel, rel))
+                for rel in rels
+            }
+        if self._pool is None:
+            # spawn, not fork: this process runs an event loop and other threads.
+            self._pool = ProcessPoolExecutor(mp_context=multiprocessing.get_context("spawn"))
+        root = str(self.root)
+        chunk = max(16, len(rels) // ((os.cpu_count() or 2) * 4))
+        try:
+            return dict(
+                self._pool.map(_validate_in_pool, [root] * len(rels), rels, chunksize=chunk)
+            )
+        except BrokenProcessPool:
+            _log.exception("validation process pool broke; validating in this process")
+            self.close()
+            return {
+                rel: FileVerdict.of(self.validator.validate_file(self.root / rel, rel))
+                for rel in rels
+            }
+
+    async def load(self) -> None:
+        """Read what PostgreSQL holds; call once per leadership term."""
+        self.catalog = await self.repository.load_catalog()
+
+    async def sync(
+        self,
+        paths: Iterable[Path] | None = None,
+        *,
+        actor: str = "ttp-master",
+        trace_headers: dict[str, str] | None = None,
+    ) -> SyncResult:
+        """Sync `paths` (None: the whole tree) and commit the changes as one batch."""
+        wanted = None if paths is None else list(paths)
+        plan = await asyncio.to_thread(self._plan, wanted)
+        if plan.changes:
+            revisions = await self.repository.apply(
+                plan.changes, actor=actor, trace_headers=trace_headers
+            )
+            plan.result.revisions = revisions
+            # apply() takes revisions in order: upserts first, then deletes.
+            written = [u.rule_id for u in plan.changes.upserts] + [
+                d.rule_id for d in plan.changes.deletes
+            ]
+            for rule_id, revision in zip(written, revisions, strict=False):
+                known = plan.new_rules[rule_id]
+                plan.new_rules[rule_id] = KnownRule(
+                    rule_id,
+                    known.content_sha256,
+                    known.source_path,
+                    known.deleted,
+                    revision,
+                    known.yaml_text,
+                )
+        self.catalog.update(plan.new_rules)
+        for path in plan.result.cleared:
+            self.catalog.rejections.pop(path, None)
+        self.catalog.rejections.update(plan.new_rejections)
+        return plan.result
+
+    def _relative(self, path: Path) -> str | None:
+        try:
+            rel = path.relative_to(self.root)
+        except ValueError:
+            return None
+        return rel.as_posix()
+
+    def _candidates(self, paths: list[Path] | None) -> set[str] | None:
+        """Relative paths to look at; None when a full scan must not run (root missing)."""
+        if paths is not None:
+            return {
+                rel
+                for p in paths
+                if is_rule_file(p.name) and (rel := self._relative(p)) is not None
+            }
+        if not self.root.is_dir():
+            _log.warning("rules directory %s is missing; keeping every rule as it is", self.root)
+            return None
+        candidates = {
+            rel for p in iter_rule_files(self.root) if (rel := self._relative(p)) is not None
+        }
+        candidates.update(k.source_path for k in self.catalog.rules.values() if not k.deleted)
+        candidates.update(self.catalog.rejections)
+        return candidates
+
+    def _plan(self, paths: list[Path] | None) -> _Plan:
+        catalog = self.catalog
+        candidates = self._candidates(paths)
+        if candidates is None:
+            return _Plan(ChangeSet(), SyncResult(), {}, {})
+        plan = _Plan(ChangeSet(), SyncResult(), {}, {})
+        changes, result = plan.changes, plan.result
+        new_rules, new_rejections = plan.new_rules, plan.new_rejections
+        claimed: dict[str, str] = {}
+        vanished: dict[str, str] = {}
+        ordered = sorted(candidates)
+        verdicts = self._validate([rel for rel in ordered if self._needs_validation(rel)])
+        for rel in ordered:
+            path = self.root / rel
+            if not path.is_file():
+                owner = catalog.owner_of(rel)
+                if owner is not None:
+                    vanished[owner.rule_id] = rel
+                if rel in catalog.rejections:
+                    changes.cleared_rejections.append(rel)
+                    result.cleared.append(rel)
+                continue
+            verdict = verdicts.get(rel)
+            if verdict is None:
+                owner = catalog.owner_of(rel)
+                if owner is None:
+                    continue  # vanished between the two passes: the next batch sees it
+                # Byte-identical to the version in force (a restart, a periodic rescan, a
+                # broken file put back): nothing to validate or write.
+                claimed[owner.rule_id] = rel
+                result.unchanged += 1
+                if rel in catalog.rejections:
+                    changes.cleared_rejections.append(rel)
+                    result.cleared.append(rel)
+                continue
+            verdict = self._claim(verdict, rel, claimed, vanished)
+            if not verdict.ok:
+                self._reject(verdict, rel, path, changes, result, new_rejections)
+                continue
+            if rel in catalog.rejections:
+                changes.cleared_rejections.append(rel)
+                result.cleared.append(rel)
+            rule = verdict.rule
+            sha = verdict.content_sha256
+            assert rule is not None and sha is not None and verdict.text is not None
+            claimed[rule.rule_id] = rel
+            current = catalog.rules.get(rule.rule_id)
+            if (
+                current is not None
+                and not current.deleted
+                and current.content_sha256 == sha
+                and current.source_path == rel
+            ):
+                result.unchanged += 1
+                continue
+            changes.upserts.append(
+                RuleUpsert(
+                    rule_id=rule.rule_id,
+                    rule_version=rule.rule_version,
+                    name=rule.name,
+                    content_sha256=sha,
+                    definition=rule.normalised(),
+                    yaml_text=verdict.text,
+                    source_path=rel,
+                    is_external=rule.is_external,
+                )
+            )
+            result.upserted.append(rule.rule_id)
+            new_rules[rule.rule_id] = KnownRule(rule.rule_id, sha, rel, False, 0, verdict.text)
+        _plan_deletes(plan, vanished, claimed)
+        return plan
+
+    def _needs_validation(self, rel: str) -> bool:
+        path = self.root / rel
+        if not path.is_file():
+            return False
+        owner = self.catalog.owner_of(rel)
+        return owner is None or owner.yaml_text is None or not _same_text(path, owner.yaml_text)
+
+    def _claim(
+        self, verdict: FileVerdict, rel: str, claimed: dict[str, str], vanished: dict[str, str]
+    ) -> FileVerdict:
+        """Reject a file claiming a rule_id that another existing file already holds."""
+        rule_id = verdict.rule_id
+        if not verdict.ok or rule_id is None:
+            return verdict
+        holder = claimed.get(rule_id)
+        if holder is None:
+            current = self.catalog.rules.get(rule_id)
+            if (
+                current is not None
+                and not current.deleted
+                and current.source_path != rel
+                and rule_id not in vanished
+                and (self.root / current.source_path).is_file()
+            ):
+                holder = current.source_path
+        if holder is None:
+            return verdict
+        message = f"rule_id {rule_id!r} is already defined by {holder}"
+        duplicate = Diagnostic(rel, 1, 1, message, "duplicate-rule-id")
+        return FileVerdict(verdict.rule, (*verdict.diagnostics, duplicate), verdict.text, None)
+
+    def _reject(
+        self,
+        report: FileVerdict,
+        rel: str,
+        path: Path,
+        changes: ChangeSet,
+        result: SyncResult,
+        new_rejections: dict[str, list[dict[str, object]]],
+    ) -> None:
+        stem = path.name.rsplit(".", 1)[0][:64]
+        rule_id = report.rule_id if report.rule_id and is_token(report.rule_id) else stem
+        rejection = Rejection(rel, rule_id, report.errors, report.text)
+        rows = rejection.error_rows()
+        if self.catalog.rejections.get(rel) == rows:
+            return  # same errors as already recorded: nothing new to say
+        changes.rejections.append(rejection)
+        result.rejected.append(rel)
+        new_rejections[rel] = list(rows)
+        for error in report.errors:
+            _log.warning("rule file rejected: %s", error)
+
+
+def _plan_deletes(plan: _Plan, vanished: dict[str, str], claimed: dict[str, str]) -> None:
+    """Tombstone every rule whose file vanished and that no other file took over."""
+    for rule_id, rel in sorted(vanished.items()):
+        if rule_id in claimed:
+            continue  # moved: the new path's upsert carries the rule on
+        plan.changes.deletes.append(RuleDelete(rule_id, rel))
+        plan.result.deleted.append(rule_id)
+        plan.new_rules[rule_id] = KnownRule(rule_id, "", rel, True, 0)
+
+
+def _same_text(path: Path, text: str) -> bool:
+    try:
+        return path.read_bytes().decode("utf-8-sig") == text
+    except (OSError, UnicodeDecodeError):
+        return False

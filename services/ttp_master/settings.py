@@ -1,0 +1,49 @@
+"""The master's settings (SPEC section 7)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from ttp_runtime.settings import ServiceSettings
+
+
+class MasterSettings(ServiceSettings):
+    """Environment of `ttp-master`."""
+
+    database_url: str = Field(
+        default="postgresql+psycopg://postgres@127.0.0.1:5432/ttp",
+        description="PostgreSQL URL (SQLAlchemy form).",
+    )
+    rules_dir: Path = Field(default=Path("./rules"), description="Directory watched for rules.")
+    debounce_ms: int = Field(
+        default=10, ge=0, le=5000, description="Quiet time that closes a batch of file events."
+    )
+    delete_grace_ms: int = Field(
+        default=100,
+        ge=0,
+        le=5000,
+        description=(
+            "How long a batch that saw a rule file vanish waits before syncing, so an "
+            "editor's rename-away-then-write save is not published as a delete."
+        ),
+    )
+    rescan_interval_s: float = Field(
+        default=300.0, gt=0, description="Backstop full rescan of the rules directory."
+    )
+    relay_poll_interval_s: float = Field(
+        default=1.0, gt=0, description="Outbox poll when no NOTIFY arrives."
+    )
+    leader_lock_key: int = Field(
+        default=0x7474_7072, description="PostgreSQL advisory lock key held by the leader."
+    )
+    fault_injection: Literal["", "exit-after-commit", "exit-after-publish"] = Field(
+        default="",
+        description=(
+            "Test only: kill the process (exit 137, no cleanup) right after the first "
+            "watcher batch commits, or right after the relay's first PubAck, to prove the "
+            "outbox loses and duplicates nothing."
+        ),
+    )

@@ -1,0 +1,54 @@
+"""The process lifecycle every service shares: run until SIGTERM/SIGINT, then drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from ttp_runtime.tracing import shutdown_tracing
+
+_log = logging.getLogger(__name__)
+
+
+def run_until_signalled(
+    name: str,
+    service: Callable[[], Coroutine[Any, Any, None]],
+    stop: asyncio.Event,
+    request_stop: Callable[[], None],
+    grace_s: float,
+) -> int:
+    """Run `service()` until it ends or a signal asks it to stop; returns the exit code.
+
+    SIGTERM/SIGINT call `request_stop`, after which the service has `grace_s` seconds to
+    finish its in-flight work and drain (SPEC: exit 0 within 10 s). Exit codes: 0 clean,
+    1 failed or too slow to stop.
+    """
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, request_stop)
+        runner = asyncio.create_task(service(), name=name)
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({runner, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        if not runner.done():
+            try:
+                await asyncio.wait_for(runner, grace_s)
+            except TimeoutError:
+                _log.error("%s: shutdown took longer than %.0f s; exiting anyway", name, grace_s)
+                return 1
+        if runner.exception() is not None:
+            _log.error("%s failed", name, exc_info=runner.exception())
+            return 1
+        return 0
+
+    try:
+        return asyncio.run(main())
+    finally:
+        # Here, not inside the service: the tracer provider is process-global, and an
+        # in-process service (tests) must not shut it down for everyone.
+        shutdown_tracing()
