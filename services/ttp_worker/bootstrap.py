@@ -1,0 +1,256 @@
+"""Wire the worker's adapters to the core and run it (the one bootstrap of ttp-worker).
+
+Lifecycle: connect (reconnecting forever), make sure the streams exist, serve health, load
+the lifter evaluators, then run three tasks until stopped: the rule consumer (snapshot, then
+live), the event consumer (tagging) and the status heartbeat. On SIGTERM the event consumer
+stops fetching and finishes the batch in hand, then NATS is drained.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Final
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.js.client import JetStreamContext
+
+from ttp_core.engine.index import LifterEvaluator
+from ttp_runtime.health import HealthServer
+from ttp_runtime.logging import configure_logging
+from ttp_runtime.nats import connect, drain, ensure_stream, stream_configs
+from ttp_runtime.service import run_until_signalled
+from ttp_runtime.tracing import configure_tracing
+from ttp_worker import metrics
+from ttp_worker.event_consumer import EventConsumer
+from ttp_worker.rule_consumer import Applied, RuleConsumer
+from ttp_worker.rulebook import RuleBook
+from ttp_worker.settings import WorkerSettings
+from ttp_worker.status import StatusFacts, StatusPublisher
+
+_log = logging.getLogger(__name__)
+
+LIFTER_GROUP: Final = "ttp_rulebus.lifters"
+SHUTDOWN_GRACE_S: Final = 9.0
+_STREAM_RETRY_S: Final = 1.0
+
+
+def load_lifters(group: str = LIFTER_GROUP) -> dict[str, LifterEvaluator]:
+    """Evaluators of external rules registered as entry points (name = the lifter name)."""
+    lifters: dict[str, LifterEvaluator] = {}
+    for point in entry_points(group=group):
+        try:
+            evaluator = point.load()
+        except Exception:
+            _log.exception("cannot load lifter evaluator %s (%s)", point.name, point.value)
+            continue
+        if not callable(evaluator):
+            _log.error("lifter entry point %s is not callable; ignored", point.name)
+            continue
+        lifters[point.name] = evaluator
+        _log.info("lifter evaluator loaded", extra={"lifter": point.name, "target": point.value})
+    return lifters
+
+
+async def ensure_streams_exist(js: JetStreamContext, settings: WorkerSettings) -> None:
+    """Create the streams that do not exist yet; never change an existing one.
+
+    The master owns the streams' configuration (it updates them on start); a worker that
+    comes up first creates them with the same defaults so it can start consuming.
+    """
+    configs = stream_configs(
+        settings.stream_replicas,
+        settings.events_max_age_s,
+        settings.events_max_bytes,
+        settings.tags_max_age_s,
+    )
+    for config in configs:
+        assert config.name is not None
+        try:
+            await js.stream_info(config.name)
+        except nats.js.errors.NotFoundError:
+            await ensure_stream(js, config)
+
+
+@dataclass
+class WorkerState:
+    """What probes, status and tests read."""
+
+    ready: bool = False
+    last_apply_ms: float | None = None
+    applied: int = 0
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    applied_event: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def readiness(self) -> tuple[bool, str]:
+        if self.ready:
+            return True, "index built from the TTP_RULES snapshot"
+        return False, "waiting for the TTP_RULES snapshot"
+
+
+class Worker:
+    """One worker process: adapters wired to the core."""
+
+    def __init__(
+        self, settings: WorkerSettings, lifters: dict[str, LifterEvaluator] | None = None
+    ) -> None:
+        self.settings = settings
+        self.state = WorkerState()
+        self.lifters = load_lifters() if lifters is None else lifters
+        self.book = RuleBook(self.lifters)
+        self.nc: Client | None = None
+        self.rules: RuleConsumer | None = None
+        self.events: EventConsumer | None = None
+        self.status: StatusPublisher | None = None
+        self.health: HealthServer | None = None
+        self.started = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self.state.stop.set()
+        if self.status is not None:
+            self.status.changed()
+
+    def _on_applied(self, applied: Applied) -> None:
+        state = self.state
+        state.ready = True
+        state.applied += applied.changes
+        state.last_apply_ms = round(applied.seconds * 1000, 3)
+        state.applied_event.set()
+        metrics.READY.set(1)
+        metrics.REVISION.set(applied.ruleset.revision)
+        counts = applied.ruleset.index.counts()
+        metrics.RULES.labels("total").set(counts["rules"])
+        metrics.RULES.labels("active").set(counts["active"])
+        metrics.RULES.labels("external").set(counts["external"])
+        if self.status is not None:
+            self.status.changed()
+
+    def _facts(self) -> StatusFacts:
+        ruleset = self.book.current
+        return StatusFacts(
+            index=ruleset.index,
+            revision=ruleset.revision,
+            ready=self.state.ready,
+            events_processed=self.events.stats.processed if self.events is not None else 0,
+            apply_latency_ms=self.state.last_apply_ms,
+        )
+
+    async def _error_cb(self, error: Exception) -> None:
+        if isinstance(error, nats.errors.SlowConsumerError) and self.rules is not None:
+            self.rules.on_slow_consumer(error.sub)
+
+    async def _reconnected_cb(self) -> None:
+        # A restarted server may have lost ephemeral consumers and missed nothing or a lot:
+        # take a fresh snapshot, and bind the event consumer again.
+        if self.rules is not None:
+            self.rules.request_resync("reconnect")
+        if self.events is not None:
+            self.events.resubscribe()
+
+    async def run(self) -> None:
+        settings = self.settings
+        metrics.READY.set(0)
+        self.health = HealthServer.from_settings(settings, self.state.readiness)
+        await self.health.start()
+        self.nc = nc = await connect(
+            settings,
+            f"ttp-worker-{settings.worker_id}",
+            error_cb=self._error_cb,
+            reconnected_cb=self._reconnected_cb,
+        )
+        js = nc.jetstream()
+        stop = self.state.stop
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            while not stop.is_set():
+                try:
+                    await ensure_streams_exist(js, settings)
+                    break
+                except Exception as exc:
+                    _log.warning("cannot check the JetStream streams (%s); retrying", exc)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), _STREAM_RETRY_S)
+            self.rules = RuleConsumer(
+                nc,
+                js,
+                self.book,
+                self._on_applied,
+                backoff_max_s=settings.resync_backoff_max_s,
+            )
+            self.events = EventConsumer(
+                nc,
+                js,
+                lambda: self.book.current,
+                worker_id=settings.worker_id,
+                consumer_name=settings.consumer_name,
+                batch=settings.fetch_batch,
+                fetch_timeout_s=settings.fetch_timeout_s,
+                ack_wait_s=settings.ack_wait_s,
+                max_ack_pending=settings.max_ack_pending,
+                max_event_bytes=settings.max_event_bytes,
+                deadletter_text_cap=settings.deadletter_text_cap,
+            )
+            self.status = StatusPublisher(
+                nc, settings.worker_id, self._facts, settings.status_interval_s
+            )
+            _log.info(
+                "worker started",
+                extra={
+                    "worker_id": settings.worker_id,
+                    "http_port": self.health.port,
+                    "lifters": sorted(self.lifters),
+                },
+            )
+            rule_task = asyncio.create_task(self.rules.run(stop), name="rule-consumer")
+            tasks.append(rule_task)
+            tasks.append(asyncio.create_task(self.status.run(stop), name="status"))
+            self.started.set()
+            # Tag only with a whole rule set: events wait until the snapshot is applied.
+            await _first(self.rules.ready.wait(), stop.wait(), rule_task)
+            if not stop.is_set():
+                tasks.append(asyncio.create_task(self.events.run(stop), name="event-consumer"))
+            await _first(stop.wait(), *tasks)
+            for task in tasks:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    _log.error("worker task %s failed", task.get_name(), exc_info=task.exception())
+        finally:
+            stop.set()
+            if self.status is not None:
+                self.status.changed()
+            # The event consumer finishes the batch in hand (its publishes and acks) first.
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(task, SHUTDOWN_GRACE_S / 2)
+            self.state.ready = False
+            metrics.READY.set(0)
+            await drain(nc)
+            await self.health.stop()
+            _log.info("worker stopped", extra={"worker_id": settings.worker_id})
+
+
+async def _first(*awaitables: Any) -> None:
+    """Wait until the first of the awaitables completes; cancel the waits it made."""
+    made = [a if isinstance(a, asyncio.Task) else asyncio.ensure_future(a) for a in awaitables]
+    try:
+        await asyncio.wait(made, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future, original in zip(made, awaitables, strict=True):
+            if future is not original:
+                future.cancel()
+
+
+def run(settings: WorkerSettings | None = None) -> int:
+    """Run the worker until SIGTERM/SIGINT; returns the process exit code."""
+    settings = settings or WorkerSettings()
+    configure_logging(settings.log_format, settings.log_level)
+    configure_tracing("ttp-worker", resource_attributes={"service.instance.id": settings.worker_id})
+    worker = Worker(settings)
+
+    return run_until_signalled(
+        "worker", worker.run, worker.state.stop, worker.request_stop, SHUTDOWN_GRACE_S
+    )

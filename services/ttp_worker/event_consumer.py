@@ -1,0 +1,392 @@
+"""Tag honeypot events from TTP_EVENTS into TTP_TAGS (SPEC section 4, issue 4 item 3).
+
+All workers pull from one shared durable consumer, so each event goes to one worker. Per
+fetched batch: every event is parsed and evaluated on the index reference taken once for that
+event, the tag (or dead-letter) publishes of the whole batch are awaited concurrently, and
+each event is acked only after its own publish was acked. A failed publish naks the event
+(redelivered later; the tag message id is the same, so TTP_TAGS keeps one copy). A worker
+killed mid-batch leaves its events unacked: they are redelivered after `ack_wait`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
+from opentelemetry.trace import Span, StatusCode
+
+from ttp_core.contract import subjects
+from ttp_core.contract.payloads import worker_source
+from ttp_runtime.nats import MSG_ID_HEADER
+from ttp_runtime.tracing import (
+    get_tracer,
+    inject_headers,
+    open_producer_span,
+    start_consumer_span,
+    subject_template,
+)
+from ttp_worker import metrics
+from ttp_worker.events import (
+    MalformedEventError,
+    Outgoing,
+    cloudevents_time,
+    deadletter_message,
+    parse_event,
+    tagged_message,
+)
+from ttp_worker.rulebook import Ruleset
+
+_log = logging.getLogger(__name__)
+
+_PUBLISH_TIMEOUT_S: Final = 5.0
+_NAK_DELAY_S: Final = 1.0
+_ERROR_PAUSE_S: Final = 0.5
+# How long a fetch waits for more events once one is in hand.
+_TOP_UP_S: Final = 0.02
+# Longest a stopping worker waits for late deliveries to release.
+_RELEASE_GRACE_S: Final = 2.0
+
+
+@dataclass
+class EventStats:
+    """Totals this worker reports in its status."""
+
+    processed: int = 0
+    tagged: int = 0
+    tags: int = 0
+    dead_letters: int = 0
+    no_rules: int = 0
+    dead_letter_reasons: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class _Item:
+    msg: Msg
+    out: Outgoing | None = None
+    published: bool = True
+    span: Span | None = None
+    """The tag publish's PRODUCER span, for events that arrived with a trace context."""
+    headers: dict[str, str] | None = None
+
+
+class EventConsumer:
+    """The pull loop over the shared durable consumer `ttp-workers`."""
+
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        current: Callable[[], Ruleset],
+        *,
+        worker_id: str,
+        consumer_name: str = "ttp-workers",
+        batch: int = 256,
+        fetch_timeout_s: float = 1.0,
+        ack_wait_s: float = 30.0,
+        max_ack_pending: int = 20_000,
+        max_event_bytes: int = 1024 * 1024,
+        deadletter_text_cap: int = 64 * 1024,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self._nc = nc
+        self._js = js
+        self._current = current
+        self.worker_id = worker_id
+        self._source = worker_source(worker_id)
+        self._consumer_name = consumer_name
+        self._batch = batch
+        self._fetch_timeout_s = fetch_timeout_s
+        self._ack_wait_s = ack_wait_s
+        self._max_ack_pending = max_ack_pending
+        self._max_event_bytes = max_event_bytes
+        self._text_cap = deadletter_text_cap
+        self._on_batch = on_batch
+        self._sub: Any = None
+        self.stats = EventStats()
+
+    def consumer_config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=self._consumer_name,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self._ack_wait_s,
+            max_ack_pending=self._max_ack_pending,
+            filter_subject=subjects.wildcard(subjects.EVENT_PREFIX),
+        )
+
+    async def _subscribe(self) -> None:
+        self._sub = await self._js.pull_subscribe(
+            subjects.wildcard(subjects.EVENT_PREFIX),
+            durable=self._consumer_name,
+            stream=subjects.STREAM_EVENTS,
+            config=self.consumer_config(),
+        )
+
+    def resubscribe(self) -> None:
+        """Bind the consumer again before the next fetch (after a NATS restart)."""
+        self._sub = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Fetch, tag, publish, ack until `stop` is set; the batch in hand is finished first."""
+        while not stop.is_set():
+            try:
+                if self._sub is None:
+                    await self._subscribe()
+                msgs = await self._fetch()
+            except TimeoutError:
+                continue
+            except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+                if stop.is_set():
+                    break
+                _log.warning(
+                    "fetching events failed (%s); rebinding the consumer",
+                    exc or type(exc).__name__,
+                )
+                self._sub = None
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), _ERROR_PAUSE_S)
+                continue
+            if msgs:
+                # Not cancelled by `stop`: a batch in hand is always published and acked.
+                try:
+                    await self.process(msgs)
+                except Exception:
+                    # Whatever was not acked is redelivered after ack_wait: nothing is lost.
+                    _log.exception("event batch failed; unacked events will be redelivered")
+        if self._sub is not None:
+            await self._release_leftovers()
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+
+    async def _release_leftovers(self) -> None:
+        """Nak the events delivered after the last fetch returned and not handed out yet.
+
+        A fetch can return while the server is still sending the rest of its batch; nats-py
+        queues such late deliveries for the next fetch. A stopping worker has no next fetch,
+        and unsubscribing would leave them pending until `ack_wait` expires. So the queue is
+        emptied until it stays quiet across a round trip to the server, and every event in it
+        is nak'ed: another worker gets it at once.
+        """
+        queue = getattr(getattr(self._sub, "_sub", None), "_pending_queue", None)
+        if queue is None:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _RELEASE_GRACE_S
+        released = quiet = 0
+        while quiet < 2 and loop.time() < deadline:
+            with contextlib.suppress(Exception):
+                await self._nc.flush(timeout=1)
+            await asyncio.sleep(_TOP_UP_S)
+            if queue.empty():
+                quiet += 1
+                continue
+            quiet = 0
+            while not queue.empty():
+                msg = queue.get_nowait()
+                if not msg.reply:  # a pull status (no more messages, timeout): nothing to nak
+                    continue
+                with contextlib.suppress(Exception):
+                    await msg.nak()
+                    released += 1
+        with contextlib.suppress(Exception):
+            await self._nc.flush(timeout=1)
+        if released:
+            _log.info("released %d fetched but unprocessed events on stop", released)
+
+    async def _fetch(self) -> list[Msg]:
+        """Wait for one event, then take what else is there right now (up to the batch).
+
+        One fetch of the whole batch would hold the first event until the batch fills or
+        the fetch times out: a second of latency under a light load.
+        """
+        sub = self._sub
+        msgs: list[Msg] = await sub.fetch(1, timeout=self._fetch_timeout_s)
+        if self._batch > 1:
+            with contextlib.suppress(TimeoutError):
+                msgs.extend(await sub.fetch(self._batch - 1, timeout=_TOP_UP_S))
+        return msgs
+
+    async def process(self, msgs: list[Msg]) -> None:
+        """Tag one batch: evaluate, publish concurrently, ack each after its publish."""
+        started = time.perf_counter()
+        with get_tracer().start_as_current_span(
+            "process ttp.event.{source_kind} batch",
+            attributes={"messaging.batch.message_count": len(msgs)},
+        ) as span:
+            items, counts = self._evaluate(msgs)
+            headers = inject_headers()
+            waiting = [item for item in items if item.out is not None]
+            failures = await self._publish_all(waiting, headers)
+            for item in items:
+                if item.published:
+                    await item.msg.ack()
+                else:
+                    with contextlib.suppress(Exception):
+                        await item.msg.nak(delay=_NAK_DELAY_S)
+            failed = len(failures)
+            if failed:
+                metrics.PUBLISH_FAILURES.inc(failed)
+                _log.warning(
+                    "publishing failed for %d events; they will be redelivered",
+                    failed,
+                    extra={"error": repr(failures[0])},
+                )
+            known = self._current().kinds
+            for (kind, outcome), count in counts.items():
+                # Kinds no rule applies to come from producers, not from us: one label for
+                # all of them keeps the metric's cardinality bounded by the rule set.
+                label = kind if kind in known else "other"
+                metrics.EVENTS.labels(label, outcome).inc(count)
+            span.set_attribute("ttp.publish_failures", failed)
+            if msgs:
+                with contextlib.suppress(Exception):
+                    metrics.CONSUMER_PENDING.set(msgs[-1].metadata.num_pending)
+        if self._on_batch is not None:
+            self._on_batch(len(msgs))
+        _log.debug(
+            "event batch done",
+            extra={"events": len(msgs), "ms": round((time.perf_counter() - started) * 1000, 3)},
+        )
+
+    def _evaluate(self, msgs: list[Msg]) -> tuple[list[_Item], Counter[tuple[str, str]]]:
+        counts: Counter[tuple[str, str]] = Counter()
+        tag_counts: Counter[str] = Counter()
+        items: list[_Item] = []
+        now_text = cloudevents_time()
+        stats = self.stats
+        observe = metrics.EVALUATE_SECONDS.observe
+        for msg in msgs:
+            item = _Item(msg)
+            items.append(item)
+            stats.processed += 1
+            raw = msg.data or b""
+            try:
+                event = parse_event(raw, self._max_event_bytes)
+            except MalformedEventError as error:
+                item.out = deadletter_message(
+                    raw,
+                    error,
+                    worker_id=self.worker_id,
+                    source=self._source,
+                    text_cap=self._text_cap,
+                    msg_id=_deadletter_id(msg),
+                )
+                stats.dead_letters += 1
+                stats.dead_letter_reasons[error.reason.value] += 1
+                metrics.DEAD_LETTERS.labels(error.reason.value).inc()
+                counts[(error.deadletter_kind, "deadletter")] += 1
+                continue
+            kind: str = event["source_kind"]
+            ruleset = self._current()  # one reference per event: one whole index
+            index = ruleset.index
+            if kind not in ruleset.kinds:
+                stats.no_rules += 1
+                counts[(kind, "no_rules")] += 1
+                continue
+            # An event that carries a trace context gets its own spans (consume, evaluate,
+            # tag publish) continuing the producer's trace; untraced events cost none.
+            traced = bool(msg.headers) and "traceparent" in (msg.headers or {})
+            consume = (
+                start_consumer_span(subject_template(msg.subject), msg.headers, subject=msg.subject)
+                if traced
+                else contextlib.nullcontext()
+            )
+            with consume:
+                t0 = time.perf_counter()
+                if traced:
+                    with get_tracer().start_as_current_span(
+                        f"evaluate {subject_template(msg.subject)}"
+                    ):
+                        tags = index.evaluate(event)
+                else:
+                    tags = index.evaluate(event)
+                observe(time.perf_counter() - t0)
+                if not tags:
+                    counts[(kind, "untagged")] += 1
+                    continue
+                item.out = tagged_message(event, tags, ruleset.revision, self._source, now_text)
+                if traced:
+                    item.span, item.headers = open_producer_span(
+                        subject_template(item.out.subject), item.out.subject
+                    )
+            stats.tagged += 1
+            stats.tags += len(tags)
+            tag_counts[kind] += len(tags)
+            counts[(kind, "tagged")] += 1
+        for kind, count in tag_counts.items():
+            metrics.TAGS.labels(kind).inc(count)
+        return items, counts
+
+    async def _publish_all(
+        self, items: list[_Item], headers: dict[str, str]
+    ) -> list[BaseException]:
+        """Publish every item's message at once; mark those whose PubAck did not come."""
+        if not items:
+            return []
+        futures: list[asyncio.Future[Any]] = []
+        failures: list[BaseException] = []
+        for item in items:
+            out = item.out
+            assert out is not None
+            message_headers = dict(item.headers if item.headers is not None else headers)
+            message_headers[MSG_ID_HEADER] = out.msg_id
+            try:
+                futures.append(
+                    await self._js.publish_async(
+                        out.subject,
+                        out.payload,
+                        # No stall timeout: wait_for would cost a task per message, and
+                        # the acks of earlier publishes free the semaphore anyway.
+                        wait_stall=None,
+                        headers=message_headers,
+                    )
+                )
+            except Exception as exc:
+                futures.append(_failed(exc))
+        sent = time.perf_counter()
+        await asyncio.wait(futures, timeout=_PUBLISH_TIMEOUT_S)
+        metrics.PUBLISH_SECONDS.observe(time.perf_counter() - sent)
+        for item, future in zip(items, futures, strict=True):
+            if not future.done():
+                future.cancel()
+                item.published = False
+                failures.append(TimeoutError("no PubAck in time"))
+            elif future.cancelled():
+                item.published = False
+                failures.append(asyncio.CancelledError())
+            elif (error := future.exception()) is not None:
+                item.published = False
+                failures.append(error)
+        for item in items:
+            if item.span is not None:
+                if not item.published:
+                    item.span.set_status(StatusCode.ERROR, "no PubAck")
+                item.span.end()
+        return failures
+
+
+def _failed(error: BaseException) -> asyncio.Future[Any]:
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    future.set_exception(error)
+    return future
+
+
+def _deadletter_id(msg: Msg) -> str:
+    """The same id on redelivery: the event's stream and sequence."""
+    try:
+        meta = msg.metadata
+    except Exception:  # not a JetStream message (cannot happen on a pull consumer)
+        return f"ttp-dl-{time.time_ns()}"
+    return f"ttp-dl-{meta.stream}-{meta.sequence.stream}"

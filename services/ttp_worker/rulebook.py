@@ -1,0 +1,238 @@
+"""What a worker knows about the rules, rebuilt from TTP_RULES messages only (no I/O here).
+
+A :class:`RuleBook` holds the current :class:`Ruleset` (an immutable index plus the revision
+it reflects) and, per rule, the newest revision applied, kept apart for definitions and for
+operator states: both live on their own subject with their own revision, and a state may
+arrive before its rule. A message whose revision is not newer than the one held for its
+(kind, rule) is ignored, so duplicates and out-of-order deliveries change nothing.
+
+The index is swapped by replacing one reference (:attr:`RuleBook.current`), so an event
+evaluated on the reference it took finishes on that whole index.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+import pydantic
+
+from ttp_core.contract import subjects
+from ttp_core.contract.payloads import RuleReloaded, RuleStateChanged
+from ttp_core.engine.compiler import CompiledRule, compile_rule
+from ttp_core.engine.index import LifterEvaluator, RuleIndex
+from ttp_core.engine.state import RuleState, StateKind
+from ttp_core.rules.model import Rule
+
+_log = logging.getLogger(__name__)
+
+
+class RuleMessageError(ValueError):
+    """A TTP_RULES message the worker cannot apply (bad JSON, schema, or rule)."""
+
+
+class ChangeKind(StrEnum):
+    DEFINITION = "definition"
+    STATE = "state"
+
+
+@dataclass(frozen=True, slots=True)
+class RuleChange:
+    """One decoded rule message.
+
+    DEFINITION: `compiled` is the new rule, or None for a tombstone (remove the rule).
+    STATE: `state` is the operator state, or None for `enabled` (no operator state).
+    """
+
+    kind: ChangeKind
+    rule_id: str
+    revision: int
+    compiled: CompiledRule | None = None
+    state: RuleState | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ruleset:
+    """An index and the newest revision it reflects; swapped as one reference.
+
+    `kinds`: the source kinds some evaluated rule applies to (built-in rules, and external
+    ones whose lifter has an evaluator); an event of any other kind has nothing to match.
+    """
+
+    index: RuleIndex
+    revision: int
+    kinds: frozenset[str] = frozenset()
+
+    def applies_to(self, source_kind: str) -> bool:
+        return source_kind in self.kinds
+
+
+def evaluated_kinds(index: RuleIndex, lifters: Mapping[str, LifterEvaluator]) -> frozenset[str]:
+    """The source kinds an index evaluates rules for."""
+    kinds: set[str] = set()
+    for compiled in index.rules.values():
+        if compiled.is_external and getattr(compiled.rule.match, "lifter", None) not in lifters:
+            continue
+        kinds.update(compiled.kinds)
+    return frozenset(kinds)
+
+
+def _timestamp(value: datetime | None) -> float | None:
+    return None if value is None else value.timestamp()
+
+
+def event_time(raw: bytes) -> float | None:
+    """The CloudEvents `time` of a message as a POSIX timestamp, if it has a valid one."""
+    try:
+        value = json.loads(raw).get("time")
+        return datetime.fromisoformat(value).timestamp() if isinstance(value, str) else None
+    except (ValueError, AttributeError, RecursionError):
+        return None
+
+
+def decode_rule_message(subject: str, raw: bytes) -> RuleChange | None:
+    """The change a TTP_RULES message carries; None for subjects the index does not use.
+
+    Raises :class:`RuleMessageError` when the message cannot be applied.
+    """
+    if subject.startswith(subjects.RULE_RELOADED_PREFIX + "."):
+        return _decode_reloaded(subject, raw)
+    if subject.startswith(subjects.RULE_STATE_PREFIX + "."):
+        return _decode_state(subject, raw)
+    return None
+
+
+def _envelope_data(raw: bytes) -> dict[str, Any]:
+    try:
+        event = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise RuleMessageError(f"not JSON: {exc}") from exc
+    if not isinstance(event, dict) or not isinstance(event.get("data"), dict):
+        raise RuleMessageError("not a CloudEvents envelope with a data object")
+    data: dict[str, Any] = event["data"]
+    return data
+
+
+def _check_subject(subject: str, rule_id: str) -> None:
+    if subjects.last_token(subject) != rule_id:
+        raise RuleMessageError(f"rule_id {rule_id!r} does not match subject {subject!r}")
+
+
+def _decode_reloaded(subject: str, raw: bytes) -> RuleChange:
+    try:
+        data = RuleReloaded.model_validate(_envelope_data(raw))
+    except pydantic.ValidationError as exc:
+        raise RuleMessageError(f"invalid ttp.rule.reloaded data: {exc}") from exc
+    _check_subject(subject, data.rule_id)
+    if data.deleted:
+        return RuleChange(ChangeKind.DEFINITION, data.rule_id, data.revision)
+    if data.rule is None:
+        raise RuleMessageError("a reloaded event that is not a tombstone needs its rule")
+    try:
+        rule = Rule.model_validate(data.rule)
+        # The master's hash, not a recomputed one: the index digest must equal the master's.
+        compiled = compile_rule(rule, sha256=data.content_sha256)
+    except Exception as exc:  # any failure to build the rule makes the message unprocessable
+        raise RuleMessageError(f"rule {data.rule_id} does not compile: {exc}") from exc
+    if compiled.rule_id != data.rule_id:
+        raise RuleMessageError(f"rule body names {compiled.rule_id}, event names {data.rule_id}")
+    return RuleChange(ChangeKind.DEFINITION, data.rule_id, data.revision, compiled=compiled)
+
+
+def _decode_state(subject: str, raw: bytes) -> RuleChange:
+    try:
+        data = RuleStateChanged.model_validate(_envelope_data(raw))
+    except pydantic.ValidationError as exc:
+        raise RuleMessageError(f"invalid ttp.rule.state data: {exc}") from exc
+    _check_subject(subject, data.rule_id)
+    if data.state == "enabled":
+        # "enabled" is no operator state at all: the master has no row, so neither do we.
+        return RuleChange(ChangeKind.STATE, data.rule_id, data.revision)
+    try:
+        state = RuleState(StateKind(data.state), data.confidence_max, _timestamp(data.expires_at))
+    except ValueError as exc:
+        raise RuleMessageError(f"invalid state of {data.rule_id}: {exc}") from exc
+    return RuleChange(ChangeKind.STATE, data.rule_id, data.revision, state=state)
+
+
+class RuleBook:
+    """The worker's rules: the current ruleset and the revisions held per rule."""
+
+    def __init__(self, lifters: Mapping[str, LifterEvaluator] | None = None) -> None:
+        self._lifters = dict(lifters or {})
+        self.current = Ruleset(RuleIndex.empty(self._lifters), 0)
+        self._revisions: dict[ChangeKind, dict[str, int]] = {kind: {} for kind in ChangeKind}
+
+    def held(self, kind: ChangeKind, rule_id: str) -> int:
+        """The revision held for a rule's definition or state (0: none)."""
+        return self._revisions[kind].get(rule_id, 0)
+
+    def held_definition(self, rule_id: str) -> int:
+        return self.held(ChangeKind.DEFINITION, rule_id)
+
+    def held_state(self, rule_id: str) -> int:
+        return self.held(ChangeKind.STATE, rule_id)
+
+    def is_newer(self, change: RuleChange) -> bool:
+        return change.revision > self.held(change.kind, change.rule_id)
+
+    def load_snapshot(self, changes: Iterable[RuleChange]) -> Ruleset:
+        """Replace everything with a snapshot, built as one index (every field compiles once).
+
+        Of several changes for the same (kind, rule) the newest revision wins.
+        """
+        newest: dict[tuple[ChangeKind, str], RuleChange] = {}
+        for change in changes:
+            key = (change.kind, change.rule_id)
+            held = newest.get(key)
+            if held is None or change.revision > held.revision:
+                newest[key] = change
+        revisions: dict[ChangeKind, dict[str, int]] = {kind: {} for kind in ChangeKind}
+        compiled: list[CompiledRule] = []
+        states: dict[str, RuleState] = {}
+        top = 0
+        for (kind, rule_id), change in newest.items():
+            revisions[kind][rule_id] = change.revision
+            top = max(top, change.revision)
+            if change.compiled is not None:
+                compiled.append(change.compiled)
+            if change.state is not None:
+                states[rule_id] = change.state
+        index = RuleIndex.build(compiled, states, self._lifters)
+        self._revisions = revisions
+        self.current = Ruleset(index, top, evaluated_kinds(index, self._lifters))
+        return self.current
+
+    def apply(self, changes: Iterable[RuleChange]) -> list[RuleChange]:
+        """Apply the changes newer than what is held, as one swap; returns those applied."""
+        applied: list[RuleChange] = []
+        upserts: dict[str, CompiledRule] = {}
+        removals: set[str] = set()
+        states: dict[str, RuleState | None] = {}
+        for change in changes:
+            if not self.is_newer(change):
+                continue
+            self._revisions[change.kind][change.rule_id] = change.revision
+            applied.append(change)
+            if change.kind is ChangeKind.STATE:
+                states[change.rule_id] = change.state
+            elif change.compiled is None:
+                upserts.pop(change.rule_id, None)
+                removals.add(change.rule_id)
+            else:
+                removals.discard(change.rule_id)
+                upserts[change.rule_id] = change.compiled
+        if not applied:
+            return applied
+        current = self.current
+        index = current.index.with_changes(
+            upserts=upserts.values(), removals=removals, states=states
+        )
+        top = max(current.revision, *(change.revision for change in applied))
+        self.current = Ruleset(index, top, evaluated_kinds(index, self._lifters))
+        return applied

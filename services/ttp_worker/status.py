@@ -1,0 +1,99 @@
+"""`ttp.worker.status.<worker_id>` on core NATS: every few seconds and after each change.
+
+Changes arriving in a burst are coalesced: the publisher wakes on the first, and whatever
+else was applied by the time it runs goes out in the same message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nats.aio.client import Client
+
+from ttp_core.contract import subjects
+from ttp_core.contract.payloads import WorkerStatus, encode, envelope, worker_source
+from ttp_core.engine.index import RuleIndex
+from ttp_runtime.tracing import inject_headers
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class StatusFacts:
+    """What a status message reports, read from the worker when it is sent."""
+
+    index: RuleIndex
+    revision: int
+    ready: bool
+    events_processed: int
+    apply_latency_ms: float | None
+
+
+class StatusPublisher:
+    """Publishes the worker's heartbeat; :meth:`changed` asks for one now."""
+
+    def __init__(
+        self,
+        nc: Client,
+        worker_id: str,
+        facts: Callable[[], StatusFacts],
+        interval_s: float = 5.0,
+    ) -> None:
+        self._nc = nc
+        self.worker_id = worker_id
+        self._subject = subjects.worker_status(worker_id)
+        self._source = worker_source(worker_id)
+        self._facts = facts
+        self._interval_s = interval_s
+        self._wake = asyncio.Event()
+        self._digest: tuple[RuleIndex, str] | None = None
+        self.published = 0
+
+    def changed(self) -> None:
+        self._wake.set()
+
+    def digest(self, index: RuleIndex) -> str:
+        """The index digest, computed once per index."""
+        cached = self._digest
+        if cached is not None and cached[0] is index:
+            return cached[1]
+        value = index.digest()
+        self._digest = (index, value)
+        return value
+
+    def build(self) -> WorkerStatus:
+        facts = self._facts()
+        counts = facts.index.counts()
+        return WorkerStatus(
+            worker_id=self.worker_id,
+            revision=facts.revision,
+            rules=counts["rules"],
+            active=counts["active"],
+            external=counts["external"],
+            ready=facts.ready,
+            events_processed=facts.events_processed,
+            index_digest=self.digest(facts.index),
+            apply_latency_ms=facts.apply_latency_ms,
+        )
+
+    async def publish(self) -> None:
+        status = self.build()
+        event = envelope(status, source=self._source, subject=self.worker_id)
+        await self._nc.publish(self._subject, encode(event), headers=inject_headers())
+        self.published += 1
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self._interval_s)
+            self._wake.clear()
+            if stop.is_set():
+                break
+            try:
+                await self.publish()
+            except Exception as exc:  # a heartbeat lost while NATS is away is not an error
+                _log.debug("worker status not published: %s", exc)
