@@ -1,0 +1,1 @@
+"""ttpctl, the ttp-rulebus operator CLI."""

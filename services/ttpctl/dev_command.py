@@ -1,0 +1,465 @@
+"""`ttpctl dev`: the whole system on one machine, for trying it out (`make run`).
+
+Starts embedded NATS and PostgreSQL (unless ``TTP_NATS_URL`` / ``TTP_DATABASE_URL`` are set),
+the master and N workers as child processes, and shows a live status until Ctrl-C / SIGTERM.
+Data and logs live under ``--data-dir`` (default ``.ttp``) and persist between runs; the
+embedded servers' ports are chosen once and kept in ``<data-dir>/ports.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import nats
+import typer
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from ttp_core.contract import subjects
+from ttp_core.contract.payloads import HoneypotEvent, encode, envelope
+from ttp_runtime.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError
+from ttp_runtime.nats import publish_js
+
+__all__ = ["dev_command"]
+
+_STOP_TIMEOUT_S = 10.0
+_DEMO_SOURCE = "ttp-rulebus/ttpctl-dev-demo"
+_RATE_WINDOW_S = 5.0
+
+
+class _StopRequestedError(Exception):
+    """Raised by the SIGTERM handler while servers start (before the event loop runs)."""
+
+
+@dataclass
+class _Child:
+    name: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    http_port: int
+
+
+@dataclass
+class _Status:
+    """What the subscriptions saw; rendered about once a second."""
+
+    ruleset: dict[str, Any] | None = None
+    workers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tagged_events: int = 0
+    tags: int = 0
+    tag_times: deque[tuple[float, int]] = field(default_factory=deque)
+    demo_published: int = 0
+    demo_total: int = 0
+    last_tags: deque[str] = field(default_factory=lambda: deque(maxlen=5))
+
+
+def _die_with_parent() -> None:
+    """preexec_fn: ask Linux to SIGTERM the child if ttpctl dies without cleaning up."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
+
+
+def _check_traversable(path: Path) -> str | None:
+    """When root, PostgreSQL runs as ``nobody``: every ancestor needs o+x. Returns a problem."""
+    if os.geteuid() != 0:
+        return None
+    for directory in [path, *path.parents]:
+        if directory.exists() and not directory.stat().st_mode & 0o001:
+            return (
+                f"{directory} is not traversable by other users, but embedded PostgreSQL runs"
+                f" as 'nobody' when ttpctl runs as root: run `chmod o+x {directory}` or choose"
+                " another --data-dir"
+            )
+    return None
+
+
+def _load_ports(path: Path) -> dict[str, int]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return (
+        {k: int(v) for k, v in data.items() if isinstance(v, int)} if isinstance(data, dict) else {}
+    )
+
+
+def _raise_stop(_signum: int, _frame: FrameType | None) -> None:
+    raise _StopRequestedError
+
+
+def _demo_events() -> list[dict[str, Any]]:
+    text = resources.files("ttpctl").joinpath("demo_events.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def dev_command(
+    demo: Annotated[bool, typer.Option("--demo", help="Feed a sample of honeypot events.")] = False,
+    workers: Annotated[int, typer.Option(min=1, max=16, help="Worker processes.")] = 2,
+    data_dir: Annotated[Path, typer.Option(help="Data, ports and logs.")] = Path(".ttp"),
+    rules_dir: Annotated[Path, typer.Option(help="Rules directory.")] = Path("rules"),
+    http_port: Annotated[
+        int, typer.Option(help="Master HTTP port; workers use the following ones.")
+    ] = 8080,
+    exit_after_demo: Annotated[
+        bool, typer.Option("--exit-after-demo", help="With --demo: exit once it was processed.")
+    ] = False,
+) -> None:
+    """Run NATS, PostgreSQL, the master and workers locally with a live status."""
+    console = Console()
+    data_dir = data_dir.absolute()
+    if not rules_dir.is_dir():
+        console.print(f"[red]rules directory {rules_dir} does not exist[/red]")
+        raise typer.Exit(2)
+    data_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    (data_dir / "logs").mkdir(exist_ok=True)
+    nats_url = os.environ.get("TTP_NATS_URL")
+    database_url = os.environ.get("TTP_DATABASE_URL")
+    servers: list[EmbeddedNats | EmbeddedPostgres] = []
+    children: list[_Child] = []
+    previous_term = signal.signal(signal.SIGTERM, _raise_stop)
+    code = 0
+    try:
+        try:
+            nats_url, database_url = _start_servers(
+                console, data_dir, nats_url, database_url, servers
+            )
+        except EmbeddedServerError as exc:
+            console.print(f"[red]could not start an embedded server:[/red] {exc}")
+            raise typer.Exit(1) from None
+        base_env = {
+            **os.environ,
+            "TTP_NATS_URL": nats_url,
+            "TTP_DATABASE_URL": database_url,
+            "TTP_RULES_DIR": str(rules_dir.absolute()),
+            "TTP_HTTP_HOST": "127.0.0.1",
+            "TTP_LOG_FORMAT": "console",
+            "TTP_STATUS_INTERVAL_S": "1",
+        }
+        children.append(_spawn("master", "ttp-master", base_env, data_dir, http_port))
+        for number in range(1, workers + 1):
+            port = http_port + number if http_port else 0
+            name = f"dev-w{number}"
+            children.append(
+                _spawn(name, "ttp-worker", {**base_env, "TTP_WORKER_ID": name}, data_dir, port)
+            )
+        code = asyncio.run(
+            _supervise(console, nats_url, children, servers, demo, demo and exit_after_demo)
+        )
+    except (KeyboardInterrupt, _StopRequestedError):
+        code = 0
+    finally:
+        signal.signal(signal.SIGTERM, _raise_stop)
+        with contextlib.suppress(KeyboardInterrupt, _StopRequestedError):
+            _stop_children(console, children)
+        for server in reversed(servers):
+            with contextlib.suppress(KeyboardInterrupt, _StopRequestedError):
+                server.close()
+        signal.signal(signal.SIGTERM, previous_term)
+    if not console.is_terminal:
+        console.line()
+    console.print("ttpctl dev: stopped; data kept in " + str(data_dir))
+    raise typer.Exit(code)
+
+
+def _start_servers(
+    console: Console,
+    data_dir: Path,
+    nats_url: str | None,
+    database_url: str | None,
+    servers: list[EmbeddedNats | EmbeddedPostgres],
+) -> tuple[str, str]:
+    ports_file = data_dir / "ports.json"
+    ports = _load_ports(ports_file)
+    if not nats_url:
+        nats_server = EmbeddedNats(
+            data_dir=data_dir / "nats",
+            port=ports.get("nats"),
+            monitor_port=ports.get("nats_monitor"),
+            server_name="ttp-dev",
+        )
+        servers.append(nats_server)
+        console.print(f"starting embedded NATS (data {nats_server.data_dir}) ...")
+        nats_server.start()
+        ports |= {"nats": nats_server.port, "nats_monitor": nats_server.monitor_port}
+        nats_url = nats_server.url
+    if not database_url:
+        problem = _check_traversable(data_dir)
+        if problem:
+            raise EmbeddedServerError(problem)
+        pg = EmbeddedPostgres(data_dir=data_dir / "postgres", port=ports.get("postgres"))
+        servers.append(pg)
+        console.print(f"starting embedded PostgreSQL (data {pg.data_dir}) ...")
+        pg.start()
+        pg.ensure_database("ttp")
+        ports |= {"postgres": pg.port}
+        database_url = pg.url_for("ttp")
+    ports_file.write_text(json.dumps(ports, indent=2) + "\n", encoding="utf-8")
+    return nats_url, database_url
+
+
+def _spawn(name: str, program: str, env: dict[str, str], data_dir: Path, port: int) -> _Child:
+    log_path = data_dir / "logs" / f"{name}.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(  # noqa: S603
+            [str(Path(sys.executable).parent / program)],
+            env={**env, "TTP_HTTP_PORT": str(port)},
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # Own process group: Ctrl-C reaches ttpctl only, which stops children in order.
+            process_group=0,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509
+        )
+    return _Child(name, process, log_path, port)
+
+
+def _stop_children(console: Console, children: list[_Child]) -> None:
+    # Workers first, then the master.
+    ordered = list(reversed(children))
+    for child in ordered:
+        if child.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                child.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + _STOP_TIMEOUT_S
+    for child in ordered:
+        try:
+            child.process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            console.print(f"{child.name} did not stop within {_STOP_TIMEOUT_S:.0f} s; killing it")
+            child.process.kill()
+            child.process.wait()
+
+
+async def _supervise(
+    console: Console,
+    nats_url: str,
+    children: list[_Child],
+    servers: list[EmbeddedNats | EmbeddedPostgres],
+    demo: bool,
+    exit_after_demo: bool,
+) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    status = _Status()
+    nc = await nats.connect(nats_url, name="ttpctl-dev", max_reconnect_attempts=-1)
+    subscriptions = await _subscribe(nc, status)
+    demo_task: asyncio.Task[None] | None = None
+    started = time.monotonic()
+    code = 0
+    try:
+        with Live(
+            _render(status, children, servers, nats_url), console=console, refresh_per_second=1
+        ) as live:
+            while not stop.is_set():
+                dead = [c for c in children if c.process.poll() is not None]
+                if dead:
+                    live.stop()
+                    for child in dead:
+                        console.print(
+                            f"[red]{child.name} exited with code {child.process.returncode};"
+                            f" see {child.log_path}[/red]"
+                        )
+                    code = 1
+                    break
+                if status.ruleset is None:
+                    status.ruleset = await _last_ruleset(nc)
+                if demo and demo_task is None and status.ruleset is not None:
+                    demo_task = asyncio.create_task(_publish_demo(nc, status))
+                if exit_after_demo and demo_task is not None and demo_task.done():
+                    demo_task.result()
+                    if _demo_processed(status):
+                        live.stop()
+                        if not console.is_terminal:
+                            console.line()
+                        elapsed = time.monotonic() - started
+                        console.print(
+                            f"ttpctl dev: demo done: {status.demo_published} events published,"
+                            f" {_processed(status)} processed, {status.tagged_events} tagged"
+                            f" events, {status.tags} tags in {elapsed:.1f} s"
+                        )
+                        break
+                live.update(_render(status, children, servers, nats_url))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+    finally:
+        if demo_task is not None and not demo_task.done():
+            demo_task.cancel()
+        for sub in subscriptions:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        with contextlib.suppress(Exception):
+            await nc.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return code
+
+
+def _processed(status: _Status) -> int:
+    return sum(int(w.get("events_processed", 0)) for w in status.workers.values())
+
+
+def _demo_processed(status: _Status) -> bool:
+    return (
+        status.demo_published >= status.demo_total > 0
+        and _processed(status) >= status.demo_total
+        and status.tags > 0
+    )
+
+
+async def _last_ruleset(nc: Client) -> dict[str, Any] | None:
+    try:
+        msg = await nc.jetstream().get_last_msg(subjects.STREAM_RULES, subjects.RULESET_REVISION)
+    except Exception:
+        return None
+    if msg.data is None:
+        return None
+    data: dict[str, Any] = json.loads(msg.data)["data"]
+    return data
+
+
+async def _subscribe(nc: Client, status: _Status) -> list[Any]:
+    async def on_ruleset(msg: Msg) -> None:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            status.ruleset = json.loads(msg.data)["data"]
+
+    async def on_worker(msg: Msg) -> None:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            data = json.loads(msg.data)["data"]
+            status.workers[str(data["worker_id"])] = data
+
+    async def on_tagged(msg: Msg) -> None:
+        with contextlib.suppress(ValueError, KeyError, TypeError):
+            data = json.loads(msg.data)["data"]
+            tags = data.get("tags", [])
+            status.tagged_events += 1
+            status.tags += len(tags)
+            status.tag_times.append((time.monotonic(), len(tags)))
+            for tag in tags:
+                status.last_tags.append(
+                    f"{data['source_kind']}/{data['source_id']}: {tag['rule_id']}"
+                    f" -> {tag.get('sub_technique_id') or tag['technique_id']}"
+                    f" ({tag['confidence']:.2f})"
+                )
+
+    return [
+        await nc.subscribe(subjects.RULESET_REVISION, cb=on_ruleset),
+        await nc.subscribe(subjects.wildcard(subjects.WORKER_STATUS_PREFIX), cb=on_worker),
+        await nc.subscribe(subjects.wildcard(subjects.TAGGED_PREFIX), cb=on_tagged),
+    ]
+
+
+async def _publish_demo(nc: Client, status: _Status) -> None:
+    js = nc.jetstream()
+    events = _demo_events()
+    status.demo_total = len(events)
+    # Unique ids per run: JetStream would drop a re-published msg id as a duplicate.
+    run = uuid.uuid4().hex[:8]
+    for raw in events:
+        data = HoneypotEvent.model_validate({**raw, "source_id": f"{raw['source_id']}-{run}"})
+        message = envelope(data, source=_DEMO_SOURCE, subject=data.source_id)
+        await publish_js(
+            js,
+            subjects.event(data.source_kind),
+            encode(message),
+            msg_id=message.id,
+            expected_stream=subjects.STREAM_EVENTS,
+        )
+        status.demo_published += 1
+
+
+def _rates(status: _Status) -> tuple[float, float]:
+    now = time.monotonic()
+    while status.tag_times and status.tag_times[0][0] < now - _RATE_WINDOW_S:
+        status.tag_times.popleft()
+    events = len(status.tag_times) / _RATE_WINDOW_S
+    tags = sum(n for _, n in status.tag_times) / _RATE_WINDOW_S
+    return events, tags
+
+
+def _render(
+    status: _Status,
+    children: list[_Child],
+    servers: list[EmbeddedNats | EmbeddedPostgres],
+    nats_url: str,
+) -> Group:
+    ruleset = status.ruleset
+    head = Text()
+    if ruleset is None:
+        head.append("ruleset: waiting for the master ...", style="yellow")
+        revision = None
+    else:
+        revision = ruleset.get("revision")
+        head.append(
+            f"ruleset revision {revision}: {ruleset.get('rules')} rules,"
+            f" {ruleset.get('active')} active, {ruleset.get('external')} external,"
+            f" {ruleset.get('rejected')} rejected",
+            style="bold",
+        )
+    table = Table(title="processes")
+    for column in ("name", "pid", "revision", "ready", "events processed", "log"):
+        table.add_column(column)
+    for child in children:
+        worker = status.workers.get(child.name, {})
+        alive = child.process.poll() is None
+        table.add_row(
+            child.name,
+            str(child.process.pid) if alive else f"exited {child.process.returncode}",
+            str(revision if child.name == "master" else worker.get("revision", "-")),
+            "" if child.name == "master" else str(worker.get("ready", "-")),
+            "" if child.name == "master" else str(worker.get("events_processed", "-")),
+            str(child.log_path),
+        )
+    worker_revisions = {
+        w.get("revision") for name, w in status.workers.items() if name.startswith("dev-w")
+    }
+    converged = (
+        revision is not None
+        and len(status.workers) >= len(children) - 1
+        and worker_revisions == {revision}
+    )
+    events_s, tags_s = _rates(status)
+    summary = Text(
+        f"workers converged: {'yes' if converged else 'no'}   events tagged/s: {events_s:.1f}"
+        f"   tags/s: {tags_s:.1f}   total: {status.tagged_events} tagged events,"
+        f" {status.tags} tags"
+    )
+    if status.demo_total:
+        summary.append(f"   demo: {status.demo_published}/{status.demo_total} published")
+    where = [f"NATS {nats_url}"]
+    for server in servers:
+        if isinstance(server, EmbeddedNats):
+            where.append(f"NATS monitoring {server.monitor_url}  log {server.log_path}")
+        else:
+            where.append(f"PostgreSQL {server.dsn_for('ttp')}  log {server.log_path}")
+    where += [
+        f"{c.name} metrics http://127.0.0.1:{c.http_port}/metrics" for c in children if c.http_port
+    ]
+    where.append(
+        f"tags: subscribe to ttp.tagged.> on {nats_url}   (Ctrl-C stops all; data is kept)"
+    )
+    recent = Text("\n".join(status.last_tags) or "no tags yet", style="green")
+    return Group(head, table, summary, Text("recent tags:"), recent, Text("\n".join(where)))
