@@ -1,0 +1,1 @@
+"""End-to-end tests: real service processes against real NATS and PostgreSQL."""

@@ -1,0 +1,425 @@
+"""Workers converge on the master's rule set, as real processes (issue 4).
+
+`ttp-master` and three `ttp-worker` processes share a private NATS server (free to kill) and a
+fresh database. A worker's `ttp.worker.status.<id>` carries the `index_digest` of the index it
+tags with; the master's `ttp.ruleset.revision` carries the digest of the rule set it holds.
+Equal digests (and revisions) mean the worker holds exactly the master's rules.
+
+- a rule file saved like an editor does (temporary file + rename) reaches all three workers;
+- NATS is killed and restarted while rules are being edited (before, during and after the
+  outage): every worker converges to the master's final revision and digest;
+- SIGTERM while a worker is tagging: it acks what it fetched and exits 0 within 10 s, and
+  every event is tagged exactly once once another worker has finished the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import nats.errors
+import nats.js.errors
+import pytest
+import yaml
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from e2e.master_harness import STARTER_RULES, nats_client
+from ttp_core.contract import subjects
+from ttp_core.engine.index import RuleIndex
+from ttp_core.rules.validator import RuleValidator
+
+BIN = Path(sys.executable).parent
+TIMEOUT_S = 30.0
+WORKERS = ("c1", "c2", "c3")
+WORKER_ENV = {
+    "TTP_STATUS_INTERVAL_S": "0.3",
+    "TTP_FETCH_TIMEOUT_S": "0.3",
+    "TTP_ACK_WAIT_S": "3",
+    "TTP_NATS_PING_INTERVAL_S": "1",
+}
+
+
+class Procs:
+    """The processes of one test, all killed at the end whatever happened."""
+
+    def __init__(self, tmp: Path, nats_url: str, database_url: str, rules: Path) -> None:
+        self.tmp = tmp
+        self.base_env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("TTP_")},
+            "TTP_NATS_URL": nats_url,
+            "TTP_DATABASE_URL": database_url,
+            "TTP_RULES_DIR": str(rules),
+            "TTP_HTTP_HOST": "127.0.0.1",
+            "TTP_HTTP_PORT": "0",
+            "TTP_LOG_FORMAT": "json",
+            "TTP_DEBOUNCE_MS": "10",
+        }
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, program: str, **env: str) -> subprocess.Popen[bytes]:
+        with (self.tmp / f"{name}.log").open("ab") as log:
+            proc = subprocess.Popen(
+                [str(BIN / program)],
+                env={**self.base_env, **env},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.procs[name] = proc
+        return proc
+
+    def worker(self, worker_id: str, **env: str) -> subprocess.Popen[bytes]:
+        return self.start(worker_id, "ttp-worker", TTP_WORKER_ID=worker_id, **WORKER_ENV, **env)
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")[-3000:]
+
+    def check_alive(self, *names: str) -> None:
+        for name in names:
+            proc = self.procs[name]
+            if proc.poll() is not None:
+                raise AssertionError(f"{name} exited {proc.returncode}:\n{self.log(name)}")
+
+    def kill_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+@pytest.fixture
+def rules_dir(tmp_path: Path) -> Path:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    for path in STARTER_RULES.rglob("*.yaml"):
+        (rules / path.name).write_bytes(path.read_bytes())
+    return rules
+
+
+@pytest.fixture
+def procs(tmp_path: Path, private_nats: Any, database_url: str, rules_dir: Path) -> Iterator[Procs]:
+    handle = Procs(tmp_path, private_nats.url, database_url, rules_dir)
+    try:
+        yield handle
+    finally:
+        handle.kill_all()
+
+
+async def until(
+    what: str,
+    check: Callable[[], Awaitable[Any]],
+    procs: Procs,
+    *alive: str,
+    timeout: float = TIMEOUT_S,
+) -> Any:
+    """Poll `check` until it returns something true; fail if a process in `alive` died."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, OSError):
+            last = await check()
+            if last:
+                return last
+        procs.check_alive(*alive)
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last})")
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def status_feed(nc: Client) -> AsyncIterator[dict[str, dict[str, Any]]]:
+    """The newest `ttp.worker.status` data of each worker."""
+    latest: dict[str, dict[str, Any]] = {}
+
+    async def on_status(msg: Msg) -> None:
+        data = json.loads(msg.data)["data"]
+        latest[data["worker_id"]] = data
+
+    sub = await nc.subscribe(subjects.wildcard(subjects.WORKER_STATUS_PREFIX), cb=on_status)
+    try:
+        yield latest
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+
+async def master_summary(nc: Client) -> dict[str, Any] | None:
+    """The master's last `ttp.ruleset.revision` data, as TTP_RULES holds it."""
+    try:
+        msg = await nc.jetstream().get_last_msg(subjects.STREAM_RULES, subjects.RULESET_REVISION)
+    except nats.js.errors.NotFoundError:
+        return None
+    data: dict[str, Any] = json.loads(msg.data or b"{}")["data"]
+    return data
+
+
+async def stored_version(nc: Client, rule_id: str) -> int | None:
+    """The rule_version of the rule's last `reloaded` message in TTP_RULES."""
+    try:
+        msg = await nc.jetstream().get_last_msg(
+            subjects.STREAM_RULES, subjects.rule_reloaded(rule_id)
+        )
+    except nats.js.errors.NotFoundError:
+        return None
+    version = json.loads(msg.data or b"{}")["data"].get("rule_version")
+    return None if version is None else int(version)
+
+
+def fleet_matches(
+    statuses: dict[str, dict[str, Any]], summary: dict[str, Any], workers: tuple[str, ...]
+) -> bool:
+    return all(
+        statuses.get(w, {}).get("ready") is True
+        and statuses[w].get("index_digest") == summary["digest"]
+        and statuses[w].get("revision") == summary["revision"]
+        for w in workers
+    )
+
+
+def save(rules: Path, rule_id: str, version: int) -> None:
+    """Save a new rule_version of a rule as an editor does: temporary file, then rename."""
+    path = rules / f"{rule_id}.yaml"
+    text, replaced = re.subn(
+        r"(?m)^rule_version: \d+$", f"rule_version: {version}", path.read_text(), count=1
+    )
+    assert replaced == 1
+    temp = rules / f".{rule_id}.yaml.swp"
+    temp.write_text(text)
+    os.replace(temp, path)
+
+
+async def start_fleet(
+    procs: Procs, nc: Client, statuses: dict[str, dict[str, Any]], workers: tuple[str, ...]
+) -> dict[str, Any]:
+    """Master and workers running, the workers on the master's digest; the summary."""
+    procs.start("master", "ttp-master")
+    rule_count = len(list(STARTER_RULES.rglob("*.yaml")))
+
+    async def loaded() -> dict[str, Any] | None:
+        summary = await master_summary(nc)
+        return summary if summary is not None and summary["rules"] == rule_count else None
+
+    summary: dict[str, Any] = await until("the master's starter pack", loaded, procs, "master")
+    for worker in workers:
+        procs.worker(worker)
+
+    async def converged() -> bool:
+        return fleet_matches(statuses, summary, workers)
+
+    await until("every worker on the master's digest", converged, procs, "master", *workers)
+    return summary
+
+
+async def converge_after(
+    procs: Procs,
+    nc: Client,
+    statuses: dict[str, dict[str, Any]],
+    expected_versions: dict[str, int],
+    workers: tuple[str, ...],
+    timeout: float = TIMEOUT_S,
+) -> dict[str, Any]:
+    """Wait until TTP_RULES holds the expected versions and every worker has the master's
+    final digest and revision; that final summary."""
+
+    async def published() -> bool:
+        for rule_id, version in expected_versions.items():
+            if await stored_version(nc, rule_id) != version:
+                return False
+        return True
+
+    await until("the edits in TTP_RULES", published, procs, "master", timeout=timeout)
+
+    async def converged() -> dict[str, Any] | None:
+        summary = await master_summary(nc)
+        if summary is not None and fleet_matches(statuses, summary, workers):
+            return summary
+        return None
+
+    return await until(  # type: ignore[no-any-return]
+        "every worker on the master's final digest",
+        converged,
+        procs,
+        "master",
+        *workers,
+        timeout=timeout,
+    )
+
+
+async def stop(proc: subprocess.Popen[bytes], name: str, procs: Procs) -> float:
+    """SIGTERM; asserts exit 0 within 10 s; seconds taken."""
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    loop = asyncio.get_running_loop()
+    try:
+        code = await loop.run_in_executor(None, proc.wait, 10)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(
+            f"{name} still running 10 s after SIGTERM:\n{procs.log(name)}"
+        ) from None
+    assert code == 0, procs.log(name)
+    return time.monotonic() - started
+
+
+# --------------------------------------------------------------------------------------------
+
+
+async def test_a_rule_file_save_reaches_all_three_workers(procs: Procs, rules_dir: Path) -> None:
+    async with nats_client(procs.base_env["TTP_NATS_URL"]) as nc, status_feed(nc) as statuses:
+        before = await start_fleet(procs, nc, statuses, WORKERS)
+        save(rules_dir, "R0010", 7)
+        after = await converge_after(procs, nc, statuses, {"R0010": 7}, WORKERS)
+        assert after["revision"] > before["revision"]
+        assert after["digest"] != before["digest"]
+        assert after["rules"] == before["rules"]
+        for worker in WORKERS:
+            assert statuses[worker]["index_digest"] == after["digest"]
+        await stop(procs.procs["master"], "master", procs)
+
+
+async def test_nats_restart_while_rules_change_every_worker_converges(
+    procs: Procs, rules_dir: Path, private_nats: Any
+) -> None:
+    async with nats_client(procs.base_env["TTP_NATS_URL"]) as nc, status_feed(nc) as statuses:
+        await start_fleet(procs, nc, statuses, WORKERS)
+        # Before the outage: an edit and a delete, published.
+        save(rules_dir, "R0010", 11)
+        (rules_dir / "R0020.yaml").unlink()
+        await converge_after(procs, nc, statuses, {"R0010": 11}, WORKERS)
+
+        # During: NATS is killed, rules keep changing (the master commits them to PostgreSQL;
+        # its relay publishes them once NATS is back).
+        private_nats.kill()
+        save(rules_dir, "R0010", 12)
+        save(rules_dir, "R0030", 5)
+        (rules_dir / "R0040.yaml").unlink()
+        await asyncio.sleep(1.0)  # the master's watcher handles them while NATS is away
+        save(rules_dir, "R0050", 6)
+        private_nats.restart()
+
+        # After: more edits right away, while the workers reconnect and resync.
+        save(rules_dir, "R0030", 8)
+        save(rules_dir, "R0060", 9)
+        final = await converge_after(
+            procs,
+            nc,
+            statuses,
+            {"R0010": 12, "R0030": 8, "R0050": 6, "R0060": 9},
+            WORKERS,
+            timeout=45.0,
+        )
+        rule_count = len(list(STARTER_RULES.rglob("*.yaml")))
+        assert final["rules"] == rule_count - 2  # R0020 and R0040 deleted
+        for worker in WORKERS:
+            assert statuses[worker]["rules"] == final["rules"]
+        await stop(procs.procs["master"], "master", procs)
+
+
+def offline_index() -> RuleIndex:
+    validator = RuleValidator()
+    compiled = []
+    for path in sorted(STARTER_RULES.rglob("*.yaml")):
+        report = validator.validate_file(path, path.name)
+        assert report.compiled is not None, report.errors
+        compiled.append(report.compiled)
+    return RuleIndex.build(compiled, {}, {})
+
+
+def make_events(count: int) -> list[dict[str, Any]]:
+    examples: list[tuple[str, dict[str, Any]]] = []
+    for path in sorted(STARTER_RULES.rglob("*.yaml")):
+        rule = yaml.safe_load(path.read_text())
+        for case in rule.get("tests", []) or []:
+            if case.get("expect") == "fire":
+                examples.append((rule["applies_to"][0], case["event"]))
+    rng = random.Random(11)
+    events = []
+    for number in range(count):
+        if number % 4 == 3:
+            kind, payload = "command", {"command_text": f"echo harmless {number}"}
+        else:
+            kind, payload = rng.choice(examples)
+        events.append({"source_kind": kind, "source_id": f"term-{number}", "payload": payload})
+    return events
+
+
+async def test_sigterm_during_a_batch_acks_it_and_loses_nothing(procs: Procs) -> None:
+    count = 6_000
+    async with nats_client(procs.base_env["TTP_NATS_URL"]) as nc, status_feed(nc) as statuses:
+        js = nc.jetstream()
+        summary = await start_fleet(procs, nc, statuses, ("t1",))
+        index = offline_index()
+        assert index.digest() == summary["digest"]
+        events = make_events(count)
+        expected = {
+            e["source_id"]: {t.uuid for t in tags} for e in events if (tags := index.evaluate(e))
+        }
+        assert len(expected) > count // 2
+
+        async def publish_all() -> None:
+            for start in range(0, count, 500):
+                await asyncio.gather(
+                    *(
+                        js.publish(subjects.event(e["source_kind"]), json.dumps(e).encode())
+                        for e in events[start : start + 500]
+                    )
+                )
+
+        await publish_all()
+
+        async def tagging() -> bool:
+            return bool(statuses.get("t1", {}).get("events_processed", 0) >= 300)
+
+        await until("t1 tagging", tagging, procs, "t1")
+        took = await stop(procs.procs["t1"], "t1", procs)
+        assert took < 10
+
+        # What t1 fetched it also acked: nothing is left waiting for a redelivery.
+        info = await js.consumer_info(subjects.STREAM_EVENTS, "ttp-workers")
+        assert info.num_ack_pending == 0, info
+        assert info.num_pending > 0  # it stopped before the end of the stream
+
+        procs.worker("t2")
+
+        async def drained() -> bool:
+            info = await js.consumer_info(subjects.STREAM_EVENTS, "ttp-workers")
+            return info.num_pending == 0 and info.num_ack_pending == 0
+
+        await until("t2 tags the rest", drained, procs, "t2")
+
+        total = (await js.stream_info(subjects.STREAM_TAGS)).state.messages
+        sub = await js.pull_subscribe(
+            "",
+            stream=subjects.STREAM_TAGS,
+            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE),
+        )
+        got: dict[str, set[str]] = {}
+        workers: set[str] = set()
+        duplicates = []
+        read = 0
+        while read < total:
+            for msg in await sub.fetch(min(1000, total - read), timeout=5):
+                read += 1
+                event = json.loads(msg.data)
+                data = event["data"]
+                if data["source_id"] in got:
+                    duplicates.append(data["source_id"])
+                got[data["source_id"]] = {t["uuid"] for t in data["tags"]}
+                workers.add(event["source"])
+        assert duplicates == []
+        assert got == expected
+        assert workers == {"ttp-rulebus/worker/t1", "ttp-rulebus/worker/t2"}
+        await stop(procs.procs["t2"], "t2", procs)
+        await stop(procs.procs["master"], "master", procs)

@@ -1,0 +1,541 @@
+"""The worker against the real master, NATS and PostgreSQL, in-process (issue 4).
+
+The master is the real producer of TTP_RULES; where the master has no way yet to produce a
+message (operator states: the control plane does not exist yet; stale or duplicate
+revisions), the test publishes crafted CloudEvents to TTP_RULES itself, as a third party
+could. Events go in on TTP_EVENTS and the tests read TTP_TAGS and TTP_DEADLETTER back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nats.aio.client import Client
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
+
+from e2e.master_harness import install, nats_client, rule_text, running_master, with_version
+from ttp_core.contract import subjects
+from ttp_core.contract.payloads import (
+    MASTER_SOURCE,
+    RuleReloaded,
+    RulesetRevision,
+    RuleStateChanged,
+    decode,
+    encode,
+    envelope,
+)
+from ttp_core.engine.tags import tag_uuid
+from ttp_worker.bootstrap import Worker
+from ttp_worker.settings import WorkerSettings
+
+TIMEOUT_S = 20.0
+GOLDEN_UUID = "9aa491e5-f03b-5d8f-9eb5-161becedcdd6"
+
+GOLDEN_RULE = """\
+rule_id: R0014
+rule_version: 2
+name: file_and_directory_discovery
+applies_to: [command]
+match:
+  field: command_text
+  pattern: '\\bls\\b'
+emits:
+  - tactic: TA0007
+    technique_id: T1083
+    confidence: 0.8
+evidence_fields: [command_text]
+"""
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def worker_settings(nats_url: str, worker_id: str, **overrides: Any) -> WorkerSettings:
+    values: dict[str, Any] = {
+        "nats_url": nats_url,
+        "worker_id": worker_id,
+        "http_host": "127.0.0.1",
+        "http_port": 0,
+        "log_format": "console",
+        "fetch_timeout_s": 0.2,
+        "status_interval_s": 0.5,
+        "ack_wait_s": 2.0,
+    }
+    values.update(overrides)
+    return WorkerSettings(**values)
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    nats_url: str, worker_id: str, *, lifters: dict[str, Any] | None = None, **overrides: Any
+) -> AsyncIterator[Worker]:
+    """`Worker(settings).run()` as a task, ready (snapshot applied); stopped on exit."""
+    worker = Worker(worker_settings(nats_url, worker_id, **overrides), lifters=lifters or {})
+    task = asyncio.create_task(worker.run(), name=f"test-worker-{worker_id}")
+    try:
+        await wait_for(lambda: worker.state.ready or task.done(), f"{worker_id} ready")
+        if task.done():
+            task.result()
+            raise AssertionError("worker stopped before it became ready")
+        yield worker
+    finally:
+        worker.request_stop()
+        try:
+            await asyncio.wait_for(task, 15)
+        except BaseException:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            raise
+
+
+async def wait_for(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT_S) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def rule_version(worker: Worker, rule_id: str) -> int | None:
+    compiled = worker.book.current.index.rule(rule_id)
+    return None if compiled is None else compiled.rule_version
+
+
+async def ruleset_revision(js: JetStreamContext) -> RulesetRevision:
+    msg = await js.get_last_msg(subjects.STREAM_RULES, subjects.RULESET_REVISION)
+    assert msg.data is not None
+    return decode(msg.data, RulesetRevision).data
+
+
+async def converged(js: JetStreamContext, *workers: Worker) -> RulesetRevision:
+    """Wait until every worker holds the master's last published revision and digest."""
+    deadline = asyncio.get_running_loop().time() + TIMEOUT_S
+    while True:
+        summary = await ruleset_revision(js)
+        if all(
+            w.book.current.revision == summary.revision
+            and w.book.current.index.digest() == summary.digest
+            for w in workers
+        ):
+            return summary
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(
+                f"not converged: master {summary}, workers "
+                f"{[(w.book.current.revision, w.book.current.index.digest()) for w in workers]}"
+            )
+        await asyncio.sleep(0.05)
+
+
+async def read_stream(js: JetStreamContext, stream: str) -> list[dict[str, Any]]:
+    """Every message a stream holds now (an ephemeral pull consumer from the start)."""
+    info = await js.stream_info(stream)
+    total = info.state.messages
+    if total == 0:
+        return []
+    sub = await js.pull_subscribe(
+        "",
+        stream=stream,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE),
+    )
+    found: list[dict[str, Any]] = []
+    try:
+        while len(found) < total:
+            for msg in await sub.fetch(min(1000, total - len(found)), timeout=5):
+                event = json.loads(msg.data)
+                event["_subject"] = msg.subject
+                event["_msg_id"] = (msg.headers or {}).get("Nats-Msg-Id")
+                found.append(event)
+    finally:
+        await sub.unsubscribe()
+    return found
+
+
+async def wait_stream_count(js: JetStreamContext, stream: str, count: int) -> None:
+    deadline = asyncio.get_running_loop().time() + TIMEOUT_S
+    while (await js.stream_info(stream)).state.messages < count:
+        if asyncio.get_running_loop().time() > deadline:
+            have = (await js.stream_info(stream)).state.messages
+            raise AssertionError(f"{stream} holds {have} messages, expected {count}")
+        await asyncio.sleep(0.05)
+
+
+async def wait_consumer_idle(js: JetStreamContext, consumer: str = "ttp-workers") -> None:
+    """Every event delivered and acked by the shared consumer."""
+    deadline = asyncio.get_running_loop().time() + TIMEOUT_S
+    while True:
+        info = await js.consumer_info(subjects.STREAM_EVENTS, consumer)
+        if info.num_pending == 0 and info.num_ack_pending == 0:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"consumer not idle: {info}")
+        await asyncio.sleep(0.05)
+
+
+async def publish_state(
+    js: JetStreamContext,
+    rule_id: str,
+    revision: int,
+    state: str,
+    confidence_max: float | None = None,
+    expires_at: datetime | None = None,
+) -> None:
+    data = RuleStateChanged(
+        rule_id=rule_id,
+        revision=revision,
+        state=state,  # type: ignore[arg-type]
+        confidence_max=confidence_max,
+        expires_at=expires_at,
+        reason="test",
+        set_by="test",
+        set_at=datetime.now(UTC),
+    )
+    event = envelope(data, source=MASTER_SOURCE, subject=rule_id, event_id=f"test-{uuid.uuid4()}")
+    await js.publish(subjects.rule_state(rule_id), encode(event), headers={"Nats-Msg-Id": event.id})
+
+
+async def publish_event(js: JetStreamContext, kind: str, body: bytes | dict[str, Any]) -> None:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    await js.publish(subjects.event(kind), raw)
+
+
+def command(source_id: str, text: str) -> dict[str, Any]:
+    return {
+        "source_kind": "command",
+        "source_id": source_id,
+        "attacker_uuid": "a-1",
+        "session_id": "s-1",
+        "payload": {"command_text": text},
+    }
+
+
+@dataclass
+class Rig:
+    nats_url: str
+    database_url: str
+    rules: Path
+    nc: Client
+    js: JetStreamContext
+
+    def master(self) -> Any:
+        from e2e.master_harness import master_settings
+
+        return running_master(master_settings(self.nats_url, self.database_url, self.rules))
+
+    def worker(self, worker_id: str, **overrides: Any) -> Any:
+        return running_worker(self.nats_url, worker_id, **overrides)
+
+
+@pytest.fixture
+async def rig(private_nats: Any, database_url: str, tmp_path: Path) -> AsyncIterator[Rig]:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    async with nats_client(private_nats.url) as nc:
+        yield Rig(private_nats.url, database_url, rules, nc, nc.jetstream())
+
+
+# --------------------------------------------------------------------------------------------
+# Rule propagation
+# --------------------------------------------------------------------------------------------
+
+
+async def test_rule_changes_reach_every_worker_and_a_late_worker_matches_the_master(
+    rig: Rig,
+) -> None:
+    placed = install(rig.rules, ["R0001", "R0010", "R0014", "R0078", "R0082"])
+    async with rig.master(), rig.worker("w1") as w1, rig.worker("w2") as w2:
+        for worker in (w1, w2):
+            assert set(worker.book.current.index.rules) == {
+                "R0001",
+                "R0010",
+                "R0014",
+                "R0078",
+                "R0082",
+            }
+            assert worker.rules is not None and worker.rules.snapshots == 1
+
+        # A real change of a rule file reaches both workers.
+        placed["R0010"].write_text(with_version(rule_text("R0010"), 7))
+        await wait_for(
+            lambda: all(rule_version(w, "R0010") == 7 for w in (w1, w2)), "R0010 v7 everywhere"
+        )
+        # A new file and a delete.
+        new = rig.rules / "recon" / "R0002.yaml"
+        new.write_text(rule_text("R0002"))
+        placed["R0078"].unlink()
+        await wait_for(
+            lambda: all(
+                rule_version(w, "R0002") == 1 and rule_version(w, "R0078") is None for w in (w1, w2)
+            ),
+            "R0002 added and R0078 removed everywhere",
+        )
+        await converged(rig.js, w1, w2)
+        # A worker that starts now builds the same index from the stream alone.
+        async with rig.worker("late") as late:
+            summary = await ruleset_revision(rig.js)
+            digests = {w.book.current.index.digest() for w in (w1, w2, late)}
+            assert digests == {summary.digest}
+            assert late.book.current.revision == summary.revision
+            counts = late.book.current.index.counts()
+            assert counts["rules"] == summary.rules
+            assert counts["active"] == summary.active
+            # Status messages report the digest the master computes.
+            assert late.status is not None
+            status = late.status.build()
+            assert status.index_digest == summary.digest
+            assert status.ready is True
+
+
+async def test_stale_and_duplicate_rule_messages_are_ignored_and_states_apply(rig: Rig) -> None:
+    install(rig.rules, ["R0010"])
+    (rig.rules / "R0014.yaml").write_text(GOLDEN_RULE)
+    async with rig.master(), rig.worker("w1") as worker:
+        book = worker.book
+        current = await rig.js.get_last_msg(subjects.STREAM_RULES, subjects.rule_reloaded("R0014"))
+        assert current.data is not None
+        held = decode(current.data, RuleReloaded).data
+        index_before = book.current.index
+        digest_before = index_before.digest()
+
+        # Older revision with another body, the same revision again, an older tombstone.
+        rule = dict(held.rule or {})
+        rule["rule_version"] = 99
+        for revision, body, deleted in (
+            (held.revision - 1, rule, False),
+            (held.revision, rule, False),
+            (held.revision - 1, None, True),
+        ):
+            data = RuleReloaded(
+                rule_id="R0014",
+                revision=revision,
+                rule_version=None if deleted else 99,
+                content_sha256=None if deleted else "0" * 64,
+                source_path="R0014.yaml",
+                deleted=deleted,
+                rule=body,
+            )
+            event = envelope(
+                data, source=MASTER_SOURCE, subject="R0014", event_id=str(uuid.uuid4())
+            )
+            await rig.js.publish(
+                subjects.rule_reloaded("R0014"), encode(event), headers={"Nats-Msg-Id": event.id}
+            )
+        # A state message orders everything after it: once applied, the above were handled.
+        base = held.revision + 1000
+        await publish_state(rig.js, "R0014", base, "clipped", confidence_max=0.3)
+        await wait_for(lambda: "R0014" in book.current.index.states, "clip applied")
+        assert rule_version(worker, "R0014") == 2
+        assert book.current.index.rule("R0014") is index_before.rule("R0014")
+        assert book.held_definition("R0014") == held.revision
+
+        event = {"source_kind": "command", "source_id": "cmd_42", "payload": {"command_text": "ls"}}
+        tags = book.current.index.evaluate(event)
+        assert [(t.uuid, t.confidence) for t in tags] == [(GOLDEN_UUID, 0.3)]
+
+        # An older state is ignored; a newer disable stops firing; enabled restores.
+        await publish_state(rig.js, "R0014", base - 1, "disabled")
+        await publish_state(rig.js, "R0014", base + 1, "disabled")
+        await wait_for(lambda: book.held_state("R0014") == base + 1, "disable applied", timeout=10)
+        assert book.current.index.evaluate(event) == []
+        await publish_state(rig.js, "R0014", base + 2, "enabled")
+        await wait_for(lambda: "R0014" not in book.current.index.states, "enabled applied")
+        assert book.current.index.digest() == digest_before
+        assert [t.confidence for t in book.current.index.evaluate(event)] == [0.8]
+
+        # An expired state is honoured locally: the rule fires at full confidence.
+        past = datetime(2000, 1, 1, tzinfo=UTC)
+        await publish_state(rig.js, "R0014", base + 3, "disabled", expires_at=past)
+        await wait_for(lambda: book.held_state("R0014") == base + 3, "expired disable")
+        assert [t.confidence for t in book.current.index.evaluate(event)] == [0.8]
+
+        # A state may arrive before its rule: the rule then comes in disabled.
+        await publish_state(rig.js, "R0020", base + 4, "disabled")
+        await wait_for(lambda: book.held_state("R0020") == base + 4, "early state")
+        install(rig.rules, ["R0020"], flat=True)
+        await wait_for(lambda: rule_version(worker, "R0020") is not None, "R0020 arrives")
+        assert book.current.index.state("R0020").state.value == "disabled"
+
+
+async def test_worker_resyncs_after_nats_restart(rig: Rig, private_nats: Any) -> None:
+    install(rig.rules, ["R0001", "R0010"])
+    async with rig.master(), rig.worker("w1") as worker:
+        assert worker.rules is not None
+        private_nats.kill()
+        await asyncio.sleep(0.5)
+        private_nats.restart()
+        await wait_for(lambda: worker.rules is not None and worker.rules.snapshots >= 2, "resync")
+        (rig.rules / "recon" / "R0010.yaml").write_text(with_version(rule_text("R0010"), 3))
+        await wait_for(lambda: rule_version(worker, "R0010") == 3, "change after the restart")
+        await converged(rig.js, worker)
+
+
+# --------------------------------------------------------------------------------------------
+# Tagging
+# --------------------------------------------------------------------------------------------
+
+
+async def test_events_in_tags_out_with_the_golden_identity(rig: Rig) -> None:
+    install(rig.rules, ["R0010", "R0060"])
+    (rig.rules / "R0014.yaml").write_text(GOLDEN_RULE)
+    async with rig.master(), rig.worker("w1") as worker:
+        js = rig.js
+        events = [
+            command("cmd_42", "ls -la"),
+            command("cmd_43", "nmap -sS 10.0.0.0/24; ls"),
+            command("cmd_44", "echo hello"),  # no rule fires: acked, no message
+        ]
+        for event in events[:2]:
+            await publish_event(js, "command", event)
+        # The same event wrapped in a CloudEvents envelope is accepted too.
+        wrapped = {
+            "specversion": "1.0",
+            "id": "e-44",
+            "source": "decky/1",
+            "type": "ttp.event.v1",
+            "time": "2025-01-01T00:00:00Z",
+            "subject": "cmd_44",
+            "data": events[2],
+        }
+        await publish_event(js, "command", wrapped)
+        # A kind no rule applies to is acked and counted.
+        await publish_event(
+            js, "fingerprint", {"source_kind": "fingerprint", "source_id": "f1", "payload": {}}
+        )
+        await wait_stream_count(js, subjects.STREAM_TAGS, 2)
+        await wait_consumer_idle(js)
+        tagged = {m["data"]["source_id"]: m for m in await read_stream(js, subjects.STREAM_TAGS)}
+        assert set(tagged) == {"cmd_42", "cmd_43"}
+        golden = tagged["cmd_42"]
+        assert golden["_subject"] == "ttp.tagged.command"
+        assert golden["type"] == "ttp.tagged.v1"
+        assert golden["source"] == "ttp-rulebus/worker/w1"
+        assert golden["data"]["revision"] == worker.book.current.revision
+        assert golden["data"]["attacker_uuid"] == "a-1"
+        assert [t["uuid"] for t in golden["data"]["tags"]] == [GOLDEN_UUID]
+        assert golden["data"]["tags"][0]["evidence"] == {"command_text": "ls -la"}
+        assert golden["_msg_id"] == golden["id"]
+        # Every tag is what an offline evaluation of the same event on the index gives.
+        for event in events[:2]:
+            offline = worker.book.current.index.evaluate(event)
+            got = tagged[event["source_id"]]["data"]["tags"]
+            assert [t["uuid"] for t in got] == [t.uuid for t in offline]
+        assert {t["rule_id"] for t in tagged["cmd_43"]["data"]["tags"]} == {"R0010", "R0014"}
+        assert tag_uuid("command", "cmd_42", "R0014", 2, "T1083", None) == GOLDEN_UUID
+        assert worker.events is not None
+        stats = worker.events.stats
+        assert (stats.processed, stats.tagged, stats.no_rules) == (4, 2, 1)
+
+        # Redelivery (the same event published again) yields the same message id: TTP_TAGS
+        # drops it.
+        await publish_event(js, "command", events[0])
+        await wait_for(lambda: stats.processed == 5, "the republished event processed")
+        await wait_consumer_idle(js)
+        assert (await js.stream_info(subjects.STREAM_TAGS)).state.messages == 2
+
+
+async def test_malformed_events_are_dead_lettered_by_class(rig: Rig) -> None:
+    install(rig.rules, ["R0010"])
+    async with rig.master(), rig.worker("w1", max_event_bytes=4096) as worker:
+        js = rig.js
+        cases: list[tuple[str, bytes, str, str]] = [
+            ("command", b"{not json", "bad_json", "unknown"),
+            ("command", b"\xff\xfe\x00", "bad_json", "unknown"),
+            ("command", b"[1, 2]", "not_object", "unknown"),
+            ("command", b'{"specversion": "1.0", "data": 5}', "bad_envelope", "unknown"),
+            ("command", b'{"source_id": "x", "payload": {}}', "missing_source_kind", "unknown"),
+            (
+                "command",
+                b'{"source_kind": "a.b", "source_id": "x", "payload": {}}',
+                "invalid_source_kind",
+                "unknown",
+            ),
+            (
+                "command",
+                b'{"source_kind": 7, "source_id": "x", "payload": {}}',
+                "invalid_source_kind",
+                "unknown",
+            ),
+            (
+                "command",
+                b'{"source_kind": "command", "source_id": 42, "payload": {}}',
+                "invalid_field",
+                "command",
+            ),
+            (
+                "command",
+                b'{"source_kind": "command", "source_id": "x", "payload": "ls"}',
+                "invalid_field",
+                "command",
+            ),
+            (
+                "command",
+                b'{"source_kind": "command", "source_id": "x", "payload": {}, "session_id": 1}',
+                "invalid_field",
+                "command",
+            ),
+            (
+                "command",
+                b'{"source_kind": "command", "pad": "' + b"x" * 5000 + b'"}',
+                "oversize",
+                "unknown",
+            ),
+        ]
+        for kind, raw, _, _ in cases:
+            await publish_event(js, kind, raw)
+        await wait_stream_count(js, subjects.STREAM_DEADLETTER, len(cases))
+        await wait_consumer_idle(js)
+        letters = await read_stream(js, subjects.STREAM_DEADLETTER)
+        assert len(letters) == len(cases)
+        for letter, (_, raw, reason, dl_kind) in zip(letters, cases, strict=True):
+            data = letter["data"]
+            assert letter["type"] == "ttp.deadletter.v1"
+            assert letter["_subject"] == f"ttp.deadletter.{dl_kind}"
+            assert data["source_kind"] == dl_kind
+            assert data["error"].startswith(reason + ":"), (data["error"], reason)
+            assert data["worker_id"] == "w1"
+            assert data["received"] == raw.decode("utf-8", "replace")
+        oversize = letters[-1]["data"]
+        assert oversize["truncated"] is False  # the cap (64 KiB) is above the size limit
+        assert worker.events is not None
+        reasons = worker.events.stats.dead_letter_reasons
+        assert sum(reasons.values()) == len(cases)
+        assert reasons["bad_json"] == 2 and reasons["invalid_field"] == 3
+        assert (await js.stream_info(subjects.STREAM_TAGS)).state.messages == 0
+
+
+async def test_external_rules_are_counted_and_run_only_with_an_evaluator(rig: Rig) -> None:
+    (rig.rules / "L0001.yaml").write_text(
+        "rule_id: L0001\nrule_version: 1\nname: lifted\napplies_to: [session]\n"
+        "match: {kind: 'lifter:beacon'}\n"
+        "emits: [{tactic: TA0011, technique_id: T1071, confidence: 0.7}]\n"
+    )
+    calls: list[str] = []
+
+    def beacon(rule: Any, event: Any) -> bool:
+        calls.append(rule.rule_id)
+        return bool(event["payload"].get("beacon"))
+
+    event = {"source_kind": "session", "source_id": "s1", "payload": {"beacon": True}}
+    async with (
+        rig.master(),
+        rig.worker("plain") as plain,
+        rig.worker("lifted", lifters={"beacon": beacon}) as lifted,
+    ):
+        for worker in (plain, lifted):
+            assert worker.book.current.index.counts() == {"rules": 1, "active": 0, "external": 1}
+        assert plain.book.current.index.evaluate(event) == []
+        assert not plain.book.current.applies_to("session")
+        assert [t.rule_id for t in lifted.book.current.index.evaluate(event)] == ["L0001"]
+        assert calls == ["L0001"]

@@ -1,0 +1,159 @@
+"""The worker's event logic: parsing, dead-letter classes, tag messages and their ids."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from ttp_core.contract.payloads import DeadLetter, EventTagged, decode
+from ttp_core.engine.compiler import compile_rule
+from ttp_core.engine.index import RuleIndex
+from ttp_core.rules.model import Rule
+from ttp_worker.events import (
+    DeadLetterReason,
+    MalformedEventError,
+    cloudevents_time,
+    deadletter_message,
+    parse_event,
+    tagged_message,
+    tagged_msg_id,
+)
+from ttp_worker.settings import WorkerSettings, default_worker_id
+
+GOLDEN_UUID = "9aa491e5-f03b-5d8f-9eb5-161becedcdd6"
+
+
+def golden_index() -> RuleIndex:
+    rule = Rule.model_validate(
+        {
+            "rule_id": "R0014",
+            "rule_version": 2,
+            "name": "discovery",
+            "applies_to": ["command"],
+            "match": {"field": "command_text", "pattern": r"\bls\b"},
+            "emits": [
+                {"tactic": "TA0007", "technique_id": "T1083", "confidence": 0.8},
+                {"tactic": "TA0002", "technique_id": "T1059", "confidence": 0.5},
+            ],
+            "evidence_fields": ["command_text"],
+        }
+    )
+    return RuleIndex.build([compile_rule(rule)])
+
+
+EVENT = {
+    "source_kind": "command",
+    "source_id": "cmd_42",
+    "attacker_uuid": "att",
+    "payload": {"command_text": "ls -la"},
+}
+
+
+def test_bare_and_wrapped_events_parse_alike() -> None:
+    bare = json.dumps(EVENT).encode()
+    wrapped = json.dumps({"specversion": "1.0", "type": "ttp.event.v1", "data": EVENT}).encode()
+    assert parse_event(bare, 10_000) == EVENT == parse_event(wrapped, 10_000)
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason", "kind"),
+    [
+        (b"x" * 2000, DeadLetterReason.OVERSIZE, "unknown"),
+        (b"{", DeadLetterReason.BAD_JSON, "unknown"),
+        (b"\xc3\x28", DeadLetterReason.BAD_JSON, "unknown"),
+        (b"[" * 400 + b"]" * 400, DeadLetterReason.NOT_OBJECT, "unknown"),
+        (b'"text"', DeadLetterReason.NOT_OBJECT, "unknown"),
+        (b'{"specversion": "1.0"}', DeadLetterReason.BAD_ENVELOPE, "unknown"),
+        (b'{"source_id": "a", "payload": {}}', DeadLetterReason.MISSING_SOURCE_KIND, "unknown"),
+        (b'{"source_kind": null}', DeadLetterReason.MISSING_SOURCE_KIND, "unknown"),
+        (b'{"source_kind": ""}', DeadLetterReason.INVALID_SOURCE_KIND, "unknown"),
+        (b'{"source_kind": ["x"]}', DeadLetterReason.INVALID_SOURCE_KIND, "unknown"),
+        (b'{"source_kind": "a b"}', DeadLetterReason.INVALID_SOURCE_KIND, "unknown"),
+        (b'{"source_kind": "c", "payload": {}}', DeadLetterReason.INVALID_FIELD, "c"),
+        (
+            b'{"source_kind": "c", "source_id": "", "payload": {}}',
+            DeadLetterReason.INVALID_FIELD,
+            "c",
+        ),
+        (
+            b'{"source_kind": "c", "source_id": "1", "payload": []}',
+            DeadLetterReason.INVALID_FIELD,
+            "c",
+        ),
+        (
+            b'{"source_kind": "c", "source_id": "1", "payload": {}, "decky_id": {}}',
+            DeadLetterReason.INVALID_FIELD,
+            "c",
+        ),
+    ],
+)
+def test_malformed_events_are_classified(raw: bytes, reason: DeadLetterReason, kind: str) -> None:
+    with pytest.raises(MalformedEventError) as caught:
+        parse_event(raw, 1000)
+    assert caught.value.reason is reason
+    assert caught.value.deadletter_kind == kind
+    assert str(caught.value).startswith(reason.value + ": ")
+
+
+def test_deeply_nested_json_is_bad_json_not_a_crash() -> None:
+    raw = b'{"a":' * 50_000 + b"1" + b"}" * 50_000
+    with pytest.raises(MalformedEventError) as caught:
+        parse_event(raw, 10_000_000)
+    assert caught.value.reason is DeadLetterReason.BAD_JSON
+
+
+def test_tagged_message_is_a_valid_event_tagged_with_the_golden_uuid() -> None:
+    tags = golden_index().evaluate(EVENT)
+    assert tags[0].uuid == GOLDEN_UUID
+    out = tagged_message(EVENT, tags, 17, "ttp-rulebus/worker/w1", cloudevents_time())
+    assert out.subject == "ttp.tagged.command"
+    event = decode(out.payload, EventTagged)
+    assert event.id == out.msg_id == tagged_msg_id(tags)
+    assert event.type == "ttp.tagged.v1"
+    assert event.subject == "cmd_42"
+    assert event.data.revision == 17
+    assert event.data.attacker_uuid == "att"
+    assert [t.uuid for t in event.data.tags] == [t.uuid for t in tags]
+    assert event.data.tags[0].evidence == {"command_text": "ls -la"}
+
+
+def test_tagged_msg_id_depends_only_on_the_set_of_tag_uuids() -> None:
+    index = golden_index()
+    tags = index.evaluate(EVENT)
+    assert len(tags) == 2
+    assert tagged_msg_id(tags) == tagged_msg_id(list(reversed(tags)))
+    again = index.evaluate(dict(EVENT, attacker_uuid="other", payload={"command_text": "ls"}))
+    assert tagged_msg_id(again) == tagged_msg_id(tags)  # same event identity, same id
+    other = index.evaluate(dict(EVENT, source_id="cmd_43"))
+    assert tagged_msg_id(other) != tagged_msg_id(tags)
+    assert tagged_msg_id(tags[:1]) != tagged_msg_id(tags)
+
+
+def test_deadletter_message_caps_the_text_and_names_the_error() -> None:
+    raw = b'{"source_kind": "command", "payload": "' + "é".encode() * 400 + b'"}'
+    error = MalformedEventError(
+        DeadLetterReason.INVALID_FIELD, "payload must be an object", "command"
+    )
+    out = deadletter_message(
+        raw, error, worker_id="w1", source="ttp-rulebus/worker/w1", text_cap=256, msg_id="dl-1"
+    )
+    assert out.subject == "ttp.deadletter.command"
+    assert out.msg_id == "dl-1"
+    event = decode(out.payload, DeadLetter)
+    assert event.data.truncated is True
+    assert event.data.error == "invalid_field: payload must be an object"
+    assert len(event.data.received.encode()) <= 256 + 3
+    assert event.data.worker_id == "w1"
+
+
+def test_settings_defaults_and_worker_id_is_a_token(monkeypatch: Any) -> None:
+    monkeypatch.delenv("TTP_WORKER_ID", raising=False)
+    settings = WorkerSettings()
+    assert settings.http_port == 8081
+    assert settings.consumer_name == "ttp-workers"
+    assert settings.status_interval_s == 5.0
+    assert settings.worker_id == default_worker_id()
+    with pytest.raises(ValueError):
+        WorkerSettings(worker_id="a.b")
