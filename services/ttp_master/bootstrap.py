@@ -13,7 +13,6 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
 from nats.aio.client import Client
@@ -23,8 +22,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from ttp_core.contract import subjects
 from ttp_core.rules.validator import RuleValidator
 from ttp_master import metrics
+from ttp_master.control_service import ControlService, LeaderTerm
 from ttp_master.db.migrate import upgrade_to_head
-from ttp_master.db.repository import ChangeSet, LeadershipLostError, RuleRepository, StateRevert
+from ttp_master.db.queries import ControlQueries
+from ttp_master.db.repository import LeadershipLostError, RuleRepository
+from ttp_master.expiry_scheduler import ExpiryScheduler
+from ttp_master.fleet_tracker import FleetTracker
 from ttp_master.leader import LeaderLock
 from ttp_master.outbox_relay import OutboxRelay, RelayBatch
 from ttp_master.rule_sync import RuleSync, SyncResult
@@ -91,6 +94,7 @@ class Master:
         self.validator = RuleValidator()
         self.engine: AsyncEngine | None = None
         self.nc: Client | None = None
+        self.control: ControlService | None = None
 
     def request_stop(self) -> None:
         self.state.stop.set()
@@ -104,6 +108,10 @@ class Master:
         publisher = NatsPublisher(self.nc, js)
         health = HealthServer.from_settings(settings, self.state.readiness)
         await health.start()
+        fleet = FleetTracker()
+        await fleet.start(self.nc)
+        self.control = ControlService(self.nc, fleet)
+        await self.control.serve_standby()
         _log.info("master started", extra={"rules_dir": str(self.root), "http_port": health.port})
         leader = LeaderLock(settings.database_url, settings.leader_lock_key)
         try:
@@ -116,6 +124,8 @@ class Master:
             self.state.leader = False
             metrics.IS_LEADER.set(0)
             await leader.release()
+            await self.control.stop()
+            await fleet.stop()
             await drain(self.nc)
             await health.stop()
             await self.engine.dispose()
@@ -123,7 +133,7 @@ class Master:
     async def _lead(
         self, leader: LeaderLock, js: JetStreamContext, publisher: NatsPublisher
     ) -> None:
-        assert self.engine is not None
+        assert self.engine is not None and self.control is not None
         settings = self.settings
         self.state.leader = True
         self.state.caught_up = False
@@ -132,6 +142,8 @@ class Master:
         term_stop = asyncio.Event()
         repository = RuleRepository(self.engine, leader.fence)
         sync = RuleSync(self.root, self.validator, repository)
+        queries = ControlQueries(self.engine)
+        scheduler = ExpiryScheduler(queries, repository)
         relay = OutboxRelay(
             self.engine,
             settings.database_url,
@@ -159,7 +171,8 @@ class Master:
                 rescan_interval=settings.rescan_interval_s,
             ) as watcher:
                 await sync.load()
-                await self._revert_expired(repository)
+                # Expiries that passed while no master led are reverted before anything else.
+                await scheduler.revert_due()
                 await self._sync(sync, None, "startup")
                 async with publisher.lock:
                     metrics.REPUBLISHED.inc(await guard.repair())
@@ -171,7 +184,11 @@ class Master:
                     asyncio.create_task(self._follow(watcher, sync, relay), name="watcher"),
                     asyncio.create_task(self._guard(guard, js, publisher, term_stop), name="guard"),
                     asyncio.create_task(self._track_caught_up(relay, term_stop), name="ready"),
+                    asyncio.create_task(scheduler.run(term_stop), name="expiry-scheduler"),
                 ]
+                await self.control.serve_leader(
+                    LeaderTerm(repository, queries, scheduler, relay.ruleset_summary)
+                )
                 stop_wait = asyncio.create_task(self.state.stop.wait())
                 lost_wait = asyncio.create_task(leader.lost.wait())
                 done, _ = await asyncio.wait(
@@ -197,6 +214,9 @@ class Master:
             self.state.leader = False
             self.state.caught_up = False
             metrics.IS_LEADER.set(0)
+            if not self.state.stop.is_set():
+                with contextlib.suppress(Exception):
+                    await self.control.serve_standby()
 
     async def _follow(self, watcher: DirectoryWatcher, sync: RuleSync, relay: OutboxRelay) -> None:
         async for batch in watcher.batches():
@@ -244,13 +264,6 @@ class Master:
         live = [k for k in sync.catalog.rules.values() if not k.deleted]
         metrics.RULES.labels("active").set(len(live))
         metrics.RULES.labels("rejected").set(len(sync.catalog.rejections))
-
-    async def _revert_expired(self, repository: RuleRepository) -> None:
-        expired = await repository.expired_states(datetime.now(UTC))
-        if expired:
-            changes = ChangeSet(state_reverts=[StateRevert(rule_id) for rule_id in expired])
-            await repository.apply(changes, actor="ttp-master")
-            _log.info("reverted expired operator states", extra={"rules": expired})
 
     async def _guard(
         self,

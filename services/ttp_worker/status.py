@@ -78,6 +78,7 @@ class StatusPublisher:
             events_processed=facts.events_processed,
             index_digest=self.digest(facts.index),
             apply_latency_ms=facts.apply_latency_ms,
+            status_interval_s=self._interval_s,
         )
 
     async def publish(self) -> None:

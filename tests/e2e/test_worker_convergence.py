@@ -15,155 +15,36 @@ Equal digests (and revisions) mean the worker holds exactly the master's rules.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import random
 import re
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import nats.errors
 import nats.js.errors
-import pytest
 import yaml
 from nats.aio.client import Client
-from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from e2e.master_harness import STARTER_RULES, nats_client
+from e2e.process_fleet import (
+    TIMEOUT_S,
+    Procs,
+    fleet_matches,
+    master_summary,
+    released_on_stop,
+    start_fleet,
+    status_feed,
+    stop,
+    until,
+)
 from ttp_core.contract import subjects
 from ttp_core.engine.index import RuleIndex
 from ttp_core.rules.validator import RuleValidator
 
-BIN = Path(sys.executable).parent
-TIMEOUT_S = 30.0
 WORKERS = ("c1", "c2", "c3")
-WORKER_ENV = {
-    "TTP_STATUS_INTERVAL_S": "0.3",
-    "TTP_FETCH_TIMEOUT_S": "0.3",
-    "TTP_ACK_WAIT_S": "3",
-    "TTP_NATS_PING_INTERVAL_S": "1",
-}
-
-
-class Procs:
-    """The processes of one test, all killed at the end whatever happened."""
-
-    def __init__(self, tmp: Path, nats_url: str, database_url: str, rules: Path) -> None:
-        self.tmp = tmp
-        self.base_env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("TTP_")},
-            "TTP_NATS_URL": nats_url,
-            "TTP_DATABASE_URL": database_url,
-            "TTP_RULES_DIR": str(rules),
-            "TTP_HTTP_HOST": "127.0.0.1",
-            "TTP_HTTP_PORT": "0",
-            "TTP_LOG_FORMAT": "json",
-            "TTP_DEBOUNCE_MS": "10",
-        }
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, program: str, **env: str) -> subprocess.Popen[bytes]:
-        with (self.tmp / f"{name}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                [str(BIN / program)],
-                env={**self.base_env, **env},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        self.procs[name] = proc
-        return proc
-
-    def worker(self, worker_id: str, **env: str) -> subprocess.Popen[bytes]:
-        return self.start(worker_id, "ttp-worker", TTP_WORKER_ID=worker_id, **WORKER_ENV, **env)
-
-    def log(self, name: str) -> str:
-        return (self.tmp / f"{name}.log").read_text(errors="replace")[-3000:]
-
-    def check_alive(self, *names: str) -> None:
-        for name in names:
-            proc = self.procs[name]
-            if proc.poll() is not None:
-                raise AssertionError(f"{name} exited {proc.returncode}:\n{self.log(name)}")
-
-    def kill_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-
-
-@pytest.fixture
-def rules_dir(tmp_path: Path) -> Path:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    for path in STARTER_RULES.rglob("*.yaml"):
-        (rules / path.name).write_bytes(path.read_bytes())
-    return rules
-
-
-@pytest.fixture
-def procs(tmp_path: Path, private_nats: Any, database_url: str, rules_dir: Path) -> Iterator[Procs]:
-    handle = Procs(tmp_path, private_nats.url, database_url, rules_dir)
-    try:
-        yield handle
-    finally:
-        handle.kill_all()
-
-
-async def until(
-    what: str,
-    check: Callable[[], Awaitable[Any]],
-    procs: Procs,
-    *alive: str,
-    timeout: float = TIMEOUT_S,
-) -> Any:
-    """Poll `check` until it returns something true; fail if a process in `alive` died."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        with contextlib.suppress(nats.errors.Error, nats.js.errors.Error, OSError):
-            last = await check()
-            if last:
-                return last
-        procs.check_alive(*alive)
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last})")
-        await asyncio.sleep(0.05)
-
-
-@contextlib.asynccontextmanager
-async def status_feed(nc: Client) -> AsyncIterator[dict[str, dict[str, Any]]]:
-    """The newest `ttp.worker.status` data of each worker."""
-    latest: dict[str, dict[str, Any]] = {}
-
-    async def on_status(msg: Msg) -> None:
-        data = json.loads(msg.data)["data"]
-        latest[data["worker_id"]] = data
-
-    sub = await nc.subscribe(subjects.wildcard(subjects.WORKER_STATUS_PREFIX), cb=on_status)
-    try:
-        yield latest
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
-
-
-async def master_summary(nc: Client) -> dict[str, Any] | None:
-    """The master's last `ttp.ruleset.revision` data, as TTP_RULES holds it."""
-    try:
-        msg = await nc.jetstream().get_last_msg(subjects.STREAM_RULES, subjects.RULESET_REVISION)
-    except nats.js.errors.NotFoundError:
-        return None
-    data: dict[str, Any] = json.loads(msg.data or b"{}")["data"]
-    return data
 
 
 async def stored_version(nc: Client, rule_id: str) -> int | None:
@@ -178,17 +59,6 @@ async def stored_version(nc: Client, rule_id: str) -> int | None:
     return None if version is None else int(version)
 
 
-def fleet_matches(
-    statuses: dict[str, dict[str, Any]], summary: dict[str, Any], workers: tuple[str, ...]
-) -> bool:
-    return all(
-        statuses.get(w, {}).get("ready") is True
-        and statuses[w].get("index_digest") == summary["digest"]
-        and statuses[w].get("revision") == summary["revision"]
-        for w in workers
-    )
-
-
 def save(rules: Path, rule_id: str, version: int) -> None:
     """Save a new rule_version of a rule as an editor does: temporary file, then rename."""
     path = rules / f"{rule_id}.yaml"
@@ -199,28 +69,6 @@ def save(rules: Path, rule_id: str, version: int) -> None:
     temp = rules / f".{rule_id}.yaml.swp"
     temp.write_text(text)
     os.replace(temp, path)
-
-
-async def start_fleet(
-    procs: Procs, nc: Client, statuses: dict[str, dict[str, Any]], workers: tuple[str, ...]
-) -> dict[str, Any]:
-    """Master and workers running, the workers on the master's digest; the summary."""
-    procs.start("master", "ttp-master")
-    rule_count = len(list(STARTER_RULES.rglob("*.yaml")))
-
-    async def loaded() -> dict[str, Any] | None:
-        summary = await master_summary(nc)
-        return summary if summary is not None and summary["rules"] == rule_count else None
-
-    summary: dict[str, Any] = await until("the master's starter pack", loaded, procs, "master")
-    for worker in workers:
-        procs.worker(worker)
-
-    async def converged() -> bool:
-        return fleet_matches(statuses, summary, workers)
-
-    await until("every worker on the master's digest", converged, procs, "master", *workers)
-    return summary
 
 
 async def converge_after(
@@ -256,27 +104,6 @@ async def converge_after(
         *workers,
         timeout=timeout,
     )
-
-
-def released_on_stop(procs: Procs, name: str) -> int:
-    """Events a stopping worker logged as fetched but handed back unprocessed."""
-    found = re.findall(r"released (\d+) fetched but unprocessed events", procs.log(name))
-    return sum(int(n) for n in found)
-
-
-async def stop(proc: subprocess.Popen[bytes], name: str, procs: Procs) -> float:
-    """SIGTERM; asserts exit 0 within 10 s; seconds taken."""
-    started = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    loop = asyncio.get_running_loop()
-    try:
-        code = await loop.run_in_executor(None, proc.wait, 10)
-    except subprocess.TimeoutExpired:
-        raise AssertionError(
-            f"{name} still running 10 s after SIGTERM:\n{procs.log(name)}"
-        ) from None
-    assert code == 0, procs.log(name)
-    return time.monotonic() - started
 
 
 # --------------------------------------------------------------------------------------------

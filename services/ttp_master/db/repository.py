@@ -6,9 +6,10 @@ connection still holds the advisory lock, so a master that lost leadership canno
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
@@ -101,9 +102,25 @@ class Rejection:
 
 @dataclass(frozen=True, slots=True)
 class StateRevert:
-    """An operator state whose expiry passed: back to enabled, `cause: expired`."""
+    """An operator state whose expiry passed: back to enabled, `cause: expired`.
+
+    Written only if the row still holds an expiry at or before `now` when the transaction
+    runs, so an operator who extended or cleared the state in the meantime wins.
+    """
 
     rule_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StateWrite:
+    """An operator's state change; `enabled` removes the row (the default needs none)."""
+
+    rule_id: str
+    state: Literal["enabled", "disabled", "clipped"]
+    set_by: str
+    reason: str | None = None
+    confidence_max: float | None = None
+    expires_at: datetime | None = None
 
 
 @dataclass(slots=True)
@@ -115,6 +132,7 @@ class ChangeSet:
     rejections: list[Rejection] = field(default_factory=list)
     cleared_rejections: list[str] = field(default_factory=list)
     state_reverts: list[StateRevert] = field(default_factory=list)
+    state_writes: list[StateWrite] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
@@ -123,12 +141,17 @@ class ChangeSet:
             or self.rejections
             or self.cleared_rejections
             or self.state_reverts
+            or self.state_writes
         )
 
     @property
     def revisions_needed(self) -> int:
         return (
-            len(self.upserts) + len(self.deletes) + len(self.rejections) + len(self.state_reverts)
+            len(self.upserts)
+            + len(self.deletes)
+            + len(self.rejections)
+            + len(self.state_reverts)
+            + len(self.state_writes)
         )
 
 
@@ -146,6 +169,10 @@ class RuleRepository:
     def __init__(self, engine: AsyncEngine, fence: LeaderFence | None) -> None:
         self.engine = engine
         self.fence = fence
+        # Revisions are taken inside each transaction; one writer at a time makes commit
+        # order equal revision order, so a later change of a rule never loses to an
+        # earlier one that happened to commit last.
+        self._write_lock = asyncio.Lock()
 
     async def load_catalog(self) -> Catalog:
         catalog = Catalog()
@@ -176,26 +203,25 @@ class RuleRepository:
                 catalog.rejections[path] = list(errors)
         return catalog
 
-    async def expired_states(self, now: datetime) -> list[str]:
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                select(rule_state.c.rule_id)
-                .where(rule_state.c.expires_at <= now)
-                .order_by(rule_state.c.rule_id)
-            )
-            return [row.rule_id for row in rows]
-
     async def apply(
         self, changes: ChangeSet, *, actor: str, trace_headers: dict[str, str] | None = None
     ) -> list[int]:
-        """Commit `changes` with one outbox row each; returns the revisions taken."""
+        """Commit `changes` with one outbox row each; returns the revisions written.
+
+        A state revert that no longer applies (the expiry was extended or cleared) writes
+        nothing, and its revision is left unused.
+        """
         if not changes:
             return []
-        headers = dict(trace_headers or {})
+        async with self._write_lock:
+            return await self._apply(changes, actor, dict(trace_headers or {}))
+
+    async def _apply(self, changes: ChangeSet, actor: str, headers: dict[str, str]) -> list[int]:
         async with self.engine.begin() as conn:
             await self._check_fence(conn)
             revisions = await _next_revisions(conn, changes.revisions_needed)
             taken = iter(revisions)
+            unused: set[int] = set()
             now = datetime.now(UTC)
             outbox: list[dict[str, Any]] = []
             rule_rows: list[dict[str, Any]] = []
@@ -301,7 +327,14 @@ class RuleRepository:
                 )
             for revert in changes.state_reverts:
                 revision = next(taken)
-                await conn.execute(delete(rule_state).where(rule_state.c.rule_id == revert.rule_id))
+                reverted = await conn.execute(
+                    delete(rule_state)
+                    .where(rule_state.c.rule_id == revert.rule_id, rule_state.c.expires_at <= now)
+                    .returning(rule_state.c.rule_id)
+                )
+                if reverted.first() is None:
+                    unused.add(revision)
+                    continue
                 state = RuleStateChanged(
                     rule_id=revert.rule_id,
                     revision=revision,
@@ -323,10 +356,36 @@ class RuleRepository:
                         "ttp-master",
                     )
                 )
+            for write in changes.state_writes:
+                revision = next(taken)
+                await _write_state(conn, write, revision, now)
+                state = RuleStateChanged(
+                    rule_id=write.rule_id,
+                    revision=revision,
+                    state=write.state,
+                    confidence_max=write.confidence_max,
+                    expires_at=write.expires_at,
+                    reason=write.reason,
+                    set_by=write.set_by,
+                    set_at=now,
+                    cause="operator",
+                )
+                outbox.append(
+                    _outbox_row(
+                        revision,
+                        write.rule_id,
+                        "state",
+                        subjects.rule_state(write.rule_id),
+                        state,
+                        now,
+                        headers,
+                        write.set_by,
+                    )
+                )
             if outbox:
                 await conn.execute(insert(rule_event), outbox)
                 await conn.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
-        return revisions
+        return [revision for revision in revisions if revision not in unused]
 
     async def _check_fence(self, conn: AsyncConnection) -> None:
         if self.fence is None:
@@ -359,6 +418,27 @@ async def _next_revisions(conn: AsyncConnection, count: int) -> list[int]:
         text("SELECT nextval('ttp_revision_seq') FROM generate_series(1, :n)"), {"n": count}
     )
     return sorted(int(r[0]) for r in rows)
+
+
+async def _write_state(
+    conn: AsyncConnection, write: StateWrite, revision: int, now: datetime
+) -> None:
+    if write.state == "enabled":
+        await conn.execute(delete(rule_state).where(rule_state.c.rule_id == write.rule_id))
+        return
+    values = {
+        "state": write.state,
+        "confidence_max": write.confidence_max,
+        "expires_at": write.expires_at,
+        "reason": write.reason,
+        "set_by": write.set_by,
+        "set_at": now,
+        "revision": revision,
+    }
+    stmt = insert(rule_state).values(rule_id=write.rule_id, **values)
+    await conn.execute(
+        stmt.on_conflict_do_update(index_elements=[rule_state.c.rule_id], set_=values)
+    )
 
 
 def _rule_row(up: RuleUpsert, revision: int, now: datetime) -> dict[str, Any]:

@@ -162,6 +162,8 @@ class WorkerStatus(_Data):
     events_processed: int
     index_digest: str | None = None
     apply_latency_ms: float | None = None
+    status_interval_s: float | None = None
+    """Seconds between heartbeats: a worker silent for three of them is gone."""
 
 
 DataT = TypeVar("DataT", bound=_Data)

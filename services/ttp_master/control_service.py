@@ -1,0 +1,369 @@
+"""The operator control service: NATS micro service `ttp-ctl` on `ttp.ctl.>` (SPEC section 6).
+
+Every master process runs it, so `$SRV.PING/INFO/STATS.ttp-ctl` finds the leader and the
+standbys (metadata `role`). The leader's endpoints and the standbys' sit in different queue
+groups, so each request reaches the leader and one standby: the leader answers at once; a
+standby answers `not_leader` only after a pause, which a client sees only when no leader
+answered (the leader is down or frozen). Handlers run as tasks, so a slow audit query never
+holds up a state change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import pydantic
+import sqlalchemy.exc
+from nats.aio.client import Client
+from nats.micro import add_service
+from nats.micro.request import Request
+from nats.micro.service import EndpointConfig, Service, ServiceConfig
+from pydantic import BaseModel
+
+from ttp_core.contract import subjects
+from ttp_core.contract.control import (
+    REQUESTS,
+    SERVICE_NAME,
+    SERVICE_VERSION,
+    AuditLog,
+    AuditRequest,
+    ControlError,
+    Endpoint,
+    ErrorCode,
+    Reply,
+    RevisionInfo,
+    RuleShowRequest,
+    RulesList,
+    RulesListRequest,
+    StateChanged,
+    StateClearRequest,
+    StateGetRequest,
+    StateList,
+    StateSetRequest,
+)
+from ttp_core.contract.payloads import RulesetRevision
+from ttp_master.db.queries import ControlQueries
+from ttp_master.db.repository import ChangeSet, LeadershipLostError, RuleRepository, StateWrite
+from ttp_master.expiry_scheduler import ExpiryScheduler
+from ttp_master.fleet_tracker import FleetTracker
+from ttp_runtime.tracing import get_tracer, inject_headers, start_consumer_span
+
+_log = logging.getLogger(__name__)
+
+STANDBY_REPLY_DELAY_S: Final = 1.5
+"""How long a standby waits before saying so: a live leader has answered long before."""
+_LEADER_GROUP: Final = "ttp-ctl-leader"
+_STANDBY_GROUP: Final = "ttp-ctl-standby"
+
+
+class ControlRequestError(Exception):
+    """A request that cannot be served, with the error the client gets."""
+
+    def __init__(self, code: ErrorCode, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.error = ControlError(code=code, message=message, field=field)
+
+
+@dataclass(frozen=True, slots=True)
+class LeaderTerm:
+    """What the control service needs from the current leadership term."""
+
+    repository: RuleRepository
+    queries: ControlQueries
+    scheduler: ExpiryScheduler
+    summary: Callable[[], Awaitable[RulesetRevision]]
+
+
+class ControlHandlers:
+    """Validate a request, do it, and build the reply: everything but the transport."""
+
+    def __init__(
+        self,
+        term: LeaderTerm,
+        fleet: FleetTracker,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._term = term
+        self._fleet = fleet
+        self._clock = clock
+        self._routes: dict[Endpoint, Callable[[Any], Awaitable[BaseModel]]] = {
+            Endpoint.STATE_SET: self.state_set,
+            Endpoint.STATE_CLEAR: self.state_clear,
+            Endpoint.STATE_GET: self.state_get,
+            Endpoint.RULES_LIST: self.rules_list,
+            Endpoint.RULES_SHOW: self.rules_show,
+            Endpoint.REVISION: self.revision,
+            Endpoint.AUDIT: self.audit,
+            Endpoint.FLEET: self.fleet,
+        }
+
+    async def handle(self, endpoint: Endpoint, raw: bytes) -> BaseModel:
+        """The result for a raw request; raises :class:`ControlRequestError`."""
+        request = parse_request(endpoint, raw)
+        try:
+            return await self._routes[endpoint](request)
+        except ControlRequestError:
+            raise
+        except LeadershipLostError as exc:
+            raise ControlRequestError(ErrorCode.NOT_LEADER, str(exc)) from exc
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, OSError) as exc:
+            raise ControlRequestError(
+                ErrorCode.UNAVAILABLE, f"PostgreSQL is unavailable: {type(exc).__name__}"
+            ) from exc
+
+    async def state_set(self, request: StateSetRequest) -> StateChanged:
+        term = self._term
+        if request.expires_at is not None and request.expires_at <= self._clock():
+            raise ControlRequestError(
+                ErrorCode.BAD_REQUEST,
+                f"expires_at {request.expires_at.isoformat()} is in the past",
+                "expires_at",
+            )
+        if not request.force and not await term.queries.rule_known(request.rule_id):
+            raise ControlRequestError(
+                ErrorCode.UNKNOWN_RULE,
+                f"no rule {request.rule_id!r} is known to the master; "
+                "pass force to set a state for a rule that will be added later",
+                "rule_id",
+            )
+        current = await term.queries.state(request.rule_id)
+        if (
+            current.state == request.state
+            and current.confidence_max == request.confidence_max
+            and current.expires_at == request.expires_at
+            and current.reason == request.reason
+        ):
+            return StateChanged(state=current, revision=current.revision or 0, changed=False)
+        write = StateWrite(
+            rule_id=request.rule_id,
+            state=request.state,
+            set_by=request.actor,
+            reason=request.reason,
+            confidence_max=request.confidence_max,
+            expires_at=request.expires_at,
+        )
+        return await self._write(write)
+
+    async def state_clear(self, request: StateClearRequest) -> StateChanged:
+        term = self._term
+        current = await term.queries.state(request.rule_id)
+        if current.revision is None:  # no row: already the default
+            if not await term.queries.rule_known(request.rule_id):
+                raise ControlRequestError(
+                    ErrorCode.UNKNOWN_RULE, f"no rule {request.rule_id!r} and no state", "rule_id"
+                )
+            return StateChanged(state=current, revision=0, changed=False)
+        write = StateWrite(
+            rule_id=request.rule_id,
+            state="enabled",
+            set_by=request.actor,
+            reason=request.reason or "cleared",
+        )
+        return await self._write(write)
+
+    async def _write(self, write: StateWrite) -> StateChanged:
+        term = self._term
+        with get_tracer().start_as_current_span(
+            "ttp.ctl state change", attributes={"ttp.rule_id": write.rule_id}
+        ):
+            revisions = await term.repository.apply(
+                ChangeSet(state_writes=[write]),
+                actor=write.set_by,
+                trace_headers=inject_headers(),
+            )
+        term.scheduler.reschedule()
+        state = await term.queries.state(write.rule_id)
+        _log.info(
+            "operator state changed",
+            extra={
+                "rule_id": write.rule_id,
+                "state": write.state,
+                "confidence_max": write.confidence_max,
+                "expires_at": write.expires_at.isoformat() if write.expires_at else None,
+                "actor": write.set_by,
+                "reason": write.reason,
+                "revision": revisions[0],
+            },
+        )
+        if write.state == "enabled":
+            state = state.model_copy(
+                update={
+                    "reason": write.reason,
+                    "set_by": write.set_by,
+                    "set_at": self._clock(),
+                    "revision": revisions[0],
+                }
+            )
+        return StateChanged(state=state, revision=revisions[0])
+
+    async def state_get(self, request: StateGetRequest) -> StateList:
+        queries = self._term.queries
+        if request.rule_id is None:
+            return StateList(states=await queries.states())
+        state = await queries.state(request.rule_id)
+        if state.revision is None and not await queries.rule_known(request.rule_id):
+            raise ControlRequestError(
+                ErrorCode.UNKNOWN_RULE, f"no rule {request.rule_id!r}", "rule_id"
+            )
+        return StateList(states=[state])
+
+    async def rules_list(self, request: RulesListRequest) -> RulesList:
+        summary = await self._term.summary()
+        rules = await self._term.queries.rules(request.status)
+        return RulesList(revision=summary.revision, rules=rules)
+
+    async def rules_show(self, request: RuleShowRequest) -> BaseModel:
+        detail = await self._term.queries.rule(request.rule_id)
+        if detail is None:
+            raise ControlRequestError(
+                ErrorCode.UNKNOWN_RULE, f"no rule {request.rule_id!r}", "rule_id"
+            )
+        return detail
+
+    async def revision(self, _: object) -> RevisionInfo:
+        summary = await self._term.summary()
+        return RevisionInfo(**summary.model_dump())
+
+    async def audit(self, request: AuditRequest) -> AuditLog:
+        entries = await self._term.queries.audit(request.rule_id, request.since, request.limit)
+        return AuditLog(entries=entries)
+
+    async def fleet(self, _: object) -> BaseModel:
+        summary = await self._term.summary()
+        return self._fleet.view(summary.revision, summary.digest)
+
+
+def parse_request(endpoint: Endpoint, raw: bytes) -> Any:
+    """The endpoint's request model; an empty body is an empty object."""
+    model = REQUESTS[endpoint]
+    try:
+        return model.model_validate_json(raw or b"{}")
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or None
+        message = first["msg"]
+        if first["type"] == "missing":
+            message = "is required"
+        elif first["type"] == "extra_forbidden":
+            message = "is not a field of this request"
+        text = f"{where}: {message}" if where else message
+        if len(exc.errors()) > 1:
+            text += f" (and {len(exc.errors()) - 1} more)"
+        raise ControlRequestError(ErrorCode.BAD_REQUEST, text, where) from exc
+
+
+def encode_reply(result: BaseModel) -> bytes:
+    return Reply[Any](ok=True, result=result).model_dump_json().encode()
+
+
+def encode_error(error: ControlError) -> bytes:
+    return Reply[Any](ok=False, error=error).model_dump_json().encode()
+
+
+class ControlService:
+    """The micro service of one master process, re-registered when its role changes."""
+
+    def __init__(self, nc: Client, fleet: FleetTracker) -> None:
+        self._nc = nc
+        self._fleet = fleet
+        self._service: Service | None = None
+        self._handlers: ControlHandlers | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.instance = socket.gethostname()
+
+    @property
+    def role(self) -> str:
+        return "leader" if self._handlers is not None else "standby"
+
+    async def serve_standby(self) -> None:
+        self._handlers = None
+        await self._register()
+
+    async def serve_leader(self, term: LeaderTerm) -> None:
+        self._handlers = ControlHandlers(term, self._fleet)
+        await self._register()
+
+    async def stop(self) -> None:
+        service, self._service = self._service, None
+        if service is not None:
+            with contextlib.suppress(Exception):
+                await service.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _register(self) -> None:
+        await self.stop()
+        role = self.role
+        group = _LEADER_GROUP if role == "leader" else _STANDBY_GROUP
+        service = await add_service(
+            self._nc,
+            ServiceConfig(
+                name=SERVICE_NAME,
+                version=SERVICE_VERSION,
+                description="ttp-rulebus operator control: rule state, status, audit, fleet",
+                metadata={"role": role, "host": self.instance},
+                queue_group=group,
+            ),
+        )
+        for endpoint in Endpoint:
+            await service.add_endpoint(
+                EndpointConfig(
+                    name=endpoint.value.replace(".", "-"),
+                    subject=subjects.control(endpoint.value),
+                    handler=self._dispatcher(endpoint),
+                    queue_group=group,
+                )
+            )
+        self._service = service
+        _log.info("control service serving", extra={"role": role, "service_id": service.id})
+
+    def _dispatcher(self, endpoint: Endpoint) -> Callable[[Request], Awaitable[None]]:
+        async def dispatch(request: Request) -> None:
+            task = asyncio.create_task(self._answer(endpoint, request))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        return dispatch
+
+    async def _answer(self, endpoint: Endpoint, request: Request) -> None:
+        handlers = self._handlers
+        try:
+            if handlers is None:
+                await asyncio.sleep(STANDBY_REPLY_DELAY_S)
+                raise ControlRequestError(
+                    ErrorCode.NOT_LEADER,
+                    f"master on {self.instance} is a standby and no leader answered: "
+                    "the leader is down, frozen or still starting",
+                )
+            with start_consumer_span(
+                f"{subjects.CONTROL_PREFIX}.{{endpoint}}",
+                request.headers,
+                subject=request.subject,
+                operation="process",
+            ):
+                result = await handlers.handle(endpoint, request.data)
+            await request.respond(encode_reply(result))
+        except ControlRequestError as failure:
+            await self._respond_error(request, failure.error)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            _log.exception("control request failed", extra={"endpoint": endpoint.value})
+            await self._respond_error(
+                request, ControlError(code=ErrorCode.INTERNAL, message=f"internal error: {exc!r}")
+            )
+
+    async def _respond_error(self, request: Request, error: ControlError) -> None:
+        with contextlib.suppress(Exception):
+            await request.respond_error(str(error.code.status), error.message, encode_error(error))

@@ -1,0 +1,141 @@
+"""The control protocol refuses bad requests with a located, readable error."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from ttp_core.contract.control import (
+    REQUESTS,
+    RESULTS,
+    Endpoint,
+    ErrorCode,
+    StateSetRequest,
+)
+from ttp_master.control_service import ControlRequestError, parse_request
+from ttp_master.db.queries import describe_change
+
+
+def _error(endpoint: Endpoint, raw: bytes) -> ControlRequestError:
+    with pytest.raises(ControlRequestError) as caught:
+        parse_request(endpoint, raw)
+    return caught.value
+
+
+def test_every_endpoint_has_a_request_and_a_result_model() -> None:
+    assert set(REQUESTS) == set(Endpoint) == set(RESULTS)
+
+
+def test_a_valid_clip_request_parses() -> None:
+    request = parse_request(
+        Endpoint.STATE_SET,
+        b'{"rule_id": "R0001", "state": "clipped", "confidence_max": 0.5,'
+        b' "reason": " incident ", "actor": "ops", "expires_at": "2030-01-01T00:00:00Z"}',
+    )
+    assert isinstance(request, StateSetRequest)
+    assert request.reason == "incident"
+    assert request.expires_at == datetime(2030, 1, 1, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        (b'{"rule_id": "R1", "state": "disabled", "actor": "a"}', "reason", "required"),
+        (b'{"rule_id": "R1", "state": "disabled", "reason": "r"}', "actor", "required"),
+        (b'{"rule_id": "R1", "state": "disabled", "reason": " ", "actor": "a"}', "reason", "blank"),
+        (
+            b'{"rule_id": "R1", "state": "clipped", "confidence_max": 0,'
+            b' "reason": "r", "actor": "a"}',
+            "confidence_max",
+            "greater than 0",
+        ),
+        (
+            b'{"rule_id": "R1", "state": "clipped", "confidence_max": 1.01,'
+            b' "reason": "r", "actor": "a"}',
+            "confidence_max",
+            "less than or equal to 1",
+        ),
+        (b'{"rule_id": "a.b", "state": "disabled", "reason": "r", "actor": "a"}', "rule_id", ""),
+        (b'{"rule_id": "R1", "state": "paused", "reason": "r", "actor": "a"}', "state", ""),
+        (
+            b'{"rule_id": "R1", "state": "disabled", "reason": "r", "actor": "a",'
+            b' "expires_at": "2030-01-01T00:00:00"}',
+            "expires_at",
+            "UTC offset",
+        ),
+        (
+            b'{"rule_id": "R1", "state": "disabled", "reason": "r", "actor": "a", "force": 1,'
+            b' "extra": true}',
+            "extra",
+            "not a field",
+        ),
+    ],
+)
+def test_a_bad_field_is_named_in_the_error(body: bytes, field: str, words: str) -> None:
+    error = _error(Endpoint.STATE_SET, body).error
+    assert error.code is ErrorCode.BAD_REQUEST
+    assert error.field == field
+    assert error.message.startswith(f"{field}: ")
+    assert words in error.message
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        (b'{"rule_id": "R1", "state": "clipped", "reason": "r", "actor": "a"}', "needs"),
+        (
+            b'{"rule_id": "R1", "state": "disabled", "confidence_max": 0.3,'
+            b' "reason": "r", "actor": "a"}',
+            "only to 'clipped'",
+        ),
+        (
+            b'{"rule_id": "R1", "state": "enabled", "expires_at": "2030-01-01T00:00:00Z",'
+            b' "reason": "r", "actor": "a"}',
+            "cannot expire",
+        ),
+    ],
+)
+def test_inconsistent_state_requests_are_refused(body: bytes, words: str) -> None:
+    error = _error(Endpoint.STATE_SET, body).error
+    assert error.code is ErrorCode.BAD_REQUEST
+    assert words in error.message
+
+
+def test_malformed_json_and_empty_bodies() -> None:
+    assert _error(Endpoint.STATE_SET, b"{oops").error.code is ErrorCode.BAD_REQUEST
+    assert parse_request(Endpoint.FLEET, b"") == REQUESTS[Endpoint.FLEET]()
+    assert _error(Endpoint.AUDIT, b'{"limit": 0}').error.field == "limit"
+
+
+def test_error_codes_map_to_micro_status_numbers() -> None:
+    assert {code: code.status for code in ErrorCode} == {
+        ErrorCode.BAD_REQUEST: 400,
+        ErrorCode.UNKNOWN_RULE: 404,
+        ErrorCode.NOT_LEADER: 503,
+        ErrorCode.UNAVAILABLE: 503,
+        ErrorCode.INTERNAL: 500,
+    }
+
+
+def test_audit_summaries_read_as_sentences() -> None:
+    assert describe_change("reloaded", {"rule_version": 3, "source_path": "a/R1.yaml"}) == (
+        "definition v3 from a/R1.yaml"
+    )
+    assert describe_change(
+        "state", {"state": "clipped", "confidence_max": 0.5, "reason": "incident"}
+    ) == ("clipped to 0.5: incident")
+    assert describe_change("state", {"state": "enabled", "cause": "expired"}) == (
+        "enabled (previous state expired)"
+    )
+    rejected = describe_change(
+        "rejected",
+        {
+            "source_path": "R1.yaml",
+            "errors": [
+                {"line": 3, "column": 5, "message": "bad regex"},
+                {"line": 9, "column": 1, "message": "x"},
+            ],
+        },
+    )
+    assert rejected == "rejected R1.yaml:3:5: bad regex (+1 more)"
