@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,16 +72,22 @@ class MasterState:
     """What the probes and metrics read."""
 
     leader: bool = False
-    caught_up: bool = False
+    waiting_because: Callable[[], str] = lambda: "starting"
+    publishing: asyncio.Event | None = None
+    """The term's relay `caught_up`: set when the outbox is drained, cleared when a pass fails."""
     last_sync: SyncResult | None = None
     terms: int = 0
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
+    @property
+    def caught_up(self) -> bool:
+        return self.leader and self.publishing is not None and self.publishing.is_set()
+
     def readiness(self) -> tuple[bool, str]:
         if not self.leader:
-            return False, "standby: another master leads"
+            return False, f"standby: {self.waiting_because()}"
         if not self.caught_up:
-            return False, "leader, catching up"
+            return False, "leader, outbox not published yet (catching up, or NATS unreachable)"
         return True, "leader and caught up"
 
 
@@ -101,19 +108,27 @@ class Master:
 
     async def run(self) -> None:
         settings = self.settings
-        await asyncio.to_thread(upgrade_to_head, settings.database_url)
-        self.engine = create_async_engine(settings.database_url, pool_size=4, pool_pre_ping=True)
-        self.nc = await connect(settings, "ttp-master")
-        js = self.nc.jetstream()
-        publisher = NatsPublisher(self.nc, js)
+        # Liveness first: a master waiting for PostgreSQL or NATS is alive, not ready.
         health = HealthServer.from_settings(settings, self.state.readiness)
         await health.start()
+        try:
+            await asyncio.to_thread(upgrade_to_head, settings.database_url)
+            self.engine = create_async_engine(
+                settings.database_url, pool_size=4, pool_pre_ping=True
+            )
+            self.nc = await connect(settings, "ttp-master")
+        except BaseException:
+            await health.stop()
+            raise
+        js = self.nc.jetstream()
+        publisher = NatsPublisher(self.nc, js)
         fleet = FleetTracker()
         await fleet.start(self.nc)
         self.control = ControlService(self.nc, fleet)
         await self.control.serve_standby()
         _log.info("master started", extra={"rules_dir": str(self.root), "http_port": health.port})
         leader = LeaderLock(settings.database_url, settings.leader_lock_key)
+        self.state.waiting_because = lambda: leader.waiting_because
         try:
             while not self.state.stop.is_set():
                 if not await leader.acquire(self.state.stop):
@@ -136,7 +151,6 @@ class Master:
         assert self.engine is not None and self.control is not None
         settings = self.settings
         self.state.leader = True
-        self.state.caught_up = False
         self.state.terms += 1
         metrics.IS_LEADER.set(1)
         term_stop = asyncio.Event()
@@ -212,7 +226,7 @@ class Master:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             self.state.leader = False
-            self.state.caught_up = False
+            self.state.publishing = None
             metrics.IS_LEADER.set(0)
             if not self.state.stop.is_set():
                 with contextlib.suppress(Exception):
@@ -297,8 +311,8 @@ class Master:
                 _log.exception("stream check failed; retrying")
 
     async def _track_caught_up(self, relay: OutboxRelay, stop: asyncio.Event) -> None:
+        self.state.publishing = relay.caught_up
         await relay.caught_up.wait()
-        self.state.caught_up = True
         _log.info("master is leader and caught up")
         await stop.wait()
 

@@ -35,6 +35,8 @@ class LeaderLock:
         self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
         self.lost = asyncio.Event()
         self.fence: LeaderFence | None = None
+        self.waiting_because = "starting"
+        """Why this master does not lead right now (for readiness and logs)."""
 
     @property
     def is_leader(self) -> bool:
@@ -48,10 +50,12 @@ class LeaderLock:
                 if await self._try_acquire():
                     _log.info("leader lock acquired", extra={"lock_key": self._key})
                     return True
+                self.waiting_because = "another master leads"
                 if not announced:
                     _log.info("another master leads; waiting as hot standby")
                     announced = True
             except psycopg.Error as exc:
+                self.waiting_because = f"PostgreSQL unreachable ({type(exc).__name__})"
                 _log.warning("leader lock attempt failed: %s", exc)
                 await self._close()
             with contextlib.suppress(TimeoutError):

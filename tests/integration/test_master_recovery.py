@@ -394,3 +394,36 @@ async def test_repair_never_overwrites_a_newer_publish(
             assert held["data"]["rule_version"] == 2
     finally:
         await engine.dispose()
+
+
+async def test_readiness_drops_while_changes_cannot_be_published(
+    private_nats: Any, database_url: str, database_dsn: str, rules: Path, bus: BusRecorder
+) -> None:
+    """NATS down with a change waiting in the outbox: the leader is not caught up (not
+    ready) until the relay has published it after NATS is back."""
+    placed = install(rules, ["R0001"])
+    settings = master_settings(private_nats.url, database_url, rules, relay_poll_interval_s=0.2)
+    async with running_master(settings) as handle:
+        state = handle.master.state
+        assert state.readiness() == (True, "leader and caught up")
+        private_nats.kill()
+        placed["R0001"].write_text(with_version(rule_text("R0001"), 2))
+
+        async def pending_and_not_ready() -> bool:
+            rows = await query(
+                database_dsn, "SELECT revision FROM ttp_rule_event WHERE published_at IS NULL"
+            )
+            return bool(rows) and not state.readiness()[0]
+
+        await wait_until(pending_and_not_ready, "the unpublished edit to make it not ready")
+        ready, reason = state.readiness()
+        assert not ready and "outbox not published" in reason
+        private_nats.restart()
+
+        async def ready_again() -> bool:
+            return state.readiness()[0]
+
+        await wait_until(ready_again, "readiness after NATS is back")
+        js = bus.nc.jetstream()
+        await wait_until(lambda: _connected(bus), "the observer to reconnect")
+        assert await stream_matches_database(js, database_dsn)
