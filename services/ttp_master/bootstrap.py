@@ -293,10 +293,13 @@ class Master:
             if stop.is_set():
                 return
             try:
-                if await guard.stream_exists():
+                problem = await guard.check()
+                if problem is None:
                     continue
                 _log.error(
-                    "stream %s is gone: recreating it from PostgreSQL", subjects.STREAM_RULES
+                    "stream %s is %s: rebuilding it from PostgreSQL",
+                    subjects.STREAM_RULES,
+                    problem,
                 )
                 await ensure_streams(
                     js,

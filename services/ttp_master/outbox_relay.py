@@ -276,7 +276,8 @@ class OutboxRelay:
             digest=digest,
         )
 
-    async def publish_ruleset_revision(self) -> RulesetRevision:
+    async def publish_ruleset_revision(self, msg_id_suffix: str = "") -> RulesetRevision:
+        """Publish the current totals; `msg_id_suffix` only for a stream repair."""
         summary = await self.ruleset_summary()
         event = envelope(
             summary,
@@ -284,7 +285,9 @@ class OutboxRelay:
             subject=str(summary.revision),
             event_id=f"ttp-ruleset-{summary.revision}-{summary.digest[:16]}",
         )
-        await self._publisher.publish_stream(subjects.RULESET_REVISION, encode(event), event.id, {})
+        await self._publisher.publish_stream(
+            subjects.RULESET_REVISION, encode(event), f"{event.id}{msg_id_suffix}", {}
+        )
         return summary
 
     async def _listen(self, stop: asyncio.Event) -> None:

@@ -38,21 +38,35 @@ class StreamGuard:
         engine: AsyncEngine,
         js: JetStreamContext,
         publisher: EventPublisher,
-        publish_summary: Callable[[], Awaitable[object]] | None = None,
+        publish_summary: Callable[[str], Awaitable[object]] | None = None,
     ) -> None:
-        """`publish_summary` publishes `ttp.ruleset.revision` (the relay's): called after a
-        repair, whose stream lacked a current summary, so the rebuilt stream has one too."""
+        """`publish_summary(msg_id_suffix)` publishes `ttp.ruleset.revision` (the relay's):
+        called after a repair, whose stream lacked a current summary, so the rebuilt stream
+        has one too."""
         self._engine = engine
         self._js = js
         self._publisher = publisher
         self._publish_summary = publish_summary
 
-    async def stream_exists(self) -> bool:
+    async def check(self) -> str | None:
+        """What is wrong with TTP_RULES at a glance (None: nothing seen).
+
+        Cheap enough to run every few seconds: one stream info, and one indexed query only
+        when the stream is empty. A stream that is merely behind is found at startup.
+        """
         try:
-            await self._js.stream_info(subjects.STREAM_RULES)
+            info = await self._js.stream_info(subjects.STREAM_RULES)
         except nats.js.errors.NotFoundError:
-            return False
-        return True
+            return "missing"
+        if info.state.messages:
+            return None
+        async with self._engine.connect() as conn:
+            published = await conn.scalar(
+                select(rule_event.c.revision)
+                .where(rule_event.c.jetstream, rule_event.c.published_at.is_not(None))
+                .limit(1)
+            )
+        return "empty" if published is not None else None
 
     async def repair(self) -> int:
         """Republish every subject whose stream copy is missing or older; returns how many."""
@@ -72,6 +86,10 @@ class StreamGuard:
         if info.state.messages and await self._stream_revision() == int(newest or 0):
             return 0
         check_each = bool(info.state.messages)
+        # A purged stream still remembers every Nats-Msg-Id for its duplicate window and
+        # would drop the republished copies; a suffix naming the stream's position makes
+        # them new to it, yet a repeated repair of the same stream state stays a no-op.
+        suffix = f"-repair-{info.state.last_seq}"
         stale = []
         for row in latest:
             if check_each and await self._stream_has(row.subject, int(row.revision)):
@@ -80,7 +98,9 @@ class StreamGuard:
         for row in sorted(stale, key=lambda r: int(r.revision)):
             payload = json.dumps(row.payload, separators=(",", ":")).encode()
             headers = {str(k): str(v) for k, v in (row.headers or {}).items()}
-            await self._publisher.publish_stream(row.subject, payload, row.msg_id, headers)
+            await self._publisher.publish_stream(
+                row.subject, payload, f"{row.msg_id}{suffix}", headers
+            )
         if stale:
             _log.warning(
                 "TTP_RULES was missing or behind: republished %d subject(s) from PostgreSQL",
@@ -89,7 +109,7 @@ class StreamGuard:
         if self._publish_summary is not None:
             # Past the fast path, the stream's ruleset summary is missing or older than the
             # newest revision: publish the current one.
-            await self._publish_summary()
+            await self._publish_summary(suffix)
         return len(stale)
 
     async def _stream_revision(self) -> int | None:

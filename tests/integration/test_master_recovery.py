@@ -427,3 +427,27 @@ async def test_readiness_drops_while_changes_cannot_be_published(
         js = bus.nc.jetstream()
         await wait_until(lambda: _connected(bus), "the observer to reconnect")
         assert await stream_matches_database(js, database_dsn)
+
+
+async def test_stream_purged_while_running_is_refilled(
+    private_nats: Any,
+    database_url: str,
+    database_dsn: str,
+    rules: Path,
+    bus: BusRecorder,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`nats stream purge TTP_RULES`: the stream exists but is empty, and its de-duplication
+    window still remembers every message id, so the rebuild must not be dropped as
+    duplicates."""
+    monkeypatch.setattr(bootstrap, "STREAM_CHECK_INTERVAL_S", 0.3)
+    install(rules, starter_ids(20))
+    settings = master_settings(private_nats.url, database_url, rules, relay_poll_interval_s=0.1)
+    js = bus.nc.jetstream()
+    async with running_master(settings):
+        await Markers(bus, rules).sync()
+        assert await stream_matches_database(js, database_dsn)
+        await js.purge_stream(subjects.STREAM_RULES)
+        await wait_until(
+            lambda: stream_matches_database(js, database_dsn), "TTP_RULES refilled from PostgreSQL"
+        )
