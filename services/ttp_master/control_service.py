@@ -49,6 +49,7 @@ from ttp_core.contract.control import (
     StateSetRequest,
 )
 from ttp_core.contract.payloads import RulesetRevision
+from ttp_master import metrics
 from ttp_master.db.queries import ControlQueries
 from ttp_master.db.repository import ChangeSet, LeadershipLostError, RuleRepository, StateWrite
 from ttp_master.expiry_scheduler import ExpiryScheduler
@@ -354,12 +355,15 @@ class ControlService:
             ):
                 result = await handlers.handle(endpoint, request.data)
             await request.respond(encode_reply(result))
+            metrics.CONTROL_REQUESTS.labels(endpoint.value, "ok").inc()
         except ControlRequestError as failure:
+            metrics.CONTROL_REQUESTS.labels(endpoint.value, failure.error.code.value).inc()
             await self._respond_error(request, failure.error)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             _log.exception("control request failed", extra={"endpoint": endpoint.value})
+            metrics.CONTROL_REQUESTS.labels(endpoint.value, ErrorCode.INTERNAL.value).inc()
             await self._respond_error(
                 request, ControlError(code=ErrorCode.INTERNAL, message=f"internal error: {exc!r}")
             )

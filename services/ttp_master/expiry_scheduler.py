@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Final
 
+from ttp_master import metrics
 from ttp_master.db.queries import ControlQueries
 from ttp_master.db.repository import ChangeSet, LeadershipLostError, RuleRepository, StateRevert
 
@@ -47,14 +48,19 @@ class ExpiryScheduler:
 
     async def revert_due(self) -> list[str]:
         """Revert every state whose expiry has passed; returns the rule_ids reverted."""
-        due = await self._queries.expired(self._clock())
-        if not due:
+        due_at = await self._queries.expired(self._clock())
+        if not due_at:
             return []
+        due = [rule_id for rule_id, _ in due_at]
         revisions = await self._repository.apply(
             ChangeSet(state_reverts=[StateRevert(rule_id) for rule_id in due]), actor="ttp-master"
         )
         if revisions:
             self.reverted += len(revisions)
+            metrics.STATE_EXPIRIES.inc(len(revisions))
+            now = self._clock()
+            for _, expires_at in due_at:
+                metrics.EXPIRY_DELAY.observe(max(0.0, (now - expires_at).total_seconds()))
             _log.info(
                 "operator states expired and reverted to enabled",
                 extra={"rules": due, "revisions": revisions},

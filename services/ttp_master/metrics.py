@@ -29,3 +29,16 @@ CHANGES = Counter(
 REPUBLISHED = Counter(
     "ttp_master_republished_total", "Messages republished from PostgreSQL to repair TTP_RULES."
 )
+CONTROL_REQUESTS = Counter(
+    "ttp_master_control_requests_total",
+    "Control requests answered, by endpoint and outcome.",
+    ["endpoint", "outcome"],
+)  # outcome: ok or the error code (bad_request, unknown_rule, not_leader, ...)
+STATE_EXPIRIES = Counter(
+    "ttp_master_state_expiries_total", "Operator states reverted to enabled at their expiry."
+)
+EXPIRY_DELAY = Histogram(
+    "ttp_master_state_expiry_delay_seconds",
+    "From a state's expires_at to the commit of its revert.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)

@@ -65,14 +65,15 @@ class ControlQueries:
             value: datetime | None = await conn.scalar(select(func.min(rule_state.c.expires_at)))
         return value
 
-    async def expired(self, now: datetime) -> list[str]:
+    async def expired(self, now: datetime) -> list[tuple[str, datetime]]:
+        """`(rule_id, expires_at)` of every state whose expiry has passed."""
         async with self._engine.connect() as conn:
             rows = await conn.execute(
-                select(rule_state.c.rule_id)
+                select(rule_state.c.rule_id, rule_state.c.expires_at)
                 .where(rule_state.c.expires_at <= now)
                 .order_by(rule_state.c.rule_id)
             )
-            return [row.rule_id for row in rows]
+            return [(row.rule_id, row.expires_at) for row in rows]
 
     async def rules(self, status: RuleStatus | None = None) -> list[RuleSummary]:
         """Every rule with its status and state; a rejected file is listed once per file."""
