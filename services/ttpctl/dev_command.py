@@ -459,7 +459,10 @@ def _render(
         f"{c.name} metrics http://127.0.0.1:{c.http_port}/metrics" for c in children if c.http_port
     ]
     where.append(
-        f"tags: subscribe to ttp.tagged.> on {nats_url}   (Ctrl-C stops all; data is kept)"
+        f"follow tags: TTP_NATS_URL={nats_url} ttpctl tags tail   "
+        "fleet: ttpctl fleet status   mute a rule: ttpctl state set RULE --disable --for 1h "
+        "--reason TEXT"
     )
+    where.append("Ctrl-C stops all; data is kept")
     recent = Text("\n".join(status.last_tags) or "no tags yet", style="green")
     return Group(head, table, summary, Text("recent tags:"), recent, Text("\n".join(where)))
