@@ -132,7 +132,7 @@ class ControlHandlers:
             raise ControlRequestError(
                 ErrorCode.UNKNOWN_RULE,
                 f"no rule {request.rule_id!r} is known to the master; "
-                "pass force to set a state for a rule that will be added later",
+                "force it (ttpctl: --force) to set a state for a rule that will be added later",
                 "rule_id",
             )
         current = await term.queries.state(request.rule_id)
@@ -293,15 +293,17 @@ class ControlService:
         await self._register()
 
     async def stop(self) -> None:
+        """Unregister; requests in flight are finished (a standby's pending refusal too)."""
         service, self._service = self._service, None
         if service is not None:
             with contextlib.suppress(Exception):
                 await service.stop()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        pending = list(self._tasks)
+        if pending:
+            # Cancelling would leave their clients waiting for a timeout; a handler is short.
+            _, late = await asyncio.wait(pending, timeout=STANDBY_REPLY_DELAY_S + 5.0)
+            for task in late:
+                task.cancel()
 
     async def _register(self) -> None:
         await self.stop()
@@ -342,6 +344,8 @@ class ControlService:
         try:
             if handlers is None:
                 await asyncio.sleep(STANDBY_REPLY_DELAY_S)
+                handlers = self._handlers  # leadership may have been won meanwhile
+            if handlers is None:
                 raise ControlRequestError(
                     ErrorCode.NOT_LEADER,
                     f"master on {self.instance} is a standby and no leader answered: "

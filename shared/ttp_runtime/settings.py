@@ -1,8 +1,9 @@
 """Configuration from the environment only (SPEC section 7).
 
 Every variable has the `TTP_` prefix; a file named like the variable in lower case
-(`ttp_nats_password`) in the secrets directory (`TTP_SECRETS_DIR`, default `/run/secrets/ttp` when it exists) works too,
-which is how Kubernetes and compose secrets arrive.
+(`ttp_nats_password`) in the secrets directory (`TTP_SECRETS_DIR`, default
+`/run/secrets/ttp` when it exists) works too, which is how Kubernetes and compose secrets
+arrive.
 """
 
 from __future__ import annotations
