@@ -125,6 +125,10 @@ def test_audit_summaries_read_as_sentences() -> None:
     assert describe_change(
         "state", {"state": "clipped", "confidence_max": 0.5, "reason": "incident"}
     ) == ("clipped to 0.5: incident")
+    assert describe_change(
+        "state",
+        {"state": "disabled", "expires_at": "2026-11-22T02:58:02.407185Z", "reason": "noise"},
+    ) == ("disabled until 2026-11-22T02:58:02Z: noise")
     assert describe_change("state", {"state": "enabled", "cause": "expired"}) == (
         "enabled (previous state expired)"
     )

@@ -6,7 +6,7 @@ only the leader's control service answers, so callers always see the writer's vi
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Row, func, select
@@ -247,10 +247,18 @@ def describe_change(kind: str, data: dict[str, Any]) -> str:
             state = f"clipped to {data.get('confidence_max')}"
         text = state
         if data.get("expires_at"):
-            text += f" until {data['expires_at']}"
+            text += f" until {_to_the_second(str(data['expires_at']))}"
         if data.get("cause") == "expired":
             return "enabled (previous state expired)"
         if data.get("reason"):
             text += f": {data['reason']}"
         return text
     return kind
+
+
+def _to_the_second(stamp: str) -> str:
+    try:
+        parsed = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return stamp
+    return parsed.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
