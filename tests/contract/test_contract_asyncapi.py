@@ -3,10 +3,16 @@
 - it validates, offline, against the official AsyncAPI 3.0.0 JSON Schema (vendored from the
   npm package `@asyncapi/specs`; any attempt to fetch a remote schema fails the test);
 - every channel address is a subject the code builds (`ttp_core.contract.subjects`), with its
-  `{parameter}`s declared, and every subject of SPEC section 4 has a channel;
+  `{parameter}`s declared, every subject of SPEC section 4 has a channel, and every control
+  endpoint (`control.Endpoint`, SPEC section 6) has a request channel at
+  `subjects.control(endpoint)`, with its reply on the one reply channel (no fixed address:
+  the requester's NATS reply subject);
 - every message references the committed `schemas/<type>.json` of the type the code
-  publishes on that subject, and every type has a message;
-- every operation's channel and messages resolve inside the document.
+  publishes on that subject (or `schemas/control/<endpoint>.<request|reply>.json`), and every
+  type and every endpoint's request and reply has a message;
+- every operation's channel, messages and reply resolve inside the document; the master
+  receives (and replies to) every control endpoint and operators send to each of them;
+- the error statuses the document states are those of `control.ErrorCode`.
 """
 
 from __future__ import annotations
@@ -24,8 +30,10 @@ from referencing import Registry, Resource
 from referencing.exceptions import NoSuchResource
 
 from ttp_core.contract import subjects
+from ttp_core.contract.control import SERVICE_NAME, Endpoint, ErrorCode
 from ttp_core.contract.payloads import (
     DATA_MODELS,
+    SCHEMA_BASE,
     DeadLetter,
     EventTagged,
     HoneypotEvent,
@@ -34,8 +42,10 @@ from ttp_core.contract.payloads import (
     RulesetRevision,
     RuleStateChanged,
     WorkerStatus,
+    control_schema_id,
     schema_id,
 )
+from ttpctl.schema_commands import CONTROL_PARTS, ControlPart
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
@@ -59,6 +69,16 @@ BUILDERS: dict[str, tuple[Callable[[str], str] | None, str]] = {
 def built(name: str) -> str:
     builder, _ = BUILDERS[name]
     return subjects.RULESET_REVISION if builder is None else builder(SAMPLE)
+
+
+# The control endpoints (SPEC section 6) by the subject the code serves them on.
+CONTROL: dict[str, Endpoint] = {subjects.control(endpoint.value): endpoint for endpoint in Endpoint}
+
+
+def control_name(endpoint: Endpoint, part: ControlPart) -> str:
+    """The AsyncAPI message name of an endpoint's request or reply: its schema `$id` minus
+    the URN prefix, e.g. `ttp.ctl.state.set.request`."""
+    return control_schema_id(endpoint.value, part).removeprefix(SCHEMA_BASE)
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +110,13 @@ def test_the_validation_is_not_vacuous(document: dict[str, Any]) -> None:
     broken = json.loads(json.dumps(document))
     broken["operations"]["workerPublishTagged"]["action"] = "publish"  # AsyncAPI 2 wording
     broken["operations"]["consumerReceiveTagged"]["bindings"]["nats"]["queue"] = 7
+    # A reply address must be a runtime expression (`$message.header#/...`), not a header name.
+    broken["operations"]["masterServeStateSet"]["reply"] = {"address": {"location": "reply-to"}}
     failing = {tuple(e.absolute_path) for e in validator.iter_errors(broken)}
     assert failing == {
         ("operations", "workerPublishTagged"),
         ("operations", "consumerReceiveTagged"),
+        ("operations", "masterServeStateSet"),
     }
 
 
@@ -103,24 +126,61 @@ def _template_to_subject(address: str, parameters: dict[str, Any]) -> str:
     return re.sub(r"\{[^}]+\}", SAMPLE, address)
 
 
+def channel_problems(document: dict[str, Any]) -> list[str]:
+    """How the document's channels disagree with the subjects the code builds: a channel on
+    a subject the code does not build, or carrying another type; a subject, a control
+    endpoint or a control reply without a channel."""
+    problems: list[str] = []
+    covered: set[str] = set()
+    endpoints: set[Endpoint] = set()
+    replies: set[str] = set()
+    for key, channel in document["channels"].items():
+        address = channel.get("address")
+        messages = channel.get("messages", {})
+        names = [_resolve(document, m["$ref"]).get("name") for m in messages.values()]
+        if address is None:
+            # The reply channel: the requester's reply subject, chosen per request.
+            replies.update(n for n in names if isinstance(n, str))
+            continue
+        subject = _template_to_subject(address, channel.get("parameters", {}))
+        if subject in CONTROL:
+            endpoint = CONTROL[subject]
+            endpoints.add(endpoint)
+            if names != [control_name(endpoint, "request")]:
+                problems.append(f"channel {key}: {address} carries {names}, not the request")
+            continue
+        matches = [name for name in BUILDERS if built(name) == subject]
+        if not matches:
+            problems.append(f"channel {key}: {address} is not a subject the code builds")
+            continue
+        covered.add(matches[0])
+        # The parameters stand for exactly one token each, like the builders require.
+        for parameter in channel.get("parameters", {}):
+            if parameter not in {"rule_id", "source_kind", "worker_id"}:
+                problems.append(f"channel {key}: unknown parameter {parameter}")
+        # The channel carries the type the code publishes on that subject.
+        if names != [BUILDERS[matches[0]][1]]:
+            problems.append(f"channel {key}: {address} carries {names}")
+    problems.extend(f"no channel for {name}" for name in sorted(set(BUILDERS) - covered))
+    problems.extend(
+        f"no channel for control endpoint {endpoint.value} ({subjects.control(endpoint.value)})"
+        for endpoint in Endpoint
+        if endpoint not in endpoints
+    )
+    problems.extend(
+        f"no reply channel carries {control_name(endpoint, 'reply')}"
+        for endpoint in Endpoint
+        if control_name(endpoint, "reply") not in replies
+    )
+    return problems
+
+
 def test_every_channel_is_a_subject_the_code_builds_and_every_subject_has_one(
     document: dict[str, Any],
 ) -> None:
-    covered: dict[str, str] = {}
-    for key, channel in document["channels"].items():
-        address = channel["address"]
-        subject = _template_to_subject(address, channel.get("parameters", {}))
-        matches = [name for name in BUILDERS if built(name) == subject]
-        assert matches, f"channel {key}: {address} is not a subject the code builds"
-        covered[matches[0]] = key
-        # The parameters stand for exactly one token each, like the builders require.
-        for parameter in channel.get("parameters", {}):
-            assert parameter in {"rule_id", "source_kind", "worker_id"}, parameter
-        # The channel carries the type the code publishes on that subject.
-        [message] = channel["messages"].values()
-        resolved = _resolve(document, message["$ref"])
-        assert resolved["name"] == BUILDERS[matches[0]][1]
-    assert set(covered) == set(BUILDERS), f"no channel for {set(BUILDERS) - set(covered)}"
+    assert channel_problems(document) == []
+    # Exactly one channel has no address: the replies of the control protocol.
+    assert [k for k, c in document["channels"].items() if c.get("address") is None] == ["ctlReply"]
     # The streams the code configures carry exactly the stored channels' subjects.
     stored = {
         subjects.STREAM_RULES: set(subjects.RULES_STREAM_SUBJECTS),
@@ -134,34 +194,80 @@ def test_every_channel_is_a_subject_the_code_builds_and_every_subject_has_one(
             assert f"**{stream}** (" in text and f"`{wildcard}`" in text, (stream, wildcard)
 
 
+def test_the_channel_check_fails_when_an_endpoint_or_subject_is_missing_or_wrong(
+    document: dict[str, Any],
+) -> None:
+    broken = json.loads(json.dumps(document))
+    del broken["channels"]["ctlAudit"]
+    broken["channels"]["ctlFleet"]["address"] = "ttp.ctl.fleets"
+    del broken["channels"]["ctlReply"]["messages"]["ctlRevisionReply"]
+    del broken["channels"]["workerStatus"]
+    assert channel_problems(broken) == [
+        "channel ctlFleet: ttp.ctl.fleets is not a subject the code builds",
+        "no channel for worker_status",
+        "no channel for control endpoint audit (ttp.ctl.audit)",
+        "no channel for control endpoint fleet (ttp.ctl.fleet)",
+        "no reply channel carries ttp.ctl.revision.reply",
+    ]
+
+
 def _resolve(document: dict[str, Any], ref: str) -> dict[str, Any]:
     assert ref.startswith("#/"), ref
     node: Any = document
     for part in ref[2:].split("/"):
         node = node[part.replace("~1", "/").replace("~0", "~")]
     assert isinstance(node, dict)
+    if isinstance(node.get("$ref"), str) and node["$ref"].startswith("#/"):
+        return _resolve(document, node["$ref"])  # a channel's message is a reference
     return node
 
 
 def test_messages_reference_the_committed_schema_of_their_type(document: dict[str, Any]) -> None:
+    control = {
+        control_name(endpoint, part): (endpoint, part)
+        for endpoint in Endpoint
+        for part in CONTROL_PARTS
+    }
     names = set()
     for key, message in document["components"]["messages"].items():
-        event_type = message["name"]
-        names.add(event_type)
+        name = message["name"]
+        names.add(name)
         payload = message["payload"]
         assert payload["schemaFormat"] == "application/schema+json;version=draft-2020-12"
         target = (DOCS / payload["schema"]["$ref"]).resolve()
-        assert target == (DOCS / "schemas" / f"{event_type}.json").resolve(), key
         schema = json.loads(target.read_text(encoding="utf-8"))
-        assert schema["$id"] == schema_id(event_type)
         assert message["contentType"] == "application/json"
-    assert names == {m.event_type for m in DATA_MODELS}
+        if name in control:
+            endpoint, part = control[name]
+            expected = DOCS / "schemas" / "control" / f"{endpoint.value}.{part}.json"
+            assert target == expected.resolve(), key
+            assert schema["$id"] == control_schema_id(endpoint.value, part)
+            headers = "traceHeaders" if part == "request" else "controlReplyHeaders"
+            assert message["headers"]["$ref"] == f"#/components/schemas/{headers}", key
+        else:
+            assert target == (DOCS / "schemas" / f"{name}.json").resolve(), key
+            assert schema["$id"] == schema_id(name)
+    assert names == {m.event_type for m in DATA_MODELS} | set(control)
+
+
+def test_the_documented_control_errors_are_those_of_the_code(document: dict[str, Any]) -> None:
+    headers = document["components"]["schemas"]["controlReplyHeaders"]["properties"]
+    code_header = headers["Nats-Service-Error-Code"]
+    assert sorted(code_header["enum"]) == sorted({str(code.status) for code in ErrorCode})
+    assert "Nats-Service-Error" in headers
+    description = " ".join(document["info"]["description"].split())
+    for code in ErrorCode:
+        assert f"`{code.value}` {code.status}" in description, code
+    for verb in ("PING", "INFO", "STATS"):
+        assert f"$SRV.{verb}.{SERVICE_NAME}" in description, verb
 
 
 def test_operations_resolve_and_cover_master_worker_and_third_parties(
     document: dict[str, Any],
 ) -> None:
     roles: dict[str, set[str]] = {}
+    sent: set[str] = set()
+    replied: dict[str, set[str]] = {}
     for key, operation in document["operations"].items():
         channel = _resolve(document, operation["channel"]["$ref"])
         channel_key = operation["channel"]["$ref"].rsplit("/", 1)[-1]
@@ -170,6 +276,21 @@ def test_operations_resolve_and_cover_master_worker_and_third_parties(
             assert ref.startswith(f"#/channels/{channel_key}/messages/"), (key, ref)
             _resolve(document, ref)
         assert operation["bindings"]["nats"]["bindingVersion"] == "0.1.0"
+        if operation["action"] == "send":
+            sent.add(channel_key)
+        endpoint = CONTROL.get(channel["address"])
+        reply = operation.get("reply")
+        # Exactly the control operations are request/reply.
+        assert (reply is None) == (endpoint is None), key
+        if reply is not None and endpoint is not None:
+            reply_key = reply["channel"]["$ref"].rsplit("/", 1)[-1]
+            assert _resolve(document, reply["channel"]["$ref"]).get("address") is None, key
+            [message] = reply["messages"]
+            assert message["$ref"].startswith(f"#/channels/{reply_key}/messages/"), key
+            assert _resolve(document, message["$ref"])["name"] == control_name(endpoint, "reply")
+            if operation["action"] == "receive":
+                sent.add(reply_key)  # the receiver of a request sends its reply
+            replied.setdefault(operation["action"], set()).add(endpoint.value)
         for tag in operation["tags"]:
             roles.setdefault(tag["name"], set()).add(f"{operation['action']}:{channel['address']}")
     assert {"send:ttp.rule.reloaded.{rule_id}", "send:ttp.ruleset.revision"} <= roles["master"]
@@ -182,6 +303,10 @@ def test_operations_resolve_and_cover_master_worker_and_third_parties(
     assert {"send:ttp.event.{source_kind}", "receive:ttp.tagged.{source_kind}"} <= roles[
         "third-party"
     ]
+    # The master serves every control endpoint; operators send to every one; both with reply.
+    assert {f"receive:{subject}" for subject in CONTROL} <= roles["master"]
+    assert {f"send:{subject}" for subject in CONTROL} == roles["operator"]
+    every = {endpoint.value for endpoint in Endpoint}
+    assert replied == {"receive": every, "send": every}
     # Every channel is sent by someone.
-    sent = {a.split(":", 1)[1] for r in roles.values() for a in r if a.startswith("send:")}
-    assert sent == {c["address"] for c in document["channels"].values()}
+    assert sent == set(document["channels"])

@@ -12,6 +12,8 @@ from typing import Annotated, Any, ClassVar, Final, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny
 
+from ttp_core.contract import subjects
+
 SPECVERSION: Final = "1.0"
 MASTER_SOURCE: Final = "ttp-rulebus/master"
 SCHEMA_BASE: Final = "urn:ttp-rulebus:schema:"
@@ -200,6 +202,12 @@ DATA_MODELS: Final[tuple[type[_Data], ...]] = (
 
 def schema_id(event_type: str) -> str:
     return f"{SCHEMA_BASE}{event_type}"
+
+
+def control_schema_id(endpoint: str, part: Literal["request", "reply"]) -> str:
+    """The `$id` of a control endpoint's request or reply schema, e.g.
+    `urn:ttp-rulebus:schema:ttp.ctl.state.set.request`."""
+    return schema_id(f"{subjects.control(endpoint)}.{part}")
 
 
 def envelope(
