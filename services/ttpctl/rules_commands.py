@@ -1,4 +1,8 @@
-"""`ttpctl rules validate` and `ttpctl rules test`: the rule author's checks."""
+"""`ttpctl rules validate` and `ttpctl rules test`: the rule author's checks.
+
+`rules list` and `rules show` (what the master serves) live in
+:mod:`ttpctl.rule_status_commands` and register on the same :data:`rules_app`.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +18,10 @@ from rich.table import Table
 from ttp_core.rules.diagnostics import Diagnostic
 from ttp_core.rules.validator import RuleReport, RuleValidator
 
-rules_app = typer.Typer(help="Validate and test rule files.", no_args_is_help=True)
+rules_app = typer.Typer(
+    help="Validate and test rule files; list and show the rules the master serves.",
+    no_args_is_help=True,
+)
 
 PathArgument = Annotated[
     Path,

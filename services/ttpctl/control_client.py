@@ -1,0 +1,260 @@
+"""A thin async client of the master's control service (``ttp.ctl.<endpoint>``, SPEC section 6).
+
+:class:`ControlClient` sends a request model of :mod:`ttp_core.contract.control` as JSON
+and returns the endpoint's result model, or raises :class:`ControlClientError` carrying the
+error code of the reply (or ``unavailable`` when no master answered). This module is also the
+one place that maps those codes to the exit codes of the ``ttpctl`` control commands
+(:class:`ExitCode`, :func:`exit_code_for`).
+"""
+
+from __future__ import annotations
+
+import json
+from enum import IntEnum
+from typing import Any, Final, TypeVar
+
+import nats.errors
+import pydantic
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from pydantic import BaseModel
+
+from ttp_core.contract import subjects
+from ttp_core.contract.control import (
+    REQUESTS,
+    RESULTS,
+    AuditLog,
+    AuditRequest,
+    Endpoint,
+    ErrorCode,
+    FleetInfo,
+    FleetRequest,
+    Reply,
+    RevisionInfo,
+    RevisionRequest,
+    RuleDetail,
+    RuleShowRequest,
+    RulesList,
+    RulesListRequest,
+    StateChanged,
+    StateClearRequest,
+    StateGetRequest,
+    StateList,
+    StateSetRequest,
+)
+
+__all__ = [
+    "DEFAULT_REQUEST_TIMEOUT_S",
+    "NO_MASTER_MESSAGE",
+    "ControlClient",
+    "ControlClientError",
+    "ExitCode",
+    "build_request",
+    "exit_code_for",
+]
+
+DEFAULT_REQUEST_TIMEOUT_S: Final = 5.0
+NO_MASTER_MESSAGE: Final = "no master is serving ttp.ctl (is ttp-master running?)"
+_ERROR_HEADER: Final = "Nats-Service-Error"
+_ERROR_CODE_HEADER: Final = "Nats-Service-Error-Code"
+# For an error reply whose body is not a Reply (only the micro headers are readable).
+_CODE_OF_STATUS: Final = {
+    400: ErrorCode.BAD_REQUEST,
+    404: ErrorCode.UNKNOWN_RULE,
+    503: ErrorCode.UNAVAILABLE,
+}
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class ExitCode(IntEnum):
+    """Exit codes of the ttpctl control commands (state, rules list/show, fleet, audit)."""
+
+    OK = 0
+    """The command did what was asked."""
+    NEGATIVE = 1
+    """The answer is no: the fleet is not converged, or a wait timed out."""
+    USAGE = 2
+    """Bad usage or a request the master refused as invalid (``bad_request``)."""
+    UNKNOWN_RULE = 3
+    """The master knows no such rule (``unknown_rule``)."""
+    UNAVAILABLE = 4
+    """No usable answer: NATS unreachable, no master, not the leader, or a master failure."""
+
+
+_EXIT_CODES: Final = {
+    ErrorCode.BAD_REQUEST: ExitCode.USAGE,
+    ErrorCode.UNKNOWN_RULE: ExitCode.UNKNOWN_RULE,
+    ErrorCode.NOT_LEADER: ExitCode.UNAVAILABLE,
+    ErrorCode.UNAVAILABLE: ExitCode.UNAVAILABLE,
+    ErrorCode.INTERNAL: ExitCode.UNAVAILABLE,
+}
+
+EXIT_CODES_HELP: Final = (
+    "Exit codes: 0 success; 1 negative answer (not converged, wait timed out); 2 usage"
+    " error or request refused as invalid; 3 unknown rule; 4 NATS or the master unavailable"
+    " (no master, not the leader, master failure)."
+)
+"""The exit-code paragraph every control command's help ends with."""
+
+
+def exit_code_for(code: ErrorCode) -> ExitCode:
+    """The exit code for an error code of the control protocol."""
+    return _EXIT_CODES.get(code, ExitCode.UNAVAILABLE)
+
+
+class ControlClientError(Exception):
+    """The control request failed: an error reply, or no (readable) reply at all."""
+
+    def __init__(self, code: ErrorCode, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+
+    @property
+    def exit_code(self) -> ExitCode:
+        return exit_code_for(self.code)
+
+    def __str__(self) -> str:
+        return self.message if self.field is None else f"{self.message} (field: {self.field})"
+
+
+def build_request(model: type[ModelT], **fields: Any) -> ModelT:
+    """A request ``model`` from ``fields``; invalid input is a ``bad_request``
+    :class:`ControlClientError` (checked here, so a bad value never reaches the master)."""
+    try:
+        return model(**fields)
+    except pydantic.ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or None
+        message = str(first["msg"]).removeprefix("Value error, ")
+        text = f"{where}: {message}" if where else message
+        raise ControlClientError(ErrorCode.BAD_REQUEST, text, where) from None
+
+
+def _expect(model: type[ModelT], result: BaseModel) -> ModelT:
+    if not isinstance(result, model):
+        raise TypeError(f"expected {model.__name__}, got {type(result).__name__}")
+    return result
+
+
+def _header_error(msg: Msg) -> ControlClientError | None:
+    headers = msg.headers or {}
+    text = headers.get(_ERROR_HEADER)
+    if text is None:
+        return None
+    try:
+        status = int(headers.get(_ERROR_CODE_HEADER, "500"))
+    except ValueError:
+        status = 500
+    code = _CODE_OF_STATUS.get(status, ErrorCode.INTERNAL)
+    return ControlClientError(code, text or f"the master answered with error {status}")
+
+
+def decode_reply(endpoint: Endpoint, msg: Msg) -> BaseModel:
+    """The result model of a reply to ``endpoint``, or :class:`ControlClientError`."""
+    try:
+        reply = Reply[Any].model_validate_json(msg.data)
+    except pydantic.ValidationError:
+        reply = None
+    if reply is not None and not reply.ok and reply.error is not None:
+        raise ControlClientError(reply.error.code, reply.error.message, reply.error.field)
+    if reply is None or not reply.ok:
+        # Not our protocol's body; the micro headers may still say what went wrong.
+        error = _header_error(msg)
+        if error is not None:
+            raise error
+        raise ControlClientError(
+            ErrorCode.INTERNAL,
+            f"unreadable reply from the master on {subjects.control(endpoint.value)}:"
+            f" {msg.data[:200]!r}",
+        )
+    try:
+        return RESULTS[endpoint].model_validate(reply.result)
+    except pydantic.ValidationError as exc:
+        raise ControlClientError(
+            ErrorCode.INTERNAL,
+            f"the master's {endpoint.value} result does not match the contract:"
+            f" {json.dumps(exc.errors(include_url=False, include_input=False), default=str)[:300]}",
+        ) from None
+
+
+class ControlClient:
+    """Requests to the master's control service over a connected NATS client.
+
+    Each method sends one request and returns the typed result; every failure is a
+    :class:`ControlClientError` whose ``code`` is the reply's error code, or ``unavailable``
+    when nobody answered in ``timeout_s`` (the leader answers at once; a standby answers
+    ``not_leader`` after about 1.5 s when no leader does).
+    """
+
+    def __init__(self, nc: Client, *, timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> None:
+        self._nc = nc
+        self.timeout_s = timeout_s
+
+    async def call(
+        self, endpoint: Endpoint, request: BaseModel, *, timeout_s: float | None = None
+    ) -> BaseModel:
+        """Send ``request`` to ``ttp.ctl.<endpoint>``; the result model of ``RESULTS[endpoint]``."""
+        expected = REQUESTS[endpoint]
+        if not isinstance(request, expected):
+            raise TypeError(f"{endpoint.value} takes a {expected.__name__}")
+        subject = subjects.control(endpoint.value)
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        try:
+            msg = await self._nc.request(
+                subject, request.model_dump_json(exclude_none=True).encode(), timeout=timeout
+            )
+        except nats.errors.NoRespondersError:
+            raise ControlClientError(ErrorCode.UNAVAILABLE, NO_MASTER_MESSAGE) from None
+        except nats.errors.TimeoutError:
+            raise ControlClientError(
+                ErrorCode.UNAVAILABLE,
+                f"no answer from the master on {subject} within {timeout:g} s"
+                " (is the leader overloaded or cut off from NATS?)",
+            ) from None
+        except nats.errors.Error as exc:
+            raise ControlClientError(
+                ErrorCode.UNAVAILABLE, f"request on {subject} failed: {exc or type(exc).__name__}"
+            ) from None
+        return decode_reply(endpoint, msg)
+
+    async def state_set(self, request: StateSetRequest) -> StateChanged:
+        """Set a rule's operator state (``state.set``)."""
+        return _expect(StateChanged, await self.call(Endpoint.STATE_SET, request))
+
+    async def state_clear(self, request: StateClearRequest) -> StateChanged:
+        """Put a rule back to enabled (``state.clear``)."""
+        return _expect(StateChanged, await self.call(Endpoint.STATE_CLEAR, request))
+
+    async def state_get(self, request: StateGetRequest | None = None) -> StateList:
+        """One rule's state, or every non-default state (``state.get``)."""
+        return _expect(StateList, await self.call(Endpoint.STATE_GET, request or StateGetRequest()))
+
+    async def rules_list(self, request: RulesListRequest | None = None) -> RulesList:
+        """The rules the master knows, optionally of one status (``rules.list``)."""
+        return _expect(
+            RulesList, await self.call(Endpoint.RULES_LIST, request or RulesListRequest())
+        )
+
+    async def rules_show(self, request: RuleShowRequest) -> RuleDetail:
+        """One rule in detail (``rules.show``)."""
+        return _expect(RuleDetail, await self.call(Endpoint.RULES_SHOW, request))
+
+    async def revision(self, request: RevisionRequest | None = None) -> RevisionInfo:
+        """The master's current ruleset revision and digest (``revision``)."""
+        return _expect(
+            RevisionInfo, await self.call(Endpoint.REVISION, request or RevisionRequest())
+        )
+
+    async def audit(self, request: AuditRequest | None = None) -> AuditLog:
+        """The change log, oldest first (``audit``)."""
+        return _expect(AuditLog, await self.call(Endpoint.AUDIT, request or AuditRequest()))
+
+    async def fleet(
+        self, request: FleetRequest | None = None, *, timeout_s: float | None = None
+    ) -> FleetInfo:
+        """Every worker's last status against the master's revision (``fleet``)."""
+        result = await self.call(Endpoint.FLEET, request or FleetRequest(), timeout_s=timeout_s)
+        return _expect(FleetInfo, result)
