@@ -22,7 +22,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
 from e2e.master_harness import nats_client
-from e2e.process_fleet import Procs, master_summary, start_fleet, status_feed, stop, until
+from e2e.process_fleet import BIN, Procs, master_summary, start_fleet, status_feed, stop, until
 from ttp_core.contract import subjects
 from ttp_core.contract.control import Endpoint
 
@@ -424,4 +424,72 @@ async def test_fleet_reports_a_frozen_worker_as_behind(procs: Procs) -> None:
         finally:
             os.kill(frozen.pid, signal.SIGCONT)
         await fleet_at(nc, changed["revision"], procs, "master", *WORKERS)
+        await stop(procs.procs["master"], "master", procs)
+
+
+async def ttpctl(procs: Procs, *args: str) -> tuple[int, str, str]:
+    """Run the real `ttpctl` console script against the test's NATS."""
+    proc = await asyncio.create_subprocess_exec(
+        str(BIN / "ttpctl"),
+        *args,
+        env=procs.base_env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_ttpctl_fleet_wait_succeeds_after_a_change_and_times_out_on_a_frozen_worker(
+    procs: Procs,
+) -> None:
+    async with nats_client(procs.base_env["TTP_NATS_URL"]) as nc, status_feed(nc) as statuses:
+        # A 5 s heartbeat: a frozen worker stays "behind" (gone only after 15 s).
+        await start_fleet(procs, nc, statuses, WORKERS, TTP_STATUS_INTERVAL_S="5")
+        code, out, err = await ttpctl(
+            procs, "state", "set", RULE, "--disable", "--for", "2h", "--reason", "noisy",
+            "--as", "ci", "--json",
+        )  # fmt: skip
+        assert code == 0, err
+        revision = json.loads(out)["revision"]
+        code, out, err = await ttpctl(
+            procs, "fleet", "status", "--wait", str(revision), "--timeout", "20s"
+        )
+        assert code == 0, out + err
+        assert "converged" in out
+
+        code, out, err = await ttpctl(procs, "state", "show", RULE, "--json")
+        assert code == 0, err
+        [shown] = json.loads(out)["states"]
+        assert (shown["state"], shown["set_by"], shown["reason"]) == ("disabled", "ci", "noisy")
+
+        frozen = procs.procs["w2"]
+        os.kill(frozen.pid, signal.SIGSTOP)
+        try:
+            code, out, err = await ttpctl(procs, "state", "clear", RULE, "--as", "ci", "--json")
+            assert code == 0, err
+            cleared = json.loads(out)["revision"]
+            code, out, err = await ttpctl(
+                procs, "fleet", "status", "--wait", str(cleared), "--timeout", "3s"
+            )
+            assert code == 1, out + err
+            assert "w2" in out + err
+        finally:
+            os.kill(frozen.pid, signal.SIGCONT)
+        code, out, err = await ttpctl(
+            procs, "fleet", "status", "--wait", str(cleared), "--timeout", "20s"
+        )
+        assert code == 0, out + err
+
+        code, out, err = await ttpctl(procs, "audit", RULE, "--json")
+        assert code == 0, err
+        entries = json.loads(out)["entries"]
+        assert [e["revision"] for e in entries[-2:]] == [revision, cleared]
+        code, out, err = await ttpctl(procs, "rules", "status")
+        assert code == 0, out + err
+        assert "No rejected rule files." in out
+        code, _, err = await ttpctl(procs, "state", "set", "R9999", "--disable", "--reason", "x")
+        assert code == 3, err
+        assert "R9999" in err
         await stop(procs.procs["master"], "master", procs)

@@ -9,30 +9,23 @@ The survivor then gets SIGTERM and must exit 0 within 10 s.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
-from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
 from e2e.master_harness import STARTER_RULES, nats_client
+from e2e.process_fleet import Procs, status_feed, until
 from ttp_core.contract import subjects
 from ttp_core.contract.payloads import RulesetRevision, decode
 from ttp_worker.rulebook import RuleBook, RuleChange, decode_rule_message
 
-BIN = Path(sys.executable).parent
 EVENTS = int(os.environ.get("TTP_TEST_FLEET_EVENTS", "20000"))
 TIMEOUT_S = 60.0
 
@@ -68,69 +61,6 @@ def make_events(count: int) -> list[dict[str, Any]]:
     return events
 
 
-class Fleet:
-    def __init__(self, tmp: Path, nats_url: str, database_url: str, rules: Path) -> None:
-        self.tmp = tmp
-        self.base_env = {
-            **os.environ,
-            "TTP_NATS_URL": nats_url,
-            "TTP_DATABASE_URL": database_url,
-            "TTP_RULES_DIR": str(rules),
-            "TTP_HTTP_HOST": "127.0.0.1",
-            "TTP_HTTP_PORT": "0",
-            "TTP_LOG_FORMAT": "json",
-            "TTP_LOG_LEVEL": "INFO",
-        }
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, name: str, program: str, **env: str) -> subprocess.Popen[bytes]:
-        log = (self.tmp / f"{name}.log").open("wb")
-        proc = subprocess.Popen(
-            [str(BIN / program)],
-            env={**self.base_env, **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        self.procs[name] = proc
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(10)
-
-    def log(self, name: str) -> str:
-        return (self.tmp / f"{name}.log").read_text(errors="replace")[-4000:]
-
-
-@pytest.fixture
-def fleet(tmp_path: Path, private_nats: Any, database_url: str) -> Iterator[Fleet]:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    for path in STARTER_RULES.rglob("*.yaml"):
-        (rules / path.name).write_bytes(path.read_bytes())
-    handle = Fleet(tmp_path, private_nats.url, database_url, rules)
-    try:
-        yield handle
-    finally:
-        handle.stop_all()
-
-
-async def until(what: str, check: Any, fleet: Fleet, timeout: float = TIMEOUT_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await check()
-        if value:
-            return value
-        for name, proc in fleet.procs.items():
-            if proc.poll() is not None and name != "w1":
-                raise AssertionError(f"{name} exited {proc.returncode}:\n{fleet.log(name)}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
-
-
 async def snapshot_index(js: JetStreamContext) -> RuleBook:
     """An index built offline from everything TTP_RULES holds (as a new worker would)."""
     sub = await js.pull_subscribe(
@@ -154,30 +84,15 @@ async def snapshot_index(js: JetStreamContext) -> RuleBook:
     return book
 
 
-@contextlib.asynccontextmanager
-async def status_feed(nc: Any) -> AsyncIterator[dict[str, dict[str, Any]]]:
-    latest: dict[str, dict[str, Any]] = {}
-
-    async def on_status(msg: Msg) -> None:
-        data = json.loads(msg.data)["data"]
-        latest[data["worker_id"]] = data
-
-    sub = await nc.subscribe(subjects.wildcard(subjects.WORKER_STATUS_PREFIX), cb=on_status)
-    try:
-        yield latest
-    finally:
-        await sub.unsubscribe()
-
-
-async def test_kill_9_during_a_stream_loses_and_duplicates_nothing(fleet: Fleet) -> None:
-    fleet.start("master", "ttp-master")
+async def test_kill_9_during_a_stream_loses_and_duplicates_nothing(procs: Procs) -> None:
+    procs.start("master", "ttp-master")
     worker_env = {
         "TTP_ACK_WAIT_S": "2",
         "TTP_FETCH_BATCH": "100",
         "TTP_STATUS_INTERVAL_S": "0.5",
         "TTP_FETCH_TIMEOUT_S": "0.5",
     }
-    url = fleet.base_env["TTP_NATS_URL"]
+    url = procs.base_env["TTP_NATS_URL"]
     async with nats_client(url) as nc, status_feed(nc) as statuses:
         js = nc.jetstream()
 
@@ -190,9 +105,11 @@ async def test_kill_9_during_a_stream_loses_and_duplicates_nothing(fleet: Fleet)
             summary = decode(msg.data, RulesetRevision).data
             return summary if summary.rules >= 80 else None
 
-        summary = await until("the master's rule set", master_summary, fleet)
-        fleet.start("w1", "ttp-worker", TTP_WORKER_ID="w1", **worker_env)
-        fleet.start("w2", "ttp-worker", TTP_WORKER_ID="w2", **worker_env)
+        summary = await until(
+            "the master's rule set", master_summary, procs, "master", timeout=TIMEOUT_S
+        )
+        procs.start("w1", "ttp-worker", TTP_WORKER_ID="w1", **worker_env)
+        procs.start("w2", "ttp-worker", TTP_WORKER_ID="w2", **worker_env)
 
         async def both_ready() -> bool:
             return all(
@@ -200,7 +117,15 @@ async def test_kill_9_during_a_stream_loses_and_duplicates_nothing(fleet: Fleet)
                 for w in ("w1", "w2")
             )
 
-        await until("both workers ready with the master's digest", both_ready, fleet)
+        await until(
+            "both workers ready with the master's digest",
+            both_ready,
+            procs,
+            "master",
+            "w1",
+            "w2",
+            timeout=TIMEOUT_S,
+        )
         assert statuses["w1"]["revision"] == summary.revision
 
         events = make_events(EVENTS)
@@ -222,9 +147,9 @@ async def test_kill_9_during_a_stream_loses_and_duplicates_nothing(fleet: Fleet)
             processed = statuses.get("w1", {}).get("events_processed", 0)
             return bool(processed >= EVENTS // 6)
 
-        await until("w1 tagging", w1_busy, fleet)
-        fleet.procs["w1"].send_signal(signal.SIGKILL)
-        fleet.procs["w1"].wait(10)
+        await until("w1 tagging", w1_busy, procs, "master", "w2", timeout=TIMEOUT_S)
+        procs.procs["w1"].send_signal(signal.SIGKILL)
+        procs.procs["w1"].wait(10)
         w1_processed = statuses["w1"]["events_processed"]
         await publisher
 
@@ -232,7 +157,7 @@ async def test_kill_9_during_a_stream_loses_and_duplicates_nothing(fleet: Fleet)
             info = await js.consumer_info(subjects.STREAM_EVENTS, "ttp-workers")
             return info.num_pending == 0 and info.num_ack_pending == 0
 
-        await until("every event acked", all_acked, fleet)
+        await until("every event acked", all_acked, procs, "master", "w2", timeout=TIMEOUT_S)
 
         # Offline: the same events on an index built from TTP_RULES.
         book = await snapshot_index(js)
@@ -268,10 +193,10 @@ async def test_kill_9_during_a_stream_loses_and_duplicates_nothing(fleet: Fleet)
         # stops cleanly on SIGTERM.
         assert 0 < w1_processed < EVENTS
         assert statuses["w2"]["events_processed"] > 0
-        w2 = fleet.procs["w2"]
+        w2 = procs.procs["w2"]
         started = time.monotonic()
         w2.send_signal(signal.SIGTERM)
-        assert w2.wait(10) == 0, fleet.log("w2")
+        assert w2.wait(10) == 0, procs.log("w2")
         assert time.monotonic() - started < 10
-        fleet.procs["master"].send_signal(signal.SIGTERM)
-        fleet.procs["master"].wait(15)
+        procs.procs["master"].send_signal(signal.SIGTERM)
+        procs.procs["master"].wait(15)
