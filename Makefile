@@ -45,11 +45,13 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.engine
 	$(BIN)/python -m bench.master
 	$(BIN)/python -m bench.fleet
+	$(BIN)/python -m bench.control
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench.engine --quick
 	$(BIN)/python -m bench.master --quick
 	$(BIN)/python -m bench.fleet --quick
+	$(BIN)/python -m bench.control --quick
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -763,7 +763,8 @@ class Fleet:
         self.cleanup.callback(self.master.stop)
         return await self.master.wait_ready(session)
 
-    async def start_workers(self, session: aiohttp.ClientSession, tag: str) -> None:
+    def spawn_workers(self, tag: str) -> None:
+        """Start the workers (logs under `workdir/tag`) without waiting for them."""
         self.workers = [
             WorkerProcess(
                 w, self.nats_url, self.workdir / tag, extra_env={"TTP_STATUS_INTERVAL_S": "2"}
@@ -774,7 +775,13 @@ class Fleet:
         for proc in self.workers:
             proc.start()
             self.cleanup.callback(proc.stop)
+
+    async def wait_workers(self, session: aiohttp.ClientSession) -> None:
         await asyncio.gather(*(p.wait_ready(session) for p in self.workers))
+
+    async def start_workers(self, session: aiohttp.ClientSession, tag: str) -> None:
+        self.spawn_workers(tag)
+        await self.wait_workers(session)
 
     def stop_workers(self) -> list[tuple[int | None, float]]:
         stops = [p.stop() for p in self.workers]
