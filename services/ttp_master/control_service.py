@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -270,13 +271,21 @@ def encode_error(error: ControlError) -> bytes:
 
 
 class ControlService:
-    """The micro service of one master process, re-registered when its role changes."""
+    """The micro service of one master process, re-registered when its role changes.
+
+    The new role's service is registered before the old one is retired, so there is no
+    moment without responders. A request the old standby service held while leadership
+    arrived is answered by the new leader's handlers, unless it reached the new leader
+    service too (it arrived after that registration), in which case the leader answers it.
+    """
 
     def __init__(self, nc: Client, fleet: FleetTracker) -> None:
         self._nc = nc
         self._fleet = fleet
         self._service: Service | None = None
         self._handlers: ControlHandlers | None = None
+        self._leader_since = float("inf")
+        """Monotonic time the leader service was live (inf: not leading)."""
         self._tasks: set[asyncio.Task[None]] = set()
         self.instance = socket.gethostname()
 
@@ -286,15 +295,19 @@ class ControlService:
 
     async def serve_standby(self) -> None:
         self._handlers = None
-        await self._register()
+        self._leader_since = float("inf")
+        await self._register("standby")
 
     async def serve_leader(self, term: LeaderTerm) -> None:
         self._handlers = ControlHandlers(term, self._fleet)
-        await self._register()
+        await self._register("leader")
 
     async def stop(self) -> None:
         """Unregister; requests in flight are finished (a standby's pending refusal too)."""
         service, self._service = self._service, None
+        await self._retire(service)
+
+    async def _retire(self, service: Service | None) -> None:
         if service is not None:
             with contextlib.suppress(Exception):
                 await service.stop()
@@ -305,9 +318,7 @@ class ControlService:
             for task in late:
                 task.cancel()
 
-    async def _register(self) -> None:
-        await self.stop()
-        role = self.role
+    async def _register(self, role: str) -> None:
         group = _LEADER_GROUP if role == "leader" else _STANDBY_GROUP
         service = await add_service(
             self._nc,
@@ -324,26 +335,38 @@ class ControlService:
                 EndpointConfig(
                     name=endpoint.value.replace(".", "-"),
                     subject=subjects.control(endpoint.value),
-                    handler=self._dispatcher(endpoint),
+                    handler=self._dispatcher(endpoint, role),
                     queue_group=group,
                 )
             )
-        self._service = service
+        # The server has the new subscriptions once this round trip returns.
+        with contextlib.suppress(Exception):
+            await self._nc.flush(timeout=2)
+        if role == "leader":
+            self._leader_since = time.monotonic()
+        old, self._service = self._service, service
         _log.info("control service serving", extra={"role": role, "service_id": service.id})
+        await self._retire(old)
 
-    def _dispatcher(self, endpoint: Endpoint) -> Callable[[Request], Awaitable[None]]:
+    def _dispatcher(self, endpoint: Endpoint, role: str) -> Callable[[Request], Awaitable[None]]:
         async def dispatch(request: Request) -> None:
-            task = asyncio.create_task(self._answer(endpoint, request))
+            task = asyncio.create_task(
+                self._answer(endpoint, request, role == "standby", time.monotonic())
+            )
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
         return dispatch
 
-    async def _answer(self, endpoint: Endpoint, request: Request) -> None:
+    async def _answer(
+        self, endpoint: Endpoint, request: Request, as_standby: bool, arrived: float
+    ) -> None:
         handlers = self._handlers
         try:
-            if handlers is None:
+            if as_standby:
                 await asyncio.sleep(STANDBY_REPLY_DELAY_S)
+                if arrived >= self._leader_since:
+                    return  # this process's leader service received it as well
                 handlers = self._handlers  # leadership may have been won meanwhile
             if handlers is None:
                 raise ControlRequestError(
