@@ -529,7 +529,8 @@ def test_fleet_wait_latest_polls_until_the_fleet_catches_up(
     started = time.monotonic()
     result = ttpctl(nats_url, "fleet", "status", "--wait", "latest", "--timeout", "10s")
     assert result.exit_code == 0, result.output
-    assert time.monotonic() - started < 5
+    # It returned on convergence, not at the 10 s timeout (a bound loose enough for CI load).
+    assert time.monotonic() - started < 9
     assert polls == 5
     assert result.stdout.rstrip().endswith("Fleet converged: 2 live workers at revision 124.")
 
@@ -540,7 +541,8 @@ def test_fleet_wait_times_out_with_the_reason(nats_url: str, peer: ControlPeer) 
     result = ttpctl(nats_url, "fleet", "status", "--wait", "130", "--timeout", "1s")
     elapsed = time.monotonic() - started
     assert result.exit_code == 1, result.output
-    assert 0.9 < elapsed < 5
+    assert elapsed > 0.9  # it waited out its 1 s timeout ...
+    assert elapsed < 9  # ... and no more than a loaded machine explains
     assert len(peer.sent(Endpoint.FLEET)) >= 5  # polled about every 0.1 s
     assert (
         "Timed out after 1 s waiting for revision 130. Fleet NOT converged:"
