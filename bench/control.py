@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    .venv/bin/python -m bench.control [--quick] [--keep]
+    .venv/bin/python -m bench.control [--quick] [--profile] [--keep]
 
 It starts its own NATS (JetStream) and PostgreSQL servers from `ttp_runtime.embedded` on
 random free ports (never the machine's 4222/5432), one `ttp-master` over a copy of the
@@ -37,6 +37,12 @@ What is measured
    ("reverted within 1 s") is judged on the stricter figure, every worker applied.
 3. Control read latency: 50 (quick: 20) `fleet` and 50 `rules.list` requests, one at a
    time after 2 warm-up ones, request -> decoded reply (as `ttpctl fleet` / `rules list`).
+
+With `--profile` (py-spy: `.venv/bin/pip install py-spy`), py-spy is attached to the master
+for section 1 only and PostgreSQL logs every statement of the master's sessions; the section
+then also prints where the master's CPU went (bench/master.py's summary) and the statements
+per change. Sampling and statement logging slow the run: its timings are not the figures of
+an unprofiled run.
 """
 
 from __future__ import annotations
@@ -67,13 +73,21 @@ from bench.fleet import (
 )
 from bench.master import (
     MASTER_BIN,
+    PG_SETTINGS,
+    AttachedProfiler,
     BenchError,
     cpu_seconds,
+    log_all_statements,
     machine_figures,
     ms,
     percentile,
+    pg_statements,
+    print_profile,
+    print_statements,
     run_bench,
     section,
+    statement_figures,
+    summarise_profile,
     verdict,
 )
 from nats.aio.client import Client
@@ -479,10 +493,15 @@ async def run_all(
     # them): started now, their imports overlap PostgreSQL's initdb and the master's start.
     fleet = Fleet(server.url, "", rules_dir, workdir, cleanup)
     fleet.spawn_workers("workers")
-    pg = EmbeddedPostgres(data_dir=workdir / "postgres")
+    # --profile: every statement of the master's sessions is logged (with epoch stamps).
+    pg = EmbeddedPostgres(
+        data_dir=workdir / "postgres", settings=PG_SETTINGS if args.profile else None
+    )
     cleanup.callback(pg.close)
     pg.start()
     pg.ensure_database(DATABASE)
+    if args.profile:
+        log_all_statements(pg, DATABASE)
     fleet.database_url = pg.url_for(DATABASE)
     print(f"PostgreSQL on port {pg.port}, NATS on {server.url}", flush=True)
     section_s["servers_start"] = round(time.perf_counter() - started, 2)
@@ -529,9 +548,32 @@ async def run_all(
                 f"({settings.changes} changes)"
             )
             started = time.perf_counter()
+            window_start = time.time()
+            profiler: AttachedProfiler | None = None
+            raw_profile = workdir / "master-state-change.raw"
+            if args.profile and fleet.master.pid is not None:
+                # Attached only now: the profile shows the state changes, not the start-up.
+                profiler = AttachedProfiler(fleet.master.pid, raw_profile, workdir)
+                cleanup.callback(profiler.stop)
             applied = await apply_latency(nc, client, feed, states, change_rules, settings, pids)
+            window = (window_start, time.time())
+            if profiler is not None:
+                profiler.stop()
             print_apply(applied)
             figures["state_change"] = applied.figures()
+            if profiler is not None:
+                if raw_profile.is_file():
+                    print("  (profiled run: py-spy's sampling inflates the timings above)")
+                    profile = summarise_profile(raw_profile, top=25)
+                    print_profile(profile, settings.warmup + settings.changes, "change")
+                    figures["profile"] = profile
+                    statements = pg_statements(pg.log_path, window, top=20)
+                    print_statements(statements, settings.warmup + settings.changes, "change")
+                    profile["postgres_per_change"] = statement_figures(
+                        statements, settings.warmup + settings.changes
+                    )
+                else:
+                    print("py-spy wrote no profile")
             section_s["state_change"] = round(time.perf_counter() - started, 2)
 
             # ------------------------------------------------------------ 2. expiry
@@ -588,7 +630,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--keep", action="store_true", help="keep the work directory (logs, rules, server data)"
     )
-    parser.set_defaults(profile=False)  # run_bench's py-spy check: this bench has no profile
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile the master with py-spy during the state changes (section 1)",
+    )
     args = parser.parse_args(argv)
     settings = Settings.for_mode(args.quick)
     for binary in (WORKER_BIN, MASTER_BIN):

@@ -51,7 +51,7 @@ from ttp_core.contract.control import (
 )
 from ttp_core.contract.payloads import RulesetRevision
 from ttp_master import metrics
-from ttp_master.db.queries import ControlQueries
+from ttp_master.db.queries import ControlQueries, default_state, state_from_row
 from ttp_master.db.repository import ChangeSet, LeadershipLostError, RuleRepository, StateWrite
 from ttp_master.expiry_scheduler import ExpiryScheduler
 from ttp_master.fleet_tracker import FleetTracker
@@ -129,14 +129,15 @@ class ControlHandlers:
                 f"expires_at {request.expires_at.isoformat()} is in the past",
                 "expires_at",
             )
-        if not request.force and not await term.queries.rule_known(request.rule_id):
+        # One read for both: is the rule known, and what is its state now.
+        current, known = await term.queries.state_and_known(request.rule_id)
+        if not request.force and not known:
             raise ControlRequestError(
                 ErrorCode.UNKNOWN_RULE,
                 f"no rule {request.rule_id!r} is known to the master; "
                 "force it (ttpctl: --force) to set a state for a rule that will be added later",
                 "rule_id",
             )
-        current = await term.queries.state(request.rule_id)
         if (
             current.state == request.state
             and current.confidence_max == request.confidence_max
@@ -156,9 +157,9 @@ class ControlHandlers:
 
     async def state_clear(self, request: StateClearRequest) -> StateChanged:
         term = self._term
-        current = await term.queries.state(request.rule_id)
+        current, known = await term.queries.state_and_known(request.rule_id)
         if current.revision is None:  # no row: already the default
-            if not await term.queries.rule_known(request.rule_id):
+            if not known:
                 raise ControlRequestError(
                     ErrorCode.UNKNOWN_RULE, f"no rule {request.rule_id!r} and no state", "rule_id"
                 )
@@ -176,13 +177,14 @@ class ControlHandlers:
         with get_tracer().start_as_current_span(
             "ttp.ctl state change", attributes={"ttp.rule_id": write.rule_id}
         ):
-            revisions = await term.repository.apply(
+            applied = await term.repository.apply_changes(
                 ChangeSet(state_writes=[write]),
                 actor=write.set_by,
                 trace_headers=inject_headers(),
             )
-        term.scheduler.reschedule()
-        state = await term.queries.state(write.rule_id)
+        # Only an expiry can make a revert due sooner than the scheduler already plans.
+        term.scheduler.expiry_written(write.expires_at)
+        revision = applied.revisions[0]
         _log.info(
             "operator state changed",
             extra={
@@ -192,19 +194,24 @@ class ControlHandlers:
                 "expires_at": write.expires_at.isoformat() if write.expires_at else None,
                 "actor": write.set_by,
                 "reason": write.reason,
-                "revision": revisions[0],
+                "revision": revision,
             },
         )
-        if write.state == "enabled":
-            state = state.model_copy(
+        # The reply is what the transaction wrote (no read back): the stored row, or for
+        # `enabled` (the row is deleted) the default state with who, why and when.
+        row = applied.states.get(write.rule_id)
+        if row is not None:
+            state = state_from_row(row)
+        else:
+            state = default_state(write.rule_id).model_copy(
                 update={
                     "reason": write.reason,
                     "set_by": write.set_by,
                     "set_at": self._clock(),
-                    "revision": revisions[0],
+                    "revision": revision,
                 }
             )
-        return StateChanged(state=state, revision=revisions[0])
+        return StateChanged(state=state, revision=revision)
 
     async def state_get(self, request: StateGetRequest) -> StateList:
         queries = self._term.queries
@@ -262,12 +269,16 @@ def parse_request(endpoint: Endpoint, raw: bytes) -> Any:
         raise ControlRequestError(ErrorCode.BAD_REQUEST, text, where) from exc
 
 
+_REPLY: Final = Reply[Any]
+"""Parametrised once, not per reply."""
+
+
 def encode_reply(result: BaseModel) -> bytes:
-    return Reply[Any](ok=True, result=result).model_dump_json().encode()
+    return _REPLY(ok=True, result=result).model_dump_json().encode()
 
 
 def encode_error(error: ControlError) -> bytes:
-    return Reply[Any](ok=False, error=error).model_dump_json().encode()
+    return _REPLY(ok=False, error=error).model_dump_json().encode()
 
 
 class ControlService:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 from ttp_master import metrics
@@ -40,11 +40,21 @@ class ExpiryScheduler:
         self._repository = repository
         self._clock = clock
         self._wake = asyncio.Event()
+        self._sleeping_until: datetime | None = None
+        """When the sleep between passes ends; None while a pass runs (or before the first)."""
         self.reverted = 0
 
-    def reschedule(self) -> None:
-        """A state changed: look at the table again."""
-        self._wake.set()
+    def expiry_written(self, expires_at: datetime | None) -> None:
+        """A state was written with this expiry: look again only if it may fall due before
+        the planned wake-up. A write without an expiry can only remove one, and the pass at
+        the planned time finds nothing due (the revert is conditional), so it changes
+        nothing; while a pass runs (it may have read the table before this write) or
+        before the first one, look again."""
+        if expires_at is None:
+            return
+        until = self._sleeping_until
+        if until is None or expires_at < until:
+            self._wake.set()
 
     async def revert_due(self) -> list[str]:
         """Revert every state whose expiry has passed; returns the rule_ids reverted."""
@@ -84,9 +94,11 @@ class ExpiryScheduler:
                 delay = _RETRY_S
             wake = asyncio.ensure_future(self._wake.wait())
             halt = asyncio.ensure_future(stop.wait())
+            self._sleeping_until = self._clock() + timedelta(seconds=delay)
             try:
                 await asyncio.wait({wake, halt}, timeout=delay, return_when="FIRST_COMPLETED")
             finally:
+                self._sleeping_until = None
                 for waiter in (wake, halt):
                     waiter.cancel()
                     with contextlib.suppress(asyncio.CancelledError):

@@ -6,7 +6,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any, Final
 
 import pydantic
@@ -41,7 +41,6 @@ class FleetTracker:
         self._clock = clock
         self._workers: dict[str, _Sighting] = {}
         self._sub: Any = None
-        self.started_at = clock()
 
     async def start(self, nc: Client) -> None:
         self._sub = await nc.subscribe(
@@ -69,10 +68,6 @@ class FleetTracker:
 
     def observe(self, status: WorkerStatus) -> None:
         self._workers[status.worker_id] = _Sighting(status, self._clock(), datetime.now(UTC))
-
-    def listening_for_s(self) -> float:
-        """How long statuses have been collected (a fresh master has not heard everyone)."""
-        return self._clock() - self.started_at
 
     def view(self, revision: int, digest: str) -> FleetInfo:
         """Every known worker against the master's published `revision` and `digest`."""
@@ -116,8 +111,3 @@ class FleetTracker:
             workers=workers,
             converged=converged,
         )
-
-
-def since(age_s: float) -> datetime:
-    """Wall time `age_s` seconds ago (for display)."""
-    return datetime.now(UTC) - timedelta(seconds=age_s)

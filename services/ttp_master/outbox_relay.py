@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import psycopg
-from sqlalchemy import func, select, update
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import Text, bindparam, cast, func, literal, select, update
+from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ttp_core.contract import subjects
 from ttp_core.contract.payloads import MASTER_SOURCE, RulesetRevision, encode, envelope
@@ -51,6 +52,68 @@ def _windows(rows: Sequence[Any], depth: int) -> Iterator[list[Any]]:
         subjects_in.add(row.subject)
     if window:
         yield window
+
+
+# The relay's statements, built once (constructing one costs more than executing it).
+_MARK_PUBLISHED: Final = (
+    update(rule_event)
+    .where(rule_event.c.revision.in_(bindparam("revisions", expanding=True)))
+    .values(published_at=func.now())
+)
+
+
+def _rules_key() -> Any:
+    """A fingerprint of the live rules' (rule_id, content_sha256, is_external), computed by
+    PostgreSQL: an unchanged key means unchanged rule rows, so they need not be read again."""
+    r = rule.alias("rules_key_of")
+    line = r.c.rule_id + "|" + r.c.content_sha256 + "|" + cast(r.c.is_external, Text)
+    joined = func.string_agg(line, aggregate_order_by(literal("\n"), r.c.rule_id))
+    return (
+        select(func.md5(func.coalesce(joined, "")))
+        .where(r.c.deleted.is_(False))
+        .scalar_subquery()
+        .label("rules_key")
+    )
+
+
+_SUMMARY_TOTALS: Final = select(
+    select(func.max(rule_event.c.revision))
+    .where(rule_event.c.jetstream, rule_event.c.published_at.is_not(None))
+    .scalar_subquery()
+    .label("revision"),
+    select(func.count()).select_from(rule_rejection).scalar_subquery().label("rejected"),
+    _rules_key(),
+)
+_SUMMARY_RULES: Final = select(
+    rule.c.rule_id, rule.c.content_sha256, rule.c.is_external, _rules_key()
+).where(rule.c.deleted.is_(False))
+_SUMMARY_STATES: Final = select(
+    rule_state.c.rule_id, rule_state.c.state, rule_state.c.confidence_max, rule_state.c.expires_at
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _RuleSet:
+    """What the summary needs of the live rules, with the key they were read under."""
+
+    key: str | None
+    """None for an empty rule set (then it is read again each time: nothing to save)."""
+    count: int
+    external: int
+    live_ids: frozenset[str]
+    """rule_ids of the live rules that are not external."""
+    digest_pairs: tuple[tuple[str, str], ...]
+    """(rule_id, content_sha256), sorted as the digest hashes them."""
+
+    @classmethod
+    def of(cls, rows: Sequence[Any]) -> _RuleSet:
+        return cls(
+            key=rows[0].rules_key if rows else None,
+            count=len(rows),
+            external=sum(1 for r in rows if r.is_external),
+            live_ids=frozenset(r.rule_id for r in rows if not r.is_external),
+            digest_pairs=tuple(sorted((r.rule_id, r.content_sha256) for r in rows)),
+        )
 
 
 class EventPublisher(Protocol):
@@ -90,7 +153,9 @@ class OutboxRelay:
         """`lock`: held for each publishing pass; the stream guard's repair holds the same
         lock, so a rebuild's republished (older) copy can never land after a newer publish
         of the same subject."""
-        self._engine = engine
+        # Autocommit: the relay's statements (select, mark, summary reads) each stand alone,
+        # as they did in their own transactions, without BEGIN/COMMIT/ROLLBACK round trips.
+        self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._lock = lock if lock is not None else asyncio.Lock()
         self._url = libpq_url(database_url)
         self._publisher = publisher
@@ -100,6 +165,22 @@ class OutboxRelay:
         self._on_batch = on_batch
         self._wake = asyncio.Event()
         self._summary_due = False
+        self._rules: _RuleSet | None = None
+        """The last rule-set read, reused while its key is unchanged."""
+        self._pending = (
+            select(
+                rule_event.c.revision,
+                rule_event.c.subject,
+                rule_event.c.msg_id,
+                rule_event.c.jetstream,
+                rule_event.c.payload,
+                rule_event.c.headers,
+                rule_event.c.created_at,
+            )
+            .where(rule_event.c.published_at.is_(None))
+            .order_by(rule_event.c.revision)
+            .limit(batch_size)
+        )
         self.caught_up = asyncio.Event()
 
     def wake(self) -> None:
@@ -117,9 +198,15 @@ class OutboxRelay:
             while not stop.is_set() and self._is_leader():
                 self._wake.clear()
                 try:
-                    while await self.publish_pending():
-                        if stop.is_set() or not self._is_leader():
+                    while True:
+                        published = await self.publish_pending()
+                        if published and (stop.is_set() or not self._is_leader()):
                             return
+                        # A batch shorter than a full one drained the backlog as it stood
+                        # after `_wake` was cleared (commit order is revision order), and
+                        # anything committed since has set `_wake` again: no empty pass.
+                        if published < self._batch_size:
+                            break
                     self.caught_up.set()
                 except (psycopg.Error, OSError) as exc:
                     _log.warning("outbox relay pass failed, retrying: %s", exc)
@@ -140,58 +227,51 @@ class OutboxRelay:
             return await self._publish_pending()
 
     async def _publish_pending(self) -> int:
+        # One pooled connection for the pass: the select, the marking, the summary.
         async with self._engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(
-                        rule_event.c.revision,
-                        rule_event.c.subject,
-                        rule_event.c.msg_id,
-                        rule_event.c.jetstream,
-                        rule_event.c.payload,
-                        rule_event.c.headers,
-                        rule_event.c.created_at,
+            rows = (await conn.execute(self._pending)).all()
+            if not rows:
+                # A backlog that was an exact multiple of the batch size ends here.
+                if self._summary_due:
+                    await self._publish_summary(await self._summary(conn))
+                    self._summary_due = False
+                return 0
+            published: list[int] = []
+            try:
+                for window in _windows(rows, PIPELINE_DEPTH):
+                    if not self._is_leader():
+                        break
+                    outcomes = await asyncio.gather(
+                        *(self._publish_row(row) for row in window), return_exceptions=True
                     )
-                    .where(rule_event.c.published_at.is_(None))
-                    .order_by(rule_event.c.revision)
-                    .limit(self._batch_size)
-                )
-            ).all()
-        if not rows:
-            # A backlog that was an exact multiple of the batch size ends here.
-            await self._publish_summary_if_due()
-            return 0
-        published: list[int] = []
-        try:
-            for window in _windows(rows, PIPELINE_DEPTH):
-                if not self._is_leader():
-                    break
-                outcomes = await asyncio.gather(
-                    *(self._publish_row(row) for row in window), return_exceptions=True
-                )
-                published.extend(
-                    row.revision
-                    for row, outcome in zip(window, outcomes, strict=True)
-                    if not isinstance(outcome, BaseException)
-                )
-                for outcome in outcomes:
-                    if isinstance(outcome, BaseException):
-                        # Later windows wait: a failed row is retried before anything newer.
-                        raise outcome
-        finally:
-            if published:
-                await self._mark_published(published)
-        if published:
+                    published.extend(
+                        row.revision
+                        for row, outcome in zip(window, outcomes, strict=True)
+                        if not isinstance(outcome, BaseException)
+                    )
+                    for outcome in outcomes:
+                        if isinstance(outcome, BaseException):
+                            # Later windows wait: a failed row is retried before anything newer.
+                            raise outcome
+            except BaseException:
+                if published:
+                    await self._mark_published(conn, published)
+                raise
+            if not published:
+                return 0
             self._summary_due = True
-            done = set(published)
-            oldest = min(r.created_at for r in rows if r.revision in done)
-            lag = max(0.0, (datetime.now(UTC) - oldest).total_seconds())
-            if len(rows) < self._batch_size:
-                # The backlog is drained: one summary for all of it, not one per batch
-                # (each summary reads every rule and state).
-                await self._publish_summary_if_due()
-            if self._on_batch is not None:
-                self._on_batch(RelayBatch(len(published), published[-1], lag))
+            # The backlog is drained: one summary for all of it, not one per batch (each
+            # summary reads the rule set), read once the rows are marked.
+            drained = len(rows) < self._batch_size
+            summary = await self._mark_published(conn, published, summarise=drained)
+        if summary is not None:
+            await self._publish_summary(summary)
+            self._summary_due = False
+        done = set(published)
+        oldest = min(r.created_at for r in rows if r.revision in done)
+        lag = max(0.0, (datetime.now(UTC) - oldest).total_seconds())
+        if self._on_batch is not None:
+            self._on_batch(RelayBatch(len(published), published[-1], lag))
         return len(published)
 
     async def _publish_row(self, row: Any) -> None:
@@ -206,57 +286,38 @@ class OutboxRelay:
             else:
                 await self._publisher.publish_core(row.subject, payload, headers)
 
-    async def _publish_summary_if_due(self) -> None:
-        if self._summary_due:
-            await self.publish_ruleset_revision()
-            self._summary_due = False
-
-    async def _mark_published(self, revisions: list[int]) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                update(rule_event)
-                .where(rule_event.c.revision.in_(revisions))
-                .values(published_at=func.now())
-            )
+    async def _mark_published(
+        self, conn: AsyncConnection, revisions: list[int], *, summarise: bool = False
+    ) -> RulesetRevision | None:
+        """Mark `revisions` published (one autocommitted statement); with `summarise`,
+        then read the ruleset summary, which sees them."""
+        await conn.execute(_MARK_PUBLISHED, {"revisions": revisions})
+        return await self._summary(conn) if summarise else None
 
     async def ruleset_summary(self) -> RulesetRevision:
         """Totals and digest of the rule set as PostgreSQL holds it."""
         async with self._engine.connect() as conn:
-            revision = await conn.scalar(
-                select(func.max(rule_event.c.revision)).where(
-                    rule_event.c.jetstream, rule_event.c.published_at.is_not(None)
-                )
-            )
-            rules = (
-                await conn.execute(
-                    select(rule.c.rule_id, rule.c.content_sha256, rule.c.is_external).where(
-                        rule.c.deleted.is_(False)
-                    )
-                )
-            ).all()
-            states = (
-                await conn.execute(
-                    select(
-                        rule_state.c.rule_id,
-                        rule_state.c.state,
-                        rule_state.c.confidence_max,
-                        rule_state.c.expires_at,
-                    )
-                )
-            ).all()
-            rejected = await conn.scalar(select(func.count()).select_from(rule_rejection))
+            return await self._summary(conn)
+
+    async def _summary(self, conn: AsyncConnection) -> RulesetRevision:
+        totals = (await conn.execute(_SUMMARY_TOTALS)).one()
+        rules = self._rules
+        if rules is None or rules.key != totals.rules_key:
+            # The key comes with the rows (one statement, one snapshot), so it is theirs.
+            rows = (await conn.execute(_SUMMARY_RULES)).all()
+            rules = self._rules = _RuleSet.of(rows)
+        # Otherwise the rule set is as last read: only states and totals changed.
+        states = (await conn.execute(_SUMMARY_STATES)).all()
         now = time.time()
-        external = sum(1 for r in rules if r.is_external)
-        live_ids = {r.rule_id for r in rules if not r.is_external}
         disabled = sum(
             1
             for s in states
             if s.state == "disabled"
-            and s.rule_id in live_ids
+            and s.rule_id in rules.live_ids
             and (s.expires_at is None or s.expires_at.timestamp() > now)
         )
         digest = ruleset_digest(
-            ((r.rule_id, r.content_sha256) for r in rules),
+            rules.digest_pairs,
             (
                 (
                     s.rule_id,
@@ -268,17 +329,21 @@ class OutboxRelay:
             ),
         )
         return RulesetRevision(
-            revision=int(revision or 0),
-            rules=len(rules),
-            active=len(live_ids) - disabled,
-            external=external,
-            rejected=int(rejected or 0),
+            revision=int(totals.revision or 0),
+            rules=rules.count,
+            active=len(rules.live_ids) - disabled,
+            external=rules.external,
+            rejected=int(totals.rejected or 0),
             digest=digest,
         )
 
     async def publish_ruleset_revision(self, msg_id_suffix: str = "") -> RulesetRevision:
         """Publish the current totals; `msg_id_suffix` only for a stream repair."""
         summary = await self.ruleset_summary()
+        await self._publish_summary(summary, msg_id_suffix)
+        return summary
+
+    async def _publish_summary(self, summary: RulesetRevision, msg_id_suffix: str = "") -> None:
         event = envelope(
             summary,
             source=MASTER_SOURCE,
@@ -288,7 +353,6 @@ class OutboxRelay:
         await self._publisher.publish_stream(
             subjects.RULESET_REVISION, encode(event), f"{event.id}{msg_id_suffix}", {}
         )
-        return summary
 
     async def _listen(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

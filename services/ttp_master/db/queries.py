@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, func, select
+from sqlalchemy import Row, bindparam, exists, func, literal_column, or_, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ttp_core.contract.control import (
@@ -32,7 +32,10 @@ class ControlQueries:
     """The read side of the control service."""
 
     def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
+        # Autocommit: each read is one statement, without BEGIN and ROLLBACK round trips.
+        # Nothing is lost: under READ COMMITTED every statement takes its own snapshot
+        # anyway, inside a transaction or not.
+        self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     async def rule_known(self, rule_id: str) -> bool:
         """True if the rule is defined (live or deleted) or has a rejected file."""
@@ -47,18 +50,25 @@ class ControlQueries:
             )
         return bool(rejected)
 
+    async def state_and_known(self, rule_id: str) -> tuple[OperatorState, bool]:
+        """The rule's state and :meth:`rule_known`, in one statement (one round trip)."""
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(_STATE_AND_KNOWN, {"rule_id": rule_id})).one()
+        state = state_from_row(row) if row.revision is not None else default_state(rule_id)
+        return state, bool(row.known)
+
     async def state(self, rule_id: str) -> OperatorState:
         async with self._engine.connect() as conn:
             row = (
                 await conn.execute(select(rule_state).where(rule_state.c.rule_id == rule_id))
             ).first()
-        return _state(row) if row is not None else default_state(rule_id)
+        return state_from_row(row) if row is not None else default_state(rule_id)
 
     async def states(self) -> list[OperatorState]:
         """Every state that differs from the default, by rule_id."""
         async with self._engine.connect() as conn:
             rows = await conn.execute(select(rule_state).order_by(rule_state.c.rule_id))
-            return [_state(row) for row in rows]
+            return [state_from_row(row) for row in rows]
 
     async def next_expiry(self) -> datetime | None:
         async with self._engine.connect() as conn:
@@ -93,7 +103,7 @@ class ControlQueries:
             ).all()
         if row is None and not rejections:
             return None
-        state = _state(state_row) if state_row is not None else default_state(rule_id)
+        state = state_from_row(state_row) if state_row is not None else default_state(rule_id)
         errors = [RejectionError(**e) for r in rejections for e in r.errors]
         if row is None:
             first = rejections[0]
@@ -150,7 +160,9 @@ class ControlQueries:
                     )
                 )
             ).all()
-            states = {row.rule_id: _state(row) for row in await conn.execute(select(rule_state))}
+            states = {
+                row.rule_id: state_from_row(row) for row in await conn.execute(select(rule_state))
+            }
             rejections = (await conn.execute(select(rule_rejection))).all()
         rejected_ids = {r.rule_id for r in rejections}
         out = [
@@ -202,7 +214,8 @@ def _status(row: Any, rejected: bool) -> RuleStatus:
     return "external" if row.is_external else "active"
 
 
-def _state(row: Row[Any]) -> OperatorState:
+def state_from_row(row: Row[Any]) -> OperatorState:
+    """The state a `ttp_rule_state` row holds."""
     return OperatorState(
         rule_id=row.rule_id,
         state=row.state,
@@ -213,6 +226,23 @@ def _state(row: Row[Any]) -> OperatorState:
         set_at=row.set_at,
         revision=row.revision,
     )
+
+
+def _state_and_known_statement() -> Any:
+    """One row for any rule_id: its state columns (all NULL without a state row) and
+    `known`, true if the rule is defined (live or deleted) or has a rejected file."""
+    param = bindparam("rule_id", type_=rule_state.c.rule_id.type)
+    known = or_(
+        exists().where(rule.c.rule_id == param),
+        exists().where(rule_rejection.c.rule_id == param),
+    ).label("known")
+    one = select(literal_column("1").label("one")).subquery("one")
+    return select(known, *rule_state.c).select_from(
+        one.outerjoin(rule_state, rule_state.c.rule_id == param)
+    )
+
+
+_STATE_AND_KNOWN = _state_and_known_statement()
 
 
 def _audit_entry(row: Row[Any]) -> AuditEntry:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import delete, func, select, text, update
+from sqlalchemy import Row, bindparam, delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -156,6 +156,18 @@ class ChangeSet:
 
 
 @dataclass(frozen=True, slots=True)
+class Applied:
+    """What one committed change set wrote."""
+
+    revisions: list[int]
+    at: datetime
+    """The transaction's timestamp: `set_at` of its state rows, `created_at` of its events."""
+    states: dict[str, Row[Any]] = field(default_factory=dict)
+    """rule_id -> the `ttp_rule_state` row an operator write left, as PostgreSQL returned
+    it (`enabled` writes delete the row and have none)."""
+
+
+@dataclass(frozen=True, slots=True)
 class LeaderFence:
     """Identifies the leader's lock-holding PostgreSQL backend."""
 
@@ -213,13 +225,30 @@ class RuleRepository:
         """
         if not changes:
             return []
+        return (
+            await self.apply_changes(changes, actor=actor, trace_headers=trace_headers)
+        ).revisions
+
+    async def apply_changes(
+        self, changes: ChangeSet, *, actor: str, trace_headers: dict[str, str] | None = None
+    ) -> Applied:
+        """As :meth:`apply`, with what was written: the caller needs no read back."""
+        if not changes:
+            return Applied([], datetime.now(UTC))
         async with self._write_lock:
             return await self._apply(changes, actor, dict(trace_headers or {}))
 
-    async def _apply(self, changes: ChangeSet, actor: str, headers: dict[str, str]) -> list[int]:
+    async def _apply(self, changes: ChangeSet, actor: str, headers: dict[str, str]) -> Applied:
+        written: dict[str, Row[Any]] = {}
         async with self.engine.begin() as conn:
-            await self._check_fence(conn)
-            revisions = await _next_revisions(conn, changes.revisions_needed)
+            # Changes that always leave an outbox row queue the NOTIFY (sent at commit) with
+            # the fence check and the revisions: one statement instead of three.
+            notify_now = bool(
+                changes.upserts or changes.deletes or changes.rejections or changes.state_writes
+            )
+            revisions = await self._fence_and_revisions(
+                conn, changes.revisions_needed, notify=notify_now
+            )
             taken = iter(revisions)
             unused: set[int] = set()
             now = datetime.now(UTC)
@@ -358,7 +387,11 @@ class RuleRepository:
                 )
             for write in changes.state_writes:
                 revision = next(taken)
-                await _write_state(conn, write, revision, now)
+                stored = await _write_state(conn, write, revision, now)
+                if stored is not None:
+                    written[write.rule_id] = stored
+                else:
+                    written.pop(write.rule_id, None)
                 state = RuleStateChanged(
                     rule_id=write.rule_id,
                     revision=revision,
@@ -383,27 +416,38 @@ class RuleRepository:
                     )
                 )
             if outbox:
-                await conn.execute(insert(rule_event), outbox)
-                await conn.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
-        return [revision for revision in revisions if revision not in unused]
+                # One row (an operator's change) is a plain execute, not an executemany.
+                await conn.execute(_INSERT_EVENT, outbox[0] if len(outbox) == 1 else outbox)
+                if not notify_now:
+                    await conn.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+        return Applied([r for r in revisions if r not in unused], now, written)
 
-    async def _check_fence(self, conn: AsyncConnection) -> None:
-        if self.fence is None:
-            return
-        key = self.fence.lock_key
-        held = await conn.scalar(
-            text(
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                "AND pid = :pid AND classid = :high AND objid = :low AND objsubid = 1"
-            ),
-            {
+    async def _fence_and_revisions(
+        self, conn: AsyncConnection, count: int, *, notify: bool
+    ) -> list[int]:
+        """Prove the leader lock is still held (else raise :class:`LeadershipLostError`)
+        and take `count` revisions, in one statement; with `notify`, also queue the
+        outbox NOTIFY (PostgreSQL sends it at commit, never on a rollback)."""
+        columns = [
+            _FENCE_HELD if self.fence is not None else "1",
+            _NEXT_REVISIONS if count else "ARRAY[]::bigint[]",
+        ]
+        if notify:
+            columns.append(f"pg_notify('{NOTIFY_CHANNEL}', '')::text")
+        params: dict[str, int] = {}
+        if self.fence is not None:
+            key = self.fence.lock_key
+            params |= {
                 "pid": self.fence.backend_pid,
                 "high": (key >> 32) & 0xFFFFFFFF,
                 "low": key & 0xFFFFFFFF,
-            },
-        )
-        if not held:
+            }
+        if count:
+            params["n"] = count
+        row = (await conn.execute(text(f"SELECT {', '.join(columns)}"), params)).one()
+        if not row[0]:
             raise LeadershipLostError("leader lock no longer held by this master; nothing written")
+        return sorted(int(r) for r in row[1])
 
     async def latest_revision(self) -> int:
         async with self.engine.connect() as conn:
@@ -411,22 +455,22 @@ class RuleRepository:
         return int(value or 0)
 
 
-async def _next_revisions(conn: AsyncConnection, count: int) -> list[int]:
-    if count == 0:
-        return []
-    rows = await conn.execute(
-        text("SELECT nextval('ttp_revision_seq') FROM generate_series(1, :n)"), {"n": count}
-    )
-    return sorted(int(r[0]) for r in rows)
+_FENCE_HELD = (
+    "(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+    "AND pid = :pid AND classid = :high AND objid = :low AND objsubid = 1)"
+)
+_NEXT_REVISIONS = "ARRAY(SELECT nextval('ttp_revision_seq') FROM generate_series(1, :n))"
 
 
 async def _write_state(
     conn: AsyncConnection, write: StateWrite, revision: int, now: datetime
-) -> None:
+) -> Row[Any] | None:
+    """Write the state; returns the row as stored (None: `enabled` removed it)."""
     if write.state == "enabled":
-        await conn.execute(delete(rule_state).where(rule_state.c.rule_id == write.rule_id))
-        return
+        await conn.execute(_DELETE_STATE, {"rule_id": write.rule_id})
+        return None
     values = {
+        "rule_id": write.rule_id,
         "state": write.state,
         "confidence_max": write.confidence_max,
         "expires_at": write.expires_at,
@@ -435,10 +479,22 @@ async def _write_state(
         "set_at": now,
         "revision": revision,
     }
-    stmt = insert(rule_state).values(rule_id=write.rule_id, **values)
-    await conn.execute(
-        stmt.on_conflict_do_update(index_elements=[rule_state.c.rule_id], set_=values)
-    )
+    return (await conn.execute(_UPSERT_STATE, values)).one()
+
+
+def _state_statements() -> tuple[Any, Any]:
+    """Built once: per-call construction (and its cache key) costs more than the execute."""
+    stmt = insert(rule_state)
+    upsert = stmt.on_conflict_do_update(
+        index_elements=[rule_state.c.rule_id],
+        set_={c.name: stmt.excluded[c.name] for c in rule_state.columns if c.name != "rule_id"},
+    ).returning(*rule_state.c)
+    remove = delete(rule_state).where(rule_state.c.rule_id == bindparam("rule_id"))
+    return upsert, remove
+
+
+_UPSERT_STATE, _DELETE_STATE = _state_statements()
+_INSERT_EVENT = insert(rule_event)
 
 
 def _rule_row(up: RuleUpsert, revision: int, now: datetime) -> dict[str, Any]:
