@@ -393,6 +393,9 @@ class _Publisher:
         self._run = run
         self._ui = ui
         self._in_flight: deque[tuple[float, asyncio.Future[PubAck]]] = deque()
+        self._unsettled = 0
+        """Publishes whose outcome is not counted yet: a done future's callback runs on a
+        later loop iteration, after `_in_flight` may already have dropped it."""
         self._abandoned = False
 
     async def send(self, number: int, ready: _Ready) -> None:
@@ -416,13 +419,16 @@ class _Publisher:
             self._ui.problem(number, "failed", _publish_error(exc, ready.subject))
             self._stop_if_disconnected(number)
             return
+        self._unsettled += 1
         future.add_done_callback(functools.partial(self._settled, number, ready.subject))
         self._in_flight.append((time.monotonic() + _ACK_TIMEOUT_S, future))
 
     async def finish(self) -> None:
-        """Wait for every ack still due (each at most until its deadline)."""
+        """Wait for every ack still due (each at most until its deadline), and counted."""
         while self._in_flight:
             await self._wait_oldest()
+        while self._unsettled:
+            await asyncio.sleep(0)
 
     def abandon(self) -> None:
         """Stop waiting: what is still in flight is not counted."""
@@ -450,6 +456,7 @@ class _Publisher:
 
     def _settled(self, number: int, subject: str, future: asyncio.Future[PubAck]) -> None:
         run = self._run
+        self._unsettled -= 1
         if self._abandoned:
             return
         if future.cancelled():
