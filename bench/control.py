@@ -23,7 +23,7 @@ What is measured
    The clock starts just before the `state.set` / `state.clear` request is sent and stops
    when the LAST of the 4 workers has published a `ttp.worker.status.<id>` (published on
    each applied change) with a `revision` at least the revision of the reply. Each sample is
-   split into request -> reply (the master: validate, commit, read back) and reply -> all
+   split into request -> reply (the master: validate, commit) and reply -> all
    applied (relay to NATS, the workers' apply and status); the arrival of the change's
    `ttp.rule.state.<rule_id>` (a core subscription here) splits it further into request ->
    on NATS (commit and outbox relay) and on NATS -> all applied (the workers alone). At the
@@ -318,7 +318,7 @@ def print_apply(result: ApplyResult) -> None:
         f"p90 {f['p90_ms']:.1f}, p99 {f['p99_ms']:.1f}, max {f['max_ms']:.1f}"
     )
     print(
-        f"  of which request -> reply (master: validate, commit, read back): p50 "
+        f"  of which request -> reply (master: validate, commit): p50 "
         f"{f['request_to_reply_p50_ms']:.1f} ms (p99 {f['request_to_reply_p99_ms']:.1f}); "
         f"reply -> all applied: p50 {f['reply_to_all_applied_p50_ms']:.1f} ms "
         f"(p99 {f['reply_to_all_applied_p99_ms']:.1f})"
