@@ -217,8 +217,8 @@ class ControlHandlers:
         queries = self._term.queries
         if request.rule_id is None:
             return StateList(states=await queries.states())
-        state = await queries.state(request.rule_id)
-        if state.revision is None and not await queries.rule_known(request.rule_id):
+        state, known = await queries.state_and_known(request.rule_id)
+        if state.revision is None and not known:
             raise ControlRequestError(
                 ErrorCode.UNKNOWN_RULE, f"no rule {request.rule_id!r}", "rule_id"
             )

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 import psycopg
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -511,3 +512,20 @@ async def running_master(settings: Any, *, ready: bool = True) -> AsyncIterator[
                 raise
         else:
             handle.task.result()
+
+
+async def service_roles(nc: Client) -> list[str]:
+    """The `role` metadata of every `ttp-ctl` instance answering `$SRV.INFO`."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    await nc.publish("$SRV.INFO.ttp-ctl", b"", reply=inbox)
+    roles = []
+    try:
+        while True:
+            msg = await sub.next_msg(timeout=0.5)
+            roles.append(json.loads(msg.data)["metadata"]["role"])
+    except (TimeoutError, nats.errors.TimeoutError):
+        pass
+    finally:
+        await sub.unsubscribe()
+    return roles

@@ -16,12 +16,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import nats.errors
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
-from e2e.master_harness import nats_client
+from e2e.master_harness import nats_client, service_roles
 from e2e.process_fleet import BIN, Procs, master_summary, start_fleet, status_feed, stop, until
 from ttp_core.contract import subjects
 from ttp_core.contract.control import Endpoint
@@ -377,23 +376,6 @@ async def test_a_standby_master_refuses_writes(procs: Procs) -> None:
         await ok(nc, Endpoint.STATE_SET, rule_id=RULE, state="disabled", reason="r", actor="a")
         await stop(procs.procs["standby"], "standby", procs)
         await stop(leader, "master", procs)
-
-
-async def service_roles(nc: Client) -> list[str]:
-    """The `role` metadata of every `ttp-ctl` instance answering `$SRV.INFO`."""
-    inbox = nc.new_inbox()
-    sub = await nc.subscribe(inbox)
-    await nc.publish("$SRV.INFO.ttp-ctl", b"", reply=inbox)
-    roles = []
-    try:
-        while True:
-            msg = await sub.next_msg(timeout=0.5)
-            roles.append(json.loads(msg.data)["metadata"]["role"])
-    except (TimeoutError, nats.errors.TimeoutError):
-        pass
-    finally:
-        await sub.unsubscribe()
-    return roles
 
 
 async def test_fleet_reports_a_frozen_worker_as_behind(procs: Procs) -> None:

@@ -12,8 +12,8 @@ import json
 from typing import Any
 
 import nats
-import nats.errors
 
+from e2e.master_harness import service_roles
 from ttp_core.contract import subjects
 from ttp_core.contract.payloads import RulesetRevision
 from ttp_master.control_service import STANDBY_REPLY_DELAY_S, ControlService, LeaderTerm
@@ -77,16 +77,7 @@ async def test_a_standby_refuses_then_answers_as_leader_without_a_gap(private_na
         replies = [answers[r][0] for r in sent]
         assert all(r["ok"] for r in replies), [r for r in replies if not r["ok"]]
         assert {r["result"]["revision"] for r in replies} == {7}
-        roles = []
-        inbox = client.new_inbox()
-        info_sub = await client.subscribe(inbox)
-        await client.publish("$SRV.INFO.ttp-ctl", b"", reply=inbox)
-        try:
-            while True:
-                msg = await info_sub.next_msg(timeout=0.5)
-                roles.append(json.loads(msg.data)["metadata"]["role"])
-        except (TimeoutError, nats.errors.TimeoutError):
-            pass
+        roles = await service_roles(client)
         assert roles == ["leader"]  # the standby registration is gone
     finally:
         await control.stop()

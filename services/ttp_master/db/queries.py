@@ -37,32 +37,13 @@ class ControlQueries:
         # anyway, inside a transaction or not.
         self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
 
-    async def rule_known(self, rule_id: str) -> bool:
-        """True if the rule is defined (live or deleted) or has a rejected file."""
-        async with self._engine.connect() as conn:
-            defined = await conn.scalar(select(rule.c.rule_id).where(rule.c.rule_id == rule_id))
-            if defined is not None:
-                return True
-            rejected = await conn.scalar(
-                select(func.count())
-                .select_from(rule_rejection)
-                .where(rule_rejection.c.rule_id == rule_id)
-            )
-        return bool(rejected)
-
     async def state_and_known(self, rule_id: str) -> tuple[OperatorState, bool]:
-        """The rule's state and :meth:`rule_known`, in one statement (one round trip)."""
+        """The rule's state, and whether the rule is known: defined (live or deleted) or
+        with a rejected file. One statement, one round trip."""
         async with self._engine.connect() as conn:
             row = (await conn.execute(_STATE_AND_KNOWN, {"rule_id": rule_id})).one()
         state = state_from_row(row) if row.revision is not None else default_state(rule_id)
         return state, bool(row.known)
-
-    async def state(self, rule_id: str) -> OperatorState:
-        async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(select(rule_state).where(rule_state.c.rule_id == rule_id))
-            ).first()
-        return state_from_row(row) if row is not None else default_state(rule_id)
 
     async def states(self) -> list[OperatorState]:
         """Every state that differs from the default, by rule_id."""
