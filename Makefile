@@ -1,21 +1,41 @@
 # ttp-rulebus developer entry points. `make run` and `make test` work on a fresh clone
-# with only Python >= 3.11 and pip: each creates .venv and installs what it needs.
+# with only Python >= 3.11 and pip: each creates .venv and installs exactly the versions
+# pinned (with hashes) in uv.lock. `make lock` is the one deliberate way to upgrade them.
 
-PYTHON ?= python3
-VENV   ?= .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
-RULES  ?= rules
+PYTHON     ?= python3
+VENV       ?= .venv
+BIN        := $(VENV)/bin
+STAMP      := $(VENV)/.installed-stamp
+RULES      ?= rules
+# uv itself lives in its own small venv, so `uv sync` (which removes whatever the lock does
+# not list from .venv) never uninstalls the tool that runs it.
+UV_VERSION := 0.13.8
+TOOLS      := .tools
+UV         := $(TOOLS)/bin/uv
+# Never fetch an interpreter: use the one PYTHON names, as pip would.
+export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: run test install lint typecheck unit rules-check bench bench-quick clean
+.PHONY: run test install lock lock-check lint typecheck unit rules-check bench bench-quick clean
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet uv==$(UV_VERSION)
+
+# --locked: fail, rather than resolve anew, when pyproject.toml and uv.lock disagree.
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked --extra dev --python $(PYTHON)
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## lock: upgrade every pinned dependency to the newest versions pyproject.toml allows.
+lock: | $(UV)
+	$(UV) lock --upgrade
+	@echo "uv.lock upgraded: run make test, then commit it together with the code it needs."
+
+## lock-check: fail when uv.lock does not match pyproject.toml (CI runs it first).
+lock-check: | $(UV)
+	$(UV) lock --check
 
 ## run: embedded NATS + PostgreSQL, the master, 2 workers and a demo feed (Ctrl-C stops all).
 run: $(STAMP)
@@ -38,7 +58,7 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest
 
 ## test: everything CI checks.
-test: lint typecheck rules-check unit
+test: lock-check lint typecheck rules-check unit
 
 ## bench: every benchmark (engine, master, fleet); each prints figures and a final JSON line.
 bench: $(STAMP)
@@ -54,4 +74,4 @@ bench-quick: $(STAMP)
 	$(BIN)/python -m bench.control --quick
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -142,9 +142,22 @@ def _offset_to_position(raw: bytes, offset: int) -> tuple[int, int]:
 
 def parse_document(text: str) -> LocatedDocument:
     """Build the single document in `text`, raising `YamlSourceError` on any problem."""
+    try:
+        return _build(text, _Loader)
+    except YamlSourceError:
+        if _Loader is yaml.SafeLoader:
+            raise
+    # libyaml scans ahead of the events it hands out, and some releases stop deep input with
+    # their own nesting limit before our builder sees the depth. The pure-Python parser is
+    # lazy, so on the error path (only) it runs again: our own limits then speak first and
+    # the same file gets the same located error whatever libyaml version is installed.
+    return _build(text, yaml.SafeLoader)
+
+
+def _build(text: str, loader: Any) -> LocatedDocument:
     builder = _DocumentBuilder()
     try:
-        for event in yaml.parse(text, Loader=_Loader):
+        for event in yaml.parse(text, Loader=loader):
             builder.feed(event)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
