@@ -21,7 +21,7 @@ from typing import Any
 
 from test_contract_live_messages import running_worker
 
-from e2e.master_harness import install, master_settings, nats_client, running_master, with_version
+from harness.master import install, master_settings, nats_client, running_master, with_version
 from ttp_core.contract import subjects
 from ttp_master.settings import MasterSettings
 from ttp_runtime.settings import ServiceSettings

@@ -32,7 +32,7 @@ import psycopg
 from jsonschema import Draft202012Validator
 from nats.aio.msg import Msg
 
-from e2e.master_harness import (
+from harness.master import (
     STARTER_RULES,
     install,
     master_settings,

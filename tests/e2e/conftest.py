@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from e2e.master_harness import STARTER_RULES
-from e2e.process_fleet import Procs
+from harness.master import STARTER_RULES
+from harness.processes import Procs
 
 
 @pytest.fixture

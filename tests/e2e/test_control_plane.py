@@ -20,8 +20,8 @@ from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
-from e2e.master_harness import nats_client, service_roles
-from e2e.process_fleet import BIN, Procs, master_summary, start_fleet, status_feed, stop, until
+from harness.master import nats_client, service_roles
+from harness.processes import BIN, Procs, master_summary, start_fleet, status_feed, stop, until
 from ttp_core.contract import subjects
 from ttp_core.contract.control import Endpoint
 

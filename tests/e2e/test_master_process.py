@@ -26,10 +26,7 @@ from typing import Any
 
 import pytest
 
-from ttp_core.contract import subjects
-from ttp_runtime.embedded import free_port
-
-from .master_harness import (
+from harness.master import (
     BusRecorder,
     StoredLog,
     check_reloaded,
@@ -43,6 +40,8 @@ from .master_harness import (
     wait_until,
     with_version,
 )
+from ttp_core.contract import subjects
+from ttp_runtime.embedded import free_port
 
 MASTER_BIN = Path(sys.executable).parent / "ttp-master"
 START_TIMEOUT_S = 60.0

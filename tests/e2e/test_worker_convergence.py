@@ -28,8 +28,8 @@ import yaml
 from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from e2e.master_harness import STARTER_RULES, nats_client
-from e2e.process_fleet import (
+from harness.master import STARTER_RULES, nats_client
+from harness.processes import (
     TIMEOUT_S,
     Procs,
     fleet_matches,

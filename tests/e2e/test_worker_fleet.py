@@ -20,8 +20,8 @@ import yaml
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
-from e2e.master_harness import STARTER_RULES, nats_client
-from e2e.process_fleet import Procs, status_feed, until
+from harness.master import STARTER_RULES, nats_client
+from harness.processes import Procs, status_feed, until
 from ttp_core.contract import subjects
 from ttp_core.contract.payloads import RulesetRevision, decode
 from ttp_worker.rulebook import RuleBook, RuleChange, decode_rule_message

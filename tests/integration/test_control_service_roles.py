@@ -13,7 +13,7 @@ from typing import Any
 
 import nats
 
-from e2e.master_harness import service_roles
+from harness.master import service_roles
 from ttp_core.contract import subjects
 from ttp_core.contract.payloads import RulesetRevision
 from ttp_master.control_service import STANDBY_REPLY_DELAY_S, ControlService, LeaderTerm

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from e2e.master_harness import (
+from harness.master import (
     BusRecorder,
     Markers,
     check_reloaded,

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from nats.js.client import JetStreamContext
 
-from e2e.master_harness import (
+from harness.master import (
     BusRecorder,
     Markers,
     Seen,

@@ -6,7 +6,7 @@ the way real tools do, and observes like a third party: every message on ``ttp.>
 subscription) plus the tables in PostgreSQL and the last message per subject in TTP_RULES.
 
 "Exactly one event" is proved, not waited out: :meth:`Markers.observe` brackets an edit with
-two marker rules and returns everything published in between (see `e2e.master_harness`).
+two marker rules and returns everything published in between (see `harness.master`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from nats.aio.client import Client
 
-from e2e.master_harness import (
+from harness.master import (
     BusRecorder,
     Markers,
     Seen,

@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind
 from test_worker_flow import running_worker
 
-from e2e.master_harness import install, master_settings, running_master, with_version
+from harness.master import install, master_settings, running_master, with_version
 from ttp_runtime.tracing import MESSAGING_DESTINATION_NAME
 
 TIMEOUT_S = 30.0

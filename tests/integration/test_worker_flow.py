@@ -23,7 +23,7 @@ from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
-from e2e.master_harness import install, nats_client, rule_text, running_master, with_version
+from harness.master import install, nats_client, rule_text, running_master, with_version
 from ttp_core.contract import subjects
 from ttp_core.contract.payloads import (
     MASTER_SOURCE,
@@ -230,7 +230,7 @@ class Rig:
     js: JetStreamContext
 
     def master(self) -> Any:
-        from e2e.master_harness import master_settings
+        from harness.master import master_settings
 
         return running_master(master_settings(self.nats_url, self.database_url, self.rules))
 

@@ -25,7 +25,7 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from e2e.master_harness import STARTER_RULES
+from harness.master import STARTER_RULES
 from ttp_core.contract import subjects
 
 BIN = Path(sys.executable).parent
