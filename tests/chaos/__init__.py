@@ -1,0 +1,1 @@
+"""Chaos tier: real processes and servers, faults injected from outside, no loss allowed."""

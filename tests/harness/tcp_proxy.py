@@ -1,0 +1,149 @@
+"""A loopback TCP proxy that a test can cut and restore, to take a server away from one client.
+
+Killing a server takes it from every client at once and loses what it held in memory; a proxy
+between one process and the server takes it away from that process alone, with the server's
+state intact, like a broken network path:
+
+    with TcpProxy("127.0.0.1", 5432) as proxy:
+        url = f"postgresql://...@127.0.0.1:{proxy.port}/db"   # give this to the process
+        proxy.cut()       # every connection is reset, new ones are refused
+        proxy.restore()   # connections are accepted (and forwarded) again
+
+The proxy runs its own asyncio loop in a daemon thread, so it keeps forwarding while the
+test's loop is busy, and it works the same from synchronous code (bench scripts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+import threading
+from collections.abc import Coroutine
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from ttp_runtime.embedded import free_port
+
+_T = TypeVar("_T")
+_CHUNK = 64 * 1024
+_CALL_TIMEOUT_S = 10.0
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:`port` to `target_host`:`target_port` until cut."""
+
+    def __init__(self, target_host: str, target_port: int, port: int | None = None) -> None:
+        self.target_host = target_host
+        self.target_port = target_port
+        self.port = port if port is not None else free_port()
+        self.connections_accepted = 0
+        self.cuts = 0
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    # ---------------------------------------------------------------- public surface
+
+    def start(self) -> Self:
+        """Start forwarding; returns self."""
+        self._thread.start()
+        self._call(self._listen())
+        return self
+
+    @property
+    def is_cut(self) -> bool:
+        """True between `cut()` and `restore()`."""
+        return self._server is None
+
+    def cut(self) -> None:
+        """Reset every open connection and refuse new ones (the port stops listening)."""
+        self._call(self._cut())
+
+    def restore(self) -> None:
+        """Listen again on the same port; new connections are forwarded."""
+        self._call(self._listen())
+
+    def close(self) -> None:
+        """Cut, then stop the proxy's thread."""
+        if not self._thread.is_alive():
+            return
+        with contextlib.suppress(Exception):
+            self._call(self._cut())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(_CALL_TIMEOUT_S)
+        self._loop.close()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # ---------------------------------------------------------------- the proxy's loop
+
+    def _call(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(_CALL_TIMEOUT_S)
+
+    async def _listen(self) -> None:
+        if self._server is None:
+            self._server = await asyncio.start_server(
+                self._accept, "127.0.0.1", self.port, reuse_address=True
+            )
+
+    async def _cut(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            self.cuts += 1
+            server.close()
+        for writer in list(self._writers):
+            _reset(writer)
+        self._writers.clear()
+
+    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if self._server is None:  # accepted in the instant before a cut
+            _reset(client_w)
+            return
+        try:
+            server_r, server_w = await asyncio.open_connection(self.target_host, self.target_port)
+        except OSError:
+            _reset(client_w)
+            return
+        self.connections_accepted += 1
+        self._writers.update((client_w, server_w))
+        try:
+            await asyncio.gather(_pump(client_r, server_w), _pump(server_r, client_w))
+        finally:
+            for writer in (client_w, server_w):
+                self._writers.discard(writer)
+                writer.close()
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy bytes one way until either side ends; then close the other side's write half."""
+    try:
+        while data := await reader.read(_CHUNK):
+            writer.write(data)
+            await writer.drain()
+    except (OSError, asyncio.IncompleteReadError):
+        pass
+    finally:
+        with contextlib.suppress(OSError):
+            if writer.can_write_eof() and not writer.is_closing():
+                writer.write_eof()
+
+
+def _reset(writer: asyncio.StreamWriter) -> None:
+    """Close with RST rather than FIN, as a broken path looks to the peer."""
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.transport.abort()
