@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,14 +53,11 @@ class NatsPublisher:
         self._nc = nc
         self._js = js
         self.lock = asyncio.Lock()
-        self.crash_after_publish = False
 
     async def publish_stream(
         self, subject: str, payload: bytes, msg_id: str, headers: dict[str, str]
     ) -> None:
         await publish_js(self._js, subject, payload, msg_id, headers)
-        if self.crash_after_publish and subject != subjects.RULESET_REVISION:
-            _crash("exit-after-publish")
 
     async def publish_core(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
         await self._nc.publish(subject, payload, headers=inject_headers(headers))
@@ -190,8 +186,6 @@ class Master:
                 await self._sync(sync, None, "startup")
                 async with publisher.lock:
                     metrics.REPUBLISHED.inc(await guard.repair())
-                # Armed only now: the startup reconcile and repair publish normally.
-                publisher.crash_after_publish = settings.fault_injection == "exit-after-publish"
                 tasks = [
                     asyncio.create_task(leader.watch(term_stop), name="leader-watch"),
                     asyncio.create_task(relay.run(term_stop), name="outbox-relay"),
@@ -244,10 +238,7 @@ class Master:
             # Some editors move the old file away before writing the new one; give them
             # a moment so a save is not published as a delete followed by a re-add.
             await asyncio.sleep(self.settings.delete_grace_ms / 1000)
-        result = await self._sync(sync, paths, batch.reason)
-        if result.changed and self.settings.fault_injection == "exit-after-commit":
-            _crash("exit-after-commit")
-        return result
+        return await self._sync(sync, paths, batch.reason)
 
     async def _sync(self, sync: RuleSync, paths: frozenset[Path] | None, reason: str) -> SyncResult:
         started = time.perf_counter()
@@ -322,13 +313,6 @@ class Master:
     def _observe_relay(self, batch: RelayBatch) -> None:
         metrics.PUBLISH_LAG.observe(batch.lag_seconds)
         metrics.REVISION.set(batch.last_revision)
-
-
-def _crash(point: str) -> None:
-    """Die at once, as a killed process would (fault injection for tests only)."""
-    _log.critical("fault injection %s: exiting without cleanup", point)
-    logging.shutdown()
-    os._exit(137)
 
 
 def run(settings: MasterSettings | None = None) -> int:

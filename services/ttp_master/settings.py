@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field
 
@@ -38,12 +37,4 @@ class MasterSettings(ServiceSettings):
     )
     leader_lock_key: int = Field(
         default=0x7474_7072, description="PostgreSQL advisory lock key held by the leader."
-    )
-    fault_injection: Literal["", "exit-after-commit", "exit-after-publish"] = Field(
-        default="",
-        description=(
-            "Test only: kill the process (exit 137, no cleanup) right after the first "
-            "watcher batch commits, or right after the relay's first PubAck, to prove the "
-            "outbox loses and duplicates nothing."
-        ),
     )

@@ -1,6 +1,9 @@
-"""`ttp-master` as real processes (issue 3): crashes between commit and publish and right
-after publish lose and duplicate nothing, two masters elect one leader and fail over on
-`kill -9`, SIGTERM exits 0 promptly, `ttp-master migrate` is safe to run concurrently.
+"""`ttp-master` as real processes: crashes between commit and publish and right after
+publish lose and duplicate nothing, two masters elect one leader and fail over on `kill -9`,
+SIGTERM exits 0 promptly, `ttp-master migrate` is safe to run concurrently.
+
+The crashes are injected from outside: the master reaches NATS or PostgreSQL through a
+`TcpProxy` that the test cuts at the right moment, then the test sends SIGKILL.
 
 Every process is configured only through `TTP_*` variables, serves /readyz on a port of
 its own, and writes its JSON log to a file in the test's tmp_path (shown when a test
@@ -13,13 +16,16 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +46,7 @@ from harness.master import (
     wait_until,
     with_version,
 )
+from harness.tcp_proxy import TcpProxy
 from ttp_core.contract import subjects
 from ttp_runtime.embedded import free_port
 
@@ -50,7 +57,8 @@ SIGTERM_BUDGET_S = 10.0
 """SPEC section 7: SIGTERM drains and exits 0 within 10 s."""
 TAKEOVER_TIMEOUT_S = 30.0
 """Generous; the standby polls the lock every second (issue 3 asks for < 5 s)."""
-CRASH_EXIT_CODE = 137
+PUBACK_OF_RULES = re.compile(rb'\{"stream":\s*"' + subjects.STREAM_RULES.encode() + rb'",\s*"seq"')
+"""The start of a JetStream PubAck from TTP_RULES, as it crosses the wire to the master."""
 
 
 @dataclass
@@ -123,32 +131,36 @@ class Launcher:
     logs: Path
     started: list[MasterProcess] = field(default_factory=list)
 
-    def environment(self, port: int, fault: str) -> dict[str, str]:
+    def environment(
+        self, port: int, nats_url: str | None = None, database_url: str | None = None
+    ) -> dict[str, str]:
         env = {
             k: v
             for k, v in os.environ.items()
             if not k.startswith(("TTP_", "OTEL_"))  # hermetic: only what the test sets
         }
         env.update(
-            TTP_NATS_URL=self.nats_url,
-            TTP_DATABASE_URL=self.database_url,
+            TTP_NATS_URL=nats_url or self.nats_url,
+            TTP_DATABASE_URL=database_url or self.database_url,
             TTP_RULES_DIR=str(self.rules),
             TTP_HTTP_HOST="127.0.0.1",
             TTP_HTTP_PORT=str(port),
             TTP_DEBOUNCE_MS="30",
             TTP_LOG_FORMAT="json",
-            TTP_FAULT_INJECTION=fault,
             TTP_SECRETS_DIR=str(self.logs / "no-secrets"),
         )
         return env
 
-    def start(self, name: str, *, fault: str = "") -> MasterProcess:
+    def start(
+        self, name: str, *, nats_url: str | None = None, database_url: str | None = None
+    ) -> MasterProcess:
+        """A master; `nats_url` / `database_url` replace the servers' (to go through a proxy)."""
         port = free_port()
         log = self.logs / f"{name}.log"
         with log.open("ab") as out:
             proc = subprocess.Popen(
                 [str(MASTER_BIN)],
-                env=self.environment(port, fault),
+                env=self.environment(port, nats_url, database_url),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -209,6 +221,27 @@ async def event_row(dsn: str, rule_id: str, version: int) -> dict[str, Any] | No
     return None
 
 
+def proxy_to(url: str, default_port: int) -> TcpProxy:
+    """A started `TcpProxy` to the server of `url`."""
+    parts = urllib.parse.urlsplit(url)
+    return TcpProxy(parts.hostname or "127.0.0.1", parts.port or default_port).start()
+
+
+def via(url: str, proxy: TcpProxy) -> str:
+    """`url` with its host and port replaced by the proxy's."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = f"127.0.0.1:{proxy.port}"
+    if parts.username:
+        password = f":{parts.password}" if parts.password else ""
+        netloc = f"{parts.username}{password}@{netloc}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+async def kill_9(process: MasterProcess) -> None:
+    os.kill(process.pid, signal.SIGKILL)
+    await wait_exit_code(process, -signal.SIGKILL, EXIT_TIMEOUT_S)
+
+
 async def sigterm(process: MasterProcess) -> None:
     """SIGTERM: the process must exit 0 within the SPEC's 10 s."""
     process.proc.send_signal(signal.SIGTERM)
@@ -241,16 +274,22 @@ async def test_crash_between_commit_and_publish_publishes_exactly_once(
 ) -> None:
     placed = install(launcher.rules, ["R0001", "R0023"])
     path = placed["R0023"]
-    crashing = launcher.start("crash-after-commit", fault="exit-after-commit")
-    await crashing.wait_readyz(200)  # the startup reconcile does not trigger the hook
-    js = bus.nc.jetstream()
-    stored = await StoredLog(js).start()  # sees every message TTP_RULES stores from now
-    before = await stream_last(js, subjects.rule_reloaded("R0023"))
-    assert before is not None
+    with proxy_to(launcher.nats_url, 4222) as nats_path:
+        crashing = launcher.start("crash-after-commit", nats_url=via(launcher.nats_url, nats_path))
+        await crashing.wait_readyz(200)  # the startup reconcile is published
+        js = bus.nc.jetstream()
+        stored = await StoredLog(js).start()  # sees every message TTP_RULES stores from now
+        before = await stream_last(js, subjects.rule_reloaded("R0023"))
+        assert before is not None
 
-    path.write_text(with_version(rule_text("R0023"), 2))
-    await wait_exit_code(crashing, CRASH_EXIT_CODE, EXIT_TIMEOUT_S)
-    # Committed (rule and outbox row in one transaction), not published.
+        # The master loses NATS; the edit commits (rule and outbox row in one transaction)
+        # and cannot be published; then the process dies.
+        nats_path.cut()
+        path.write_text(with_version(rule_text("R0023"), 2))
+        await wait_until(
+            lambda: _committed(database_dsn, "R0023", 2), "the edit to commit", EXIT_TIMEOUT_S
+        )
+        await kill_9(crashing)
     row = await event_row(database_dsn, "R0023", 2)
     assert row is not None and row["published_at"] is None
     assert (await db_rules(database_dsn))["R0023"]["revision"] == row["revision"]
@@ -294,12 +333,31 @@ async def test_crash_after_publish_is_deduplicated(
     await first.wait_readyz(200)
     await sigterm(first)
 
-    crashing = launcher.start("crash-after-publish", fault="exit-after-publish")
-    await crashing.wait_readyz(200)
     js = bus.nc.jetstream()
-    stored = await StoredLog(js).start()
-    path.write_text(with_version(rule_text("R0023"), 2))
-    await wait_exit_code(crashing, CRASH_EXIT_CODE, EXIT_TIMEOUT_S)
+    with (
+        proxy_to(launcher.nats_url, 4222) as nats_path,
+        proxy_to(launcher.database_url, 5432) as db_path,
+    ):
+        crashing = launcher.start(
+            "crash-after-publish",
+            nats_url=via(launcher.nats_url, nats_path),
+            database_url=via(launcher.database_url, db_path),
+        )
+        await crashing.wait_readyz(200)
+        stored = await StoredLog(js).start()
+        # The master loses PostgreSQL in the instant the PubAck of the edit's event reaches
+        # it, so it cannot mark the row published; then the process dies.
+        acked = threading.Event()
+
+        def cut_db_on_puback(data: bytes) -> None:
+            if not acked.is_set() and PUBACK_OF_RULES.search(data):
+                db_path.cut()
+                acked.set()
+
+        nats_path.on_reply = cut_db_on_puback
+        path.write_text(with_version(rule_text("R0023"), 2))
+        await wait_until(_is_set(acked), "the PubAck of the edit's event", EXIT_TIMEOUT_S)
+        await kill_9(crashing)
     # Published (the PubAck came back) but the crash came before it was marked published.
     row = await event_row(database_dsn, "R0023", 2)
     assert row is not None and row["published_at"] is None
@@ -373,6 +431,17 @@ async def test_two_processes_one_leader_and_failover_on_kill(
     await sigterm(second)
 
 
+async def _committed(dsn: str, rule_id: str, version: int) -> bool:
+    return await event_row(dsn, rule_id, version) is not None
+
+
+def _is_set(event: threading.Event) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return event.is_set()
+
+    return check
+
+
 async def _published(dsn: str, rule_id: str, version: int) -> bool:
     row = await event_row(dsn, rule_id, version)
     return row is not None and row["published_at"] is not None
@@ -389,7 +458,7 @@ def test_migrate_command_runs_concurrently(launcher: Launcher, database_url: str
     procs = [
         subprocess.Popen(
             [str(MASTER_BIN), "migrate"],
-            env=launcher.environment(free_port(), ""),
+            env=launcher.environment(free_port()),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )

@@ -9,6 +9,9 @@ state intact, like a broken network path:
         proxy.cut()       # every connection is reset, new ones are refused
         proxy.restore()   # connections are accepted (and forwarded) again
 
+`on_reply`, when set, sees every chunk the server sends before the client gets it; a test can
+act at an exact point of a protocol exchange there (cut another proxy before a reply arrives).
+
 The proxy runs its own asyncio loop in a daemon thread, so it keeps forwarding while the
 test's loop is busy, and it works the same from synchronous code (bench scripts).
 """
@@ -20,7 +23,7 @@ import contextlib
 import socket
 import struct
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -44,13 +47,16 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self.on_reply: Callable[[bytes], None] | None = None
+        """Called in the proxy's thread with each server -> client chunk, before forwarding."""
 
     # ---------------------------------------------------------------- public surface
 
     def start(self) -> Self:
-        """Start forwarding; returns self."""
-        self._thread.start()
-        self._call(self._listen())
+        """Start forwarding (once; later calls do nothing); returns self."""
+        if not self._thread.is_alive():
+            self._thread.start()
+            self._call(self._listen())
         return self
 
     @property
@@ -119,17 +125,29 @@ class TcpProxy:
         self.connections_accepted += 1
         self._writers.update((client_w, server_w))
         try:
-            await asyncio.gather(_pump(client_r, server_w), _pump(server_r, client_w))
+            await asyncio.gather(
+                _pump(client_r, server_w, lambda _: None),
+                _pump(server_r, client_w, self._tap),
+            )
         finally:
             for writer in (client_w, server_w):
                 self._writers.discard(writer)
                 writer.close()
 
+    def _tap(self, data: bytes) -> None:
+        if self.on_reply is not None:
+            self.on_reply(data)
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+
+async def _pump(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tap: Callable[[bytes], None]
+) -> None:
     """Copy bytes one way until either side ends; then close the other side's write half."""
     try:
         while data := await reader.read(_CHUNK):
+            tap(data)
+            if writer.is_closing():  # cut by the tap
+                return
             writer.write(data)
             await writer.drain()
     except (OSError, asyncio.IncompleteReadError):
