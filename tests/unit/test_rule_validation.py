@@ -776,3 +776,117 @@ def test_malformed_lifter_kind_is_a_schema_error(validator: RuleValidator) -> No
     text = with_line(7, "  kind: beaconing", without_lines({8, 15, 16, 17, 18, 19}))
     error = only_error(check(validator, text))
     assert at(error) == (7, 9)
+
+
+# --- text PostgreSQL, UTF-8 or JSON cannot hold ------------------------------------------
+
+
+def test_nul_escape_in_name_is_an_error_at_the_name(validator: RuleValidator) -> None:
+    error = only_error(check(validator, with_line(3, 'name: "unix\\0shell"')))
+    assert error.code == "text-nul"
+    assert at(error) == (3, 7)
+    assert "NUL" in error.message and "PostgreSQL" in error.message
+
+
+@pytest.mark.parametrize("escape", ["\\0", "\\x00", "\\u0000"])
+def test_nul_in_an_inline_test_event_is_an_error_at_that_value(
+    validator: RuleValidator, escape: str
+) -> None:
+    text = with_line(16, f'  - event: {{command_text: "bash -i{escape}"}}')
+    error = only_error(check(validator, text))
+    assert error.code == "text-nul"
+    assert error.message.startswith("tests[0].event.command_text contains a NUL")
+    assert at(error) == (16, 27)
+
+
+def test_nul_in_a_mapping_key_is_an_error_at_the_key(validator: RuleValidator) -> None:
+    text = with_line(16, '  - event: {"command\\0text": "bash -i"}')
+    error = only_error(check(validator, text))
+    assert error.code == "text-nul"
+    assert error.message.startswith("key 'command\\x00text' in tests[0].event contains a NUL")
+    assert at(error) == (16, 13)
+
+
+def test_nul_in_an_ignored_unknown_key_is_still_an_error(validator: RuleValidator) -> None:
+    report = check(validator, SPEC_RULE + 'notes: "a\\0b"\n')
+    assert [(d.code, at(d)) for d in report.errors] == [("text-nul", (20, 8))]
+    assert [d.code for d in report.warnings] == ["unknown-key"]
+
+
+@pytest.mark.parametrize(
+    ("line", "new", "where", "position"),
+    [
+        (4, 'description: "x\\ud800"', "description", (4, 14)),
+        (7, '  field: "command\\udfff_text"', "match.field", (7, 10)),
+        (14, 'evidence_fields: ["\\udc80"]', "evidence_fields[0]", (14, 19)),
+        (17, '    expect: "fire\\ud83d"', "tests[0].expect", (17, 13)),
+    ],
+)
+def test_lone_surrogate_anywhere_is_an_error_at_the_value(
+    validator: RuleValidator, line: int, new: str, where: str, position: tuple[int, int]
+) -> None:
+    error = only_error(check(validator, with_line(line, new)))
+    assert error.code == "text-surrogate"
+    assert error.message.startswith(f"{where} contains a lone surrogate U+")
+    assert at(error) == position
+
+
+def test_surrogate_pair_escape_is_the_character_it_spells(validator: RuleValidator) -> None:
+    escaped = check(validator, with_line(4, 'description: "shell \\ud83d\\ude00"'))
+    literal = check(validator, with_line(4, "description: shell \U0001f600"))
+    assert escaped.ok and literal.ok
+    assert escaped.rule is not None and escaped.rule.description == "shell \U0001f600"
+    assert escaped.content_sha256 == literal.content_sha256
+
+
+def test_description_longer_than_the_cap_is_an_error(validator: RuleValidator) -> None:
+    error = only_error(check(validator, with_line(4, "description: " + "d" * 4001)))
+    assert error.message == "description is 4,001 characters long; at most 4,000 characters"
+    assert at(error) == (4, 14)
+
+
+def test_name_longer_than_the_cap_is_an_error(validator: RuleValidator) -> None:
+    error = only_error(check(validator, with_line(3, "name: " + "n" * 201)))
+    assert error.message == "name is 201 characters long; at most 200 characters"
+
+
+def test_huge_string_in_a_test_event_is_an_error(validator: RuleValidator) -> None:
+    text = with_line(18, "  - event: {command_text: " + "x" * 65_537 + "}")
+    error = only_error(check(validator, text))
+    assert error.code == "text-too-long"
+    assert error.message == (
+        "tests[1].event.command_text is 65,537 characters long; text in a rule is at most 65,536"
+    )
+    assert at(error) == (18, 27)
+
+
+def test_huge_list_in_a_test_event_is_an_error(validator: RuleValidator) -> None:
+    items = ", ".join(["1"] * 1001)
+    error = only_error(check(validator, with_line(18, f"  - event: {{argv: [{items}]}}")))
+    assert error.code == "list-too-long"
+    assert error.message == (
+        "tests[1].event.argv has 1,001 items; lists in a rule hold at most 1,000"
+    )
+    assert at(error) == (18, 19)
+
+
+def test_aliased_text_that_expands_past_the_cap_is_an_error(validator: RuleValidator) -> None:
+    # 60,000 characters written once, referenced 20 times: 1.2 M characters of JSON.
+    big = "y" * 60_000
+    refs = ", ".join(["*big"] * 20)
+    text = with_line(18, f"  - event: {{a: &big {big}, b: [{refs}]}}")
+    error = only_error(check(validator, text))
+    assert error.code == "too-large"
+    assert "aliases" in error.message
+
+
+def test_every_valid_rule_is_storable_text(validator: RuleValidator) -> None:
+    """What validation accepts encodes as UTF-8 and holds no NUL: PostgreSQL takes it."""
+    import json
+
+    for escape in ("\\u00e9", "\\U0001F600", "\\ud83d\\ude00", "\\t", "\\x7f"):
+        report = check(validator, with_line(4, f'description: "a{escape}b"'))
+        assert report.ok, [str(d) for d in report.diagnostics]
+        assert report.rule is not None
+        encoded = json.dumps(report.rule.normalised(), ensure_ascii=False).encode("utf-8")
+        assert b"\x00" not in encoded and b"\\u0000" not in encoded

@@ -44,6 +44,8 @@ FieldPath = Annotated[StrictStr, Field(pattern=FIELD_PATH_PATTERN, max_length=25
 # Operand sizes are capped: RE2's cost grows with pattern length times input length, and
 # no rule may make one event expensive enough to stall a worker.
 MAX_OPERAND: Final = 1024
+MAX_NAME: Final = 200
+MAX_DESCRIPTION: Final = 4000
 Operand = Annotated[StrictStr, Field(min_length=1, max_length=MAX_OPERAND)]
 Scalar = Annotated[StrictStr, Field(max_length=MAX_OPERAND)] | StrictInt | StrictFloat | StrictBool
 Number = StrictInt | StrictFloat
@@ -202,8 +204,8 @@ class Rule(BaseModel):
 
     rule_id: Token
     rule_version: Annotated[StrictInt, Field(ge=1)]
-    name: Annotated[StrictStr, Field(min_length=1, max_length=200)]
-    description: StrictStr | None = None
+    name: Annotated[StrictStr, Field(min_length=1, max_length=MAX_NAME)]
+    description: Annotated[StrictStr, Field(max_length=MAX_DESCRIPTION)] | None = None
     applies_to: Annotated[list[Token], Field(min_length=1, max_length=64)]
     match: RuleMatch
     emits: Annotated[list[Emit], Field(min_length=1, max_length=64)]

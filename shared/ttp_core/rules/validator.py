@@ -21,6 +21,7 @@ from ttp_core.engine.compiler import CompiledRule, CompileError, compile_rule
 from ttp_core.engine.index import RuleIndex
 from ttp_core.rules.diagnostics import Diagnostic, Severity
 from ttp_core.rules.model import RULE_KEYS, AllOf, AnyOf, Emit, InlineTest, Leaf, NotOf, Rule
+from ttp_core.rules.text_checks import text_problems
 from ttp_core.rules.yaml_source import (
     MAX_FILE_BYTES,
     LocatedDocument,
@@ -267,6 +268,10 @@ class _Check:
             )
             return self.report()
         self._unknown_keys(data)
+        if self._text(data):
+            # A NUL or a lone surrogate would break the compiler and the inline tests as it
+            # breaks PostgreSQL: the file is reported for its text alone.
+            return self.report()
         try:
             rule = Rule.model_validate(data)
         except ValidationError as exc:
@@ -305,6 +310,13 @@ class _Check:
             )
         tests = self._inline_tests(rule, compiled)
         return self.report(rule, compiled, tests)
+
+    def _text(self, data: dict[Any, Any]) -> bool:
+        found = False
+        for problem in text_problems(data):
+            self.add(problem.path, problem.message, problem.code, key=problem.key)
+            found = True
+        return found
 
     def _unknown_keys(self, data: dict[Any, Any]) -> None:
         for key in data:
@@ -472,6 +484,9 @@ def _schema_message(kind: str, label: str, value: Any, ctx: dict[str, Any], fall
             return f"{label} must not be empty"
         word = "at least" if kind == "too_short" else "at most"
         return f"{label} must have {word} {bound} item(s) or character(s)"
+    if kind == "string_too_long":
+        length = f"{len(value):,} characters long" if isinstance(value, str) else "too long"
+        return f"{label} is {length}; at most {ctx.get('max_length'):,} characters"
     comparisons = {
         "greater_than": ">",
         "greater_than_equal": ">=",

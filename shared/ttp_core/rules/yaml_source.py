@@ -9,6 +9,7 @@ expansion, duplicate keys reported, and a 1-based (line, column) for every path.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -33,6 +34,7 @@ _SCALAR_TAGS: Final = frozenset(
         "tag:yaml.org,2002:timestamp",
     }
 )
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 _COLLECTION_TAGS: Final = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 
 
@@ -259,6 +261,13 @@ class _DocumentBuilder:
                     f"invalid {tag.rsplit(':', 1)[-1]} value {event.value!r}: {exc}",
                     "yaml-syntax",
                 ) from None
+            if isinstance(value, str) and _SURROGATE.search(value):
+                # "\ud83d\ude00" is how JSON and YAML 1.2 spell one astral character; PyYAML
+                # keeps the two halves. Pairs are joined here; a lone half stays, and the
+                # validator rejects it (not a character, not encodable as UTF-8).
+                value = value.encode("utf-16-le", "surrogatepass").decode(
+                    "utf-16-le", "surrogatepass"
+                )
             if isinstance(value, float) and not math.isfinite(value):
                 # Rules are hashed and published as JSON, which has no inf/nan.
                 message = f"{event.value!r} is not a finite number"
