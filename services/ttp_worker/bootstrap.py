@@ -194,6 +194,7 @@ class Worker:
                 max_ack_pending=settings.max_ack_pending,
                 max_event_bytes=settings.max_event_bytes,
                 deadletter_text_cap=settings.deadletter_text_cap,
+                max_deliveries=settings.max_deliveries,
             )
             self.status = StatusPublisher(
                 nc, settings.worker_id, self._facts, settings.status_interval_s

@@ -1,11 +1,20 @@
-"""Tag honeypot events from TTP_EVENTS into TTP_TAGS (SPEC section 4, issue 4 item 3).
+"""Tag honeypot events from TTP_EVENTS into TTP_TAGS (see docs/operations.md, "Events").
 
 All workers pull from one shared durable consumer, so each event goes to one worker. Per
 fetched batch: every event is parsed and evaluated on the index reference taken once for that
 event, the tag (or dead-letter) publishes of the whole batch are awaited concurrently, and
-each event is acked only after its own publish was acked. A failed publish naks the event
-(redelivered later; the tag message id is the same, so TTP_TAGS keeps one copy). A worker
-killed mid-batch leaves its events unacked: they are redelivered after `ack_wait`.
+each event is acked only after its own publish was acked.
+
+Every event ends as a tag, a no-match ack or a dead letter, on its own:
+
+- anything that goes wrong while evaluating one event or building its message dead-letters
+  that event (`evaluation_error`) and the rest of its batch carries on;
+- a failed publish is retried in place (the event is kept with `in_progress`, which does not
+  count as a delivery) until it succeeds or the worker stops, so an outage of the tag stream
+  holds the batch rather than burning through its deliveries;
+- an event is delivered again only when a worker died or stopped while holding it; one that
+  arrives for the `max_deliveries + 1`-th time is dead-lettered (`max_deliveries`) without
+  being processed again, so an event that kills every worker that takes it stops doing so.
 """
 
 from __future__ import annotations
@@ -28,7 +37,9 @@ from nats.js.client import JetStreamContext
 from opentelemetry.trace import Span, StatusCode
 
 from ttp_core.contract import subjects
+from ttp_core.contract.events import DeadLetterReason, MalformedEventError
 from ttp_core.contract.payloads import worker_source
+from ttp_core.engine.tags import Tag
 from ttp_runtime.nats import MSG_ID_HEADER
 from ttp_runtime.tracing import (
     get_tracer,
@@ -39,7 +50,6 @@ from ttp_runtime.tracing import (
 )
 from ttp_worker import metrics
 from ttp_worker.events import (
-    MalformedEventError,
     Outgoing,
     cloudevents_time,
     deadletter_message,
@@ -52,6 +62,10 @@ _log = logging.getLogger(__name__)
 
 _PUBLISH_TIMEOUT_S: Final = 5.0
 _NAK_DELAY_S: Final = 1.0
+# Pauses between attempts to publish a batch's messages again (the last one repeats).
+_RETRY_PAUSES_S: Final = (0.25, 0.5, 1.0, 2.0)
+_ERROR_TEXT_CAP: Final = 500
+_DEFAULT_MAX_PAYLOAD: Final = 1024 * 1024
 _ERROR_PAUSE_S: Final = 0.5
 # How long a fetch waits for more events once one is in hand.
 _TOP_UP_S: Final = 0.02
@@ -79,6 +93,8 @@ class _Item:
     span: Span | None = None
     """The tag publish's PRODUCER span, for events that arrived with a trace context."""
     headers: dict[str, str] | None = None
+    kind: str | None = None
+    """The event's source kind once parsed."""
 
 
 class EventConsumer:
@@ -98,6 +114,7 @@ class EventConsumer:
         max_ack_pending: int = 20_000,
         max_event_bytes: int = 1024 * 1024,
         deadletter_text_cap: int = 64 * 1024,
+        max_deliveries: int = 5,
         on_batch: Callable[[int], None] | None = None,
     ) -> None:
         self._nc = nc
@@ -112,8 +129,10 @@ class EventConsumer:
         self._max_ack_pending = max_ack_pending
         self._max_event_bytes = max_event_bytes
         self._text_cap = deadletter_text_cap
+        self._max_deliveries = max_deliveries
         self._on_batch = on_batch
         self._sub: Any = None
+        self._stop: asyncio.Event | None = None
         self.stats = EventStats()
 
     def consumer_config(self) -> ConsumerConfig:
@@ -133,6 +152,30 @@ class EventConsumer:
             stream=subjects.STREAM_EVENTS,
             config=self.consumer_config(),
         )
+        await self._respect_server_limit()
+
+    async def _respect_server_limit(self) -> None:
+        """Dead-letter no later than the consumer's own `max_deliver`, if it has one.
+
+        The worker creates the consumer without one (it counts deliveries itself, see the
+        module docstring). A consumer made by hand or by other tooling may have one: the
+        server then never delivers an event again after that many deliveries, so the last of
+        them must be the one that dead-letters it, or it would be dropped silently.
+        """
+        with contextlib.suppress(Exception):
+            info = await self._js.consumer_info(subjects.STREAM_EVENTS, self._consumer_name)
+            server_limit = info.config.max_deliver or -1
+            # With 1, every delivery is the last: dead-lettering it would tag nothing.
+            if server_limit >= 2 and server_limit - 1 < self._max_deliveries:
+                _log.warning(
+                    "the consumer %s has max_deliver=%d: events are dead-lettered after %d"
+                    " deliveries instead of %d",
+                    self._consumer_name,
+                    server_limit,
+                    server_limit - 1,
+                    self._max_deliveries,
+                )
+                self._max_deliveries = server_limit - 1
 
     def resubscribe(self) -> None:
         """Bind the consumer again before the next fetch (after a NATS restart)."""
@@ -140,6 +183,7 @@ class EventConsumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch, tag, publish, ack until `stop` is set; the batch in hand is finished first."""
+        self._stop = stop
         while not stop.is_set():
             try:
                 if self._sub is None:
@@ -163,7 +207,8 @@ class EventConsumer:
                 try:
                     await self.process(msgs)
                 except Exception:
-                    # Whatever was not acked is redelivered after ack_wait: nothing is lost.
+                    # Not expected (each event is isolated); whatever was not acked is
+                    # redelivered after ack_wait: nothing is lost.
                     _log.exception("event batch failed; unacked events will be redelivered")
         if self._sub is not None:
             await self._release_leftovers()
@@ -228,21 +273,8 @@ class EventConsumer:
             items, counts = self._evaluate(msgs)
             headers = inject_headers()
             waiting = [item for item in items if item.out is not None]
-            failures = await self._publish_all(waiting, headers)
-            for item in items:
-                if item.published:
-                    await item.msg.ack()
-                else:
-                    with contextlib.suppress(Exception):
-                        await item.msg.nak(delay=_NAK_DELAY_S)
-            failed = len(failures)
-            if failed:
-                metrics.PUBLISH_FAILURES.inc(failed)
-                _log.warning(
-                    "publishing failed for %d events; they will be redelivered",
-                    failed,
-                    extra={"error": repr(failures[0])},
-                )
+            failed = await self._publish_until_done(waiting, headers)
+            await self._settle(items)
             known = self._current().kinds
             for (kind, outcome), count in counts.items():
                 # Kinds no rule applies to come from producers, not from us: one label for
@@ -260,74 +292,208 @@ class EventConsumer:
             extra={"events": len(msgs), "ms": round((time.perf_counter() - started) * 1000, 3)},
         )
 
+    async def _publish_until_done(self, items: list[_Item], headers: dict[str, str]) -> int:
+        """Publish the items' messages; retry the failed ones in place until the worker stops.
+
+        Between attempts each held event gets `in_progress` (its ack timer restarts, and the
+        server does not count it as a new delivery), so an outage of TTP_TAGS never pushes
+        events towards their delivery limit. Returns how many publishes failed in all.
+        """
+        failures = await self._publish_all(items, headers)
+        failed = len(failures)
+        attempt = 0
+        while failures:
+            metrics.PUBLISH_FAILURES.inc(len(failures))
+            stop = self._stop
+            if stop is None or stop.is_set():
+                break
+            if attempt == 0 or attempt % 10 == 0:
+                _log.warning(
+                    "publishing failed for %d events; retrying (attempt %d)",
+                    len(failures),
+                    attempt + 1,
+                    extra={"error": repr(failures[0])},
+                )
+            pause = _RETRY_PAUSES_S[min(attempt, len(_RETRY_PAUSES_S) - 1)]
+            attempt += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), pause)
+            if stop.is_set():
+                break
+            pending = [item for item in items if not item.published]
+            for item in pending:
+                item.published = True
+                with contextlib.suppress(Exception):
+                    await item.msg.in_progress()
+            failures = await self._publish_all(pending, headers)
+            failed += len(failures)
+        if attempt and not failures:
+            _log.info("publishing succeeded after %d retries", attempt)
+        return failed
+
+    async def _settle(self, items: list[_Item]) -> None:
+        """Ack what was published; give back (nak) what was not, for another worker."""
+        lost = 0
+        for item in items:
+            try:
+                if item.published:
+                    await item.msg.ack()
+                else:
+                    await item.msg.nak(delay=_NAK_DELAY_S)
+            except Exception:
+                # The connection is gone: the server redelivers after ack_wait.
+                lost += 1
+        if lost:
+            _log.warning("could not ack or nak %d events; they will be redelivered", lost)
+
     def _evaluate(self, msgs: list[Msg]) -> tuple[list[_Item], Counter[tuple[str, str]]]:
+        """Decide each event's outcome; one event's failure never touches another's."""
         counts: Counter[tuple[str, str]] = Counter()
         tag_counts: Counter[str] = Counter()
         items: list[_Item] = []
         now_text = cloudevents_time()
         stats = self.stats
-        observe = metrics.EVALUATE_SECONDS.observe
+        max_output = self._max_output_bytes()
         for msg in msgs:
             item = _Item(msg)
             items.append(item)
             stats.processed += 1
             raw = msg.data or b""
+            deliveries = _deliveries(msg)
+            if deliveries > self._max_deliveries:
+                # Its earlier deliveries never finished: the worker holding it died or
+                # stopped each time. Processing it again could do the same.
+                self._dead_letter(
+                    item,
+                    raw,
+                    MalformedEventError(
+                        DeadLetterReason.MAX_DELIVERIES,
+                        f"delivered {deliveries} times; processing never finished"
+                        f" (the limit is {self._max_deliveries})",
+                        _subject_kind(msg.subject),
+                    ),
+                    deliveries,
+                    counts,
+                )
+                continue
             try:
                 event = parse_event(raw, self._max_event_bytes)
             except MalformedEventError as error:
-                item.out = deadletter_message(
-                    raw,
-                    error,
-                    worker_id=self.worker_id,
-                    source=self._source,
-                    text_cap=self._text_cap,
-                    msg_id=_deadletter_id(msg),
-                )
-                stats.dead_letters += 1
-                stats.dead_letter_reasons[error.reason.value] += 1
-                metrics.DEAD_LETTERS.labels(error.reason.value).inc()
-                counts[(error.deadletter_kind, "deadletter")] += 1
+                self._dead_letter(item, raw, error, deliveries, counts)
                 continue
-            kind: str = event["source_kind"]
-            ruleset = self._current()  # one reference per event: one whole index
-            index = ruleset.index
-            if kind not in ruleset.kinds:
+            try:
+                outcome, tags = self._tag(item, event, now_text, max_output)
+            except Exception as exc:
+                self._evaluation_failed(item, raw, event, exc, deliveries, counts)
+                continue
+            kind = event["source_kind"]
+            counts[(kind, outcome)] += 1
+            if outcome == "no_rules":
                 stats.no_rules += 1
-                counts[(kind, "no_rules")] += 1
-                continue
-            # An event that carries a trace context gets its own spans (consume, evaluate,
-            # tag publish) continuing the producer's trace; untraced events cost none.
-            traced = bool(msg.headers) and "traceparent" in (msg.headers or {})
-            consume = (
-                start_consumer_span(subject_template(msg.subject), msg.headers, subject=msg.subject)
-                if traced
-                else contextlib.nullcontext()
-            )
-            with consume:
-                t0 = time.perf_counter()
-                if traced:
-                    with get_tracer().start_as_current_span(
-                        f"evaluate {subject_template(msg.subject)}"
-                    ):
-                        tags = index.evaluate(event)
-                else:
-                    tags = index.evaluate(event)
-                observe(time.perf_counter() - t0)
-                if not tags:
-                    counts[(kind, "untagged")] += 1
-                    continue
-                item.out = tagged_message(event, tags, ruleset.revision, self._source, now_text)
-                if traced:
-                    item.span, item.headers = open_producer_span(
-                        subject_template(item.out.subject), item.out.subject
-                    )
-            stats.tagged += 1
-            stats.tags += len(tags)
-            tag_counts[kind] += len(tags)
-            counts[(kind, "tagged")] += 1
+            elif tags:
+                stats.tagged += 1
+                stats.tags += len(tags)
+                tag_counts[kind] += len(tags)
         for kind, count in tag_counts.items():
             metrics.TAGS.labels(kind).inc(count)
         return items, counts
+
+    def _tag(
+        self, item: _Item, event: dict[str, Any], now_text: str, max_output: int
+    ) -> tuple[str, list[Tag]]:
+        """Evaluate one event and build its tag message: (outcome, tags). May raise."""
+        msg = item.msg
+        kind: str = event["source_kind"]
+        item.kind = kind
+        ruleset = self._current()  # one reference per event: one whole index
+        if kind not in ruleset.kinds:
+            return "no_rules", []
+        index = ruleset.index
+        # An event that carries a trace context gets its own spans (consume, evaluate,
+        # tag publish) continuing the producer's trace; untraced events cost none.
+        traced = bool(msg.headers) and "traceparent" in (msg.headers or {})
+        consume = (
+            start_consumer_span(subject_template(msg.subject), msg.headers, subject=msg.subject)
+            if traced
+            else contextlib.nullcontext()
+        )
+        with consume:
+            t0 = time.perf_counter()
+            if traced:
+                with get_tracer().start_as_current_span(
+                    f"evaluate {subject_template(msg.subject)}"
+                ):
+                    tags = index.evaluate(event)
+            else:
+                tags = index.evaluate(event)
+            metrics.EVALUATE_SECONDS.observe(time.perf_counter() - t0)
+            if not tags:
+                return "untagged", tags
+            out = tagged_message(event, tags, ruleset.revision, self._source, now_text)
+            if len(out.payload) > max_output:
+                raise OutputTooLargeError(
+                    f"its tag message is {len(out.payload)} bytes, more than the"
+                    f" {max_output} the server accepts"
+                )
+            item.out = out
+            if traced:
+                item.span, item.headers = open_producer_span(
+                    subject_template(out.subject), out.subject
+                )
+        return "tagged", tags
+
+    def _evaluation_failed(
+        self,
+        item: _Item,
+        raw: bytes,
+        event: dict[str, Any],
+        exc: Exception,
+        deliveries: int,
+        counts: Counter[tuple[str, str]],
+    ) -> None:
+        item.out = None
+        item.headers = None
+        if item.span is not None:
+            item.span.end()
+            item.span = None
+        detail = f"{type(exc).__name__}: {exc}"[:_ERROR_TEXT_CAP]
+        # Logged with its traceback: unlike a malformed event, this is a defect to fix (or an
+        # output too large for the server), and the event itself is in the dead letter.
+        _log.warning(
+            "evaluating an event failed; it is dead-lettered",
+            exc_info=not isinstance(exc, OutputTooLargeError),
+            extra={"source_kind": event["source_kind"], "error": detail},
+        )
+        error = MalformedEventError(DeadLetterReason.EVALUATION_ERROR, detail, item.kind)
+        self._dead_letter(item, raw, error, deliveries, counts)
+
+    def _dead_letter(
+        self,
+        item: _Item,
+        raw: bytes,
+        error: MalformedEventError,
+        deliveries: int,
+        counts: Counter[tuple[str, str]],
+    ) -> None:
+        item.out = deadletter_message(
+            raw,
+            error,
+            worker_id=self.worker_id,
+            source=self._source,
+            text_cap=self._text_cap,
+            msg_id=_deadletter_id(item.msg),
+            deliveries=deliveries,
+        )
+        stats = self.stats
+        stats.dead_letters += 1
+        stats.dead_letter_reasons[error.reason.value] += 1
+        metrics.DEAD_LETTERS.labels(error.reason.value).inc()
+        counts[(error.deadletter_kind, "deadletter")] += 1
+
+    def _max_output_bytes(self) -> int:
+        # The server's limit on one message (1 MiB by default); learned when connecting.
+        limit = getattr(self._nc, "max_payload", 0)
+        return limit if isinstance(limit, int) and limit > 0 else _DEFAULT_MAX_PAYLOAD
 
     async def _publish_all(
         self, items: list[_Item], headers: dict[str, str]
@@ -374,7 +540,25 @@ class EventConsumer:
                 if not item.published:
                     item.span.set_status(StatusCode.ERROR, "no PubAck")
                 item.span.end()
+                item.span = None
         return failures
+
+
+class OutputTooLargeError(ValueError):
+    """A tag message larger than the server accepts in one message."""
+
+
+def _deliveries(msg: Msg) -> int:
+    """How many times the server has delivered this message (1 the first time)."""
+    try:
+        return int(msg.metadata.num_delivered)
+    except Exception:  # not a JetStream message (cannot happen on a pull consumer)
+        return 1
+
+
+def _subject_kind(subject: str) -> str:
+    """The source kind named by an event's subject (`ttp.event.<kind>`), unparsed."""
+    return subject.rpartition(".")[2]
 
 
 def _failed(error: BaseException) -> asyncio.Future[Any]:

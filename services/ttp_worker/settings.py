@@ -49,6 +49,13 @@ class WorkerSettings(ServiceSettings):
     max_event_bytes: int = Field(
         default=1024 * 1024, ge=1024, description="Larger events are dead-lettered (oversize)."
     )
+    max_deliveries: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Deliveries of one event whose processing may be attempted; the next one"
+        " dead-letters it (max_deliveries), for events that kill or stall every worker.",
+    )
     deadletter_text_cap: int = Field(
         default=64 * 1024, ge=256, description="Bytes of a rejected event kept in its dead letter."
     )

@@ -33,7 +33,6 @@ import nats.errors
 import nats.js.errors
 import typer
 from nats.js.api import PubAck
-from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -46,7 +45,7 @@ from rich.progress import (
 )
 
 from ttp_core.contract import subjects
-from ttp_core.contract.payloads import HoneypotEvent
+from ttp_core.contract.events import MalformedEventError, parse_event
 from ttp_runtime.nats import DEFAULT_PUBLISH_TIMEOUT_S, MSG_ID_HEADER
 from ttpctl.nats_session import (
     NatsSession,
@@ -76,14 +75,6 @@ _PROGRESS_MIN_BYTES: Final = 1024 * 1024
 _MAX_PROBLEMS_SHOWN: Final = 100
 _MAX_PROBLEMS_KEPT: Final = 1000
 _MSG_ID_PREFIX: Final = "ttpctl-ev-"
-_JSON_TYPES: Final = {
-    list: "array",
-    str: "string",
-    int: "number",
-    float: "number",
-    bool: "boolean",
-    type(None): "null",
-}
 
 
 # --------------------------------------------------------------------------------------------
@@ -114,46 +105,24 @@ def message_id(event: dict[str, Any]) -> str:
     return _MSG_ID_PREFIX + hashlib.sha256(canonical.encode("ascii")).hexdigest()[:40]
 
 
-def _first_error(exc: ValidationError) -> str:
-    error = exc.errors()[0]
-    where = ".".join(str(part) for part in error["loc"])
-    return f"{where}: {error['msg']}" if where else str(error["msg"])
-
-
 def check_line(raw: bytes, max_payload: int) -> _Ready | str | None:
     """What to do with one line: publish it (:class:`_Ready`), skip it (the reason), or
-    ignore it (``None``: a blank line)."""
+    ignore it (``None``: a blank line).
+
+    A line is skipped exactly when a worker would dead-letter it: the check is the workers'
+    own (:func:`ttp_core.contract.events.parse_event`), and the reason is the dead letter's
+    (``<reason>: <detail>``).
+    """
     body = raw.strip()
     if not body:
         return None
     if len(body) > max_payload:
         return f"line is {len(body)} bytes, more than the server's max_payload ({max_payload})"
     try:
-        obj = json.loads(body)
-    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
-        return f"invalid JSON: {str(exc)[:200]}"
-    if not isinstance(obj, dict):
-        return f"not a JSON object (a JSON {_JSON_TYPES.get(type(obj), type(obj).__name__)})"
-    event = obj
-    if "specversion" in obj:
-        # The same test the workers use to tell an envelope from a bare event.
-        data = obj.get("data")
-        if not isinstance(data, dict):
-            return "a CloudEvents envelope without a data object"
-        event = data
-    kind = event.get("source_kind")
-    if kind is None:
-        return "missing source_kind"
-    if not subjects.is_token(kind):
-        return (
-            f"source_kind {str(kind)[:80]!r} is not a valid subject token ([A-Za-z0-9_-]{{1,64}})"
-        )
-    try:
-        # Everything else a worker would dead-letter (source_id, payload, id types).
-        HoneypotEvent.model_validate(event)
-    except ValidationError as exc:
-        return f"invalid event: {_first_error(exc)}"
-    return _Ready(subjects.event(kind), body, message_id(event))
+        event = parse_event(body, max_payload)
+    except MalformedEventError as error:
+        return str(error)
+    return _Ready(subjects.event(event["source_kind"]), body, message_id(event))
 
 
 # --------------------------------------------------------------------------------------------

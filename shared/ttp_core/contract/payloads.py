@@ -11,9 +11,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Final, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, model_validator
 
 from ttp_core.contract import subjects
+from ttp_core.contract.events import MAX_SOURCE_ID, check_event
 
 SPECVERSION: Final = "1.0"
 MASTER_SOURCE: Final = "ttp-rulebus/master"
@@ -98,15 +99,24 @@ class RuleRejected(_Data):
 class HoneypotEvent(_Data):
     """`ttp.event.<source_kind>`: one honeypot observation."""
 
+    # Validation is `ttp_core.contract.events.check_event`, the worker's own check; the
+    # field types below give the JSON Schema, and a test proves the two agree.
+
     event_type: ClassVar[str] = "ttp.event.v1"
 
-    source_kind: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-    source_id: Annotated[str, Field(min_length=1, max_length=256)]
+    source_kind: Annotated[str, Field(pattern=f"^{subjects.TOKEN_PATTERN}$")]
+    source_id: Annotated[str, Field(min_length=1, max_length=MAX_SOURCE_ID)]
     attacker_uuid: str | None = None
     identity_uuid: str | None = None
     session_id: str | None = None
     decky_id: str | None = None
     payload: dict[str, Any]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _valid_event(cls, data: Any) -> Any:
+        # MalformedEventError is a ValueError: pydantic reports it as a validation error.
+        return check_event(data)
 
 
 class TagData(BaseModel):
@@ -146,9 +156,15 @@ class DeadLetter(_Data):
 
     source_kind: str
     received: str
+    """The event's bytes as UTF-8 text (invalid sequences as U+FFFD), cut at a cap."""
     truncated: bool = False
     error: str
+    """`<reason>: <detail>`."""
     worker_id: str
+    reason: str | None = None
+    """The reason alone (see `docs/contract.md`); absent from older workers' dead letters."""
+    deliveries: int | None = None
+    """Times the event had been delivered to workers when it was dead-lettered."""
 
 
 class WorkerStatus(_Data):

@@ -8,7 +8,9 @@ from __future__ import annotations
 import re
 from typing import Final
 
-_TOKEN: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
+TOKEN_PATTERN: Final = r"[A-Za-z0-9_-]{1,64}"  # noqa: S105 - a pattern, not a secret
+"""One subject token: rule ids, source kinds and worker ids are all one."""
+_TOKEN: Final = re.compile(TOKEN_PATTERN)
 
 RULE_RELOADED_PREFIX: Final = "ttp.rule.reloaded"
 RULE_STATE_PREFIX: Final = "ttp.rule.state"
