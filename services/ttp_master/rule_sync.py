@@ -25,6 +25,7 @@ from ttp_master.db.repository import (
     Catalog,
     ChangeSet,
     KnownRule,
+    Refusal,
     Rejection,
     RuleDelete,
     RuleRepository,
@@ -106,6 +107,8 @@ class RuleSync:
         self.repository = repository
         self.catalog = Catalog()
         self._pool: ProcessPoolExecutor | None = None
+        # rel -> (file text, diagnostics) of valid files whose rule row PostgreSQL refused.
+        self._refused: dict[str, tuple[str, tuple[Diagnostic, ...]]] = {}
 
     def close(self) -> None:
         """Stop the validation processes, if any were started."""
@@ -151,15 +154,13 @@ class RuleSync:
         wanted = None if paths is None else list(paths)
         plan = await asyncio.to_thread(self._plan, wanted)
         if plan.changes:
-            revisions = await self.repository.apply(
+            applied = await self.repository.apply_changes(
                 plan.changes, actor=actor, trace_headers=trace_headers
             )
-            plan.result.revisions = revisions
-            # apply() takes revisions in order: upserts first, then deletes.
-            written = [u.rule_id for u in plan.changes.upserts] + [
-                d.rule_id for d in plan.changes.deletes
-            ]
-            for rule_id, revision in zip(written, revisions, strict=False):
+            plan.result.revisions = applied.revisions
+            for refusal in applied.refused:
+                self._refused_by_database(plan, refusal)
+            for rule_id, revision in applied.rule_revisions.items():
                 known = plan.new_rules[rule_id]
                 plan.new_rules[rule_id] = KnownRule(
                     rule_id,
@@ -169,11 +170,44 @@ class RuleSync:
                     revision,
                     known.yaml_text,
                 )
+            # A change PostgreSQL wrote nothing for stays as the catalog knew it (retried by
+            # the next sync that looks at its path).
+            for rule_id in set(plan.new_rules) - set(applied.rule_revisions):
+                del plan.new_rules[rule_id]
         self.catalog.update(plan.new_rules)
         for path in plan.result.cleared:
             self.catalog.rejections.pop(path, None)
         self.catalog.rejections.update(plan.new_rejections)
         return plan.result
+
+    def _refused_by_database(self, plan: _Plan, refusal: Refusal) -> None:
+        """The file's rule row was refused and recorded as the file's rejection instead."""
+        rel = refusal.source_path
+        result = plan.result
+        if refusal.rule_id in result.upserted:
+            result.upserted.remove(refusal.rule_id)
+        if rel in result.cleared:
+            result.cleared.remove(rel)
+        result.rejected.append(rel)
+        diagnostic = refusal.diagnostic
+        plan.new_rejections[rel] = [
+            {"line": diagnostic.line, "column": diagnostic.column, "message": diagnostic.message}
+        ]
+        text = plan.new_rules[refusal.rule_id].yaml_text
+        if text is not None:
+            self._refused[rel] = (text, (diagnostic,))
+
+    def _known_refusal(self, verdict: FileVerdict, rel: str) -> FileVerdict:
+        """A valid file PostgreSQL already refused, unchanged since: the same rejection,
+        without writing it again (a periodic rescan would otherwise retry it each time)."""
+        known = self._refused.get(rel)
+        if known is None or not verdict.ok:
+            return verdict
+        text, diagnostics = known
+        if verdict.text != text:
+            del self._refused[rel]
+            return verdict
+        return FileVerdict(verdict.rule, diagnostics, verdict.text, None)
 
     def _relative(self, path: Path) -> str | None:
         try:
@@ -206,6 +240,10 @@ class RuleSync:
         if candidates is None:
             return _Plan(ChangeSet(), SyncResult(), {}, {})
         plan = _Plan(ChangeSet(), SyncResult(), {}, {})
+        if paths is not None:
+            # A file named by an event (a save, even of the same text) is tried again.
+            for rel in candidates:
+                self._refused.pop(rel, None)
         changes, result = plan.changes, plan.result
         new_rules, new_rejections = plan.new_rules, plan.new_rejections
         claimed: dict[str, str] = {}
@@ -235,7 +273,7 @@ class RuleSync:
                     changes.cleared_rejections.append(rel)
                     result.cleared.append(rel)
                 continue
-            verdict = self._claim(verdict, rel, claimed, vanished)
+            verdict = self._known_refusal(self._claim(verdict, rel, claimed, vanished), rel)
             if not verdict.ok:
                 self._reject(verdict, rel, path, changes, result, new_rejections)
                 continue

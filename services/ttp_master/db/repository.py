@@ -7,6 +7,7 @@ connection still holds the advisory lock, so a master that lost leadership canno
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -25,9 +26,14 @@ from ttp_core.contract.payloads import (
     envelope,
 )
 from ttp_core.rules.diagnostics import Diagnostic
+from ttp_master.db.refusals import is_refusal, refusal_message
 from ttp_master.db.schema import rule, rule_event, rule_rejection, rule_state
 
 NOTIFY_CHANNEL = "ttp_outbox"
+REFUSED_CODE = "database"
+"""The `code` of the diagnostic a file gets when PostgreSQL refuses its rule row."""
+
+_log = logging.getLogger(__name__)
 
 
 class LeadershipLostError(RuntimeError):
@@ -145,6 +151,11 @@ class ChangeSet:
         )
 
     @property
+    def file_changes(self) -> int:
+        """Changes that come from one rule file each (upserts, deletes, rejections)."""
+        return len(self.upserts) + len(self.deletes) + len(self.rejections)
+
+    @property
     def revisions_needed(self) -> int:
         return (
             len(self.upserts)
@@ -165,6 +176,25 @@ class Applied:
     states: dict[str, Row[Any]] = field(default_factory=dict)
     """rule_id -> the `ttp_rule_state` row an operator write left, as PostgreSQL returned
     it (`enabled` writes delete the row and have none)."""
+    refused: list[Refusal] = field(default_factory=list)
+    """Upserts PostgreSQL refused: each was written as its file's rejection instead."""
+    rule_revisions: dict[str, int] = field(default_factory=dict)
+    """rule_id -> revision of each upsert and delete that was written."""
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A rule file whose row PostgreSQL refused, with the database's message."""
+
+    source_path: str
+    rule_id: str
+    message: str
+
+    @property
+    def diagnostic(self) -> Diagnostic:
+        # The database names no position in the file: the rejection points at its start.
+        text = f"PostgreSQL refused this rule: {self.message}"
+        return Diagnostic(self.source_path, 1, 1, text, REFUSED_CODE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,6 +269,28 @@ class RuleRepository:
             return await self._apply(changes, actor, dict(trace_headers or {}))
 
     async def _apply(self, changes: ChangeSet, actor: str, headers: dict[str, str]) -> Applied:
+        try:
+            return await self._write(changes, actor, headers, isolate=False)
+        except Exception as exc:
+            if not (changes.file_changes and is_refusal(exc)):
+                raise
+            # One file's row may be what PostgreSQL refused: the batch is written again with
+            # each file in its own savepoint, so only that file becomes a rejection.
+            _log.warning(
+                "PostgreSQL refused a batch of %d file change(s) (%s); writing each file on its "
+                "own",
+                changes.file_changes,
+                refusal_message(exc),
+            )
+        return await self._write(changes, actor, headers, isolate=True)
+
+    async def _write(
+        self, changes: ChangeSet, actor: str, headers: dict[str, str], *, isolate: bool
+    ) -> Applied:
+        """One transaction for the whole change set. With `isolate`, each file's rows (its
+        rule or rejection row and its outbox row) go in a savepoint of their own, and a
+        file whose write PostgreSQL refuses is recorded as that file's rejection instead,
+        under the same revision, so the rest of the batch commits in revision order."""
         written: dict[str, Row[Any]] = {}
         async with self.engine.begin() as conn:
             # Changes that always leave an outbox row queue the NOTIFY (sent at commit) with
@@ -252,107 +304,23 @@ class RuleRepository:
             taken = iter(revisions)
             unused: set[int] = set()
             now = datetime.now(UTC)
-            outbox: list[dict[str, Any]] = []
-            rule_rows: list[dict[str, Any]] = []
+            files = _FileWrites(conn, now, headers, actor)
             for up in changes.upserts:
-                revision = next(taken)
-                rule_rows.append(_rule_row(up, revision, now))
-                data = RuleReloaded(
-                    rule_id=up.rule_id,
-                    revision=revision,
-                    rule_version=up.rule_version,
-                    content_sha256=up.content_sha256,
-                    source_path=up.source_path,
-                    deleted=False,
-                    rule=up.definition,
-                )
-                outbox.append(
-                    _outbox_row(
-                        revision,
-                        up.rule_id,
-                        "reloaded",
-                        subjects.rule_reloaded(up.rule_id),
-                        data,
-                        now,
-                        headers,
-                        actor,
-                    )
-                )
-            if rule_rows:
-                # One executemany for the whole batch: a 10,000-file reconcile is one statement.
-                await conn.execute(_UPSERT_RULE, rule_rows)
+                files.upsert(up, next(taken))
             for gone in changes.deletes:
-                revision = next(taken)
-                await conn.execute(
-                    update(rule)
-                    .where(rule.c.rule_id == gone.rule_id)
-                    .values(deleted=True, revision=revision, updated_at=now)
-                )
-                data = RuleReloaded(
-                    rule_id=gone.rule_id,
-                    revision=revision,
-                    rule_version=None,
-                    content_sha256=None,
-                    source_path=gone.source_path,
-                    deleted=True,
-                    rule=None,
-                )
-                outbox.append(
-                    _outbox_row(
-                        revision,
-                        gone.rule_id,
-                        "deleted",
-                        subjects.rule_reloaded(gone.rule_id),
-                        data,
-                        now,
-                        headers,
-                        actor,
-                    )
-                )
+                files.delete(gone, next(taken))
             for rejection in changes.rejections:
-                revision = next(taken)
-                errors = rejection.error_rows()
-                stmt = insert(rule_rejection).values(
-                    source_path=rejection.source_path,
-                    rule_id=rejection.rule_id,
-                    errors=errors,
-                    yaml_text=rejection.yaml_text,
-                    first_seen=now,
-                    last_seen=now,
-                )
+                files.reject(rejection, next(taken))
+            if isolate:
+                await files.write_each()
+            else:
+                await files.write_all()
+            outbox = files.outbox
+            unused.update(files.unused)
+            cleared = [p for p in changes.cleared_rejections if p not in files.refused_paths]
+            if cleared:
                 await conn.execute(
-                    stmt.on_conflict_do_update(
-                        index_elements=[rule_rejection.c.source_path],
-                        set_={
-                            "rule_id": stmt.excluded.rule_id,
-                            "errors": stmt.excluded.errors,
-                            "yaml_text": stmt.excluded.yaml_text,
-                            "last_seen": now,
-                        },
-                    )
-                )
-                rejected = RuleRejected(
-                    rule_id=rejection.rule_id,
-                    source_path=rejection.source_path,
-                    errors=[RejectionError(**e) for e in errors],
-                )
-                row = _outbox_row(
-                    revision,
-                    rejection.rule_id,
-                    "rejected",
-                    subjects.rule_rejected(rejection.rule_id),
-                    rejected,
-                    now,
-                    headers,
-                    actor,
-                )
-                row["jetstream"] = False
-                outbox.append(row)
-            if changes.cleared_rejections:
-                await conn.execute(
-                    delete(rule_rejection).where(
-                        rule_rejection.c.source_path.in_(changes.cleared_rejections)
-                    )
+                    delete(rule_rejection).where(rule_rejection.c.source_path.in_(cleared))
                 )
             for revert in changes.state_reverts:
                 revision = next(taken)
@@ -420,7 +388,13 @@ class RuleRepository:
                 await conn.execute(_INSERT_EVENT, outbox[0] if len(outbox) == 1 else outbox)
                 if not notify_now:
                     await conn.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
-        return Applied([r for r in revisions if r not in unused], now, written)
+        return Applied(
+            [r for r in revisions if r not in unused],
+            now,
+            written,
+            files.refused,
+            files.rule_revisions,
+        )
 
     async def _fence_and_revisions(
         self, conn: AsyncConnection, count: int, *, notify: bool
@@ -555,3 +529,188 @@ def _outbox_row(
         "created_at": now,
         "published_at": None,
     }
+
+
+@dataclass(slots=True)
+class _FileWrite:
+    """The rows of one file's change: its table statement and its outbox row."""
+
+    kind: Literal["upsert", "delete", "reject"]
+    revision: int
+    rule_id: str
+    source_path: str
+    statement: Any
+    params: dict[str, Any] | None
+    outbox: dict[str, Any]
+    upsert: RuleUpsert | None = None
+
+
+@dataclass(slots=True)
+class _FileWrites:
+    """The file changes of one transaction, written all at once or each in a savepoint."""
+
+    conn: AsyncConnection
+    now: datetime
+    headers: dict[str, str]
+    actor: str
+    pending: list[_FileWrite] = field(default_factory=list)
+    outbox: list[dict[str, Any]] = field(default_factory=list)
+    """Outbox rows still to insert (by the caller, with the rest of the transaction's)."""
+    unused: set[int] = field(default_factory=set)
+    refused: list[Refusal] = field(default_factory=list)
+    rule_revisions: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def refused_paths(self) -> set[str]:
+        return {r.source_path for r in self.refused}
+
+    def upsert(self, up: RuleUpsert, revision: int) -> None:
+        data = RuleReloaded(
+            rule_id=up.rule_id,
+            revision=revision,
+            rule_version=up.rule_version,
+            content_sha256=up.content_sha256,
+            source_path=up.source_path,
+            deleted=False,
+            rule=up.definition,
+        )
+        self.pending.append(
+            _FileWrite(
+                "upsert",
+                revision,
+                up.rule_id,
+                up.source_path,
+                _UPSERT_RULE,
+                _rule_row(up, revision, self.now),
+                self._outbox(revision, up.rule_id, "reloaded", data),
+                up,
+            )
+        )
+
+    def delete(self, gone: RuleDelete, revision: int) -> None:
+        statement = (
+            update(rule)
+            .where(rule.c.rule_id == gone.rule_id)
+            .values(deleted=True, revision=revision, updated_at=self.now)
+        )
+        data = RuleReloaded(
+            rule_id=gone.rule_id,
+            revision=revision,
+            rule_version=None,
+            content_sha256=None,
+            source_path=gone.source_path,
+            deleted=True,
+            rule=None,
+        )
+        outbox = self._outbox(revision, gone.rule_id, "deleted", data)
+        self.pending.append(
+            _FileWrite("delete", revision, gone.rule_id, gone.source_path, statement, None, outbox)
+        )
+
+    def reject(self, rejection: Rejection, revision: int) -> None:
+        self.pending.append(self._rejection(rejection, revision))
+
+    def _rejection(self, rejection: Rejection, revision: int) -> _FileWrite:
+        errors = rejection.error_rows()
+        stmt = insert(rule_rejection).values(
+            source_path=rejection.source_path,
+            rule_id=rejection.rule_id,
+            errors=errors,
+            yaml_text=rejection.yaml_text,
+            first_seen=self.now,
+            last_seen=self.now,
+        )
+        statement = stmt.on_conflict_do_update(
+            index_elements=[rule_rejection.c.source_path],
+            set_={
+                "rule_id": stmt.excluded.rule_id,
+                "errors": stmt.excluded.errors,
+                "yaml_text": stmt.excluded.yaml_text,
+                "last_seen": self.now,
+            },
+        )
+        data = RuleRejected(
+            rule_id=rejection.rule_id,
+            source_path=rejection.source_path,
+            errors=[RejectionError(**e) for e in errors],
+        )
+        outbox = self._outbox(revision, rejection.rule_id, "rejected", data)
+        outbox["jetstream"] = False  # rejections are core NATS only
+        return _FileWrite(
+            "reject", revision, rejection.rule_id, rejection.source_path, statement, None, outbox
+        )
+
+    def _outbox(self, revision: int, rule_id: str, kind: str, data: Any) -> dict[str, Any]:
+        subject = (
+            subjects.rule_rejected(rule_id)
+            if kind == "rejected"
+            else subjects.rule_reloaded(rule_id)
+        )
+        return _outbox_row(
+            revision, rule_id, kind, subject, data, self.now, self.headers, self.actor
+        )
+
+    async def write_all(self) -> None:
+        """Every file's rows at once (the rule rows in one executemany)."""
+        rows = [w.params for w in self.pending if w.kind == "upsert" and w.params is not None]
+        if rows:
+            # One executemany for the whole batch: a 10,000-file reconcile is one statement.
+            await self.conn.execute(_UPSERT_RULE, rows)
+        for write in self.pending:
+            if write.kind != "upsert":
+                await self.conn.execute(write.statement)
+            if write.kind != "reject":
+                self.rule_revisions[write.rule_id] = write.revision
+            self.outbox.append(write.outbox)
+
+    async def write_each(self) -> None:
+        """Each file's rows in a savepoint; a refused upsert becomes the file's rejection."""
+        for write in self.pending:
+            error = await self._attempt(write)
+            if error is None:
+                if write.kind != "reject":
+                    self.rule_revisions[write.rule_id] = write.revision
+                continue
+            message = refusal_message(error)
+            if write.upsert is None:
+                _log.error(
+                    "PostgreSQL refused the %s of %s (%s): %s; nothing written for it",
+                    write.kind,
+                    write.rule_id,
+                    write.source_path,
+                    message,
+                )
+                self.unused.add(write.revision)
+                continue
+            refusal = Refusal(write.source_path, write.rule_id, message)
+            rejection = Rejection(
+                write.source_path, write.rule_id, (refusal.diagnostic,), write.upsert.yaml_text
+            )
+            # Same revision: the rejection takes the place of the refused change.
+            second = await self._attempt(self._rejection(rejection, write.revision))
+            if second is None:
+                _log.warning("rule file rejected by PostgreSQL: %s", refusal.diagnostic)
+                self.refused.append(refusal)
+            else:
+                _log.error(
+                    "PostgreSQL refused %s (%s) and its rejection (%s); nothing written for it",
+                    write.source_path,
+                    message,
+                    refusal_message(second),
+                )
+                self.unused.add(write.revision)
+
+    async def _attempt(self, write: _FileWrite) -> BaseException | None:
+        """Write one file's rows in a savepoint; the refusal, if PostgreSQL refused them."""
+        try:
+            async with self.conn.begin_nested():
+                if write.params is None:
+                    await self.conn.execute(write.statement)
+                else:
+                    await self.conn.execute(write.statement, write.params)
+                await self.conn.execute(_INSERT_EVENT, write.outbox)
+        except Exception as exc:
+            if not is_refusal(exc):
+                raise
+            return exc
+        return None
