@@ -200,7 +200,11 @@ def test_confidence_as_text_is_a_type_error(validator: RuleValidator) -> None:
     ("value", "message"),
     [
         ("1.5", "emits[0].confidence must be <= 1, found 1.5"),
-        ("0", "emits[0].confidence must be > 0, found 0"),
+        (
+            "0",
+            'emits[0].confidence must be > 0, found 0 (0 is the "never emits a fresh tag" '
+            "sentinel of lifter rules, `match.kind: lifter:<name>`, only)",
+        ),
         ("-0.1", "emits[0].confidence must be > 0, found -0.1"),
         ("1.0000001", "emits[0].confidence must be <= 1, found 1.0000001"),
     ],

@@ -458,7 +458,8 @@ class RuleIndex:
                 confidence = (
                     emit.confidence if state is None else state.apply(emit.confidence, moment)
                 )
-                if confidence is None:
+                if confidence is None or confidence <= 0:
+                    # 0 is a lifter rule's sentinel: it fires but never emits a tag of its own.
                     continue
                 tags.append(
                     Tag(

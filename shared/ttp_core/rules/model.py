@@ -23,10 +23,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 TOKEN_PATTERN: Final = r"^[A-Za-z0-9_-]{1,64}$"  # noqa: S105 - not a secret
 FIELD_PATH_PATTERN: Final = r"^[^\s.][^\s]*$"
 LIFTER_PREFIX: Final = "lifter:"
+ZERO_CONFIDENCE: Final = "confidence_zero"
+"""The error type of a 0 confidence on a rule that is not a lifter rule."""
 
 DEFAULT_FIELDS: Final[dict[str, str]] = {
     "command": "command_text",
@@ -176,8 +179,9 @@ class Emit(_Strict):
     tactic: Annotated[StrictStr, Field(pattern=r"^TA\d{4}$")]
     technique_id: Annotated[StrictStr, Field(pattern=r"^T\d{4}$")]
     sub_technique_id: Annotated[StrictStr, Field(pattern=r"^T\d{4}\.\d{3}$")] | None = None
-    # Stored as float so `1` and `1.0` hash alike.
-    confidence: Annotated[StrictFloat | StrictInt, Field(gt=0, le=1), AfterValidator(float)]
+    # Stored as float so `1` and `1.0` hash alike. 0 is allowed here for lifter rules only
+    # (their "never emits a fresh tag" sentinel); `Rule` refuses it on any other rule.
+    confidence: Annotated[StrictFloat | StrictInt, Field(ge=0, le=1), AfterValidator(float)]
 
     @field_validator("sub_technique_id")
     @classmethod
@@ -211,6 +215,22 @@ class Rule(BaseModel):
     emits: Annotated[list[Emit], Field(min_length=1, max_length=64)]
     evidence_fields: Annotated[list[FieldPath], Field(max_length=64)] = []
     tests: Annotated[list[InlineTest], Field(max_length=1000)] = []
+
+    @field_validator("emits")
+    @classmethod
+    def _zero_confidence_only_for_lifters(
+        cls, emits: list[Emit], info: ValidationInfo
+    ) -> list[Emit]:
+        if isinstance(info.data.get("match"), ExternalMatch):
+            return emits
+        for index, emit in enumerate(emits):
+            if emit.confidence == 0:
+                raise PydanticCustomError(
+                    ZERO_CONFIDENCE,
+                    "confidence must be > 0 (0 is the sentinel of lifter rules only)",
+                    {"index": index},
+                )
+        return emits
 
     @property
     def is_external(self) -> bool:

@@ -17,10 +17,24 @@ from typing import Any, Final
 from pydantic import ValidationError
 
 from ttp_core.attack import AttackCatalogue, load_catalogue
+from ttp_core.contract.field_catalogue import BUILTIN as BUILTIN_FIELDS
+from ttp_core.contract.field_catalogue import FieldCatalogue, suggest_field
 from ttp_core.engine.compiler import CompiledRule, CompileError, compile_rule
 from ttp_core.engine.index import RuleIndex
 from ttp_core.rules.diagnostics import Diagnostic, Severity
-from ttp_core.rules.model import RULE_KEYS, AllOf, AnyOf, Emit, InlineTest, Leaf, NotOf, Rule
+from ttp_core.rules.model import (
+    LIFTER_PREFIX,
+    RULE_KEYS,
+    ZERO_CONFIDENCE,
+    AllOf,
+    AnyOf,
+    Emit,
+    ExternalMatch,
+    InlineTest,
+    Leaf,
+    NotOf,
+    Rule,
+)
 from ttp_core.rules.text_checks import text_problems
 from ttp_core.rules.yaml_source import (
     MAX_FILE_BYTES,
@@ -107,9 +121,17 @@ class RuleReport:
 class RuleValidator:
     """Validates rule files against the schema, the ATT&CK catalogue and their own tests."""
 
-    def __init__(self, catalogue: AttackCatalogue | None = None, *, strict: bool = False) -> None:
+    def __init__(
+        self,
+        catalogue: AttackCatalogue | None = None,
+        *,
+        strict: bool = False,
+        fields: FieldCatalogue | None = None,
+    ) -> None:
         self.catalogue = catalogue or load_catalogue()
         self.strict = strict
+        self.fields = fields or BUILTIN_FIELDS
+        """Known source kinds and payload fields: an unknown one is a warning."""
 
     def validate_file(self, path: Path, source: str | None = None) -> RuleReport:
         """Validate one file on disk; `source` is the name used in diagnostics."""
@@ -295,6 +317,7 @@ class _Check:
                     Severity.WARNING,
                 )
             seen.add(kind)
+        self._field_catalogue(rule)
         try:
             compiled = compile_rule(rule, catalogue=self.catalogue)
         except CompileError as exc:
@@ -317,6 +340,48 @@ class _Check:
             self.add(problem.path, problem.message, problem.code, key=problem.key)
             found = True
         return found
+
+    def _lifter(self) -> bool:
+        match = self.document.data.get("match")
+        kind = match.get("kind") if isinstance(match, dict) else None
+        return isinstance(kind, str) and kind.startswith(LIFTER_PREFIX)
+
+    def _field_catalogue(self, rule: Rule) -> None:
+        """Warn on kinds and fields the catalogue does not know: likely typos that would
+        leave the rule silently dead (it would never see an event or a value)."""
+        fields = self.validator.fields
+        for i, kind in enumerate(rule.applies_to):
+            if fields.kind(kind) is None:
+                hint = fields.suggest_kind(kind)
+                self.add(
+                    ("applies_to", i),
+                    f"source kind {kind!r} is not in the field catalogue"
+                    + (f" (did you mean {hint!r}?)" if hint else "")
+                    + "; the rule only sees events published on ttp.event."
+                    + kind,
+                    "unknown-kind",
+                    Severity.WARNING,
+                )
+        known = fields.fields_of(rule.applies_to)
+        if not known:
+            return  # no kind of the rule is catalogued: nothing to check fields against
+        kinds = "/".join(k for k in rule.applies_to if fields.kind(k) is not None)
+        named: list[tuple[tuple[Any, ...], str]] = [
+            (("evidence_fields", i), path) for i, path in enumerate(rule.evidence_fields)
+        ]
+        if not isinstance(rule.match, ExternalMatch):
+            named[:0] = _leaf_fields(rule.match, ("match",))
+        for where, path in named:
+            if path in known or path.split(".", 1)[0] in known:
+                continue
+            hint = suggest_field(path.split(".", 1)[0], known)
+            self.add(
+                where,
+                f"field {path!r} is not a payload field of {kinds} in the field catalogue"
+                + (f" (did you mean {hint!r}?)" if hint else ""),
+                "unknown-field",
+                Severity.WARNING,
+            )
 
     def _unknown_keys(self, data: dict[Any, Any]) -> None:
         for key in data:
@@ -345,6 +410,17 @@ class _Check:
                 f"missing required key {loc[-1]!r}" + (f" in {label}" if path else ""),
                 "schema",
             )
+            return
+        if kind == "greater_than_equal" and loc[-1:] == ("confidence",) and not self._lifter():
+            self.add(path, f"{label} must be > 0, found {value!r}", "schema")
+            return
+        if kind == ZERO_CONFIDENCE:
+            where = self.document.resolve_loc(("emits", ctx.get("index", 0), "confidence"))
+            message = (
+                f'{_label(where)} must be > 0, found 0 (0 is the "never emits a fresh tag" '
+                "sentinel of lifter rules, `match.kind: lifter:<name>`, only)"
+            )
+            self.add(where, message, "schema")
             return
         if kind == "extra_forbidden":
             key = loc[-1]
@@ -447,6 +523,23 @@ class _Check:
                     "test-failed",
                 )
         return tuple(outcomes)
+
+
+def _leaf_fields(node: Any, path: tuple[Any, ...]) -> list[tuple[tuple[Any, ...], str]]:
+    """(path of the `field` key, field) of every leaf under `node` that names a field."""
+    found: list[tuple[tuple[Any, ...], str]] = []
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(node, path)]
+    while stack:
+        current, where = stack.pop()
+        if isinstance(current, AllOf | AnyOf):
+            key = "all" if isinstance(current, AllOf) else "any"
+            children = current.all if isinstance(current, AllOf) else current.any
+            stack.extend((child, (*where, key, i)) for i, child in enumerate(children))
+        elif isinstance(current, NotOf):
+            stack.append((current.not_, (*where, "not")))
+        elif isinstance(current, Leaf) and current.field is not None:
+            found.append(((*where, "field"), current.field))
+    return sorted(found, key=lambda item: [str(step) for step in item[0]])
 
 
 def _label(path: tuple[Any, ...]) -> str:
