@@ -8,6 +8,10 @@
   `DIR/schemas/control/<endpoint>.reply.json` (the tolerant `{"ok", "result", "error"}`
   reply around the endpoint's result model), with `$id` `payloads.control_schema_id`.
 
+- One file per source kind of the field catalogue (`DIR/schemas/payloads/<kind>.json`): the
+  `payload` of a `ttp.event.v1` event of that kind, open to more fields (`$id`
+  `field_catalogue.payload_schema_id`).
+
 All are JSON Schema 2020-12. The files under `docs/schemas/` are this command's output; a
 contract test regenerates them and fails on any difference (`--check` does the same).
 """
@@ -23,11 +27,14 @@ from pydantic import BaseModel
 
 from ttp_core.contract import subjects
 from ttp_core.contract.control import REQUESTS, RESULTS, Endpoint, ErrorCode, Reply
+from ttp_core.contract.field_catalogue import BUILTIN as FIELD_CATALOGUE
+from ttp_core.contract.field_catalogue import payload_schema
 from ttp_core.contract.payloads import DATA_MODELS, CloudEvent, control_schema_id, schema_id
 
 JSON_SCHEMA_DIALECT: Final = "https://json-schema.org/draft/2020-12/schema"
 SCHEMAS_SUBDIR: Final = "schemas"
 CONTROL_SUBDIR: Final = "control"
+PAYLOADS_SUBDIR: Final = "payloads"
 
 ControlPart = Literal["request", "reply"]
 CONTROL_PARTS: Final[tuple[ControlPart, ...]] = ("request", "reply")
@@ -174,12 +181,20 @@ def control_schema_path(directory: Path, endpoint: Endpoint, part: ControlPart) 
     return directory / SCHEMAS_SUBDIR / CONTROL_SUBDIR / f"{endpoint.value}.{part}.json"
 
 
+def payload_schema_path(directory: Path, kind: str) -> Path:
+    return directory / SCHEMAS_SUBDIR / PAYLOADS_SUBDIR / f"{kind}.json"
+
+
 def expected_files(directory: Path) -> dict[Path, str]:
     """Every file `export` writes under `directory`, with its exact text."""
     files = {schema_path(directory, t): render(s) for t, s in all_schemas().items()}
     files.update(
         (control_schema_path(directory, endpoint, part), render(schema))
         for (endpoint, part), schema in all_control_schemas().items()
+    )
+    files.update(
+        (payload_schema_path(directory, name), render(payload_schema(kind)))
+        for name, kind in FIELD_CATALOGUE.kinds.items()
     )
     return files
 
@@ -195,7 +210,7 @@ def export(directory: Path) -> list[Path]:
 
 
 def drift(directory: Path) -> list[str]:
-    """The schema files under `directory/schemas/` (and `schemas/control/`) that differ from
+    """The schema files under `directory/schemas/` (and `control/`, `payloads/`) that differ from
     the models, are missing, or are stale leftovers of a type or endpoint that no longer
     exists."""
     expected = expected_files(directory)
@@ -208,6 +223,7 @@ def drift(directory: Path) -> list[str]:
     folders = (
         (directory / SCHEMAS_SUBDIR, "no such type in the models"),
         (directory / SCHEMAS_SUBDIR / CONTROL_SUBDIR, "no such control endpoint in the models"),
+        (directory / SCHEMAS_SUBDIR / PAYLOADS_SUBDIR, "no such kind in the field catalogue"),
     )
     for folder, what in folders:
         if folder.is_dir():
@@ -224,8 +240,9 @@ def export_command(
     directory: Annotated[
         Path,
         typer.Argument(
-            help="Output directory; files go to DIR/schemas/<type>.json and "
-            "DIR/schemas/control/<endpoint>.{request,reply}.json."
+            help="Output directory; files go to DIR/schemas/<type>.json, "
+            "DIR/schemas/control/<endpoint>.{request,reply}.json and "
+            "DIR/schemas/payloads/<kind>.json."
         ),
     ],
     check: Annotated[
@@ -233,8 +250,8 @@ def export_command(
         typer.Option("--check", help="Write nothing; exit 1 if the files differ from the models."),
     ] = False,
 ) -> None:
-    """Write the JSON Schema of every CloudEvents type (envelope + data) and of every control
-    endpoint's request and reply."""
+    """Write the JSON Schema of every CloudEvents type (envelope + data), of every control
+    endpoint's request and reply, and of each source kind's payload."""
     if check:
         problems = drift(directory)
         for problem in problems:

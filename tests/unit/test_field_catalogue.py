@@ -72,7 +72,11 @@ def test_builtin_kinds_have_their_default_field() -> None:
         assert BUILTIN.kinds[kind].default_field == default
     for kind in BUILTIN.kinds.values():
         assert kind.description
-        assert all(f.type in FIELD_TYPES and f.description for f in kind.fields.values())
+        for payload_field in kind.fields.values():
+            types = (
+                (payload_field.type,) if isinstance(payload_field.type, str) else payload_field.type
+            )
+            assert set(types) <= set(FIELD_TYPES) and payload_field.description
 
 
 def test_every_kind_and_field_of_the_starter_pack_is_catalogued() -> None:
@@ -224,9 +228,11 @@ def test_an_extension_adds_kinds_and_fields() -> None:
 
 
 def test_an_extension_in_json_works_too() -> None:
-    extension = {"kinds": {"fingerprint": {"fields": {"ja3": {"type": "string"}}}}}
+    fields = {"ja3": {"type": "string"}, "ciphers": {"type": ["string", "array"]}}
+    extension = {"kinds": {"fingerprint": {"fields": fields}}}
     catalogue = parse_extension(json.dumps(extension), "fields.json")
-    assert set(catalogue.kinds["fingerprint"].fields) == {"ja3"}
+    assert set(catalogue.kinds["fingerprint"].fields) == {"ja3", "ciphers"}
+    assert catalogue.kinds["fingerprint"].fields["ciphers"].type == ("string", "array")
 
 
 @pytest.mark.parametrize(
@@ -235,6 +241,8 @@ def test_an_extension_in_json_works_too() -> None:
         ("kinds: [command]\n", (1, 1), "a field catalogue is a mapping with one key"),
         ("kinds:\n  bad kind: {}\n", (2, 13), "kind 'bad kind' does not match"),
         ("kinds:\n  k:\n    fields:\n      f: text\n", (4, 10), "field 'f' has type 'text'"),
+        ("kinds:\n  k:\n    fields:\n      f: {type: []}\n", (4, 10), "field 'f' has type []"),
+        ("kinds:\n  k:\n    fields:\n      f: {type: []}\n", (4, 10), "field 'f' has type []"),
         ("kinds:\n  k:\n    fields:\n      a.b: string\n", (4, 12), "field name 'a.b' must"),
         ("kinds:\n  k: {default_field: x}\n", (2, 6), "kind 'k' is a mapping of"),
         ("kinds: {k: {}\n", (2, 1), "YAML syntax error"),

@@ -45,8 +45,8 @@ class PayloadField:
     """One top-level key of a kind's payload."""
 
     name: str
-    type: str
-    """A JSON Schema type name (one of :data:`FIELD_TYPES`)."""
+    type: str | tuple[str, ...]
+    """A JSON Schema type name (one of :data:`FIELD_TYPES`), or several a value may have."""
     description: str = ""
 
 
@@ -131,7 +131,11 @@ def payload_schema(kind: SourceKind) -> dict[str, Any]:
         ),
         "type": "object",
         "properties": {
-            f.name: {"type": f.type, "description": f.description} for f in kind.fields.values()
+            f.name: {
+                "type": f.type if isinstance(f.type, str) else list(f.type),
+                "description": f.description,
+            }
+            for f in kind.fields.values()
         },
         "additionalProperties": True,
     }
@@ -191,12 +195,15 @@ def _field(fail: Any, where: tuple[str | int, ...], name: Any, spec: Any) -> Pay
     if not isinstance(spec, dict) or not set(spec) <= {"type", "description"}:
         raise fail(where, f"field {name!r} is a type name or `{{type, description}}`")
     kind = spec.get("type")
-    if kind not in FIELD_TYPES:
-        raise fail(where, f"field {name!r} has type {kind!r}; one of {', '.join(FIELD_TYPES)}")
+    types: list[Any] = kind if isinstance(kind, list) else [kind]
+    if not types or any(t not in FIELD_TYPES for t in types):
+        raise fail(
+            where, f"field {name!r} has type {kind!r}; use {', '.join(FIELD_TYPES)} or a list"
+        )
     description = spec.get("description", "")
     if not isinstance(description, str):
         raise fail(where, f"the description of field {name!r} must be text")
-    return PayloadField(name, kind, description)
+    return PayloadField(name, kind if isinstance(kind, str) else tuple(types), description)
 
 
 def _is_token(name: str) -> bool:
@@ -271,8 +278,10 @@ BUILTIN: Final = FieldCatalogue(
                     "A message a mail honeypot accepted.",
                     PayloadField("subject", "string", "The Subject header."),
                     PayloadField("from", "string", "The sender address."),
-                    PayloadField("to", "array", "The recipient addresses."),
-                    PayloadField("cc", "array", "The Cc addresses."),
+                    PayloadField(
+                        "to", ("string", "array"), "The recipient address, or a list of them."
+                    ),
+                    PayloadField("cc", ("string", "array"), "The Cc address, or a list of them."),
                     PayloadField("body", "string", "The message text."),
                     PayloadField(
                         "attachments",
