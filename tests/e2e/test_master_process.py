@@ -46,7 +46,7 @@ from harness.master import (
     wait_until,
     with_version,
 )
-from harness.tcp_proxy import TcpProxy
+from harness.tcp_proxy import proxy_to, via
 from ttp_core.contract import subjects
 from ttp_runtime.embedded import free_port
 
@@ -219,22 +219,6 @@ async def event_row(dsn: str, rule_id: str, version: int) -> dict[str, Any] | No
         if row["payload"]["data"].get("rule_version") == version:
             return row
     return None
-
-
-def proxy_to(url: str, default_port: int) -> TcpProxy:
-    """A started `TcpProxy` to the server of `url`."""
-    parts = urllib.parse.urlsplit(url)
-    return TcpProxy(parts.hostname or "127.0.0.1", parts.port or default_port).start()
-
-
-def via(url: str, proxy: TcpProxy) -> str:
-    """`url` with its host and port replaced by the proxy's."""
-    parts = urllib.parse.urlsplit(url)
-    netloc = f"127.0.0.1:{proxy.port}"
-    if parts.username:
-        password = f":{parts.password}" if parts.password else ""
-        netloc = f"{parts.username}{password}@{netloc}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
 async def kill_9(process: MasterProcess) -> None:

@@ -40,9 +40,12 @@ from harness.master import (
     with_version,
 )
 from harness.processes import Procs, fleet_matches, master_summary, status_feed, stop, until
+from harness.tcp_proxy import proxy_to, via
 from ttp_core.contract import subjects
+from ttp_core.contract.control import StateSetRequest
 from ttp_runtime.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from ttp_worker.rulebook import RuleBook, RuleChange, decode_rule_message
+from ttpctl.control_client import ControlClient, ControlClientError
 
 
 @dataclass
@@ -114,6 +117,7 @@ WORKER_ENV = {
 }
 CONVERGE_TIMEOUT_S = 90.0
 """Generous: the chaos tier runs on a loaded 2-core machine."""
+_NEWEST_STREAM_REVISION = "SELECT max(revision) AS newest FROM ttp_rule_event WHERE jetstream"
 
 
 @dataclass
@@ -161,13 +165,16 @@ class Fleet:
         return None
 
     async def converged(self, timeout: float = CONVERGE_TIMEOUT_S) -> dict[str, Any]:
-        """Wait until every worker is ready on the master's latest summary; that summary."""
+        """Wait until the master has published everything PostgreSQL holds and every worker
+        is ready on that summary; the summary."""
+        dsn = self.procs.base_env["TTP_DATABASE_URL"].replace("+psycopg", "", 1)
 
         async def check() -> dict[str, Any] | None:
             summary = await master_summary(self.nc)
-            if summary is not None and fleet_matches(self.statuses, summary, self.workers):
-                return summary
-            return None
+            if summary is None or not fleet_matches(self.statuses, summary, self.workers):
+                return None
+            newest = await query(dsn, _NEWEST_STREAM_REVISION)
+            return summary if summary["revision"] >= (newest[0]["newest"] or 0) else None
 
         result: dict[str, Any] = await until(
             "every worker on the master's digest", check, self.procs, timeout=timeout
@@ -724,3 +731,143 @@ async def worker_kill_flood(
                 "survivor_sigterm_exit_s": round(survivor_stop_s, 2),
             },
         )
+
+
+# --------------------------------------------------------------------------------------------
+# Scenario: PostgreSQL unreachable while rules change and operators send state requests
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StateAttempt:
+    """One `ttp.ctl.state.set` sent during the outage, and how it ended."""
+
+    seconds: float
+    code: str
+    message: str
+
+
+async def postgres_outage(
+    servers: ChaosServers,
+    rules: Path,
+    workdir: Path,
+    *,
+    outage_s: float = 6.0,
+    edits: int = 8,
+    state_requests: int = 3,
+    seed: int = 3,
+) -> ChaosRow:
+    """The master's path to PostgreSQL is cut (a `TcpProxy`: connections reset, new ones
+    refused) for `outage_s` while rule files change and `state.set` requests arrive through
+    `ControlClient` (what `ttpctl state` uses). Then the path is restored.
+
+    Found: the master's /readyz codes during the outage; each state request's error code,
+    message and time to answer; whether TTP_RULES stored anything PostgreSQL does not hold
+    ("unpersisted"); recovery is from the path restored to PostgreSQL equal to the disk and
+    every worker on the master's digest. Lost: differences between PostgreSQL and the disk
+    plus outbox rows never stored; duplicated: revisions stored twice."""
+    rng = random.Random(seed)
+    with proxy_to(servers.database_url, 5432) as db_path:
+        async with running_fleet(
+            servers, rules, workdir, ("p1", "p2"), database_url=via(servers.database_url, db_path)
+        ) as fleet:
+            await start_and_converge(fleet, ("master",))
+            start = await master_summary(fleet.nc)
+            assert start is not None
+            stored = await StoredLog(fleet.js).start()
+            client = ControlClient(fleet.nc, timeout_s=15)
+            editor = RuleEditor(rules, rng)
+            readiness: Counter[int | None] = Counter()
+            attempts: list[StateAttempt] = []
+            outage_over = asyncio.Event()
+
+            async def watch_readiness() -> None:
+                while not outage_over.is_set():
+                    readiness[await fleet.readyz("master")] += 1
+                    await asyncio.sleep(0.1)
+
+            async def ask_for_state(rule_id: str) -> None:
+                asked = time.monotonic()
+                request = StateSetRequest(
+                    rule_id=rule_id, state="disabled", reason="chaos: outage", actor="chaos"
+                )
+                try:
+                    await client.state_set(request)
+                    code, message = "ok", ""
+                except ControlClientError as exc:
+                    code, message = exc.code.value, str(exc)
+                attempts.append(StateAttempt(round(time.monotonic() - asked, 2), code, message))
+
+            watcher = asyncio.create_task(watch_readiness())
+            db_path.cut()
+            cut = time.monotonic()
+            requests: list[asyncio.Task[None]] = []
+            steps = max(edits, state_requests)
+            for step in range(steps):
+                await asyncio.sleep(outage_s / (steps + 1))
+                if step < edits:
+                    editor.step()
+                if step < state_requests:
+                    rule_id = rng.choice(sorted(rule_files(rules)))
+                    requests.append(asyncio.create_task(ask_for_state(rule_id)))
+            await asyncio.gather(*requests)
+            await asyncio.sleep(max(0.0, outage_s - (time.monotonic() - cut)))
+            db_path.restore()
+            healed = time.monotonic()
+            outage_over.set()
+            await watcher
+
+            async def disk_in_postgres() -> bool:
+                return not await postgres_differences(servers.database_dsn, rules)
+
+            with contextlib.suppress(AssertionError):  # what differs is counted below
+                await until("PostgreSQL to equal the disk", disk_in_postgres, fleet.procs)
+            await fleet.converged()
+            recovery = time.monotonic() - healed
+            after = time.monotonic()
+            await client.state_set(
+                StateSetRequest(
+                    rule_id=sorted(rule_files(rules))[0],
+                    state="disabled",
+                    reason="chaos: after the outage",
+                    actor="chaos",
+                )
+            )
+            state_after_s = time.monotonic() - after
+            final = await fleet.converged()  # the state change reached the workers too
+            entries = await stored.complete()
+            await stored.stop()
+            count, unstored, duplicated = await outbox_against_stream(
+                servers.database_dsn, entries, start["revision"]
+            )
+            persisted = {
+                r["revision"] for r in await query(servers.database_dsn, _OUTBOX_REVISIONS)
+            }
+            unpersisted = [
+                e.revision
+                for e in entries
+                if e.subject != subjects.RULESET_REVISION
+                and e.revision is not None
+                and e.revision not in persisted
+            ]
+            differences = await postgres_differences(servers.database_dsn, rules)
+            return ChaosRow(
+                scenario="postgres-outage",
+                faults=f"PostgreSQL cut {outage_s:g} s (proxy)",
+                edits=editor.total,
+                events=count,
+                lost=len(differences) + unstored,
+                duplicated=duplicated,
+                recovery_s=round(recovery, 2),
+                details={
+                    "readyz_during_outage": {str(k): v for k, v in readiness.items()},
+                    "state_requests": [asdict(a) for a in attempts],
+                    "state_set_after_outage_s": round(state_after_s, 2),
+                    "unpersisted_published": unpersisted,
+                    "postgres_differences": differences,
+                    "workers_on_master_digest": fleet_matches(fleet.statuses, final, fleet.workers),
+                },
+            )
+
+
+_OUTBOX_REVISIONS = "SELECT revision FROM ttp_rule_event"

@@ -23,6 +23,7 @@ import contextlib
 import socket
 import struct
 import threading
+import urllib.parse
 from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -165,3 +166,19 @@ def _reset(writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     writer.transport.abort()
+
+
+def proxy_to(url: str, default_port: int) -> TcpProxy:
+    """A started `TcpProxy` to the server of `url` (`default_port` when it names none)."""
+    parts = urllib.parse.urlsplit(url)
+    return TcpProxy(parts.hostname or "127.0.0.1", parts.port or default_port).start()
+
+
+def via(url: str, proxy: TcpProxy) -> str:
+    """`url` with its host and port replaced by the proxy's (credentials kept)."""
+    parts = urllib.parse.urlsplit(url)
+    netloc = f"127.0.0.1:{proxy.port}"
+    if parts.username:
+        password = f":{parts.password}" if parts.password else ""
+        netloc = f"{parts.username}{password}@{netloc}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))

@@ -1,0 +1,36 @@
+"""PostgreSQL unreachable from the master (its path cut by a TCP proxy) while rule files
+change and operators send state requests: /readyz goes 503, a state request ends at once in a
+clear `unavailable` error, nothing PostgreSQL does not hold is published, and once the path is
+back every edit made during the outage reaches the workers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.chaos import ChaosServers, postgres_outage
+
+pytestmark = pytest.mark.timeout(300)
+
+ANSWER_BOUND_S = 10.0
+"""Far above what an answer takes; far below the client's 15 s timeout (a hang)."""
+
+
+async def test_postgres_outage_refuses_state_changes_publishes_nothing_unpersisted_and_catches_up(
+    chaos_servers: ChaosServers, rules_dir: Path, tmp_path: Path
+) -> None:
+    row = await postgres_outage(chaos_servers, rules_dir, tmp_path, outage_s=6.0, edits=8)
+    print(row)
+    assert row.edits == 8
+    assert "503" in row.details["readyz_during_outage"]
+    attempts = row.details["state_requests"]
+    assert len(attempts) == 3
+    for attempt in attempts:
+        assert attempt["code"] == "unavailable", attempt
+        assert "PostgreSQL" in attempt["message"], attempt
+        assert attempt["seconds"] < ANSWER_BOUND_S, attempt
+    assert row.details["unpersisted_published"] == []
+    assert row.details["postgres_differences"] == []
+    assert row.details["workers_on_master_digest"] is True
+    assert (row.lost, row.duplicated) == (0, 0)
