@@ -31,6 +31,7 @@ from ttp_master.fleet_tracker import FleetTracker
 from ttp_master.leader import LeaderLock
 from ttp_master.outbox_relay import OutboxRelay, RelayBatch
 from ttp_master.rule_sync import RuleSync, SyncResult
+from ttp_runtime.field_catalogue import load_field_catalogue
 from ttp_master.settings import MasterSettings
 from ttp_master.stream_guard import StreamGuard
 from ttp_master.watcher import DirectoryWatcher, WatchBatch
@@ -94,7 +95,8 @@ class Master:
         self.settings = settings
         self.root = settings.rules_dir.absolute()
         self.state = MasterState()
-        self.validator = RuleValidator()
+        # A bad catalogue file stops the start with its location, like any bad setting.
+        self.validator = RuleValidator(fields=load_field_catalogue(settings.field_catalogue))
         self.engine: AsyncEngine | None = None
         self.nc: Client | None = None
         self.control: ControlService | None = None
@@ -120,10 +122,10 @@ class Master:
         publisher = NatsPublisher(self.nc, js)
         fleet = FleetTracker()
         await fleet.start(self.nc)
-        self.control = ControlService(self.nc, fleet)
+        leader = LeaderLock(settings.database_url, settings.leader_lock_key)
+        self.control = ControlService(self.nc, fleet, postgres_error=lambda: leader.postgres_error)
         await self.control.serve_standby()
         _log.info("master started", extra={"rules_dir": str(self.root), "http_port": health.port})
-        leader = LeaderLock(settings.database_url, settings.leader_lock_key)
         self.state.waiting_because = lambda: leader.waiting_because
         try:
             while not self.state.stop.is_set():

@@ -4,8 +4,9 @@ Every master process runs it, so `$SRV.PING/INFO/STATS.ttp-ctl` finds the leader
 standbys (metadata `role`). The leader's endpoints and the standbys' sit in different queue
 groups, so each request reaches the leader and one standby: the leader answers at once; a
 standby answers `not_leader` only after a pause, which a client sees only when no leader
-answered (the leader is down or frozen). Handlers run as tasks, so a slow audit query never
-holds up a state change.
+answered (the leader is down or frozen); while the standby cannot reach PostgreSQL either, no
+master can lead, and it answers `unavailable` instead. Handlers run as tasks, so a slow audit
+query never holds up a state change.
 """
 
 from __future__ import annotations
@@ -290,9 +291,17 @@ class ControlService:
     service too (it arrived after that registration), in which case the leader answers it.
     """
 
-    def __init__(self, nc: Client, fleet: FleetTracker) -> None:
+    def __init__(
+        self,
+        nc: Client,
+        fleet: FleetTracker,
+        *,
+        postgres_error: Callable[[], str | None] = lambda: None,
+    ) -> None:
         self._nc = nc
         self._fleet = fleet
+        self._postgres_error = postgres_error
+        """Why this process cannot reach PostgreSQL (None: it can), for a standby's refusal."""
         self._service: Service | None = None
         self._handlers: ControlHandlers | None = None
         self._leader_since = float("inf")
@@ -380,6 +389,14 @@ class ControlService:
                     return  # this process's leader service received it as well
                 handlers = self._handlers  # leadership may have been won meanwhile
             if handlers is None:
+                if (reason := self._postgres_error()) is not None:
+                    # No master leads while PostgreSQL is away, and "not leader" would send
+                    # the operator looking for a broken master.
+                    raise ControlRequestError(
+                        ErrorCode.UNAVAILABLE,
+                        f"PostgreSQL is unreachable from the master on {self.instance} "
+                        f"({reason}): no master can change state until it is back",
+                    )
                 raise ControlRequestError(
                     ErrorCode.NOT_LEADER,
                     f"master on {self.instance} is a standby and no leader answered: "

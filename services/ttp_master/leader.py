@@ -37,6 +37,8 @@ class LeaderLock:
         self.fence: LeaderFence | None = None
         self.waiting_because = "starting"
         """Why this master does not lead right now (for readiness and logs)."""
+        self.postgres_error: str | None = None
+        """Why the last attempt to reach PostgreSQL failed; None once one succeeds."""
 
     @property
     def is_leader(self) -> bool:
@@ -47,7 +49,9 @@ class LeaderLock:
         announced = False
         while not stop.is_set():
             try:
-                if await self._try_acquire():
+                acquired = await self._try_acquire()
+                self.postgres_error = None
+                if acquired:
                     _log.info("leader lock acquired", extra={"lock_key": self._key})
                     return True
                 self.waiting_because = "another master leads"
@@ -55,6 +59,7 @@ class LeaderLock:
                     _log.info("another master leads; waiting as hot standby")
                     announced = True
             except psycopg.Error as exc:
+                self.postgres_error = type(exc).__name__
                 self.waiting_because = f"PostgreSQL unreachable ({type(exc).__name__})"
                 _log.warning("leader lock attempt failed: %s", exc)
                 await self._close()
@@ -88,6 +93,7 @@ class LeaderLock:
                 assert self._conn is not None
                 await asyncio.wait_for(self._conn.execute("SELECT 1"), timeout=max(self._poll, 2.0))
             except (psycopg.Error, TimeoutError, AssertionError) as exc:
+                self.postgres_error = type(exc).__name__
                 _log.error("leader connection lost (%s): stepping down", exc)
                 self.lost.set()
                 self.fence = None
