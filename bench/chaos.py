@@ -12,10 +12,12 @@ The scenarios are the ones the tests in tests/chaos run with smaller sizes (the 
 lives in tests/harness, shared by both); here every row is printed, whatever it shows.
 
 Columns: scenario; faults injected; edits (rule files created, changed or deleted); events
-(published and acknowledged by JetStream); lost; duplicated; recovery time (the longest, over
-the scenario's faults, from the fault healed to the system whole again: every worker on the
-master's digest, every event tagged). The last line of stdout is one JSON object with every
-row. `--quick` runs smaller sizes (all scenarios in about a minute); `--scenario NAME` runs one.
+(honeypot events acknowledged by TTP_EVENTS, or, in the scenarios without them, the rule
+change events TTP_RULES stored); lost; duplicated; recovery time (the longest, over the
+scenario's faults, from the fault healed to the system whole again; each scenario's docstring
+in tests/harness/chaos.py says exactly what it measures). The last line of stdout is one JSON
+object with every row and its details. `--quick` runs smaller sizes (all scenarios in about
+a minute and a half); `--scenario NAME` runs one.
 
 Adding a scenario: write `async def name(run: ScenarioRun) -> ChaosRow` below and decorate it
 with `@scenario("name")`.
@@ -36,7 +38,15 @@ from bench.master import machine_figures, run_bench
 
 # The scenarios live with the test harnesses, so a test and its bench row are the same code.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from harness.chaos import ChaosRow
+from harness.chaos import (
+    ChaosRow,
+    master_kill_storm,
+    nats_restart,
+    own_servers,
+    postgres_outage,
+    starter_pack_in,
+    worker_kill_flood,
+)
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,72 @@ def scenario(name: str) -> Callable[[Scenario], Scenario]:
 
 
 # ---------------------------------------------------------------------------- the scenarios
+
+
+@scenario("master-kill-storm")
+async def kill_storm_restarted(run: ScenarioRun) -> ChaosRow:
+    """kill -9 of the master during rule edits; a supervisor restarts it."""
+    with own_servers() as servers:
+        return await master_kill_storm(
+            servers,
+            starter_pack_in(run.workdir / "rules"),
+            run.workdir,
+            edits=300 if run.quick else 400,
+            kills=3 if run.quick else 5,
+        )
+
+
+@scenario("master-kill-storm-standby")
+async def kill_storm_standby(run: ScenarioRun) -> ChaosRow:
+    """kill -9 of the leading master during rule edits; a hot standby takes over."""
+    with own_servers() as servers:
+        return await master_kill_storm(
+            servers,
+            starter_pack_in(run.workdir / "rules"),
+            run.workdir,
+            edits=300 if run.quick else 400,
+            kills=3 if run.quick else 5,
+            standby=True,
+        )
+
+
+@scenario("nats-restart")
+async def nats_restarted(run: ScenarioRun) -> ChaosRow:
+    """NATS killed and restarted during event flow and rule edits."""
+    with own_servers() as servers:
+        return await nats_restart(
+            servers,
+            starter_pack_in(run.workdir / "rules"),
+            run.workdir,
+            events=3_000 if run.quick else 6_000,
+            restarts=2,
+        )
+
+
+@scenario("postgres-outage")
+async def postgres_cut(run: ScenarioRun) -> ChaosRow:
+    """The master's path to PostgreSQL cut while edits and state requests arrive."""
+    with own_servers() as servers:
+        return await postgres_outage(
+            servers,
+            starter_pack_in(run.workdir / "rules"),
+            run.workdir,
+            outage_s=5.0 if run.quick else 15.0,
+            edits=8 if run.quick else 20,
+            state_requests=3 if run.quick else 6,
+        )
+
+
+@scenario("worker-kill-flood")
+async def worker_flood(run: ScenarioRun) -> ChaosRow:
+    """kill -9 of one of two workers during an event flood."""
+    with own_servers() as servers:
+        return await worker_kill_flood(
+            servers,
+            starter_pack_in(run.workdir / "rules"),
+            run.workdir,
+            events=6_000 if run.quick else 20_000,
+        )
 
 
 # ---------------------------------------------------------------------------- the table

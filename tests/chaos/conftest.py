@@ -9,17 +9,12 @@ from typing import Any
 
 import pytest
 
-from harness.chaos import ChaosServers
-from harness.master import STARTER_RULES
+from harness.chaos import ChaosServers, starter_pack_in
 
 
 @pytest.fixture
 def rules_dir(tmp_path: Path) -> Path:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    for path in STARTER_RULES.rglob("*.yaml"):
-        (rules / path.name).write_bytes(path.read_bytes())
-    return rules
+    return starter_pack_in(tmp_path / "rules")
 
 
 @pytest.fixture
