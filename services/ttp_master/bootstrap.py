@@ -31,10 +31,10 @@ from ttp_master.fleet_tracker import FleetTracker
 from ttp_master.leader import LeaderLock
 from ttp_master.outbox_relay import OutboxRelay, RelayBatch
 from ttp_master.rule_sync import RuleSync, SyncResult
-from ttp_runtime.field_catalogue import load_field_catalogue
 from ttp_master.settings import MasterSettings
 from ttp_master.stream_guard import StreamGuard
 from ttp_master.watcher import DirectoryWatcher, WatchBatch
+from ttp_runtime.field_catalogue import load_field_catalogue
 from ttp_runtime.health import HealthServer
 from ttp_runtime.logging import configure_logging
 from ttp_runtime.nats import connect, drain, ensure_streams, publish_js

@@ -17,6 +17,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ttp_core.contract.field_catalogue import FieldCatalogue
 from ttp_core.contract.subjects import is_token
 from ttp_core.rules.diagnostics import Diagnostic
 from ttp_core.rules.model import Rule
@@ -91,10 +92,13 @@ POOL_THRESHOLD = 64
 _pool_validator: RuleValidator | None = None
 
 
-def _validate_in_pool(root: str, rel: str) -> tuple[str, FileVerdict]:
+def _start_pool_process(fields: FieldCatalogue) -> None:
     global _pool_validator  # noqa: PLW0603 - one validator per pool process
-    if _pool_validator is None:
-        _pool_validator = RuleValidator()
+    _pool_validator = RuleValidator(fields=fields)
+
+
+def _validate_in_pool(root: str, rel: str) -> tuple[str, FileVerdict]:
+    assert _pool_validator is not None, "pool processes start with _start_pool_process"
     return rel, FileVerdict.of(_pool_validator.validate_file(Path(root, rel), rel))
 
 
@@ -124,7 +128,11 @@ class RuleSync:
             }
         if self._pool is None:
             # spawn, not fork: this process runs an event loop and other threads.
-            self._pool = ProcessPoolExecutor(mp_context=multiprocessing.get_context("spawn"))
+            self._pool = ProcessPoolExecutor(
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_pool_process,
+                initargs=(self.validator.fields,),
+            )
         root = str(self.root)
         chunk = max(16, len(rels) // ((os.cpu_count() or 2) * 4))
         try:
@@ -245,7 +253,7 @@ class RuleSync:
             for rel in candidates:
                 self._refused.pop(rel, None)
         changes, result = plan.changes, plan.result
-        new_rules, new_rejections = plan.new_rules, plan.new_rejections
+        new_rejections = plan.new_rejections
         claimed: dict[str, str] = {}
         vanished: dict[str, str] = {}
         ordered = sorted(candidates)
@@ -293,22 +301,31 @@ class RuleSync:
             ):
                 result.unchanged += 1
                 continue
-            changes.upserts.append(
-                RuleUpsert(
-                    rule_id=rule.rule_id,
-                    rule_version=rule.rule_version,
-                    name=rule.name,
-                    content_sha256=sha,
-                    definition=rule.normalised(),
-                    yaml_text=verdict.text,
-                    source_path=rel,
-                    is_external=rule.is_external,
-                )
-            )
-            result.upserted.append(rule.rule_id)
-            new_rules[rule.rule_id] = KnownRule(rule.rule_id, sha, rel, False, 0, verdict.text)
+            self._plan_upsert(plan, verdict, rule, sha, rel)
         _plan_deletes(plan, vanished, claimed)
         return plan
+
+    def _plan_upsert(
+        self, plan: _Plan, verdict: FileVerdict, rule: Rule, sha: str, rel: str
+    ) -> None:
+        assert verdict.text is not None
+        for warning in verdict.diagnostics:
+            # Not a rejection: the rule loads. Typos the field catalogue catches show here.
+            _log.warning("rule file accepted with a warning: %s", warning)
+        plan.changes.upserts.append(
+            RuleUpsert(
+                rule_id=rule.rule_id,
+                rule_version=rule.rule_version,
+                name=rule.name,
+                content_sha256=sha,
+                definition=rule.normalised(),
+                yaml_text=verdict.text,
+                source_path=rel,
+                is_external=rule.is_external,
+            )
+        )
+        plan.result.upserted.append(rule.rule_id)
+        plan.new_rules[rule.rule_id] = KnownRule(rule.rule_id, sha, rel, False, 0, verdict.text)
 
     def _needs_validation(self, rel: str) -> bool:
         path = self.root / rel

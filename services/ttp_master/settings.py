@@ -29,6 +29,13 @@ class MasterSettings(ServiceSettings):
             "editor's rename-away-then-write save is not published as a delete."
         ),
     )
+    field_catalogue: Path | None = Field(
+        default=None,
+        description=(
+            "YAML or JSON file adding source kinds and payload fields to the field catalogue "
+            "(docs/rules.md); the master logs the warnings of each rule file it accepts."
+        ),
+    )
     rescan_interval_s: float = Field(
         default=300.0, gt=0, description="Backstop full rescan of the rules directory."
     )

@@ -15,8 +15,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ttp_core.contract.field_catalogue import CatalogueError
 from ttp_core.rules.diagnostics import Diagnostic
 from ttp_core.rules.validator import RuleReport, RuleValidator
+from ttp_runtime.field_catalogue import load_field_catalogue
 
 rules_app = typer.Typer(
     help="Validate and test rule files; list and show the rules the master serves.",
@@ -30,6 +32,15 @@ PathArgument = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON document for machines.")]
+FieldsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--fields",
+        envvar="TTP_FIELD_CATALOGUE",
+        help="YAML or JSON file adding source kinds and payload fields to the field "
+        "catalogue (default: $TTP_FIELD_CATALOGUE, else the built-in catalogue only).",
+    ),
+]
 
 
 def _console() -> Console:
@@ -64,8 +75,12 @@ def _report_json(report: RuleReport) -> dict[str, object]:
     }
 
 
-def _load(path: Path, strict: bool) -> list[RuleReport]:
-    return RuleValidator(strict=strict).validate_tree(path)
+def _load(path: Path, strict: bool, fields: Path | None) -> list[RuleReport]:
+    try:
+        catalogue = load_field_catalogue(fields)
+    except CatalogueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--fields") from None
+    return RuleValidator(strict=strict, fields=catalogue).validate_tree(path)
 
 
 @rules_app.command("validate")
@@ -74,9 +89,10 @@ def validate(
     strict: Annotated[bool, typer.Option("--strict", help="Treat warnings as errors.")] = False,
     as_json: JsonOption = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="List valid files too.")] = False,
+    fields: FieldsOption = None,
 ) -> None:
     """Validate rule files; exit 0 if all are valid, 1 if any is not (or none was found)."""
-    reports = _load(path, strict)
+    reports = _load(path, strict, fields)
     invalid = [r for r in reports if not r.ok]
     warnings = sum(len(r.warnings) for r in reports)
     if as_json:
@@ -111,9 +127,9 @@ def validate(
 
 
 @rules_app.command("test")
-def test(path: PathArgument, as_json: JsonOption = False) -> None:
+def test(path: PathArgument, as_json: JsonOption = False, fields: FieldsOption = None) -> None:
     """Run every rule's inline tests; exit 1 on any failure or invalid rule."""
-    reports = _load(path, strict=False)
+    reports = _load(path, strict=False, fields=fields)
     failed_rules = [r for r in reports if not r.ok or any(not t.passed for t in r.tests)]
     total = sum(len(r.tests) for r in reports)
     passed = sum(t.passed for r in reports for t in r.tests)

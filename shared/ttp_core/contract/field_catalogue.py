@@ -30,7 +30,6 @@ import difflib
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Any, Final
 
 from ttp_core.rules.model import DEFAULT_FIELDS, TOKEN_PATTERN
@@ -66,7 +65,8 @@ class SourceKind:
 
 @dataclass(frozen=True, slots=True)
 class FieldCatalogue:
-    """Kinds by name; immutable (:meth:`extended` returns a new catalogue)."""
+    """Kinds by name. Treat as immutable: :meth:`extended` returns a new catalogue. (Plain
+    dicts, not read-only proxies, so that a catalogue pickles into validation processes.)"""
 
     kinds: Mapping[str, SourceKind] = field(default_factory=dict)
 
@@ -94,10 +94,8 @@ class FieldCatalogue:
                 kinds[name] = extra
                 continue
             merged = {**base.fields, **extra.fields}
-            kinds[name] = SourceKind(
-                name, extra.description or base.description, MappingProxyType(merged)
-            )
-        return FieldCatalogue(MappingProxyType(kinds))
+            kinds[name] = SourceKind(name, extra.description or base.description, merged)
+        return FieldCatalogue(kinds)
 
 
 def suggest_field(name: str, known: Iterable[str]) -> str | None:
@@ -183,8 +181,8 @@ def parse_extension(text: str, source: str) -> FieldCatalogue:
         for field_name, field_spec in fields_spec.items():
             at = (*where, "fields", field_name)
             fields[field_name] = _field(fail, at, field_name, field_spec)
-        kinds[name] = SourceKind(name, description, MappingProxyType(fields))
-    return FieldCatalogue(MappingProxyType(kinds))
+        kinds[name] = SourceKind(name, description, fields)
+    return FieldCatalogue(kinds)
 
 
 def _field(fail: Any, where: tuple[str | int, ...], name: Any, spec: Any) -> PayloadField:
@@ -211,7 +209,7 @@ def _is_token(name: str) -> bool:
 
 
 def _kind(name: str, description: str, *fields: PayloadField) -> SourceKind:
-    return SourceKind(name, description, MappingProxyType({f.name: f for f in fields}))
+    return SourceKind(name, description, {f.name: f for f in fields})
 
 
 _NETWORK: Final = (
@@ -223,76 +221,72 @@ _NETWORK: Final = (
 )
 
 BUILTIN: Final = FieldCatalogue(
-    MappingProxyType(
-        {
-            k.name: k
-            for k in (
-                _kind(
-                    "command",
-                    "A command line an attacker ran in an emulated shell.",
-                    PayloadField("command_text", "string", "The command line as typed."),
-                    PayloadField("username", "string", "The account of the shell session."),
-                    PayloadField("shell", "string", "The emulated shell (bash, sh, busybox)."),
-                    PayloadField("cwd", "string", "The working directory of the command."),
-                    *_NETWORK,
+    {
+        k.name: k
+        for k in (
+            _kind(
+                "command",
+                "A command line an attacker ran in an emulated shell.",
+                PayloadField("command_text", "string", "The command line as typed."),
+                PayloadField("username", "string", "The account of the shell session."),
+                PayloadField("shell", "string", "The emulated shell (bash, sh, busybox)."),
+                PayloadField("cwd", "string", "The working directory of the command."),
+                *_NETWORK,
+            ),
+            _kind(
+                "http_request",
+                "An HTTP request a web honeypot received.",
+                PayloadField("method", "string", "The request method (GET, POST, ...)."),
+                PayloadField(
+                    "raw_url", "string", "The request target as received, query included."
                 ),
-                _kind(
-                    "http_request",
-                    "An HTTP request a web honeypot received.",
-                    PayloadField("method", "string", "The request method (GET, POST, ...)."),
-                    PayloadField(
-                        "raw_url", "string", "The request target as received, query included."
-                    ),
-                    PayloadField("path", "string", "The path part of the request target."),
-                    PayloadField("query", "string", "The query string, without the `?`."),
-                    PayloadField("http_version", "string", "HTTP/1.0, HTTP/1.1, HTTP/2."),
-                    PayloadField(
-                        "headers",
-                        "object",
-                        "Request headers by lower-case name (`headers.user-agent`).",
-                    ),
-                    PayloadField("body", "string", "The request body as text."),
-                    *_NETWORK,
+                PayloadField("path", "string", "The path part of the request target."),
+                PayloadField("query", "string", "The query string, without the `?`."),
+                PayloadField("http_version", "string", "HTTP/1.0, HTTP/1.1, HTTP/2."),
+                PayloadField(
+                    "headers",
+                    "object",
+                    "Request headers by lower-case name (`headers.user-agent`).",
                 ),
-                _kind(
-                    "auth_attempt",
-                    "A login attempt (ssh, telnet, ftp, http basic, ...).",
-                    PayloadField("username", "string", "The user name tried."),
-                    PayloadField("password", "string", "The password tried."),
-                    PayloadField("success", "boolean", "Whether the honeypot let it in."),
-                    PayloadField(
-                        "auth_method", "string", "password, publickey, keyboard-interactive."
-                    ),
-                    *_NETWORK,
+                PayloadField("body", "string", "The request body as text."),
+                *_NETWORK,
+            ),
+            _kind(
+                "auth_attempt",
+                "A login attempt (ssh, telnet, ftp, http basic, ...).",
+                PayloadField("username", "string", "The user name tried."),
+                PayloadField("password", "string", "The password tried."),
+                PayloadField("success", "boolean", "Whether the honeypot let it in."),
+                PayloadField("auth_method", "string", "password, publickey, keyboard-interactive."),
+                *_NETWORK,
+            ),
+            _kind(
+                "payload",
+                "Raw bytes sent to a service that does not parse them (a port listener).",
+                PayloadField("payload_text", "string", "The bytes received, decoded as text."),
+                PayloadField("payload_hex", "string", "The bytes received, hex-encoded."),
+                PayloadField("payload_size", "integer", "How many bytes were received."),
+                *_NETWORK,
+            ),
+            _kind(
+                "email",
+                "A message a mail honeypot accepted.",
+                PayloadField("subject", "string", "The Subject header."),
+                PayloadField("from", "string", "The sender address."),
+                PayloadField(
+                    "to", ("string", "array"), "The recipient address, or a list of them."
                 ),
-                _kind(
-                    "payload",
-                    "Raw bytes sent to a service that does not parse them (a port listener).",
-                    PayloadField("payload_text", "string", "The bytes received, decoded as text."),
-                    PayloadField("payload_hex", "string", "The bytes received, hex-encoded."),
-                    PayloadField("payload_size", "integer", "How many bytes were received."),
-                    *_NETWORK,
+                PayloadField("cc", ("string", "array"), "The Cc address, or a list of them."),
+                PayloadField("body", "string", "The message text."),
+                PayloadField(
+                    "attachments",
+                    "array",
+                    "The attached files' names (or objects with `filename`).",
                 ),
-                _kind(
-                    "email",
-                    "A message a mail honeypot accepted.",
-                    PayloadField("subject", "string", "The Subject header."),
-                    PayloadField("from", "string", "The sender address."),
-                    PayloadField(
-                        "to", ("string", "array"), "The recipient address, or a list of them."
-                    ),
-                    PayloadField("cc", ("string", "array"), "The Cc address, or a list of them."),
-                    PayloadField("body", "string", "The message text."),
-                    PayloadField(
-                        "attachments",
-                        "array",
-                        "The attached files' names (or objects with `filename`).",
-                    ),
-                    PayloadField("headers", "object", "Message headers by lower-case name."),
-                    *_NETWORK,
-                ),
-            )
-        }
-    )
+                PayloadField("headers", "object", "Message headers by lower-case name."),
+                *_NETWORK,
+            ),
+        )
+    }
 )
 """The kinds and fields this project knows; see docs/contract.md#field-catalogue."""
