@@ -5,6 +5,8 @@ field catalogue generates, one per catalogued source kind, and describe real pay
   missing or stale payload schema;
 - each is JSON Schema 2020-12, open (`additionalProperties: true`, nothing required: honeypots
   send more than the catalogue lists) and identified by `payload_schema_id(kind)`;
+- docs/contract.md lists every kind (with its default field and schema file) and every field
+  (with its type), and nothing else;
 - the payloads of the demo events `ttpctl dev` publishes, and every inline test event of
   the starter pack, validate against the schema of their kind.
 """
@@ -19,7 +21,7 @@ import pytest
 from jsonschema import Draft202012Validator
 from typer.testing import CliRunner
 
-from ttp_core.contract.field_catalogue import BUILTIN, payload_schema_id
+from ttp_core.contract.field_catalogue import BUILTIN, NETWORK_FIELDS, payload_schema_id
 from ttp_core.rules.validator import RuleValidator
 from ttpctl.app import app
 from ttpctl.schema_commands import drift, export
@@ -90,3 +92,32 @@ def test_demo_and_inline_test_payloads_fit_their_kind() -> None:
         for test in report.rule.tests:
             fits(test.source_kind or report.rule.applies_to[0], test.event)
     assert set(checked) == set(KINDS)
+
+
+def test_contract_doc_lists_the_catalogue_exactly() -> None:
+    text = (REPO / "docs" / "contract.md").read_text("utf-8")
+    section = text[text.index("## Field catalogue") : text.index("## Compatibility rules")]
+    network = {f.name for f in NETWORK_FIELDS}
+    expected: set[str] = set()
+    for kind in BUILTIN.kinds.values():
+        expected.add(
+            f"| `{kind.name}` | {kind.description} | `{kind.default_field}` | "
+            f"[`payloads/{kind.name}.json`](schemas/payloads/{kind.name}.json) |"
+        )
+        assert network <= set(kind.fields)
+        for field in kind.fields.values():
+            if field.name in network:
+                continue
+            kind_type = field.type if isinstance(field.type, str) else " or ".join(field.type)
+            default = " (default field)" if field.name == kind.default_field else ""
+            expected.add(
+                f"| `{kind.name}` | `{field.name}` | {kind_type} | {field.description}{default} |"
+            )
+    for field in NETWORK_FIELDS:
+        expected.add(f"| every kind | `{field.name}` | {field.type} | {field.description} |")
+    rows = {
+        line
+        for line in section.splitlines()
+        if line.startswith("| `") or line.startswith("| every")
+    }
+    assert rows == expected

@@ -212,13 +212,14 @@ def _kind(name: str, description: str, *fields: PayloadField) -> SourceKind:
     return SourceKind(name, description, {f.name: f for f in fields})
 
 
-_NETWORK: Final = (
+NETWORK_FIELDS: Final = (
     PayloadField("src_ip", "string", "The attacker's IP address as the honeypot saw it."),
     PayloadField("src_port", "integer", "The attacker's source port."),
     PayloadField("dst_ip", "string", "The honeypot address that was contacted."),
     PayloadField("dst_port", "integer", "The honeypot port that was contacted."),
     PayloadField("protocol", "string", "The service protocol: ssh, telnet, http, smtp, ..."),
 )
+"""Fields every built-in kind carries: where the attack came from and went to."""
 
 BUILTIN: Final = FieldCatalogue(
     {
@@ -231,7 +232,7 @@ BUILTIN: Final = FieldCatalogue(
                 PayloadField("username", "string", "The account of the shell session."),
                 PayloadField("shell", "string", "The emulated shell (bash, sh, busybox)."),
                 PayloadField("cwd", "string", "The working directory of the command."),
-                *_NETWORK,
+                *NETWORK_FIELDS,
             ),
             _kind(
                 "http_request",
@@ -249,7 +250,7 @@ BUILTIN: Final = FieldCatalogue(
                     "Request headers by lower-case name (`headers.user-agent`).",
                 ),
                 PayloadField("body", "string", "The request body as text."),
-                *_NETWORK,
+                *NETWORK_FIELDS,
             ),
             _kind(
                 "auth_attempt",
@@ -258,7 +259,7 @@ BUILTIN: Final = FieldCatalogue(
                 PayloadField("password", "string", "The password tried."),
                 PayloadField("success", "boolean", "Whether the honeypot let it in."),
                 PayloadField("auth_method", "string", "password, publickey, keyboard-interactive."),
-                *_NETWORK,
+                *NETWORK_FIELDS,
             ),
             _kind(
                 "payload",
@@ -266,7 +267,7 @@ BUILTIN: Final = FieldCatalogue(
                 PayloadField("payload_text", "string", "The bytes received, decoded as text."),
                 PayloadField("payload_hex", "string", "The bytes received, hex-encoded."),
                 PayloadField("payload_size", "integer", "How many bytes were received."),
-                *_NETWORK,
+                *NETWORK_FIELDS,
             ),
             _kind(
                 "email",
@@ -284,7 +285,7 @@ BUILTIN: Final = FieldCatalogue(
                     "The attached files' names (or objects with `filename`).",
                 ),
                 PayloadField("headers", "object", "Message headers by lower-case name."),
-                *_NETWORK,
+                *NETWORK_FIELDS,
             ),
         )
     }
