@@ -14,13 +14,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rule_samples import SPEC_RULE
 
+from ttp_core.contract.field_catalogue import BUILTIN, parse_extension
 from ttp_core.engine.compiler import compile_rule
 from ttp_core.engine.index import RuleIndex
 from ttp_core.engine.tags import Tag
 from ttp_core.rules.model import Rule
 from ttp_core.rules.validator import RuleReport, RuleValidator
 
-VALIDATOR = RuleValidator()
+# The seeds read fields real honeypots may send beyond the built-in field catalogue.
+SEED_FIELDS = parse_extension(
+    "kinds: {http_request: {fields: {status: integer, attachments: array}}}", "seed-fields"
+)
+VALIDATOR = RuleValidator(fields=BUILTIN.extended(SEED_FIELDS))
 
 SEEDS = [
     SPEC_RULE,
