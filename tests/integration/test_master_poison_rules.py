@@ -9,6 +9,7 @@ the rest of its batch commits and is published.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -157,3 +158,19 @@ async def test_a_file_postgresql_refuses_is_rejected_alone_and_its_batch_commits
         (reloaded,) = rule_events(events)
         assert reloaded.rule_id == "R0023"
         assert await db_rejections(rig.dsn) == {}
+
+
+async def test_a_directory_name_that_is_not_utf8_costs_only_its_files(rig: Rig) -> None:
+    """Its files' paths cannot be stored as text (they hold surrogate escapes of the raw
+    bytes): PostgreSQL's driver refuses them, and the master goes on with the other files."""
+    bad = Path(os.fsdecode(bytes(rig.rules) + b"/caf\xe9"))
+    bad.mkdir()
+    shutil.copyfile(starter_rule("R0002"), bad / "R0002.yaml")
+    install(rig.rules, ["R0001", "R0003"], flat=True)
+    async with rig.master():
+        assert set(await db_rules(rig.dsn)) == {"R0001", "R0003"}
+        markers = Markers(rig.bus, rig.rules)
+        events = await markers.observe(
+            lambda: shutil.copyfile(starter_rule("R0014"), rig.rules / "R0014.yaml")
+        )
+        assert [m.rule_id for m in rule_events(events)] == ["R0014"]
