@@ -23,7 +23,9 @@ from ttp_core.rules.validator import RuleReport, RuleValidator
 
 # The seeds read fields real honeypots may send beyond the built-in field catalogue.
 SEED_FIELDS = parse_extension(
-    "kinds: {http_request: {fields: {status: integer, attachments: array}}}", "seed-fields"
+    "kinds: {http_request: {fields: {status: integer, attachments: array}},"
+    " auth_attempt: {fields: {attempts: integer, banner: string}}}",
+    "seed-fields",
 )
 VALIDATOR = RuleValidator(fields=BUILTIN.extended(SEED_FIELDS))
 
