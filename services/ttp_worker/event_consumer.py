@@ -130,6 +130,9 @@ class EventConsumer:
         self._max_event_bytes = max_event_bytes
         self._text_cap = deadletter_text_cap
         self._max_deliveries = max_deliveries
+        # Longest wait for PubAcks, and between two publish attempts: a quarter of ack_wait
+        # at most, so events held across failed publishes get `in_progress` in time.
+        self._hold_s = min(_PUBLISH_TIMEOUT_S, ack_wait_s / 4)
         self._on_batch = on_batch
         self._sub: Any = None
         self._stop: asyncio.Event | None = None
@@ -314,7 +317,8 @@ class EventConsumer:
                     attempt + 1,
                     extra={"error": repr(failures[0])},
                 )
-            pause = _RETRY_PAUSES_S[min(attempt, len(_RETRY_PAUSES_S) - 1)]
+            # Well inside ack_wait, so the held events' timers never run out between rounds.
+            pause = min(_RETRY_PAUSES_S[min(attempt, len(_RETRY_PAUSES_S) - 1)], self._hold_s)
             attempt += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), pause)
@@ -323,13 +327,22 @@ class EventConsumer:
             pending = [item for item in items if not item.published]
             for item in pending:
                 item.published = True
+            # Late deliveries waiting for the next fetch are held too: they would otherwise
+            # expire while this batch waits, and come back as one more delivery.
+            for msg in [*(item.msg for item in pending), *self._late_deliveries()]:
                 with contextlib.suppress(Exception):
-                    await item.msg.in_progress()
+                    await msg.in_progress()
             failures = await self._publish_all(pending, headers)
             failed += len(failures)
         if attempt and not failures:
             _log.info("publishing succeeded after %d retries", attempt)
         return failed
+
+    def _late_deliveries(self) -> list[Msg]:
+        """Events delivered after the last fetch returned, queued in nats-py for the next."""
+        queue = getattr(getattr(self._sub, "_sub", None), "_pending_queue", None)
+        queued = getattr(queue, "_queue", None) or ()
+        return [msg for msg in list(queued) if getattr(msg, "reply", None)]
 
     async def _settle(self, items: list[_Item]) -> None:
         """Ack what was published; give back (nak) what was not, for another worker."""
@@ -522,7 +535,7 @@ class EventConsumer:
             except Exception as exc:
                 futures.append(_failed(exc))
         sent = time.perf_counter()
-        await asyncio.wait(futures, timeout=_PUBLISH_TIMEOUT_S)
+        await asyncio.wait(futures, timeout=self._hold_s)
         metrics.PUBLISH_SECONDS.observe(time.perf_counter() - sent)
         for item, future in zip(items, futures, strict=True):
             if not future.done():

@@ -18,15 +18,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import nats.js.errors
 import pytest
 from nats.aio.client import Client
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy
 from nats.js.client import JetStreamContext
 
 from harness.master import install, nats_client, rule_text, running_master, with_version
 from ttp_core.contract import subjects
 from ttp_core.contract.payloads import (
     MASTER_SOURCE,
+    DeadLetter,
+    EventTagged,
     RuleReloaded,
     RulesetRevision,
     RuleStateChanged,
@@ -34,8 +37,12 @@ from ttp_core.contract.payloads import (
     encode,
     envelope,
 )
+from ttp_core.engine.index import RuleIndex
 from ttp_core.engine.tags import tag_uuid
+from ttp_worker import metrics
 from ttp_worker.bootstrap import Worker
+from ttp_worker.event_consumer import EventConsumer
+from ttp_worker.rulebook import Ruleset
 from ttp_worker.settings import WorkerSettings
 
 TIMEOUT_S = 20.0
@@ -539,3 +546,228 @@ async def test_external_rules_are_counted_and_run_only_with_an_evaluator(rig: Ri
         assert not plain.book.current.applies_to("session")
         assert [t.rule_id for t in lifted.book.current.index.evaluate(event)] == ["L0001"]
         assert calls == ["L0001"]
+
+
+# --------------------------------------------------------------------------------------------
+# Poison events
+# --------------------------------------------------------------------------------------------
+
+UNAME_RULE = """\
+rule_id: R0200
+rule_version: 1
+name: system_information_discovery
+applies_to: [command]
+match:
+  field: command_text
+  pattern: '\\buname\\b'
+emits:
+  - tactic: TA0007
+    technique_id: T1082
+    confidence: 0.7
+evidence_fields: [command_text, password]
+"""
+
+# (raw event, what it must end as): the shapes an attacker or a broken producer sends.
+POISON: list[tuple[bytes, str]] = [
+    (
+        b'{"source_kind":"command","source_id":"x\\ud800",'
+        b'"payload":{"command_text":"uname -a \\udfff"}}',
+        "invalid_text",
+    ),
+    (
+        b'{"source_kind":"command","source_id":"p-surrogate",'
+        b'"payload":{"command_text":"uname -a \\udfff","password":"\\uD800"}}',
+        "tagged",
+    ),
+    (
+        b'{"source_kind":"command","source_id":"p-nan",'
+        b'"payload":{"command_text":"uname -a","password":NaN}}',
+        "non_finite_number",
+    ),
+    (
+        b'{"source_kind":"command","source_id":"p-big",'
+        b'"payload":{"command_text":"uname -a","password":1e999}}',
+        "non_finite_number",
+    ),
+    (
+        b'{"source_kind":"command","source_id":"p-inf",'
+        b'"payload":{"command_text":"uname -a","password":[-Infinity]}}',
+        "non_finite_number",
+    ),
+    (
+        b'{"source_kind":"command","source_id":"p-deep","payload":{"command_text":'
+        + b"[" * 100_000
+        + b"]" * 100_000
+        + b"}}",
+        "bad_json",
+    ),
+    (
+        b'{"source_kind":"command","source_id":"p-wide",'
+        b'"payload":{"command_text":"uname -a","password":[' + b",".join([b"1"] * 30_000) + b"]}}",
+        "tagged",
+    ),
+]
+
+
+def _refuse(literal: str) -> Any:
+    raise AssertionError(f"{literal} is not JSON")
+
+
+async def read_strict(js: JetStreamContext, stream: str) -> list[dict[str, Any]]:
+    """Every message of a stream, each checked to be strict JSON in valid UTF-8."""
+    found = await read_stream(js, stream)
+    for message in found:
+        body = {k: v for k, v in message.items() if not k.startswith("_")}
+        # Re-encoding strictly fails on NaN/Infinity and on a decoded lone surrogate.
+        json.dumps(body, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    return found
+
+
+async def test_poison_events_in_a_batch_of_good_ones_stall_nothing(rig: Rig) -> None:
+    (rig.rules / "R0014.yaml").write_text(GOLDEN_RULE)
+    (rig.rules / "R0200.yaml").write_text(UNAME_RULE)
+    js = rig.js
+    good = [command(f"good-{n}", "ls -la") for n in range(21)]
+    async with rig.master():
+        # Published before any worker runs, so the first fetches take them as one batch.
+        poison = iter(POISON)
+        for n, event in enumerate(good):
+            await publish_event(js, "command", event)
+            if n % 3 == 2:
+                await publish_event(js, "command", next(poison)[0])
+        async with rig.worker("w1") as worker:
+            tagged_poison = sum(1 for _, outcome in POISON if outcome == "tagged")
+            await wait_stream_count(js, subjects.STREAM_TAGS, len(good) + tagged_poison)
+            await wait_stream_count(js, subjects.STREAM_DEADLETTER, len(POISON) - tagged_poison)
+            await wait_consumer_idle(js)
+            info = await js.consumer_info(subjects.STREAM_EVENTS, "ttp-workers")
+            assert info.num_redelivered == 0
+            assert worker.events is not None
+            assert worker.events.stats.processed == len(good) + len(POISON)
+
+        tags = {
+            m["data"]["source_id"]: m["data"] for m in await read_strict(js, subjects.STREAM_TAGS)
+        }
+        assert set(tags) == {e["source_id"] for e in good} | {"p-surrogate", "p-wide"}
+        for event in good:
+            assert [t["uuid"] for t in tags[event["source_id"]]["tags"]] == [
+                tag_uuid("command", event["source_id"], "R0014", 2, "T1083", None)
+            ]
+        evidence = tags["p-surrogate"]["tags"][0]["evidence"]
+        assert evidence == {"command_text": "uname -a \ufffd", "password": "\ufffd"}
+        assert len(tags["p-wide"]["tags"][0]["evidence"]["password"]) == 32
+        for message in await read_stream(js, subjects.STREAM_TAGS):
+            decode(json.dumps(message).encode(), EventTagged)
+
+        letters = await read_strict(js, subjects.STREAM_DEADLETTER)
+        expected = sorted(outcome for _, outcome in POISON if outcome != "tagged")
+        assert sorted(m["data"]["reason"] for m in letters) == expected
+        for message in letters:
+            data = decode(json.dumps(message).encode(), DeadLetter).data
+            assert data.error.startswith(f"{data.reason}: ")
+            assert data.deliveries == 1
+            assert data.source_kind == "command" or data.reason == "bad_json"
+
+
+@pytest.mark.parametrize(
+    ("server_max_deliver", "worker_limit", "unfinished", "dead_lettered_at"),
+    [
+        # The worker's own limit: the third delivery is dead-lettered unprocessed.
+        (None, 2, 2, 3),
+        # A consumer someone made with max_deliver=2: its last delivery dead-letters.
+        (2, 5, 1, 2),
+    ],
+)
+async def test_an_event_whose_processing_never_finishes_is_dead_lettered_with_its_count(
+    rig: Rig,
+    server_max_deliver: int | None,
+    worker_limit: int,
+    unfinished: int,
+    dead_lettered_at: int,
+) -> None:
+    (rig.rules / "R0014.yaml").write_text(GOLDEN_RULE)
+    js = rig.js
+    async with rig.master():
+        await wait_for_stream(js, subjects.STREAM_EVENTS)
+        config = EventConsumer(
+            rig.nc, js, lambda: Ruleset(RuleIndex.build([]), 0), worker_id="t", ack_wait_s=1.0
+        ).consumer_config()
+        if server_max_deliver is not None:
+            config.max_deliver = server_max_deliver
+        await js.add_consumer(subjects.STREAM_EVENTS, config)
+        await publish_event(js, "command", command("doomed", "ls -la"))
+        # A worker that dies while holding the event, `unfinished` times: the test takes
+        # the delivery on the shared consumer and never acks it.
+        holder = await js.pull_subscribe_bind("ttp-workers", subjects.STREAM_EVENTS)
+        for attempt in range(1, unfinished + 1):
+            [msg] = await holder.fetch(1, timeout=TIMEOUT_S)
+            assert msg.metadata.num_delivered == attempt
+        await holder.unsubscribe()
+        before = metrics.DEAD_LETTERS.labels("max_deliveries")._value.get()
+
+        async with rig.worker("w1", max_deliveries=worker_limit, ack_wait_s=1.0) as worker:
+            await wait_stream_count(js, subjects.STREAM_DEADLETTER, 1)
+            await wait_consumer_idle(js)
+            assert worker.events is not None
+            assert worker.events.stats.dead_letter_reasons == {"max_deliveries": 1}
+
+        [letter] = await read_strict(js, subjects.STREAM_DEADLETTER)
+        data = decode(json.dumps(letter).encode(), DeadLetter).data
+        assert (data.reason, data.deliveries, data.source_kind) == (
+            "max_deliveries",
+            dead_lettered_at,
+            "command",
+        )
+        assert json.loads(data.received)["source_id"] == "doomed"
+        assert metrics.DEAD_LETTERS.labels("max_deliveries")._value.get() == before + 1
+        assert (await js.stream_info(subjects.STREAM_TAGS)).state.messages == 0
+
+
+async def test_refused_publishes_are_retried_in_place_without_using_up_deliveries(
+    rig: Rig,
+) -> None:
+    js = rig.js
+    # No master: the worker creates the streams and tags nothing; malformed events still
+    # make messages to publish (dead letters), which is what this test holds up.
+    async with rig.worker("w1", max_deliveries=1) as worker:
+        assert worker.events is not None
+        stats = worker.events.stats
+        await publish_event(js, "command", b"not json 0")
+        await wait_stream_count(js, subjects.STREAM_DEADLETTER, 1)
+        # The dead-letter stream refuses every further write (full, discard new).
+        info = await js.stream_info(subjects.STREAM_DEADLETTER)
+        full = info.config
+        full.max_msgs, full.discard = 1, DiscardPolicy.NEW
+        await js.update_stream(full)
+        failures_before = metrics.PUBLISH_FAILURES._value.get()
+        for n in range(1, 4):
+            await publish_event(js, "command", f"not json {n}".encode())
+        # Held and retried: eight rounds of failures (at least one event each, with pauses
+        # of 0.25 s then ack_wait / 4 = 0.5 s between them), longer than ack_wait (2 s) ...
+        await wait_for(
+            lambda: metrics.PUBLISH_FAILURES._value.get() >= failures_before + 8,
+            "publishes refused for several retry rounds",
+        )
+        # ... then the stream takes writes again.
+        full.max_msgs, full.discard = -1, DiscardPolicy.OLD
+        await js.update_stream(full)
+        await wait_stream_count(js, subjects.STREAM_DEADLETTER, 4)
+        await wait_consumer_idle(js)
+        consumer = await js.consumer_info(subjects.STREAM_EVENTS, "ttp-workers")
+        assert consumer.num_redelivered == 0
+        assert stats.processed == 4  # never redelivered, so never dead-lettered for its count
+        letters = await read_strict(js, subjects.STREAM_DEADLETTER)
+        assert [m["data"]["reason"] for m in letters] == ["bad_json"] * 4
+        assert {m["data"]["deliveries"] for m in letters} == {1}
+
+
+async def wait_for_stream(js: JetStreamContext, stream: str) -> None:
+    deadline = asyncio.get_running_loop().time() + TIMEOUT_S
+    while True:
+        try:
+            await js.stream_info(stream)
+            return
+        except nats.js.errors.NotFoundError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.05)

@@ -150,6 +150,7 @@ def parse_event(raw: bytes, max_bytes: int) -> dict[str, Any]:
         raise MalformedEventError(
             DeadLetterReason.NON_FINITE_NUMBER,
             f"{_shorten(exc.literal)} is not a finite number",
+            _lenient_kind(text),
         ) from None
     except (ValueError, RecursionError) as exc:
         raise MalformedEventError(DeadLetterReason.BAD_JSON, str(exc)[:_DETAIL_CAP]) from None
@@ -168,6 +169,19 @@ def check_event(obj: Any) -> dict[str, Any]:
     if not isinstance(obj, Mapping):
         raise MalformedEventError(DeadLetterReason.NOT_OBJECT, f"a {type(obj).__name__}")
     return _check(dict(obj), surrogates=True, numbers=True)
+
+
+def _lenient_kind(text: str) -> str | None:
+    """The `source_kind` of an event refused for a non-finite number, for its dead letter.
+
+    Parsed again the lenient way (Python's default accepts `NaN` and `Infinity`); this runs
+    only for events already refused.
+    """
+    try:
+        kind = _unwrap(json.loads(text)).get("source_kind")
+    except (ValueError, RecursionError):
+        return None
+    return kind if subjects.is_token(kind) else None
 
 
 def _unwrap(obj: Any) -> dict[str, Any]:
