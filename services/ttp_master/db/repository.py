@@ -277,11 +277,11 @@ class RuleRepository:
         except Exception as exc:
             if not (changes.file_changes and is_refusal(exc)):
                 raise
-            # One file's row may be what PostgreSQL refused: the batch is written again with
-            # each file in its own savepoint, so only that file becomes a rejection.
+            # One file's row may be what PostgreSQL refused: the batch is written again in
+            # savepoints around each refusal, so only the refused file becomes a rejection.
             _log.warning(
-                "PostgreSQL refused a batch of %d file change(s) (%s); writing each file on its "
-                "own",
+                "PostgreSQL refused a batch of %d file change(s) (%s); writing them again file "
+                "by file",
                 changes.file_changes,
                 refusal_message(exc),
             )
@@ -290,10 +290,11 @@ class RuleRepository:
     async def _write(
         self, changes: ChangeSet, actor: str, headers: dict[str, str], *, isolate: bool
     ) -> Applied:
-        """One transaction for the whole change set. With `isolate`, each file's rows (its
-        rule or rejection row and its outbox row) go in a savepoint of their own, and a
-        file whose write PostgreSQL refuses is recorded as that file's rejection instead,
-        under the same revision, so the rest of the batch commits in revision order."""
+        """One transaction for the whole change set. With `isolate`, the files' rows (each
+        file's rule or rejection row and its outbox row) go in savepoints that narrow down
+        to the files PostgreSQL refuses, and a refused file is recorded as that file's
+        rejection instead, under the same revision, so the rest of the batch commits in
+        revision order."""
         written: dict[str, Row[Any]] = {}
         async with self.engine.begin() as conn:
             # Changes that always leave an outbox row queue the NOTIFY (sent at commit) with
