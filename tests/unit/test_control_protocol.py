@@ -143,3 +143,39 @@ def test_audit_summaries_read_as_sentences() -> None:
         },
     )
     assert rejected == "rejected R1.yaml:3:5: bad regex (+1 more)"
+
+
+@pytest.mark.parametrize("text", ["a\\u0000b", "x\\ud800", "\\udfff"])
+@pytest.mark.parametrize(
+    ("endpoint", "template"),
+    [
+        (
+            Endpoint.STATE_SET,
+            '{{"rule_id": "R1", "state": "disabled", "reason": "{t}", "actor": "o"}}',
+        ),
+        (
+            Endpoint.STATE_SET,
+            '{{"rule_id": "R1", "state": "disabled", "reason": "r", "actor": "{t}"}}',
+        ),
+        (Endpoint.STATE_CLEAR, '{{"rule_id": "R1", "actor": "o", "reason": "{t}"}}'),
+    ],
+)
+def test_text_postgresql_cannot_store_is_a_bad_request(
+    endpoint: Endpoint, template: str, text: str
+) -> None:
+    """A NUL or a lone surrogate in free text would fail in PostgreSQL; it fails here (the
+    JSON parser already refuses lone surrogates; a NUL is refused by the model)."""
+    error = _error(endpoint, template.format(t=text).encode()).error
+    assert error.code is ErrorCode.BAD_REQUEST
+    if "\\u0000" in text:
+        assert error.field in ("reason", "actor")
+        assert "NUL character or a lone surrogate" in error.message
+    else:
+        assert "lone leading surrogate" in error.message or "end of hex escape" in error.message
+
+
+def test_a_nul_in_a_reason_given_as_python_text_is_refused() -> None:
+    with pytest.raises(ValueError, match="NUL character"):
+        StateSetRequest(rule_id="R1", state="disabled", reason="a\x00b", actor="ops")
+    with pytest.raises(ValueError, match="unicode string|lone surrogate"):
+        StateSetRequest(rule_id="R1", state="disabled", reason="a\ud800", actor="ops")

@@ -11,20 +11,39 @@ are tolerant, like every consumer model of the contract.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Final, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from ttp_core.contract.payloads import RejectionError, StateName
 
 SERVICE_NAME: Final = "ttp-ctl"
 SERVICE_VERSION: Final = "1.0.0"
 
+_UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable(value: str) -> str:
+    # PostgreSQL refuses NUL, and a lone surrogate cannot be encoded as UTF-8: JSON can
+    # carry both (`\u0000`, `\ud800`), so the request is refused here rather than there.
+    if _UNSTORABLE.search(value):
+        raise ValueError("must not contain a NUL character or a lone surrogate")
+    return value
+
+
 RuleIdText = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-ActorText = Annotated[str, Field(min_length=1, max_length=128)]
-ReasonText = Annotated[str, Field(min_length=1, max_length=1024)]
+ActorText = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_storable)]
+ReasonText = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_storable)]
 
 
 class Endpoint(StrEnum):
@@ -118,7 +137,7 @@ class StateClearRequest(_Request):
 
     rule_id: RuleIdText
     actor: ActorText
-    reason: Annotated[str, Field(max_length=1024)] | None = None
+    reason: Annotated[str, Field(max_length=1024), AfterValidator(_storable)] | None = None
 
 
 class StateGetRequest(_Request):
