@@ -32,6 +32,7 @@ from ttp_core.engine.tags import Tag
 from ttp_core.rules.model import Rule
 from ttp_worker.event_consumer import EventConsumer
 from ttp_worker.rulebook import Ruleset
+from ttpctl.events_commands import check_line
 
 MAX_EVENT_BYTES = 1024 * 1024
 MAX_PAYLOAD = 1024 * 1024
@@ -453,3 +454,18 @@ def test_the_model_applies_the_repairs_and_refusals_of_the_worker() -> None:
     ):
         with pytest.raises(ValueError):
             HoneypotEvent.model_validate(bad)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events())
+def test_ttpctl_events_publish_skips_exactly_what_a_worker_dead_letters(raw: bytes) -> None:
+    [(outcome, message)] = outcomes([raw])
+    checked = check_line(raw, MAX_EVENT_BYTES)
+    if outcome in ("tagged", "none"):
+        assert not isinstance(checked, str) and checked is not None
+        kind = parse_event(raw, MAX_EVENT_BYTES)["source_kind"]
+        assert checked.subject == f"ttp.event.{kind}"
+    elif outcome == "oversize":
+        assert isinstance(checked, str) and "max_payload" in checked
+    else:
+        assert checked == message.data.error
