@@ -215,13 +215,15 @@ class Master:
             _log.error("leadership lost while writing; stepping down")
         finally:
             term_stop.set()
+            # Not ready from now on: winding the tasks down can take a while when PostgreSQL
+            # does not answer (each abandoned statement is cancelled on the server first).
+            self.state.leader = False
             sync.close()
             for task in tasks:
                 task.cancel()
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-            self.state.leader = False
             self.state.publishing = None
             metrics.IS_LEADER.set(0)
             if not self.state.stop.is_set():

@@ -52,6 +52,7 @@ from ttp_core.contract.control import (
 )
 from ttp_core.contract.payloads import RulesetRevision
 from ttp_master import metrics
+from ttp_master.bounded import within
 from ttp_master.db.queries import ControlQueries, default_state, state_from_row
 from ttp_master.db.repository import ChangeSet, LeadershipLostError, RuleRepository, StateWrite
 from ttp_master.expiry_scheduler import ExpiryScheduler
@@ -62,6 +63,9 @@ _log = logging.getLogger(__name__)
 
 STANDBY_REPLY_DELAY_S: Final = 1.5
 """How long a standby waits before saying so: a live leader has answered long before."""
+ANSWER_BOUND_S: Final = 4.0
+"""Longest a leader works on one request before it answers `unavailable`: below ttpctl's 5 s
+timeout, so an operator learns that PostgreSQL is not answering, not that the master is."""
 _LEADER_GROUP: Final = "ttp-ctl-leader"
 _STANDBY_GROUP: Final = "ttp-ctl-standby"
 
@@ -408,7 +412,15 @@ class ControlService:
                 subject=request.subject,
                 operation="process",
             ):
-                result = await handlers.handle(endpoint, request.data)
+                try:
+                    result = await within(handlers.handle(endpoint, request.data), ANSWER_BOUND_S)
+                except TimeoutError:
+                    raise ControlRequestError(
+                        ErrorCode.UNAVAILABLE,
+                        f"PostgreSQL did not answer the master on {self.instance} within "
+                        f"{ANSWER_BOUND_S:g} s; a change may or may not have been applied "
+                        "(read it back once PostgreSQL answers)",
+                    ) from None
             await request.respond(encode_reply(result))
             metrics.CONTROL_REQUESTS.labels(endpoint.value, "ok").inc()
         except ControlRequestError as failure:

@@ -14,9 +14,13 @@ import logging
 
 import psycopg
 
+from ttp_master.bounded import within
 from ttp_master.db.repository import LeaderFence
 
 _log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 5
+"""Longest wait for a new lock connection (libpq waits forever by default)."""
 
 
 def libpq_url(database_url: str) -> str:
@@ -70,11 +74,20 @@ class LeaderLock:
     async def _try_acquire(self) -> bool:
         if self._conn is None or self._conn.closed:
             self._conn = await psycopg.AsyncConnection.connect(
-                self._url, autocommit=True, application_name="ttp-master-leader"
+                self._url,
+                autocommit=True,
+                application_name="ttp-master-leader",
+                connect_timeout=CONNECT_TIMEOUT_S,
             )
-        cur = await self._conn.execute(
-            "SELECT pg_try_advisory_lock(%s), pg_backend_pid()", (self._key,)
-        )
+        try:
+            cur = await within(
+                self._conn.execute(
+                    "SELECT pg_try_advisory_lock(%s), pg_backend_pid()", (self._key,)
+                ),
+                max(self._poll, 2.0),
+            )
+        except TimeoutError as exc:
+            raise psycopg.OperationalError(f"lock attempt: {exc}") from exc
         row = await cur.fetchone()
         if row is None or not row[0]:
             return False
@@ -91,9 +104,13 @@ class LeaderLock:
                 return
             try:
                 assert self._conn is not None
-                await asyncio.wait_for(self._conn.execute("SELECT 1"), timeout=max(self._poll, 2.0))
+                # Not wait_for: it would also wait for psycopg to cancel the statement on a
+                # server that does not answer (about 10 s), and this master would go on
+                # looking like the leader meanwhile.
+                await within(self._conn.execute("SELECT 1"), max(self._poll, 2.0))
             except (psycopg.Error, TimeoutError, AssertionError) as exc:
                 self.postgres_error = type(exc).__name__
+                self.waiting_because = f"leader connection lost ({type(exc).__name__})"
                 _log.error("leader connection lost (%s): stepping down", exc)
                 self.lost.set()
                 self.fence = None

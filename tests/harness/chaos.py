@@ -163,7 +163,11 @@ class Fleet:
 
     async def readyz(self, name: str) -> int | None:
         """HTTP status of `name`'s /readyz; None while nothing answers."""
-        return await asyncio.to_thread(http_status, self.http_ports[name], "/readyz")
+        return (await self.readyz_reason(name))[0]
+
+    async def readyz_reason(self, name: str) -> tuple[int | None, str]:
+        """HTTP status and `reason` of `name`'s /readyz; (None, "") while nothing answers."""
+        return await asyncio.to_thread(http_readyz, self.http_ports[name])
 
     async def leader(self, masters: Sequence[str]) -> str | None:
         """The master whose /readyz is 200 (leader and caught up), if any."""
@@ -228,14 +232,14 @@ async def start_and_converge(fleet: Fleet, masters: Sequence[str], **master_env:
     return time.monotonic() - started
 
 
-def http_status(port: int, path: str) -> int | None:
+def http_readyz(port: int) -> tuple[int | None, str]:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as response:
-            return int(response.status)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+            return int(response.status), str(json.loads(response.read())["reason"])
     except urllib.error.HTTPError as error:
-        return int(error.code)
-    except (urllib.error.URLError, OSError):
-        return None
+        return int(error.code), str(json.loads(error.read() or b"{}").get("reason", ""))
+    except (urllib.error.URLError, OSError, ValueError):
+        return None, ""
 
 
 def rule_files(rules: Path) -> dict[str, Path]:
@@ -594,6 +598,14 @@ async def nats_restart(
 
         outage = asyncio.Event()
         sent_in_outage = 0
+        readiness: Counter[str] = Counter()
+
+        async def watch_readiness() -> None:
+            while not done.is_set():
+                if outage.is_set():
+                    code, reason = await fleet.readyz_reason("master")
+                    readiness[f"{code} {reason}"] += 1
+                await asyncio.sleep(0.1)
 
         async def produce() -> None:
             nonlocal retried, sent_in_outage
@@ -625,11 +637,13 @@ async def nats_restart(
                 recoveries.append(time.monotonic() - healed)
 
         editing = asyncio.create_task(edit())
+        watching = asyncio.create_task(watch_readiness())
         try:
             await asyncio.gather(produce(), restart_nats())
         finally:
             done.set()
             await editing
+            await watching
         produced = time.monotonic()
 
         async def all_tagged() -> bool:
@@ -656,6 +670,7 @@ async def nats_restart(
                 "unexpected_tags": len(messages.keys() - firing),
                 "publishes_retried": retried,
                 "published_while_nats_away": sent_in_outage,
+                "master_readyz_while_nats_away": dict(readiness),
                 "recoveries_s": [round(r, 2) for r in recoveries],
                 "settled_after_last_event_s": round(settled_s, 2),
                 "postgres_differences": await postgres_differences(servers.database_dsn, rules),
@@ -763,11 +778,13 @@ async def postgres_outage(
     outage_s: float = 6.0,
     edits: int = 8,
     state_requests: int = 3,
+    freeze: bool = False,
     seed: int = 3,
 ) -> ChaosRow:
     """The master's path to PostgreSQL is cut (a `TcpProxy`: connections reset, new ones
-    refused) for `outage_s` while rule files change and `state.set` requests arrive through
-    `ControlClient` (what `ttpctl state` uses). Then the path is restored.
+    refused) or, with `freeze`, frozen (nothing gets through and nobody is told, as when
+    packets are dropped) for `outage_s` while rule files change and `state.set` requests
+    arrive through `ControlClient` (what `ttpctl state` uses). Then the path is restored.
 
     Found: the master's /readyz codes during the outage; each state request's error code,
     message and time to answer; whether TTP_RULES stored anything PostgreSQL does not hold
@@ -785,13 +802,14 @@ async def postgres_outage(
             stored = await StoredLog(fleet.js).start()
             client = ControlClient(fleet.nc, timeout_s=15)
             editor = RuleEditor(rules, rng)
-            readiness: Counter[int | None] = Counter()
+            readiness: Counter[str] = Counter()
             attempts: list[StateAttempt] = []
             outage_over = asyncio.Event()
 
             async def watch_readiness() -> None:
                 while not outage_over.is_set():
-                    readiness[await fleet.readyz("master")] += 1
+                    code, reason = await fleet.readyz_reason("master")
+                    readiness[f"{code} {reason}"] += 1
                     await asyncio.sleep(0.1)
 
             async def ask_for_state(rule_id: str) -> None:
@@ -807,7 +825,10 @@ async def postgres_outage(
                 attempts.append(StateAttempt(round(time.monotonic() - asked, 2), code, message))
 
             watcher = asyncio.create_task(watch_readiness())
-            db_path.cut()
+            if freeze:
+                db_path.freeze()
+            else:
+                db_path.cut()
             cut = time.monotonic()
             requests: list[asyncio.Task[None]] = []
             steps = max(edits, state_requests)
@@ -860,15 +881,15 @@ async def postgres_outage(
             ]
             differences = await postgres_differences(servers.database_dsn, rules)
             return ChaosRow(
-                scenario="postgres-outage",
-                faults=f"PostgreSQL cut {outage_s:g} s (proxy)",
+                scenario="postgres-frozen" if freeze else "postgres-outage",
+                faults=f"PostgreSQL {'frozen' if freeze else 'cut'} {outage_s:g} s (proxy)",
                 edits=editor.total,
                 events=count,
                 lost=len(differences) + unstored,
                 duplicated=duplicated,
                 recovery_s=round(recovery, 2),
                 details={
-                    "readyz_during_outage": {str(k): v for k, v in readiness.items()},
+                    "readyz_during_outage": dict(readiness),
                     "state_requests": [asdict(a) for a in attempts],
                     "state_set_after_outage_s": round(state_after_s, 2),
                     "unpersisted_published": unpersisted,

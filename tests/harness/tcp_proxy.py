@@ -7,6 +7,7 @@ state intact, like a broken network path:
     with TcpProxy("127.0.0.1", 5432) as proxy:
         url = f"postgresql://...@127.0.0.1:{proxy.port}/db"   # give this to the process
         proxy.cut()       # every connection is reset, new ones are refused
+        proxy.freeze()    # or: nothing gets through, and nobody is told
         proxy.restore()   # connections are accepted (and forwarded) again
 
 `on_reply`, when set, sees every chunk the server sends before the client gets it; a test can
@@ -48,6 +49,8 @@ class TcpProxy:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self.on_reply: Callable[[bytes], None] | None = None
         """Called in the proxy's thread with each server -> client chunk, before forwarding."""
 
@@ -69,9 +72,15 @@ class TcpProxy:
         """Reset every open connection and refuse new ones (the port stops listening)."""
         self._call(self._cut())
 
+    def freeze(self) -> None:
+        """Hold every byte in both directions and leave new connections unanswered, with every
+        socket open: a path that silently drops packets, which no peer notices by itself."""
+        self._call(self._set_flowing(False))
+
     def restore(self) -> None:
-        """Listen again on the same port; new connections are forwarded."""
+        """Listen again on the same port and forward again (held bytes are delivered)."""
         self._call(self._listen())
+        self._call(self._set_flowing(True))
 
     def close(self) -> None:
         """Cut, then stop the proxy's thread."""
@@ -105,6 +114,12 @@ class TcpProxy:
                 self._accept, "127.0.0.1", self.port, reuse_address=True
             )
 
+    async def _set_flowing(self, flowing: bool) -> None:
+        if flowing:
+            self._flowing.set()
+        else:
+            self._flowing.clear()
+
     async def _cut(self) -> None:
         server, self._server = self._server, None
         if server is not None:
@@ -118,6 +133,7 @@ class TcpProxy:
         if self._server is None:  # accepted in the instant before a cut
             _reset(client_w)
             return
+        await self._flowing.wait()
         try:
             server_r, server_w = await asyncio.open_connection(self.target_host, self.target_port)
         except OSError:
@@ -127,8 +143,8 @@ class TcpProxy:
         self._writers.update((client_w, server_w))
         try:
             await asyncio.gather(
-                _pump(client_r, server_w, lambda _: None),
-                _pump(server_r, client_w, self._tap),
+                _pump(client_r, server_w, lambda _: None, self._flowing),
+                _pump(server_r, client_w, self._tap, self._flowing),
             )
         finally:
             for writer in (client_w, server_w):
@@ -141,11 +157,15 @@ class TcpProxy:
 
 
 async def _pump(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tap: Callable[[bytes], None]
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    tap: Callable[[bytes], None],
+    flowing: asyncio.Event,
 ) -> None:
     """Copy bytes one way until either side ends; then close the other side's write half."""
     try:
         while data := await reader.read(_CHUNK):
+            await flowing.wait()
             tap(data)
             if writer.is_closing():  # cut by the tap
                 return
