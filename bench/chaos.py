@@ -131,6 +131,21 @@ async def postgres_cut(run: ScenarioRun) -> ChaosRow:
         )
 
 
+@scenario("postgres-frozen")
+async def postgres_frozen(run: ScenarioRun) -> ChaosRow:
+    """The master's path to PostgreSQL frozen (packets silently dropped) meanwhile."""
+    with own_servers() as servers:
+        return await postgres_outage(
+            servers,
+            starter_pack_in(run.workdir / "rules"),
+            run.workdir,
+            outage_s=8.0 if run.quick else 20.0,
+            edits=8 if run.quick else 20,
+            state_requests=3 if run.quick else 6,
+            freeze=True,
+        )
+
+
 @scenario("worker-kill-flood")
 async def worker_flood(run: ScenarioRun) -> ChaosRow:
     """kill -9 of one of two workers during an event flood."""
