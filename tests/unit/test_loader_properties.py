@@ -10,6 +10,7 @@ import json
 import string
 from typing import Any
 
+import hypothesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from rule_samples import SPEC_RULE
@@ -475,3 +476,41 @@ def test_evaluate_ignores_a_str_subclass_source_kind() -> None:
 
 def test_evaluate_of_an_unknown_kind_gives_nothing() -> None:
     assert INDEX.evaluate({"source_kind": "nope", "payload": {"a": "q"}}) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    text=st.lists(
+        st.one_of(
+            st.text(st.characters(exclude_categories=()), max_size=6),  # surrogates included
+            st.sampled_from(["\x00", "\ud800", "\udbff", "\udc00", "\udfff", "\ud83d\ude00"]),
+        ),
+        max_size=6,
+    ).map("".join),
+    line=st.sampled_from([3, 4, 16]),
+)
+def test_any_text_is_storable_or_a_located_text_error(text: str, line: int) -> None:
+    """Whatever a double-quoted YAML string spells (NUL, lone or paired surrogates, controls),
+    the rule either holds only text PostgreSQL and UTF-8 accept, or is rejected at that line."""
+    escaped = json.dumps(text)  # JSON escapes are YAML double-quoted escapes
+    lines = SPEC_RULE.splitlines()
+    lines[line - 1] = {
+        3: f"name: {escaped}",
+        4: f"description: {escaped}",
+        16: f"  - {{event: {{command_text: {escaped}, other: 1}}, expect: no_fire}}",
+    }[line]
+    if line == 16:
+        del lines[16]  # the old `expect` line of that test
+    report = validate(("\n".join(lines) + "\n").encode())
+    hypothesis.event("stored" if report.ok else f"rejected: {report.errors[0].code}")
+    if report.ok:
+        assert report.rule is not None
+        encoded = json.dumps(report.rule.normalised(), ensure_ascii=False).encode("utf-8")
+        assert b"\x00" not in encoded and b"\\u0000" not in encoded
+    else:
+        assert report.errors, "an invalid report names its errors"
+        text_errors = [d for d in report.errors if d.code in ("text-nul", "text-surrogate")]
+        if "\x00" in text or any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+            assert text_errors or report.errors[0].line == line, [str(d) for d in report.errors]
+        for error in text_errors:
+            assert error.line == line
