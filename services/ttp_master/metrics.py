@@ -42,3 +42,17 @@ EXPIRY_DELAY = Histogram(
     "From a state's expires_at to the commit of its revert.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
+STREAM_USAGE = Gauge(
+    "ttp_master_stream_usage_ratio",
+    "How full each stream is: the larger of bytes and messages over their limit.",
+    ["stream"],
+)
+STREAM_FULL = Gauge(
+    "ttp_master_stream_full",
+    "1 while a stream is at its limit and refuses new messages (discard new).",
+    ["stream"],
+)
+HELD_DELETES = Gauge(
+    "ttp_master_held_deletes",
+    "Rule deletes held back because the rules directory vanished or most files went missing.",
+)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Final
@@ -23,11 +24,12 @@ from nats.js.client import JetStreamContext
 from ttp_core.engine.index import LifterEvaluator
 from ttp_runtime.health import HealthServer
 from ttp_runtime.logging import configure_logging
-from ttp_runtime.nats import connect, drain, ensure_stream, stream_configs
+from ttp_runtime.nats import configured_streams, connect, drain, ensure_stream
 from ttp_runtime.service import run_until_signalled
 from ttp_runtime.tracing import configure_tracing
 from ttp_worker import metrics
 from ttp_worker.event_consumer import EventConsumer
+from ttp_worker.output_capacity import OutputCapacity
 from ttp_worker.rule_consumer import Applied, RuleConsumer
 from ttp_worker.rulebook import RuleBook
 from ttp_worker.settings import WorkerSettings
@@ -63,13 +65,7 @@ async def ensure_streams_exist(js: JetStreamContext, settings: WorkerSettings) -
     The master owns the streams' configuration (it updates them on start); a worker that
     comes up first creates them with the same defaults so it can start consuming.
     """
-    configs = stream_configs(
-        settings.stream_replicas,
-        settings.events_max_age_s,
-        settings.events_max_bytes,
-        settings.tags_max_age_s,
-    )
-    for config in configs:
+    for config in configured_streams(settings):
         assert config.name is not None
         try:
             await js.stream_info(config.name)
@@ -86,11 +82,16 @@ class WorkerState:
     applied: int = 0
     stop: asyncio.Event = field(default_factory=asyncio.Event)
     applied_event: asyncio.Event = field(default_factory=asyncio.Event)
+    output_problem: Callable[[], str | None] = lambda: None
+    """Why tags cannot be stored (an output stream is full), or None."""
 
     def readiness(self) -> tuple[bool, str]:
-        if self.ready:
-            return True, "index built from the TTP_RULES snapshot"
-        return False, "waiting for the TTP_RULES snapshot"
+        if not self.ready:
+            return False, "waiting for the TTP_RULES snapshot"
+        problem = self.output_problem()
+        if problem is not None:
+            return False, problem
+        return True, "index built from the TTP_RULES snapshot"
 
 
 class Worker:
@@ -196,6 +197,8 @@ class Worker:
                 deadletter_text_cap=settings.deadletter_text_cap,
                 max_deliveries=settings.max_deliveries,
             )
+            capacity = OutputCapacity(js)
+            self.state.output_problem = capacity.problem
             self.status = StatusPublisher(
                 nc, settings.worker_id, self._facts, settings.status_interval_s
             )
@@ -210,6 +213,7 @@ class Worker:
             rule_task = asyncio.create_task(self.rules.run(stop), name="rule-consumer")
             tasks.append(rule_task)
             tasks.append(asyncio.create_task(self.status.run(stop), name="status"))
+            tasks.append(asyncio.create_task(capacity.run(stop), name="output-capacity"))
             self.started.set()
             # Tag only with a whole rule set: events wait until the snapshot is applied.
             await _first(self.rules.ready.wait(), stop.wait(), rule_task)

@@ -57,3 +57,8 @@ PUBLISH_SECONDS = Histogram(
     "From sending a batch's tag messages to the last PubAck (or the timeout).",
     buckets=_APPLY,
 )
+STREAM_FULL = Gauge(
+    "ttp_worker_stream_full",
+    "1 while an output stream (TTP_TAGS, TTP_DEADLETTER) is at its limit; events are held.",
+    ["stream"],
+)

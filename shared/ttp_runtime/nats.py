@@ -47,8 +47,10 @@ __all__ = [
     "ConnectCallbacks",
     "StreamConfigError",
     "StreamOutcome",
+    "configured_streams",
     "connect",
     "drain",
+    "ensure_configured_streams",
     "ensure_stream",
     "ensure_streams",
     "publish_js",
@@ -301,6 +303,8 @@ def stream_configs(
     *,
     tags_max_bytes: int = -1,
     deadletter_max_age_s: float | None = None,
+    deadletter_max_bytes: int = -1,
+    rules_max_bytes: int = -1,
     stream_name: Callable[[str], str] | None = None,
     subject_name: Callable[[str], str] | None = None,
 ) -> list[StreamConfig]:
@@ -310,6 +314,13 @@ def stream_configs(
     long as events unless ``deadletter_max_age_s`` says otherwise, so a dead-lettered event
     can be replayed while its history still exists. ``stream_name``/``subject_name`` rename
     streams and subjects (tests use them to run side by side on one server).
+
+    Every stream discards *new* messages at its size limit: a full stream refuses the
+    publish, so the producer gets an error and keeps (or retries) the message. Discarding
+    old ones instead would silently drop events not yet tagged, tags not yet read, or a
+    rule's only message. Ages still expire messages (retention, not overflow). TTP_RULES has
+    a size limit of its own, so no event backlog can take the room rule changes need
+    (docs/operations.md, "A stream is full").
     """
     rename = stream_name or _identity
     resubject = subject_name or _identity
@@ -333,7 +344,7 @@ def stream_configs(
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             num_replicas=replicas,
-            discard=DiscardPolicy.OLD,
+            discard=DiscardPolicy.NEW,
             max_age=max_age,
             max_bytes=max_bytes,
             duplicate_window=duplicate_window,
@@ -346,7 +357,7 @@ def stream_configs(
             subjects.RULES_STREAM_SUBJECTS,
             "ttp-rulebus: current state of every rule (last message per subject)",
             max_age=0.0,
-            max_bytes=-1,
+            max_bytes=rules_max_bytes,
             # The outbox relay may republish a revision after a crash; a day covers any
             # realistic restart, and Nats-Msg-Id makes the replay a no-op.
             duplicate_window=_RULES_DUPLICATE_WINDOW_S,
@@ -374,7 +385,7 @@ def stream_configs(
             subjects.DEADLETTER_STREAM_SUBJECTS,
             "ttp-rulebus: events workers could not process",
             max_age=events_max_age_s if deadletter_max_age_s is None else deadletter_max_age_s,
-            max_bytes=-1,
+            max_bytes=deadletter_max_bytes,
             duplicate_window=_DEFAULT_DUPLICATE_WINDOW_S,
         ),
     ]
@@ -492,6 +503,8 @@ async def ensure_streams(
     *,
     tags_max_bytes: int = -1,
     deadletter_max_age_s: float | None = None,
+    deadletter_max_bytes: int = -1,
+    rules_max_bytes: int = -1,
     stream_name: Callable[[str], str] | None = None,
     subject_name: Callable[[str], str] | None = None,
 ) -> list[StreamOutcome]:
@@ -508,10 +521,32 @@ async def ensure_streams(
         tags_max_age_s,
         tags_max_bytes=tags_max_bytes,
         deadletter_max_age_s=deadletter_max_age_s,
+        deadletter_max_bytes=deadletter_max_bytes,
+        rules_max_bytes=rules_max_bytes,
         stream_name=stream_name,
         subject_name=subject_name,
     )
     return [await ensure_stream(js, config) for config in configs]
+
+
+def configured_streams(settings: ServiceSettings) -> list[StreamConfig]:
+    """:func:`stream_configs` with the replicas, ages and size limits of ``settings``."""
+    return stream_configs(
+        settings.stream_replicas,
+        settings.events_max_age_s,
+        settings.events_max_bytes,
+        settings.tags_max_age_s,
+        tags_max_bytes=settings.tags_max_bytes,
+        deadletter_max_bytes=settings.deadletter_max_bytes,
+        rules_max_bytes=settings.rules_max_bytes,
+    )
+
+
+async def ensure_configured_streams(
+    js: JetStreamManager, settings: ServiceSettings
+) -> list[StreamOutcome]:
+    """:func:`ensure_streams` with the configuration of ``settings``."""
+    return [await ensure_stream(js, config) for config in configured_streams(settings)]
 
 
 # --------------------------------------------------------------------------------------------

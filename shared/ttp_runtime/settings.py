@@ -52,9 +52,26 @@ class ServiceSettings(BaseSettings):
         description="TTP_EVENTS retention by age (whichever process starts first creates it).",
     )
     events_max_bytes: int = Field(
-        default=8 * 1024**3, gt=0, description="TTP_EVENTS retention by size."
+        default=8 * 1024**3,
+        gt=0,
+        description="TTP_EVENTS size limit; once reached, publishes are refused (discard new).",
     )
     tags_max_age_s: int = Field(default=30 * 24 * 3600, gt=0, description="TTP_TAGS retention.")
+    tags_max_bytes: int = Field(
+        default=16 * 1024**3,
+        gt=0,
+        description="TTP_TAGS size limit; once reached, workers hold their events (not ready).",
+    )
+    deadletter_max_bytes: int = Field(
+        default=1024**3,
+        gt=0,
+        description="TTP_DEADLETTER size limit; once reached, workers hold their events.",
+    )
+    rules_max_bytes: int = Field(
+        default=1024**3,
+        gt=0,
+        description="TTP_RULES size limit, its own: an event backlog never takes its room.",
+    )
     http_host: str = Field(default="0.0.0.0", description="Address of /livez, /readyz, /metrics.")  # noqa: S104
     http_port: int = Field(default=8080, ge=0, le=65535, description="Port of the HTTP server.")
     log_format: Literal["json", "console"] = Field(default="json", description="Log format.")

@@ -19,6 +19,7 @@ from ttp_core.contract import subjects
 from ttp_runtime.nats import (
     MSG_ID_HEADER,
     StreamOutcome,
+    configured_streams,
     connect,
     drain,
     ensure_stream,
@@ -90,11 +91,21 @@ def test_stream_configs_follow_the_contract() -> None:
         assert config.num_replicas == 3
         assert config.storage is StorageType.FILE
         assert config.retention is RetentionPolicy.LIMITS
-        assert config.discard is DiscardPolicy.OLD
+        # A full stream refuses new messages; it never drops stored ones to make room.
+        assert config.discard is DiscardPolicy.NEW
     # The server refuses a duplicate window longer than max age.
     short = stream_configs(1, 60, -1, 30)
     assert short[1].duplicate_window == 60
     assert short[2].duplicate_window == 30
+
+
+def test_every_stream_has_a_size_limit_of_its_own_from_the_settings() -> None:
+    settings = ServiceSettings(
+        events_max_bytes=1000, tags_max_bytes=2000, deadletter_max_bytes=3000, rules_max_bytes=4000
+    )
+    rules, events, tags, deadletter = configured_streams(settings)
+    assert [c.max_bytes for c in (rules, events, tags, deadletter)] == [4000, 1000, 2000, 3000]
+    assert {c.discard for c in (rules, events, tags, deadletter)} == {DiscardPolicy.NEW}
 
 
 async def test_ensure_streams_is_idempotent(nc: Client, js_names: JetStreamNames) -> None:
@@ -107,7 +118,7 @@ async def test_ensure_streams_is_idempotent(nc: Client, js_names: JetStreamNames
     rules = await js.stream_info(js_names.stream("TTP_RULES"))
     assert rules.config.max_msgs_per_subject == 1
     assert rules.config.storage == StorageType.FILE
-    assert rules.config.discard == DiscardPolicy.OLD
+    assert rules.config.discard == DiscardPolicy.NEW
     assert rules.config.duplicate_window == DAY
     assert sorted(rules.config.subjects or []) == sorted(
         js_names.subject(s) for s in subjects.RULES_STREAM_SUBJECTS
