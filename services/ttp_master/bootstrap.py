@@ -29,15 +29,17 @@ from ttp_master.db.repository import LeadershipLostError, RuleRepository
 from ttp_master.expiry_scheduler import ExpiryScheduler
 from ttp_master.fleet_tracker import FleetTracker
 from ttp_master.leader import LeaderLock
+from ttp_master.mass_delete_guard import MassDeleteGuard, Verdict
 from ttp_master.outbox_relay import OutboxRelay, RelayBatch
 from ttp_master.rule_sync import RuleSync, SyncResult
 from ttp_master.settings import MasterSettings
 from ttp_master.stream_guard import StreamGuard
+from ttp_master.stream_usage import StreamUsage
 from ttp_master.watcher import DirectoryWatcher, WatchBatch
 from ttp_runtime.field_catalogue import load_field_catalogue
 from ttp_runtime.health import HealthServer
 from ttp_runtime.logging import configure_logging
-from ttp_runtime.nats import connect, drain, ensure_streams, publish_js
+from ttp_runtime.nats import connect, drain, ensure_configured_streams, publish_js
 from ttp_runtime.service import run_until_signalled
 from ttp_runtime.tracing import configure_tracing, get_tracer, inject_headers
 
@@ -45,6 +47,7 @@ _log = logging.getLogger(__name__)
 
 STREAM_CHECK_INTERVAL_S = 5.0
 SHUTDOWN_GRACE_S = 8.0
+HELD_RECHECK_S = 1.0
 
 
 class NatsPublisher:
@@ -75,6 +78,8 @@ class MasterState:
     last_sync: SyncResult | None = None
     terms: int = 0
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    held: Callable[[], str | None] = lambda: None
+    """Rule deletes held back because the rules directory vanished, or None."""
 
     @property
     def caught_up(self) -> bool:
@@ -85,7 +90,9 @@ class MasterState:
             return False, f"standby: {self.waiting_because()}"
         if not self.caught_up:
             return False, "leader, outbox not published yet (catching up, or NATS unreachable)"
-        return True, "leader and caught up"
+        held = self.held()
+        # Still ready: the master serves the last good rule set, which is what it should do.
+        return True, "leader and caught up" if held is None else f"leader and caught up; {held}"
 
 
 class Master:
@@ -95,6 +102,7 @@ class Master:
         self.settings = settings
         self.root = settings.rules_dir.absolute()
         self.state = MasterState()
+        self._sync_lock = asyncio.Lock()
         # A bad catalogue file stops the start with its location, like any bad setting.
         self.validator = RuleValidator(fields=load_field_catalogue(settings.field_catalogue))
         self.engine: AsyncEngine | None = None
@@ -154,6 +162,8 @@ class Master:
         term_stop = asyncio.Event()
         repository = RuleRepository(self.engine, leader.fence)
         sync = RuleSync(self.root, self.validator, repository)
+        vanish = MassDeleteGuard(self.root, settings.mass_delete_confirm_s)
+        self.state.held = vanish.status
         queries = ControlQueries(self.engine)
         scheduler = ExpiryScheduler(queries, repository)
         relay = OutboxRelay(
@@ -170,13 +180,7 @@ class Master:
         )
         tasks: list[asyncio.Task[None]] = []
         try:
-            await ensure_streams(
-                js,
-                settings.stream_replicas,
-                settings.events_max_age_s,
-                settings.events_max_bytes,
-                settings.tags_max_age_s,
-            )
+            await ensure_configured_streams(js, settings)
             async with DirectoryWatcher(
                 self.root,
                 debounce=settings.debounce_ms / 1000,
@@ -185,13 +189,16 @@ class Master:
                 await sync.load()
                 # Expiries that passed while no master led are reverted before anything else.
                 await scheduler.revert_due()
-                await self._sync(sync, None, "startup")
+                await self._guarded_sync(sync, vanish, None, "startup")
                 async with publisher.lock:
                     metrics.REPUBLISHED.inc(await guard.repair())
                 tasks = [
                     asyncio.create_task(leader.watch(term_stop), name="leader-watch"),
                     asyncio.create_task(relay.run(term_stop), name="outbox-relay"),
-                    asyncio.create_task(self._follow(watcher, sync, relay), name="watcher"),
+                    asyncio.create_task(self._follow(watcher, sync, vanish, relay), name="watcher"),
+                    asyncio.create_task(
+                        self._recheck_held(sync, vanish, term_stop), name="held-deletes"
+                    ),
                     asyncio.create_task(self._guard(guard, js, publisher, term_stop), name="guard"),
                     asyncio.create_task(self._track_caught_up(relay, term_stop), name="ready"),
                     asyncio.create_task(scheduler.run(term_stop), name="expiry-scheduler"),
@@ -225,24 +232,66 @@ class Master:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
             self.state.publishing = None
+            self.state.held = lambda: None
             metrics.IS_LEADER.set(0)
+            metrics.HELD_DELETES.set(0)
             if not self.state.stop.is_set():
                 with contextlib.suppress(Exception):
                     await self.control.serve_standby()
 
-    async def _follow(self, watcher: DirectoryWatcher, sync: RuleSync, relay: OutboxRelay) -> None:
+    async def _follow(
+        self,
+        watcher: DirectoryWatcher,
+        sync: RuleSync,
+        vanish: MassDeleteGuard,
+        relay: OutboxRelay,
+    ) -> None:
         async for batch in watcher.batches():
-            result = await self._apply_batch(sync, batch)
+            result = await self._apply_batch(sync, vanish, batch)
             if result.cleared and not result.changed:
                 relay.summary_changed()
 
-    async def _apply_batch(self, sync: RuleSync, batch: WatchBatch) -> SyncResult:
+    async def _apply_batch(
+        self, sync: RuleSync, vanish: MassDeleteGuard, batch: WatchBatch
+    ) -> SyncResult:
         paths = None if batch.full_rescan else batch.paths
         if paths is not None and any(not path.is_file() for path in paths):
             # Some editors move the old file away before writing the new one; give them
             # a moment so a save is not published as a delete followed by a re-add.
             await asyncio.sleep(self.settings.delete_grace_ms / 1000)
-        return await self._sync(sync, paths, batch.reason)
+        return await self._guarded_sync(sync, vanish, paths, batch.reason)
+
+    async def _guarded_sync(
+        self,
+        sync: RuleSync,
+        vanish: MassDeleteGuard,
+        paths: frozenset[Path] | None,
+        reason: str,
+    ) -> SyncResult:
+        """`_sync`, unless the batch would publish deletes the guard holds back."""
+        async with self._sync_lock:
+            if (
+                paths is None
+                or vanish.holding is not None
+                or any(not path.is_file() for path in paths)
+            ):
+                verdict = vanish.assess(sync.catalog)
+                if verdict is Verdict.HOLD:
+                    return SyncResult()
+                if verdict is Verdict.RESCAN:
+                    # Batches were skipped while held: only the whole tree says what changed.
+                    paths, reason = None, "hold-ended"
+            return await self._sync(sync, paths, reason)
+
+    async def _recheck_held(
+        self, sync: RuleSync, vanish: MassDeleteGuard, stop: asyncio.Event
+    ) -> None:
+        """While deletes are held, look again every second: files back, or confirmed."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), HELD_RECHECK_S)
+            if vanish.holding is not None and not stop.is_set():
+                await self._guarded_sync(sync, vanish, None, "held")
 
     async def _sync(self, sync: RuleSync, paths: frozenset[Path] | None, reason: str) -> SyncResult:
         started = time.perf_counter()
@@ -282,12 +331,14 @@ class Master:
         stop: asyncio.Event,
     ) -> None:
         settings = self.settings
+        usage = StreamUsage(js)
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), STREAM_CHECK_INTERVAL_S)
             if stop.is_set():
                 return
             try:
+                await usage.check()
                 problem = await guard.check()
                 if problem is None:
                     continue
@@ -296,13 +347,7 @@ class Master:
                     subjects.STREAM_RULES,
                     problem,
                 )
-                await ensure_streams(
-                    js,
-                    settings.stream_replicas,
-                    settings.events_max_age_s,
-                    settings.events_max_bytes,
-                    settings.tags_max_age_s,
-                )
+                await ensure_configured_streams(js, settings)
                 async with publisher.lock:
                     metrics.REPUBLISHED.inc(await guard.repair())
             except Exception:

@@ -36,6 +36,16 @@ class MasterSettings(ServiceSettings):
             "(docs/rules.md); the master logs the warnings of each rule file it accepts."
         ),
     )
+    mass_delete_confirm_s: float = Field(
+        default=300.0,
+        ge=0,
+        description=(
+            "How long the files of most rules (more than half, and more than 5) must stay "
+            "missing before their deletes are published; until then, and for as long as the "
+            "rules directory itself is missing, workers keep the last good rule set. "
+            "0 publishes such deletes at once (a missing directory is still held)."
+        ),
+    )
     rescan_interval_s: float = Field(
         default=300.0, gt=0, description="Backstop full rescan of the rules directory."
     )
