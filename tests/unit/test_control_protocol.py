@@ -177,5 +177,5 @@ def test_text_postgresql_cannot_store_is_a_bad_request(
 def test_a_nul_in_a_reason_given_as_python_text_is_refused() -> None:
     with pytest.raises(ValueError, match="NUL character"):
         StateSetRequest(rule_id="R1", state="disabled", reason="a\x00b", actor="ops")
-    with pytest.raises(ValueError, match="unicode string|lone surrogate"):
+    with pytest.raises(ValueError, match=r"unicode string|lone surrogate"):
         StateSetRequest(rule_id="R1", state="disabled", reason="a\ud800", actor="ops")
