@@ -129,7 +129,7 @@ class EventConsumer:
         self._max_ack_pending = max_ack_pending
         self._max_event_bytes = max_event_bytes
         self._text_cap = deadletter_text_cap
-        self._max_deliveries = max_deliveries
+        self._max_deliveries_setting = self._max_deliveries = max_deliveries
         # Longest wait for PubAcks, and between two publish attempts: a quarter of ack_wait
         # at most, so events held across failed publishes get `in_progress` in time.
         self._hold_s = min(_PUBLISH_TIMEOUT_S, ack_wait_s / 4)
@@ -155,30 +155,40 @@ class EventConsumer:
             stream=subjects.STREAM_EVENTS,
             config=self.consumer_config(),
         )
-        await self._respect_server_limit()
+        await self._adopt_consumer_limits()
 
-    async def _respect_server_limit(self) -> None:
-        """Dead-letter no later than the consumer's own `max_deliver`, if it has one.
+    async def _adopt_consumer_limits(self) -> None:
+        """Follow the limits of the consumer as it exists, which may predate this worker.
 
-        The worker creates the consumer without one (it counts deliveries itself, see the
-        module docstring). A consumer made by hand or by other tooling may have one: the
-        server then never delivers an event again after that many deliveries, so the last of
-        them must be the one that dead-letters it, or it would be dropped silently.
+        Binding to an existing durable consumer does not change its configuration, so its
+        `ack_wait` may differ from `TTP_ACK_WAIT_S`: events held across failed publishes are
+        kept with `in_progress` well within the consumer's own. And the worker creates the
+        consumer without `max_deliver` (it counts deliveries itself, see the module
+        docstring), but one made by hand or by other tooling may have one: the server then
+        never delivers an event again after that many deliveries, so the last of them must
+        be the one that dead-letters it, or the event would be dropped silently.
         """
-        with contextlib.suppress(Exception):
+        try:
             info = await self._js.consumer_info(subjects.STREAM_EVENTS, self._consumer_name)
-            server_limit = info.config.max_deliver or -1
-            # With 1, every delivery is the last: dead-lettering it would tag nothing.
-            if server_limit >= 2 and server_limit - 1 < self._max_deliveries:
-                _log.warning(
-                    "the consumer %s has max_deliver=%d: events are dead-lettered after %d"
-                    " deliveries instead of %d",
-                    self._consumer_name,
-                    server_limit,
-                    server_limit - 1,
-                    self._max_deliveries,
-                )
-                self._max_deliveries = server_limit - 1
+        except Exception as exc:
+            _log.warning("cannot read the consumer's configuration (%s); using the settings", exc)
+            return
+        ack_wait = info.config.ack_wait
+        if ack_wait:
+            self._hold_s = min(_PUBLISH_TIMEOUT_S, ack_wait / 4)
+        self._max_deliveries = self._max_deliveries_setting
+        server_limit = info.config.max_deliver or -1
+        # With 1, every delivery is the last: dead-lettering it would tag nothing.
+        if server_limit >= 2 and server_limit - 1 < self._max_deliveries:
+            _log.warning(
+                "the consumer %s has max_deliver=%d: events are dead-lettered after %d"
+                " deliveries instead of %d",
+                self._consumer_name,
+                server_limit,
+                server_limit - 1,
+                self._max_deliveries,
+            )
+            self._max_deliveries = server_limit - 1
 
     def resubscribe(self) -> None:
         """Bind the consumer again before the next fetch (after a NATS restart)."""

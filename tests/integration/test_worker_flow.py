@@ -40,7 +40,7 @@ from ttp_core.contract.payloads import (
 from ttp_core.engine.index import RuleIndex
 from ttp_core.engine.tags import tag_uuid
 from ttp_worker import metrics
-from ttp_worker.bootstrap import Worker
+from ttp_worker.bootstrap import Worker, ensure_streams_exist
 from ttp_worker.event_consumer import EventConsumer
 from ttp_worker.rulebook import Ruleset
 from ttp_worker.settings import WorkerSettings
@@ -723,13 +723,32 @@ async def test_an_event_whose_processing_never_finishes_is_dead_lettered_with_it
         assert (await js.stream_info(subjects.STREAM_TAGS)).state.messages == 0
 
 
+@pytest.mark.parametrize(
+    ("existing_ack_wait", "worker_ack_wait"),
+    [
+        (None, 2.0),
+        # A consumer made earlier with a shorter ack_wait than the worker's setting: binding
+        # does not change it, so the worker must hold events within the consumer's own.
+        (1.0, 30.0),
+    ],
+)
 async def test_refused_publishes_are_retried_in_place_without_using_up_deliveries(
-    rig: Rig,
+    rig: Rig, existing_ack_wait: float | None, worker_ack_wait: float
 ) -> None:
     js = rig.js
+    if existing_ack_wait is not None:
+        await ensure_streams_exist(js, worker_settings(rig.nats_url, "setup"))
+        config = EventConsumer(
+            rig.nc,
+            js,
+            lambda: Ruleset(RuleIndex.build([]), 0),
+            worker_id="t",
+            ack_wait_s=existing_ack_wait,
+        ).consumer_config()
+        await js.add_consumer(subjects.STREAM_EVENTS, config)
     # No master: the worker creates the streams and tags nothing; malformed events still
     # make messages to publish (dead letters), which is what this test holds up.
-    async with rig.worker("w1", max_deliveries=1) as worker:
+    async with rig.worker("w1", max_deliveries=1, ack_wait_s=worker_ack_wait) as worker:
         assert worker.events is not None
         stats = worker.events.stats
         await publish_event(js, "command", b"not json 0")
@@ -742,10 +761,10 @@ async def test_refused_publishes_are_retried_in_place_without_using_up_deliverie
         failures_before = metrics.PUBLISH_FAILURES._value.get()
         for n in range(1, 4):
             await publish_event(js, "command", f"not json {n}".encode())
-        # Held and retried: eight rounds of failures (at least one event each, with pauses
-        # of 0.25 s then ack_wait / 4 = 0.5 s between them), longer than ack_wait (2 s) ...
+        # Held and retried: twelve rounds of failures (at least one event each, with pauses
+        # of at most ack_wait / 4 between them), longer than the consumer's ack_wait ...
         await wait_for(
-            lambda: metrics.PUBLISH_FAILURES._value.get() >= failures_before + 8,
+            lambda: metrics.PUBLISH_FAILURES._value.get() >= failures_before + 12,
             "publishes refused for several retry rounds",
         )
         # ... then the stream takes writes again.
