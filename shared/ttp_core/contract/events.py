@@ -107,17 +107,6 @@ def _finite_float(literal: str) -> float:
 _DECODER: Final = json.JSONDecoder(parse_float=_finite_float, parse_constant=_refuse_constant)
 
 
-def loads_strict(text: str) -> Any:
-    """`json.loads` that refuses `NaN`, `Infinity` and numbers that overflow a float.
-
-    Raises :class:`ValueError` (the message says which literal) or :class:`RecursionError`.
-    """
-    try:
-        return _DECODER.decode(text)
-    except _NonFiniteNumberError as exc:
-        raise ValueError(f"{_shorten(exc.literal)} is not a finite number") from None
-
-
 def clean_text(text: str) -> str:
     """`text` with every lone surrogate replaced by U+FFFD: encodable as UTF-8."""
     if text.isascii():
