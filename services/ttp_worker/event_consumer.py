@@ -398,6 +398,13 @@ class EventConsumer:
                     deliveries,
                     counts,
                 )
+                # Rare, and a sign of crashing workers: worth a line (the event's text is in
+                # the dead letter, found by its id).
+                _log.warning(
+                    "event dead-lettered after %d deliveries that never finished",
+                    deliveries,
+                    extra={"subject": msg.subject, "deadletter_id": _deadletter_id(msg)},
+                )
                 continue
             try:
                 event = parse_event(raw, self._max_event_bytes)
