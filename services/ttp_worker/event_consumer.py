@@ -1,4 +1,4 @@
-"""Tag honeypot events from TTP_EVENTS into TTP_TAGS (see docs/operations.md, "Events").
+"""Tag honeypot events from TTP_EVENTS into TTP_TAGS (docs/operations.md, "Poison events").
 
 All workers pull from one shared durable consumer, so each event goes to one worker. Per
 fetched batch: every event is parsed and evaluated on the index reference taken once for that
