@@ -15,9 +15,9 @@ Columns: scenario; faults injected; edits (rule files created, changed or delete
 (honeypot events acknowledged by TTP_EVENTS, or, in the scenarios without them, the rule
 change events TTP_RULES stored); lost; duplicated; recovery time (the longest, over the
 scenario's faults, from the fault healed to the system whole again; each scenario's docstring
-in tests/harness/chaos.py says exactly what it measures). The last line of stdout is one JSON
-object with every row and its details. `--quick` runs smaller sizes (all scenarios in about
-a minute and a half); `--scenario NAME` runs one.
+in tests/harness/chaos*.py says exactly what it measures). The last line of stdout is one JSON
+object with every row and its details. `--quick` runs smaller sizes (all scenarios in a few
+minutes); `--scenario NAME` runs one.
 
 Adding a scenario: write `async def name(run: ScenarioRun) -> ChaosRow` below and decorate it
 with `@scenario("name")`.
@@ -47,6 +47,11 @@ from harness.chaos import (
     starter_pack_in,
     worker_kill_flood,
 )
+from harness.chaos_cluster import cluster_node_loss
+from harness.chaos_rules_vanish import rules_vanish
+from harness.chaos_storage import storage_full
+from harness.nats_cluster import nats_cluster
+from ttp_runtime.embedded import EmbeddedPostgres
 
 
 @dataclass(frozen=True)
@@ -155,6 +160,45 @@ async def worker_flood(run: ScenarioRun) -> ChaosRow:
             starter_pack_in(run.workdir / "rules"),
             run.workdir,
             events=6_000 if run.quick else 20_000,
+        )
+
+
+@scenario("nats-cluster-node-loss")
+async def cluster_node_lost(run: ScenarioRun) -> ChaosRow:
+    """kill -9 of the node leading TTP_EVENTS in a three-node JetStream cluster (R3)."""
+    with nats_cluster(run.workdir / "nats") as cluster, EmbeddedPostgres() as postgres:
+        postgres.ensure_database("ttp_chaos")
+        return await cluster_node_loss(
+            cluster,
+            postgres.url_for("ttp_chaos"),
+            starter_pack_in(run.workdir / "rules"),
+            run.workdir,
+            events=2_000 if run.quick else 6_000,
+        )
+
+
+@scenario("storage-full")
+async def streams_full(run: ScenarioRun) -> ChaosRow:
+    """TTP_TAGS, then TTP_EVENTS, at their (small) limits; then space freed."""
+    with own_servers() as servers:
+        return await storage_full(
+            servers,
+            starter_pack_in(run.workdir / "rules"),
+            run.workdir,
+            events=300 if run.quick else 1_000,
+        )
+
+
+@scenario("rules-vanish")
+async def rules_directory_vanishes(run: ScenarioRun) -> ChaosRow:
+    """The rules directory removed, restored, then emptied until the deletes are confirmed."""
+    with own_servers() as servers:
+        return await rules_vanish(
+            servers,
+            starter_pack_in(run.workdir / "rules"),
+            run.workdir,
+            confirm_s=3.0,
+            events=300 if run.quick else 1_000,
         )
 
 

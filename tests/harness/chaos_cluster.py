@@ -190,7 +190,7 @@ async def cluster_node_loss(
         }
         return ChaosRow(
             scenario="nats-cluster-node-loss",
-            faults=f"kill -9 of 1 of 3 NATS nodes ({down_s:g} s down)",
+            faults=f"kill -9 1 of 3 NATS nodes, {down_s:g} s",
             edits=editor.total,
             events=events,
             lost=len(firing - messages.keys()),

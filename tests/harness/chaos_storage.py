@@ -40,7 +40,10 @@ from ttp_core.contract import subjects
 from ttp_runtime.embedded import free_port
 
 TAGS_LIMIT = 96 * 1024
-EVENTS_LIMIT = 192 * 1024
+EVENTS_LIMIT_MIN = 192 * 1024
+_EVENT_ROOM = 640
+"""Bytes of TTP_EVENTS per event of the first batch: it takes about 40 % of the limit, and
+the producer fills the rest."""
 ROOMY = 64 * 1024 * 1024
 _MAX_FILL_EVENTS = 20_000
 
@@ -91,7 +94,8 @@ async def storage_full(
     Lost: acknowledged events that fire a rule and have no tag message at the end;
     duplicated: extra tag messages. Recovery: from the space freed (master restarted with the
     raised limit, consumed events purged) to the worker ready again with every event tagged."""
-    limits = {"TTP_TAGS_MAX_BYTES": str(TAGS_LIMIT), "TTP_EVENTS_MAX_BYTES": str(EVENTS_LIMIT)}
+    events_limit = max(EVENTS_LIMIT_MIN, events * _EVENT_ROOM)
+    limits = {"TTP_TAGS_MAX_BYTES": str(TAGS_LIMIT), "TTP_EVENTS_MAX_BYTES": str(events_limit)}
     async with running_fleet(servers, rules, workdir, ("s1",)) as fleet:
         fleet.procs.base_env.update(limits)
         fleet.workers = ()
@@ -152,7 +156,7 @@ async def storage_full(
         await asyncio.sleep(0)
         return ChaosRow(
             scenario="storage-full",
-            faults="TTP_TAGS full, then TTP_EVENTS full",
+            faults="TTP_TAGS full, TTP_EVENTS full",
             edits=2,
             events=len(acked),
             lost=len(firing - messages.keys()),
