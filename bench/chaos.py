@@ -206,7 +206,7 @@ async def rules_directory_vanishes(run: ScenarioRun) -> ChaosRow:
 
 COLUMNS = (
     ("scenario", 26),
-    ("faults injected", 30),
+    ("faults injected", 34),
     ("edits", 6),
     ("events", 7),
     ("lost", 5),

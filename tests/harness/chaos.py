@@ -659,7 +659,7 @@ async def nats_restart(
         _, messages = await read_tags(fleet.js)
         return ChaosRow(
             scenario="nats-restart",
-            faults=f"{restarts}x NATS restart (kill -9, then orderly)",
+            faults=f"{restarts}x NATS restart (kill -9, orderly)",
             edits=editor.total,
             events=events,
             lost=len(firing - messages.keys()),
