@@ -60,12 +60,14 @@ unit: $(STAMP)
 ## test: everything CI checks.
 test: lock-check lint typecheck rules-check unit
 
-## bench: every benchmark (engine, master, fleet); each prints figures and a final JSON line.
+## bench: every benchmark (engine, master, fleet, control, chaos); each prints figures and a
+## final JSON line.
 bench: $(STAMP)
 	$(BIN)/python -m bench.engine
 	$(BIN)/python -m bench.master
 	$(BIN)/python -m bench.fleet
 	$(BIN)/python -m bench.control
+	$(BIN)/python -m bench.chaos
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench.engine --quick
