@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.chaos import ChaosServers, master_kill_storm
+from harness.chaos import ChaosServers
+from harness.chaos_master import master_kill_storm
 
 pytestmark = pytest.mark.timeout(300)
 

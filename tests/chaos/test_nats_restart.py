@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.chaos import ChaosServers, nats_restart
+from harness.chaos import ChaosServers
+from harness.chaos_nats import nats_restart
 
 pytestmark = pytest.mark.timeout(300)
 

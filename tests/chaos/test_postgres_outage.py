@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.chaos import ChaosServers, postgres_outage
+from harness.chaos import ChaosServers
+from harness.chaos_master import postgres_outage
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.chaos import ChaosServers, worker_kill_flood
+from harness.chaos import ChaosServers
+from harness.chaos_workers import worker_kill_flood
 
 EVENTS = int(os.environ.get("TTP_TEST_FLEET_EVENTS", "6000"))
 
