@@ -204,7 +204,7 @@ class Master:
                     asyncio.create_task(scheduler.run(term_stop), name="expiry-scheduler"),
                 ]
                 await self.control.serve_leader(
-                    LeaderTerm(repository, queries, scheduler, relay.ruleset_summary)
+                    LeaderTerm(repository, queries, scheduler, relay.ruleset_summary, vanish.status)
                 )
                 stop_wait = asyncio.create_task(self.state.stop.wait())
                 lost_wait = asyncio.create_task(leader.lost.wait())

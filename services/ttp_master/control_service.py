@@ -86,6 +86,8 @@ class LeaderTerm:
     queries: ControlQueries
     scheduler: ExpiryScheduler
     summary: Callable[[], Awaitable[RulesetRevision]]
+    held_deletes: Callable[[], str | None] = lambda: None
+    """Rule deletes the master holds back because the rules directory vanished, or None."""
 
 
 class ControlHandlers:
@@ -232,7 +234,9 @@ class ControlHandlers:
     async def rules_list(self, request: RulesListRequest) -> RulesList:
         summary = await self._term.summary()
         rules = await self._term.queries.rules(request.status)
-        return RulesList(revision=summary.revision, rules=rules)
+        return RulesList(
+            revision=summary.revision, rules=rules, held_deletes=self._term.held_deletes()
+        )
 
     async def rules_show(self, request: RuleShowRequest) -> BaseModel:
         detail = await self._term.queries.rule(request.rule_id)

@@ -82,7 +82,8 @@ def rules_status(as_json: JsonOption = False, nats_url: NatsUrlOption = None) ->
     """What needs attention: counts by status, then every rule that is not plainly active
     (rejected files with their errors, external and deleted rules, non-default states).
 
-    Exit 0 when no file is rejected, 1 when some are (scripts can gate on it).
+    Exit 0 when no file is rejected and no delete is held, 1 otherwise (scripts can gate
+    on it).
     """
     request = RulesListRequest()
     listing = run_control("rules status", nats_url, lambda client: client.rules_list(request))
@@ -91,9 +92,10 @@ def rules_status(as_json: JsonOption = False, nats_url: NatsUrlOption = None) ->
         counts[rule.status] = counts.get(rule.status, 0) + 1
     attention = [r for r in listing.rules if r.status != "active" or r.state.state != "enabled"]
     rejected = counts.get("rejected", 0)
+    failed = bool(rejected or listing.held_deletes)
     if as_json:
         typer.echo(json_document(listing.model_copy(update={"rules": attention})))
-        raise typer.Exit(1 if rejected else 0)
+        raise typer.Exit(1 if failed else 0)
     out = console()
     totals = ", ".join(
         f"{counts.get(s, 0)} {s}" for s in ("active", "external", "rejected", "deleted")
@@ -109,4 +111,6 @@ def rules_status(as_json: JsonOption = False, nats_url: NatsUrlOption = None) ->
         if rejected
         else "No rejected rule files."
     )
-    raise typer.Exit(1 if rejected else 0)
+    if listing.held_deletes:
+        out.print(f"Deletes held: {listing.held_deletes}.")
+    raise typer.Exit(1 if failed else 0)

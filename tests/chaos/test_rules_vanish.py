@@ -25,6 +25,7 @@ async def test_vanished_rules_directory_keeps_the_last_good_set_until_back_or_co
     # deleted or published, and the worker tagged with the last good set.
     assert details["held_past_confirmation_while_missing"] is True
     assert details["held_deletes_metric"] == starter_rules
+    assert "rules directory missing" in details["rules_list_held_deletes"]
     assert details["revision_while_missing"] == details["revision_before"]
     assert details["rows_while_missing"] == {"live": starter_rules, "deleted": 0}
     assert details["firing_events"] > 100

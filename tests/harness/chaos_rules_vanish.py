@@ -33,6 +33,7 @@ from harness.chaos import (
 from harness.master import query, with_version
 from harness.probes import http_metric
 from harness.processes import master_summary, until
+from ttpctl.control_client import ControlClient
 
 _LIVE_AND_DELETED = (
     "SELECT count(*) FILTER (WHERE NOT deleted) AS live,"
@@ -87,6 +88,7 @@ async def rules_vanish(
             return "rules directory missing" in await _reason(fleet)
 
         await until("the master holding every rule", holding_all, fleet.procs, "master")
+        held_listing = await ControlClient(fleet.nc, timeout_s=15).rules_list()
         firing, retried = await _tag_round(fleet, "gone", events, book, seed=5)
         await asyncio.sleep(confirm_s + 1.5)
         still_holding = await holding_all()
@@ -148,6 +150,7 @@ async def rules_vanish(
                 "publishes_retried": retried,
                 "held_past_confirmation_while_missing": still_holding,
                 "held_deletes_metric": held_metric,
+                "rules_list_held_deletes": held_listing.held_deletes,
                 "revision_before": before["revision"],
                 "revision_while_missing": gone_summary and gone_summary["revision"],
                 "revision_after_restore": back_summary and back_summary["revision"],

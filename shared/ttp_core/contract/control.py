@@ -220,6 +220,9 @@ class RuleSummary(_Result):
 class RulesList(_Result):
     revision: int
     rules: list[RuleSummary]
+    held_deletes: str | None = None
+    """Why rule deletes are held back (the rules directory is missing, or most rule files
+    vanished at once) and until when; null when nothing is held."""
 
 
 class RuleDetail(RuleSummary):
