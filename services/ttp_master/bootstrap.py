@@ -48,6 +48,7 @@ _log = logging.getLogger(__name__)
 STREAM_CHECK_INTERVAL_S = 5.0
 SHUTDOWN_GRACE_S = 8.0
 HELD_RECHECK_S = 1.0
+MASS_DELETE_SETTLE_S = 1.0
 
 
 class NatsPublisher:
@@ -276,6 +277,11 @@ class Master:
                 or any(not path.is_file() for path in paths)
             ):
                 verdict = vanish.assess(sync.catalog)
+                if verdict is Verdict.SYNC and vanish.missing > vanish.few:
+                    # More than a few deletes may be the first part of a bigger one (`rm -rf`
+                    # of a large tree takes a while): let the tree settle, then look again.
+                    await asyncio.sleep(MASS_DELETE_SETTLE_S)
+                    verdict = vanish.assess(sync.catalog)
                 if verdict is Verdict.HOLD:
                     return SyncResult()
                 if verdict is Verdict.RESCAN:

@@ -86,6 +86,8 @@ class MassDeleteGuard:
         self.few = few
         self._clock = clock
         self.holding: Hold | None = None
+        self.missing = 0
+        """Live rules whose file was missing at the last `assess`."""
 
     def status(self) -> str | None:
         """What is held and why, for probes and logs; None when nothing is held."""
@@ -95,8 +97,10 @@ class MassDeleteGuard:
         """Look at the tree as it is now against the rules `catalog` holds."""
         live = [known for known in catalog.rules.values() if not known.deleted]
         if not self.root.is_dir():
+            self.missing = len(live)
             return self._hold("root-missing", len(live), len(live))
         missing = sum(1 for known in live if not (self.root / known.source_path).is_file())
+        self.missing = missing
         if self._tolerable(missing, len(live)) or self._tolerable(
             missing - self._unclaimed_files(catalog), len(live)
         ):
