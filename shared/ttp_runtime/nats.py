@@ -18,6 +18,7 @@ import logging
 import math
 import random
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypedDict, Unpack
@@ -45,6 +46,7 @@ __all__ = [
     "DEFAULT_PUBLISH_TIMEOUT_S",
     "MSG_ID_HEADER",
     "ConnectCallbacks",
+    "RepeatThrottle",
     "StreamConfigError",
     "StreamOutcome",
     "configured_streams",
@@ -72,6 +74,8 @@ _RECONNECT_JITTER_S: Final = 1.0
 _ATTEMPT_TIMEOUT_S: Final = 5
 # Unanswered pings before the link is declared dead: ~2-3 ping intervals to notice.
 _MAX_OUTSTANDING_PINGS: Final = 2
+# The same error text is logged at most once per this many seconds.
+_ERROR_LOG_WINDOW_S: Final = 10.0
 
 _RULES_DUPLICATE_WINDOW_S: Final = 24 * 3600.0
 _TAGS_DUPLICATE_WINDOW_S: Final = 10 * 60.0
@@ -98,6 +102,29 @@ class ConnectCallbacks(TypedDict, total=False):
 # --------------------------------------------------------------------------------------------
 # Connection
 # --------------------------------------------------------------------------------------------
+
+
+class RepeatThrottle:
+    """Lets one occurrence of each text through per `window_s`; counts the others."""
+
+    def __init__(self, window_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._window_s = window_s
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, int] = {}
+
+    def admit(self, text: str) -> int | None:
+        """None to stay quiet; else how many of `text` were held back since it last passed."""
+        now = self._clock()
+        last = self._last.get(text)
+        if last is not None and now - last < self._window_s:
+            self._held[text] = self._held.get(text, 0) + 1
+            return None
+        if len(self._last) > 1000:  # error texts may carry ids: keep the memory bounded
+            self._last.clear()
+            self._held.clear()
+        self._last[text] = now
+        return self._held.pop(text, 0)
 
 
 def _tls_context(settings: ServiceSettings) -> ssl.SSLContext | None:
@@ -183,12 +210,20 @@ async def connect(
     client = Client()
     user_error_cb = callbacks.get("error_cb")
 
+    repeats = RepeatThrottle(_ERROR_LOG_WINDOW_S)
+
     async def on_error(error: Exception) -> None:
-        _log.warning(
-            "NATS error: %s",
-            error or type(error).__name__,
-            extra={"nats_connection": name, "error_type": type(error).__name__},
-        )
+        text = str(error) or type(error).__name__
+        # A full stream answers every refused publish with the same error (nats-py reports
+        # asynchronous publish errors here): one line per window, with the count, not a flood.
+        suppressed = repeats.admit(text)
+        if suppressed is not None:
+            _log.warning(
+                "NATS error: %s%s",
+                text,
+                f" (and {suppressed} more like it)" if suppressed else "",
+                extra={"nats_connection": name, "error_type": type(error).__name__},
+            )
         if user_error_cb is not None:
             try:
                 await user_error_cb(error)
