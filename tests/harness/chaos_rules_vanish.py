@@ -11,6 +11,7 @@ too, until the confirmation period has passed, after which the deletes go out.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import time
 from pathlib import Path
@@ -96,8 +97,9 @@ async def rules_vanish(
         gone_summary = await master_summary(fleet.nc)
         gone_rows = (await query(dsn, _LIVE_AND_DELETED))[0]
 
-        # Healed: the same files come back.
-        starter_pack_in(rules)
+        # Healed: the same files come back (put in place at once, as a remount would: a copy
+        # file by file could be read half-written, which is a rejection and a revision).
+        os.rename(starter_pack_in(workdir / "rules.restored"), rules)
         healed = time.monotonic()
 
         async def released() -> bool:
