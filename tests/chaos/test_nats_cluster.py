@@ -37,5 +37,6 @@ async def test_losing_one_of_three_nats_nodes_loses_and_duplicates_nothing(
     assert details["unexpected_tags"] == 0
     assert details["edits_while_node_down"] > 0
     assert details["same_processes"] is True
+    assert details["master_readyz_after"] == 200
     assert details["postgres_differences"] == []
     assert details["workers_on_master_digest"] is True

@@ -185,6 +185,7 @@ async def cluster_node_loss(
             "edits_while_node_down": edits_while_down,
             "edit_kinds": dict(Counter(editor.counts)),
             "same_processes": same_processes,
+            "master_readyz_after": await fleet.readyz("master"),
             "postgres_differences": await postgres_differences(dsn, rules),
             "workers_on_master_digest": fleet_matches(fleet.statuses, final, fleet.workers),
         }
