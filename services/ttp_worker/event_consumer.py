@@ -135,6 +135,8 @@ class EventConsumer:
         self._hold_s = min(_PUBLISH_TIMEOUT_S, ack_wait_s / 4)
         self._on_batch = on_batch
         self._sub: Any = None
+        # Bumped by `resubscribe`: a bind that was in flight when it was asked for is stale.
+        self._binding = 0
         self._stop: asyncio.Event | None = None
         self.stats = EventStats()
 
@@ -149,13 +151,18 @@ class EventConsumer:
         )
 
     async def _subscribe(self) -> None:
-        self._sub = await self._js.pull_subscribe(
+        binding = self._binding
+        sub = await self._js.pull_subscribe(
             subjects.wildcard(subjects.EVENT_PREFIX),
             durable=self._consumer_name,
             stream=subjects.STREAM_EVENTS,
             config=self.consumer_config(),
         )
         await self._adopt_consumer_limits()
+        # A reconnect during the awaits above asked for a fresh bind: leave `_sub` unset so
+        # the loop binds again instead of fetching on what may be a lost consumer.
+        if binding == self._binding:
+            self._sub = sub
 
     async def _adopt_consumer_limits(self) -> None:
         """Follow the limits of the consumer as it exists, which may predate this worker.
@@ -193,6 +200,7 @@ class EventConsumer:
     def resubscribe(self) -> None:
         """Bind the consumer again before the next fetch (after a NATS restart)."""
         self._sub = None
+        self._binding += 1
 
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch, tag, publish, ack until `stop` is set; the batch in hand is finished first."""
@@ -201,15 +209,24 @@ class EventConsumer:
             try:
                 if self._sub is None:
                     await self._subscribe()
-                msgs = await self._fetch()
+                sub = self._sub
+                if sub is None:
+                    continue
+                msgs = await self._fetch(sub)
             except TimeoutError:
                 continue
-            except (nats.errors.Error, nats.js.errors.Error, OSError) as exc:
+            except Exception as exc:
+                # Whatever goes wrong while binding or fetching (a NATS error, a lost
+                # connection, a library surprise), the loop must outlive it: a dead loop
+                # would leave the worker ready while it tags nothing.
                 if stop.is_set():
                     break
-                _log.warning(
+                expected = isinstance(exc, nats.errors.Error | nats.js.errors.Error | OSError)
+                _log.log(
+                    logging.WARNING if expected else logging.ERROR,
                     "fetching events failed (%s); rebinding the consumer",
                     exc or type(exc).__name__,
+                    exc_info=not expected,
                 )
                 self._sub = None
                 with contextlib.suppress(TimeoutError):
@@ -263,13 +280,12 @@ class EventConsumer:
         if released:
             _log.info("released %d fetched but unprocessed events on stop", released)
 
-    async def _fetch(self) -> list[Msg]:
+    async def _fetch(self, sub: Any) -> list[Msg]:
         """Wait for one event, then take what else is there right now (up to the batch).
 
         One fetch of the whole batch would hold the first event until the batch fills or
         the fetch times out: a second of latency under a light load.
         """
-        sub = self._sub
         msgs: list[Msg] = await sub.fetch(1, timeout=self._fetch_timeout_s)
         if self._batch > 1:
             with contextlib.suppress(TimeoutError):
