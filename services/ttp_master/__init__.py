@@ -1,1 +1,1 @@
-"""The ttp-rulebus master: rules directory -> PostgreSQL -> JetStream (SPEC section 1)."""
+"""The ttp-rulebus master: rules directory -> PostgreSQL -> JetStream (see README.md)."""

@@ -1,4 +1,6 @@
-"""The operator control service: NATS micro service `ttp-ctl` on `ttp.ctl.>` (SPEC section 6).
+"""The operator control service: NATS micro service `ttp-ctl` on `ttp.ctl.>`.
+
+See docs/operations.md (operator state) and docs/contract.md (the protocol).
 
 Every master process runs it, so `$SRV.PING/INFO/STATS.ttp-ctl` finds the leader and the
 standbys (metadata `role`). The leader's endpoints and the standbys' sit in different queue

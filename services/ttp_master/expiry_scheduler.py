@@ -1,4 +1,4 @@
-"""Revert operator states when their `expires_at` passes (SPEC section 6, issue 5 item 3).
+"""Revert operator states when their `expires_at` passes (see docs/operations.md).
 
 The schedule is PostgreSQL itself: the scheduler sleeps until the earliest `expires_at`
 in `ttp_rule_state`, reverts what is due, and looks again. Any state write wakes it, so an

@@ -1,4 +1,4 @@
-"""Follow `ttp.worker.status.*` and judge the fleet's convergence (issue 5 item 5)."""
+"""Follow `ttp.worker.status.*` and judge the fleet's convergence."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Leadership: a PostgreSQL advisory lock held on a dedicated connection (SPEC section 5).
+"""Leadership: a PostgreSQL advisory lock held on a dedicated connection (see docs/operations.md).
 
 A standby polls for the lock every `poll_interval` seconds, so it takes over within about
 that long after the leader's session ends. The leader probes its own connection just as

@@ -1,4 +1,4 @@
-"""The transactional outbox relay (SPEC section 5).
+"""The transactional outbox relay (see docs/operations.md).
 
 Unpublished `ttp_rule_event` rows are published in revision order, each with its
 `Nats-Msg-Id`, and marked published only after the PubAck; a crash anywhere in between

@@ -1,4 +1,4 @@
-"""The master's settings (SPEC section 7)."""
+"""The master's settings (see docs/operations.md)."""
 
 from __future__ import annotations
 

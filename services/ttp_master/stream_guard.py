@@ -1,4 +1,4 @@
-"""Keep TTP_RULES holding the latest message of every rule (SPEC section 4, section 5).
+"""Keep TTP_RULES holding the latest message of every rule (docs/contract.md).
 
 PostgreSQL is the source of truth and JetStream the distribution log: when the stream is
 missing, emptied or behind (deleted by an operator, lost with a NATS volume), the latest

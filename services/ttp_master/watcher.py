@@ -1,4 +1,4 @@
-"""The rules directory as batches of possibly changed rule files (SPEC sections 3 and 7).
+"""The rules directory as batches of possibly changed rule files (docs/operations.md).
 
 `DirectoryWatcher` keeps an inotify watch on every visible directory of the rules tree and
 turns the events into `WatchBatch`es: the rule-file paths that may have changed, or a request

@@ -1,1 +1,1 @@
-"""The ttp-rulebus worker: rule events -> compiled index -> tags (SPEC section 1)."""
+"""The ttp-rulebus worker: rule events -> compiled index -> tags (see README.md)."""

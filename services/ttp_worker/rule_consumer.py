@@ -1,4 +1,4 @@
-"""Follow TTP_RULES: snapshot first, then live changes (SPEC section 4, issue 4 item 1).
+"""Follow TTP_RULES: snapshot first, then live changes (see docs/contract.md).
 
 An ordered push consumer with DeliverPolicy last-per-subject delivers the newest message of
 every rule subject (the snapshot) and then follows new messages. Snapshot messages are

@@ -1,4 +1,4 @@
-"""The worker's settings (SPEC section 7): environment only, `TTP_` prefix."""
+"""The worker's settings (see docs/operations.md): environment only, `TTP_` prefix."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A thin async client of the master's control service (``ttp.ctl.<endpoint>``, SPEC section 6).
+"""A thin async client of the master's control service (``ttp.ctl.<endpoint>``).
 
 :class:`ControlClient` sends a request model of :mod:`ttp_core.contract.control` as JSON
 and returns the endpoint's result model, or raises :class:`ControlClientError` carrying the

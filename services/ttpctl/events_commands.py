@@ -1,9 +1,9 @@
 """`ttpctl events publish`: feed honeypot events from a JSON Lines file into TTP_EVENTS.
 
 Each non-blank line is one event: the bare event object (``source_kind``, ``source_id``,
-``payload``, ...) or a CloudEvents envelope whose ``data`` is that object (SPEC section 4;
-workers accept both). The line is published unchanged on ``ttp.event.<source_kind>`` with a
-JetStream acknowledgement, many at a time.
+``payload``, ...) or a CloudEvents envelope whose ``data`` is that object (workers accept
+both; see docs/contract.md). The line is published unchanged on ``ttp.event.<source_kind>``
+with a JetStream acknowledgement, many at a time.
 
 Deduplication: ``Nats-Msg-Id`` is a hash of the event itself (the bare object, or the
 envelope's ``data``, in canonical JSON), so publishing the same events again, from the same

@@ -3,8 +3,8 @@
 - One file per CloudEvents `type` (`DIR/schemas/<type>.json`), each describing the whole
   message (the CloudEvents envelope and its `data`), with `$id` equal to the `dataschema` URI
   the producers put in every message (`payloads.schema_id`).
-- Two files per endpoint of the operator control protocol (`ttp.ctl.<endpoint>`, SPEC section
-  6): `DIR/schemas/control/<endpoint>.request.json` (the strict request model) and
+- Two files per endpoint of the operator control protocol (`ttp.ctl.<endpoint>`):
+  `DIR/schemas/control/<endpoint>.request.json` (the strict request model) and
   `DIR/schemas/control/<endpoint>.reply.json` (the tolerant `{"ok", "result", "error"}`
   reply around the endpoint's result model), with `$id` `payloads.control_schema_id`.
 

@@ -1,4 +1,4 @@
-"""`ttpctl state set | clear | show`: a rule's operator state, through the master (SPEC 6).
+"""`ttpctl state set | clear | show`: a rule's operator state, through the master.
 
 The master validates, persists and publishes every change; these commands only build the
 request, send it and print the answer.

@@ -1,4 +1,4 @@
-"""The health and metrics HTTP server every service runs (SPEC section 7).
+"""The health and metrics HTTP server every service runs (see docs/operations.md).
 
 - ``GET /livez``: 200 whenever the event loop answers. A wedged loop cannot answer, so a
   probe timeout is the failure signal; nothing else is checked, so a broken dependency (NATS,

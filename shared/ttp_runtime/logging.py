@@ -1,6 +1,6 @@
 """Process-wide logging: JSON lines (or a console format for humans) on stdout.
 
-SPEC section 7: JSON logs on stdout with trace ids. Code everywhere logs through the standard
+JSON logs on stdout with trace ids. Code everywhere logs through the standard
 library (``logging.getLogger(__name__)``) and passes structured fields with ``extra=``::
 
     log.info("rule swapped", extra={"rule_id": "R0010", "revision": 42})

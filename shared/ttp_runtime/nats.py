@@ -1,4 +1,4 @@
-"""NATS connection and JetStream helpers shared by every process (SPEC sections 4 and 7).
+"""NATS connection and JetStream helpers shared by every process (docs/contract.md).
 
 - :func:`connect`: a client configured from :class:`~ttp_runtime.settings.ServiceSettings` that
   reconnects forever with jittered waits, notices a dead link fast, and logs its life cycle.
@@ -63,7 +63,7 @@ _log = logging.getLogger(__name__)
 
 MSG_ID_HEADER: Final = "Nats-Msg-Id"
 DEFAULT_PUBLISH_TIMEOUT_S: Final = 5.0
-# SPEC section 7 gives a SIGTERM 10 s in all; draining takes at most half of it.
+# A SIGTERM gets 10 s in all (docs/operations.md); draining takes at most half of it.
 DEFAULT_DRAIN_TIMEOUT_S: Final = 5.0
 
 # Reconnect pacing. A fleet of workers that lost the same server must not come back in one

@@ -23,7 +23,7 @@ def run_until_signalled(
     """Run `service()` until it ends or a signal asks it to stop; returns the exit code.
 
     SIGTERM/SIGINT call `request_stop`, after which the service has `grace_s` seconds to
-    finish its in-flight work and drain (SPEC: exit 0 within 10 s). Exit codes: 0 clean,
+    finish its in-flight work and drain (exit 0 within 10 s). Exit codes: 0 clean,
     1 failed or too slow to stop.
     """
 

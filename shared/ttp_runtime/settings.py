@@ -1,4 +1,4 @@
-"""Configuration from the environment only (SPEC section 7).
+"""Configuration from the environment only (see docs/operations.md).
 
 Every variable has the `TTP_` prefix; a file named like the variable in lower case
 (`ttp_nats_password`) in the secrets directory (`TTP_SECRETS_DIR`, default

@@ -1,8 +1,8 @@
 """The one tracing helper of ttp-rulebus: OpenTelemetry setup and trace propagation over NATS.
 
-SPEC section 4: W3C ``traceparent``/``tracestate`` travel in NATS headers, never in payloads.
-SPEC section 7: spans go from file event to DB commit to publish to each worker's swap, and
-from honeypot event to tag, joined by those headers.
+W3C ``traceparent``/``tracestate`` travel in NATS headers, never in payloads (docs/contract.md).
+Spans go from file event to DB commit to publish to each worker's swap, and from honeypot
+event to tag, joined by those headers (docs/operations.md).
 
 Every process calls :func:`configure_tracing` once at start. Producers wrap a publish in
 :func:`start_producer_span` and put :func:`inject_headers` into the message headers (the
@@ -78,11 +78,11 @@ _NATS: Final = "nats"
 _MSG_ID_HEADER: Final = "Nats-Msg-Id"
 _INSTRUMENTATION_NAME: Final = "ttp_runtime"
 
-# Only W3C trace context crosses the bus (SPEC section 4), whatever OTEL_PROPAGATORS says for
+# Only W3C trace context crosses the bus (see docs/contract.md), whatever OTEL_PROPAGATORS says for
 # other protocols: third-party consumers rely on exactly these two headers.
 _PROPAGATOR: Final = TraceContextTextMapPropagator()
 
-# The placeholder of the last token of each templated subject family (SPEC section 4 table).
+# The placeholder of the last token of each templated subject family (see docs/contract.md).
 _TEMPLATES: Final[Mapping[str, str]] = {
     subjects.RULE_RELOADED_PREFIX: "{rule_id}",
     subjects.RULE_STATE_PREFIX: "{rule_id}",

@@ -1,4 +1,4 @@
-"""Reads for the control service: states, rule status, audit trail (SPEC sections 5, 6).
+"""Reads for the control service: states, rule status, audit trail (see docs/operations.md).
 
 Everything here is a plain read on the pool; any master (leader or not) could run it, but
 only the leader's control service answers, so callers always see the writer's view.

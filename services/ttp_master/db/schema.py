@@ -1,4 +1,4 @@
-"""The master's tables (SPEC section 5). Alembic migrations must match this metadata."""
+"""The master's tables (see docs/operations.md). Alembic migrations must match this metadata."""
 
 from __future__ import annotations
 

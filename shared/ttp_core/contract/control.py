@@ -1,4 +1,4 @@
-"""The operator control protocol: request/reply on `ttp.ctl.<endpoint>` (SPEC section 6).
+"""The operator control protocol: request/reply on `ttp.ctl.<endpoint>` (see docs/operations.md).
 
 The master serves these endpoints as a NATS micro service named `ttp-ctl`; `ttpctl` and any
 other client send a JSON request and receive a :class:`Reply`: `{"ok": true, "result": ...}`

@@ -1,4 +1,4 @@
-"""CloudEvents 1.0 payload models for every subject (SPEC section 4).
+"""CloudEvents 1.0 payload models for every subject (see docs/contract.md).
 
 Consumers ignore unknown fields (`extra="ignore"`), so producers may add fields within
 a type version; removing or renaming one needs a new `type` (`.v2`).

@@ -1,4 +1,4 @@
-"""Every NATS subject and stream name of ttp-rulebus (SPEC section 4).
+"""Every NATS subject and stream name of ttp-rulebus (see docs/contract.md).
 
 This module is the only place that formats a subject string; everything else calls it.
 """

@@ -1,4 +1,4 @@
-"""Regular expressions under the product's safety rule (SPEC section 3.1).
+"""Regular expressions under the product's safety rule (see docs/rules.md).
 
 Every pattern RE2 accepts runs in linear time. A pattern only a backtracking engine
 accepts (lookaround, backreferences, atomic groups) runs through the `regex` module

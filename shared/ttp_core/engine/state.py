@@ -1,4 +1,4 @@
-"""Operator state of a rule as the engine applies it (SPEC section 4, section 6)."""
+"""Operator state of a rule as the engine applies it (docs/contract.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tags and their deterministic identity (SPEC section 4)."""
+"""Tags and their deterministic identity (see docs/contract.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The canonical form of a rule and its content hash (SPEC section 3.2).
+"""The canonical form of a rule and its content hash (see docs/rules.md).
 
 Hashing the normalised model rather than the file means whitespace, comments, key
 order and scalar spelling (`0.9` vs `.90`) change nothing.

@@ -1,4 +1,4 @@
-"""The rule schema (SPEC section 3): what a rule file may say, as typed models.
+"""The rule schema (see docs/rules.md): what a rule file may say, as typed models.
 
 The model checks structure and value ranges; cross-references (ATT&CK ids, regex
 syntax, file names, inline tests) are checked by `ttp_core.rules.validator`.
@@ -202,7 +202,7 @@ class InlineTest(_Strict):
 
 
 class Rule(BaseModel):
-    """A validated rule definition (SPEC section 3)."""
+    """A validated rule definition (see docs/rules.md)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 

@@ -1,4 +1,4 @@
-"""The one rule validator: bytes in, a rule or located errors out (SPEC section 3).
+"""The one rule validator: bytes in, a rule or located errors out (see docs/rules.md).
 
 Used by `ttpctl rules validate/test` and by the master; nothing else decides whether
 a rule file is good.
@@ -68,7 +68,7 @@ _TYPE_NAMES: Final = {
 
 
 def is_rule_file(name: str) -> bool:
-    """True iff a file's basename names a rule file (SPEC section 3)."""
+    """True iff a file's basename names a rule file (see docs/rules.md)."""
     return RULE_FILE_NAME.fullmatch(name) is not None
 
 
