@@ -16,11 +16,6 @@ from harness.chaos_master import postgres_outage
 
 pytestmark = pytest.mark.timeout(300)
 
-ANSWER_BOUND_S = 10.0
-"""Above what an answer may take (the master's own 4 s bound, or a standby's 1.5 s pause);
-below the client's 15 s timeout, which is what a hang would end in."""
-
-
 @pytest.mark.parametrize("freeze", [False, True], ids=["refused", "frozen"])
 async def test_postgres_outage_refuses_state_changes_publishes_nothing_unpersisted_and_catches_up(
     chaos_servers: ChaosServers, rules_dir: Path, tmp_path: Path, freeze: bool
@@ -34,9 +29,10 @@ async def test_postgres_outage_refuses_state_changes_publishes_nothing_unpersist
     attempts = row.details["state_requests"]
     assert len(attempts) == 3
     for attempt in attempts:
+        # A hang would end in the client's own timeout, whose message says no master
+        # answered: a message naming PostgreSQL is the master's own answer.
         assert attempt["code"] == "unavailable", attempt
         assert "PostgreSQL" in attempt["message"], attempt
-        assert attempt["seconds"] < ANSWER_BOUND_S, attempt
     assert row.details["unpersisted_published"] == []
     assert row.details["postgres_differences"] == []
     assert row.details["workers_on_master_digest"] is True
