@@ -19,8 +19,8 @@ in tests/harness/chaos*.py says exactly what it measures). The last line of stdo
 object with every row and its details. `--quick` runs smaller sizes (all scenarios in a few
 minutes); `--scenario NAME` runs one.
 
-Adding a scenario: write `async def name(run: ScenarioRun) -> ChaosRow` below and decorate it
-with `@scenario("name")`.
+Adding a scenario: add a `Scenario` row to `SCENARIOS` below, naming its function in
+tests/harness and the keyword arguments that differ between `--quick` and a full run.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ import argparse
 import contextlib
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,153 +48,117 @@ from harness.chaos_workers import worker_kill_flood
 from harness.nats_cluster import nats_cluster
 from ttp_runtime.embedded import EmbeddedPostgres
 
+ServerArgs = Callable[[Path], contextlib.AbstractContextManager[tuple[Any, ...]]]
+"""Given the scenario's directory: the servers a scenario function takes before `rules`."""
+
+
+@contextlib.contextmanager
+def one_nats_and_postgres(workdir: Path) -> Iterator[tuple[Any, ...]]:
+    """One embedded NATS server and one PostgreSQL database (a `ChaosServers`)."""
+    with own_servers() as servers:
+        yield (servers,)
+
+
+@contextlib.contextmanager
+def three_node_cluster_and_postgres(workdir: Path) -> Iterator[tuple[Any, ...]]:
+    """A three-node JetStream cluster, and the URL of a PostgreSQL database."""
+    with nats_cluster(workdir / "nats") as cluster, EmbeddedPostgres() as postgres:
+        postgres.ensure_database("ttp_chaos")
+        yield cluster, postgres.url_for("ttp_chaos")
+
 
 @dataclass(frozen=True)
-class ScenarioRun:
-    """What a scenario function gets: the size to run at and a directory of its own."""
+class Scenario:
+    """One row of the table: a scenario function of tests/harness, what it is called with.
 
-    quick: bool
-    workdir: Path
-    cleanup: contextlib.ExitStack
+    The function is called as `function(*servers, rules, workdir, **fixed, **sizes)`, where
+    `rules` is a fresh copy of the starter pack and each size is the first of its pair with
+    `--quick`, the second without."""
 
+    name: str
+    about: str
+    function: Callable[..., Awaitable[ChaosRow]]
+    sizes: Mapping[str, tuple[Any, Any]] = field(default_factory=dict)
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    servers: ServerArgs = one_nats_and_postgres
 
-Scenario = Callable[[ScenarioRun], Awaitable[ChaosRow]]
-SCENARIOS: dict[str, Scenario] = {}
-
-
-def scenario(name: str) -> Callable[[Scenario], Scenario]:
-    """Register a scenario function under `name` (the table's row order is registration's)."""
-
-    def register(function: Scenario) -> Scenario:
-        if name in SCENARIOS:
-            raise ValueError(f"scenario {name} registered twice")
-        SCENARIOS[name] = function
-        return function
-
-    return register
+    async def run(self, quick: bool, workdir: Path) -> ChaosRow:
+        """Run the scenario in `workdir` (its own directory) at the chosen sizes."""
+        sizes = {key: pair[0] if quick else pair[1] for key, pair in self.sizes.items()}
+        with self.servers(workdir) as servers:
+            rules = starter_pack_in(workdir / "rules")
+            return await self.function(*servers, rules, workdir, **self.fixed, **sizes)
 
 
 # ---------------------------------------------------------------------------- the scenarios
 
+_KILL_STORM_SIZES = {"edits": (300, 400), "kills": (3, 5)}
+_POSTGRES_SIZES = {"edits": (8, 20), "state_requests": (3, 6)}
 
-@scenario("master-kill-storm")
-async def kill_storm_restarted(run: ScenarioRun) -> ChaosRow:
-    """kill -9 of the master during rule edits; a supervisor restarts it."""
-    with own_servers() as servers:
-        return await master_kill_storm(
-            servers,
-            starter_pack_in(run.workdir / "rules"),
-            run.workdir,
-            edits=300 if run.quick else 400,
-            kills=3 if run.quick else 5,
-        )
-
-
-@scenario("master-kill-storm-standby")
-async def kill_storm_standby(run: ScenarioRun) -> ChaosRow:
-    """kill -9 of the leading master during rule edits; a hot standby takes over."""
-    with own_servers() as servers:
-        return await master_kill_storm(
-            servers,
-            starter_pack_in(run.workdir / "rules"),
-            run.workdir,
-            edits=300 if run.quick else 400,
-            kills=3 if run.quick else 5,
-            standby=True,
-        )
-
-
-@scenario("nats-restart")
-async def nats_restarted(run: ScenarioRun) -> ChaosRow:
-    """NATS killed and restarted during event flow and rule edits."""
-    with own_servers() as servers:
-        return await nats_restart(
-            servers,
-            starter_pack_in(run.workdir / "rules"),
-            run.workdir,
-            events=3_000 if run.quick else 6_000,
-            restarts=2,
-        )
-
-
-@scenario("postgres-outage")
-async def postgres_cut(run: ScenarioRun) -> ChaosRow:
-    """The master's path to PostgreSQL cut while edits and state requests arrive."""
-    with own_servers() as servers:
-        return await postgres_outage(
-            servers,
-            starter_pack_in(run.workdir / "rules"),
-            run.workdir,
-            outage_s=5.0 if run.quick else 15.0,
-            edits=8 if run.quick else 20,
-            state_requests=3 if run.quick else 6,
-        )
-
-
-@scenario("postgres-frozen")
-async def postgres_frozen(run: ScenarioRun) -> ChaosRow:
-    """The master's path to PostgreSQL frozen (packets silently dropped) meanwhile."""
-    with own_servers() as servers:
-        return await postgres_outage(
-            servers,
-            starter_pack_in(run.workdir / "rules"),
-            run.workdir,
-            outage_s=8.0 if run.quick else 20.0,
-            edits=8 if run.quick else 20,
-            state_requests=3 if run.quick else 6,
-            freeze=True,
-        )
-
-
-@scenario("worker-kill-flood")
-async def worker_flood(run: ScenarioRun) -> ChaosRow:
-    """kill -9 of one of two workers during an event flood."""
-    with own_servers() as servers:
-        return await worker_kill_flood(
-            servers,
-            starter_pack_in(run.workdir / "rules"),
-            run.workdir,
-            events=6_000 if run.quick else 20_000,
-        )
-
-
-@scenario("nats-cluster-node-loss")
-async def cluster_node_lost(run: ScenarioRun) -> ChaosRow:
-    """kill -9 of the node leading TTP_EVENTS in a three-node JetStream cluster (R3)."""
-    with nats_cluster(run.workdir / "nats") as cluster, EmbeddedPostgres() as postgres:
-        postgres.ensure_database("ttp_chaos")
-        return await cluster_node_loss(
-            cluster,
-            postgres.url_for("ttp_chaos"),
-            starter_pack_in(run.workdir / "rules"),
-            run.workdir,
-            events=2_000 if run.quick else 6_000,
-        )
-
-
-@scenario("storage-full")
-async def streams_full(run: ScenarioRun) -> ChaosRow:
-    """TTP_TAGS, then TTP_EVENTS, at their (small) limits; then space freed."""
-    with own_servers() as servers:
-        return await storage_full(
-            servers,
-            starter_pack_in(run.workdir / "rules"),
-            run.workdir,
-            events=300 if run.quick else 1_000,
-        )
-
-
-@scenario("rules-vanish")
-async def rules_directory_vanishes(run: ScenarioRun) -> ChaosRow:
-    """The rules directory removed, restored, then emptied until the deletes are confirmed."""
-    with own_servers() as servers:
-        return await rules_vanish(
-            servers,
-            starter_pack_in(run.workdir / "rules"),
-            run.workdir,
-            confirm_s=3.0,
-            events=300 if run.quick else 1_000,
-        )
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s  # the table's row order is this list's
+    for s in (
+        Scenario(
+            "master-kill-storm",
+            "kill -9 of the master during rule edits; a supervisor restarts it",
+            master_kill_storm,
+            _KILL_STORM_SIZES,
+        ),
+        Scenario(
+            "master-kill-storm-standby",
+            "kill -9 of the leading master during rule edits; a hot standby takes over",
+            master_kill_storm,
+            _KILL_STORM_SIZES,
+            fixed={"standby": True},
+        ),
+        Scenario(
+            "nats-restart",
+            "NATS killed and restarted during event flow and rule edits",
+            nats_restart,
+            {"events": (3_000, 6_000)},
+            fixed={"restarts": 2},
+        ),
+        Scenario(
+            "postgres-outage",
+            "the master's path to PostgreSQL cut while edits and state requests arrive",
+            postgres_outage,
+            {"outage_s": (5.0, 15.0), **_POSTGRES_SIZES},
+        ),
+        Scenario(
+            "postgres-frozen",
+            "the same path frozen instead (packets silently dropped)",
+            postgres_outage,
+            {"outage_s": (8.0, 20.0), **_POSTGRES_SIZES},
+            fixed={"freeze": True},
+        ),
+        Scenario(
+            "worker-kill-flood",
+            "kill -9 of one of two workers during an event flood",
+            worker_kill_flood,
+            {"events": (6_000, 20_000)},
+        ),
+        Scenario(
+            "nats-cluster-node-loss",
+            "kill -9 of the node leading TTP_EVENTS in a three-node JetStream cluster (R3)",
+            cluster_node_loss,
+            {"events": (2_000, 6_000)},
+            servers=three_node_cluster_and_postgres,
+        ),
+        Scenario(
+            "storage-full",
+            "TTP_TAGS, then TTP_EVENTS, at their (small) limits; then space freed",
+            storage_full,
+            {"events": (300, 1_000)},
+        ),
+        Scenario(
+            "rules-vanish",
+            "the rules directory removed, restored, then emptied until the deletes are confirmed",
+            rules_vanish,
+            {"events": (300, 1_000)},
+            fixed={"confirm_s": 3.0},
+        ),
+    )
+}
 
 
 # ---------------------------------------------------------------------------- the table
@@ -248,8 +212,7 @@ async def run_all(
         print(f"-- {name}", flush=True)
         scenario_dir = workdir / name
         scenario_dir.mkdir()
-        with contextlib.ExitStack() as own_cleanup:
-            row = await SCENARIOS[name](ScenarioRun(quick, scenario_dir, own_cleanup))
+        row = await SCENARIOS[name].run(quick, scenario_dir)
         section_s[name] = round(time.perf_counter() - started, 2)
         print(f"   {row.faults}: lost {row.lost}, duplicated {row.duplicated}", flush=True)
         rows.append(row)
@@ -263,7 +226,11 @@ async def run_all(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        epilog="scenarios:\n" + "\n".join(f"  {s.name}: {s.about}" for s in SCENARIOS.values()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="smaller sizes, about a minute")
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), help="run only this scenario")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
