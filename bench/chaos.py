@@ -38,13 +38,14 @@ from bench.master import machine_figures, run_bench
 
 # The scenarios live with the test harnesses, so a test and its bench row are the same code.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from harness.chaos import ChaosRow, own_servers, starter_pack_in
+from harness.chaos import ChaosRow, own_servers
 from harness.chaos_cluster import cluster_node_loss
 from harness.chaos_master import master_kill_storm, postgres_outage
 from harness.chaos_nats import nats_restart
 from harness.chaos_rules_vanish import rules_vanish
 from harness.chaos_storage import storage_full
 from harness.chaos_workers import worker_kill_flood
+from harness.master import starter_pack_in
 from harness.nats_cluster import nats_cluster
 from ttp_runtime.embedded import EmbeddedPostgres
 

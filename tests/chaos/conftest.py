@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from harness.chaos import ChaosServers, starter_pack_in
+from harness.chaos import ChaosServers
+from harness.master import starter_pack_in
 
 
 @pytest.fixture

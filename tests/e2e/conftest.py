@@ -8,17 +8,13 @@ from typing import Any
 
 import pytest
 
-from harness.master import STARTER_RULES
+from harness.master import starter_pack_in
 from harness.processes import Procs
 
 
 @pytest.fixture
 def rules_dir(tmp_path: Path) -> Path:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    for path in STARTER_RULES.rglob("*.yaml"):
-        (rules / path.name).write_bytes(path.read_bytes())
-    return rules
+    return starter_pack_in(tmp_path / "rules")
 
 
 @pytest.fixture

@@ -94,14 +94,6 @@ class ChaosServers:
         return self.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
-def starter_pack_in(rules: Path) -> Path:
-    """`rules` created holding the starter pack, flat (one directory, files by rule_id)."""
-    rules.mkdir(parents=True)
-    for path in STARTER_RULES.rglob("*.yaml"):
-        (rules / path.name).write_bytes(path.read_bytes())
-    return rules
-
-
 @contextlib.contextmanager
 def own_servers(database: str = "ttp_chaos") -> Iterator[ChaosServers]:
     """Fresh embedded NATS and PostgreSQL servers, closed afterwards (for bench/chaos.py)."""

@@ -29,9 +29,8 @@ from harness.chaos import (
     running_fleet,
     snapshot_index,
     start_and_converge,
-    starter_pack_in,
 )
-from harness.master import query, with_version
+from harness.master import query, starter_pack_in, with_version
 from harness.probes import http_metric
 from harness.processes import master_summary, until
 from ttpctl.control_client import ControlClient

@@ -115,6 +115,14 @@ def install(rules_dir: Path, rule_ids: list[str], *, flat: bool = False) -> dict
     return placed
 
 
+def starter_pack_in(rules: Path) -> Path:
+    """`rules` created holding the starter pack, flat (one directory, files by rule_id)."""
+    rules.mkdir(parents=True)
+    for path in STARTER_RULES.rglob("*.yaml"):
+        (rules / path.name).write_bytes(path.read_bytes())
+    return rules
+
+
 def expected_rule(path: Path, rel: str) -> Any:
     """What ttp_core makes of a rule file: the compiled rule (asserts it is valid)."""
     report = _validator.validate_file(path, rel)
@@ -512,6 +520,41 @@ async def running_master(settings: Any, *, ready: bool = True) -> AsyncIterator[
                 raise
         else:
             handle.task.result()
+
+
+@dataclass
+class MasterRig:
+    """One in-process master test's world: its NATS, its database, its rules directory, a
+    directory outside it, and a recorder of the bus."""
+
+    nats_url: str
+    database_url: str
+    dsn: str
+    rules: Path
+    outside: Path
+    nc: Client
+    bus: BusRecorder
+
+    def settings(self, **overrides: Any) -> Any:
+        return master_settings(self.nats_url, self.database_url, self.rules, **overrides)
+
+    def master(self, **overrides: Any) -> Any:
+        return running_master(self.settings(**overrides))
+
+    def markers(self, where: Path | None = None) -> Markers:
+        return Markers(self.bus, where or self.rules)
+
+    def rel(self, path: Path) -> str:
+        return path.relative_to(self.rules).as_posix()
+
+    async def expect_reloaded(self, seen: Seen, path: Path) -> None:
+        rows = await db_rules(self.dsn)
+        check_reloaded(seen, self.rules, self.rel(path), rows[seen.rule_id])
+
+    async def expect_stream_holds(self, seen: Seen) -> None:
+        """TTP_RULES' message for the subject is exactly this event."""
+        held = await stream_last(self.nc.jetstream(), seen.subject)
+        assert held == seen.event
 
 
 async def service_roles(nc: Client) -> list[str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,6 @@ from harness.master import (
     db_rules,
     install,
     master_settings,
-    nats_client,
     query,
     rule_events,
     rule_text,
@@ -37,12 +35,6 @@ from harness.master import (
 
 TAKEOVER_TIMEOUT_S = 30.0
 """Generous: the standby polls the lock every second (issue 3 asks for a takeover < 5 s)."""
-
-
-@pytest.fixture
-async def bus(private_nats: Any) -> AsyncIterator[BusRecorder]:
-    async with nats_client(private_nats.url) as nc:
-        yield await BusRecorder(nc).start()
 
 
 async def lock_sessions(dsn: str) -> list[dict[str, Any]]:

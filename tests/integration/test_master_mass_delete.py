@@ -6,21 +6,19 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness.master import (
-    STARTER_RULES,
     BusRecorder,
     Markers,
     db_rules,
     master_settings,
-    nats_client,
     rule_events,
     running_master,
+    starter_pack_in,
     wait_until,
 )
 
@@ -29,17 +27,7 @@ pytestmark = pytest.mark.timeout(180)
 
 @pytest.fixture
 def rules(tmp_path: Path) -> Path:
-    path = tmp_path / "rules"
-    path.mkdir()
-    for source in STARTER_RULES.rglob("*.yaml"):
-        (path / source.name).write_bytes(source.read_bytes())
-    return path
-
-
-@pytest.fixture
-async def bus(private_nats: Any) -> AsyncIterator[BusRecorder]:
-    async with nats_client(private_nats.url) as nc:
-        yield await BusRecorder(nc).start()
+    return starter_pack_in(tmp_path / "rules")
 
 
 async def test_a_slow_rm_rf_spanning_several_batches_publishes_no_delete(

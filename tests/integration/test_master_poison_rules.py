@@ -11,58 +11,28 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import pytest
-from nats.aio.client import Client
 from prometheus_client import REGISTRY
 
 from harness.master import (
-    BusRecorder,
     Markers,
+    MasterRig,
     db_events,
     db_rejections,
     db_rules,
     install,
-    master_settings,
-    nats_client,
     query,
     rule_events,
     rule_text,
-    running_master,
     starter_rule,
 )
 from ttp_core.contract import subjects
 
 
-@dataclass
-class Rig:
-    nats_url: str
-    database_url: str
-    dsn: str
-    rules: Path
-    nc: Client
-    bus: BusRecorder
-
-    def master(self) -> Any:
-        return running_master(master_settings(self.nats_url, self.database_url, self.rules))
-
-
-@pytest.fixture
-async def rig(
-    private_nats: Any, database_url: str, database_dsn: str, tmp_path: Path
-) -> AsyncIterator[Rig]:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    async with nats_client(private_nats.url) as nc:
-        bus = await BusRecorder(nc).start()
-        yield Rig(private_nats.url, database_url, database_dsn, rules, nc, bus)
-
-
-async def test_nul_escape_in_name_is_a_located_rejection_and_the_master_lives(rig: Rig) -> None:
+async def test_nul_escape_in_name_is_a_located_rejection_and_the_master_lives(
+    rig: MasterRig,
+) -> None:
     """A YAML "\\0" escape used to pass validation; PostgreSQL then refused the NUL and the
     exception ended the master, which read the same file again on every restart."""
     install(rig.rules, ["R0001"], flat=True)
@@ -95,7 +65,9 @@ def rejections_counted() -> float:
     return REGISTRY.get_sample_value("ttp_master_rejections_total") or 0.0
 
 
-async def test_a_file_postgresql_refuses_is_rejected_alone_and_its_batch_commits(rig: Rig) -> None:
+async def test_a_file_postgresql_refuses_is_rejected_alone_and_its_batch_commits(
+    rig: MasterRig,
+) -> None:
     """Defence in depth: a row PostgreSQL refuses (here a CHECK constraint the test adds to
     its own database, so the master needs no switch) costs only its own file. The file
     becomes a rejection with the database's message (table, subject, metric); every other
@@ -160,7 +132,7 @@ async def test_a_file_postgresql_refuses_is_rejected_alone_and_its_batch_commits
         assert await db_rejections(rig.dsn) == {}
 
 
-async def test_a_directory_name_that_is_not_utf8_costs_only_its_files(rig: Rig) -> None:
+async def test_a_directory_name_that_is_not_utf8_costs_only_its_files(rig: MasterRig) -> None:
     """Its files' paths cannot be stored as text (they hold surrogate escapes of the raw
     bytes): PostgreSQL's driver refuses them, and the master goes on with the other files."""
     bad = Path(os.fsdecode(bytes(rig.rules) + b"/caf\xe9"))

@@ -9,7 +9,6 @@ PostgreSQL is the source of truth and JetStream the distribution log rebuilt fro
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -40,19 +39,6 @@ from harness.master import (
 )
 from ttp_core.contract import subjects
 from ttp_master import bootstrap
-
-
-@pytest.fixture
-def rules(tmp_path: Path) -> Path:
-    path = tmp_path / "rules"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
-async def bus(private_nats: Any) -> AsyncIterator[BusRecorder]:
-    async with nats_client(private_nats.url) as nc:
-        yield await BusRecorder(nc).start()
 
 
 def one_each(events: list[Seen]) -> dict[str, Seen]:

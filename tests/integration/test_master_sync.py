@@ -15,17 +15,10 @@ import asyncio
 import os
 import shutil
 import subprocess
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import pytest
-from nats.aio.client import Client
 
 from harness.master import (
-    BusRecorder,
-    Markers,
+    MasterRig,
     Seen,
     check_reloaded,
     check_tombstone,
@@ -34,63 +27,13 @@ from harness.master import (
     db_rejections,
     db_rules,
     install,
-    master_settings,
-    nats_client,
     rule_events,
     rule_text,
-    running_master,
     starter_ids,
     stream_last,
     with_version,
 )
 from ttp_core.contract import subjects
-
-
-@dataclass
-class Rig:
-    """One test's world: its NATS, its database, its rules directory, a recorder."""
-
-    nats_url: str
-    database_url: str
-    dsn: str
-    rules: Path
-    outside: Path
-    nc: Client
-    bus: BusRecorder
-
-    def settings(self, **overrides: Any) -> Any:
-        return master_settings(self.nats_url, self.database_url, self.rules, **overrides)
-
-    def master(self, **overrides: Any) -> Any:
-        return running_master(self.settings(**overrides))
-
-    def markers(self, where: Path | None = None) -> Markers:
-        return Markers(self.bus, where or self.rules)
-
-    def rel(self, path: Path) -> str:
-        return path.relative_to(self.rules).as_posix()
-
-    async def expect_reloaded(self, seen: Seen, path: Path) -> None:
-        rows = await db_rules(self.dsn)
-        check_reloaded(seen, self.rules, self.rel(path), rows[seen.rule_id])
-
-    async def expect_stream_holds(self, seen: Seen) -> None:
-        """TTP_RULES' message for the subject is exactly this event."""
-        held = await stream_last(self.nc.jetstream(), seen.subject)
-        assert held == seen.event
-
-
-@pytest.fixture
-async def rig(
-    private_nats: Any, database_url: str, database_dsn: str, tmp_path: Path
-) -> AsyncIterator[Rig]:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    async with nats_client(private_nats.url) as nc:
-        bus = await BusRecorder(nc).start()
-        yield Rig(private_nats.url, database_url, database_dsn, rules, outside, nc, bus)
 
 
 def one_each(events: list[Seen]) -> dict[str, Seen]:
@@ -116,7 +59,7 @@ async def max_revision(dsn: str) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-async def test_startup_publishes_every_rule_once(rig: Rig) -> None:
+async def test_startup_publishes_every_rule_once(rig: MasterRig) -> None:
     placed = install(rig.rules, starter_ids(12))
     async with rig.master():
         await rig.markers().sync()
@@ -137,7 +80,7 @@ async def test_startup_publishes_every_rule_once(rig: Rig) -> None:
     assert all(e["published_at"] is not None for e in await db_events(rig.dsn))
 
 
-async def test_every_save_style_publishes_exactly_one_event(rig: Rig) -> None:
+async def test_every_save_style_publishes_exactly_one_event(rig: MasterRig) -> None:
     placed = install(rig.rules, ["R0001", "R0005", "R0014", "R0023", "R0028"])
     version = iter(range(2, 100))
 
@@ -220,7 +163,7 @@ async def test_every_save_style_publishes_exactly_one_event(rig: Rig) -> None:
             await rig.expect_reloaded(reloaded[rule_id], path)
 
 
-async def test_edits_that_change_nothing_publish_nothing(rig: Rig) -> None:
+async def test_edits_that_change_nothing_publish_nothing(rig: MasterRig) -> None:
     placed = install(rig.rules, ["R0001", "R0023"])
     path = placed["R0023"]
     original = path.read_text()
@@ -261,7 +204,7 @@ async def test_edits_that_change_nothing_publish_nothing(rig: Rig) -> None:
         assert await db_rejections(rig.dsn) == {}
 
 
-async def test_mv_in_out_and_within(rig: Rig) -> None:
+async def test_mv_in_out_and_within(rig: MasterRig) -> None:
     placed = install(rig.rules, ["R0001", "R0023"])
     async with rig.master():
         markers = rig.markers()
@@ -318,7 +261,7 @@ async def test_mv_in_out_and_within(rig: Rig) -> None:
             check_tombstone(seen, rule_id, f"bundle/{rule_id}.yaml", rows[rule_id])
 
 
-async def test_delete_gives_a_tombstone_and_recreate_revives(rig: Rig) -> None:
+async def test_delete_gives_a_tombstone_and_recreate_revives(rig: MasterRig) -> None:
     placed = install(rig.rules, ["R0001", "R0023", "R0078", "R0079"])
     async with rig.master():
         markers = rig.markers()
@@ -361,7 +304,7 @@ def git(repo: Path, *args: str) -> None:
     subprocess.run(["git", "-C", str(repo), *args], check=True, env=env, capture_output=True)
 
 
-async def test_git_checkout_of_many_files(rig: Rig) -> None:
+async def test_git_checkout_of_many_files(rig: MasterRig) -> None:
     ids = starter_ids(80)
     base, added = ids[:60], ids[60:]
     modified, removed = base[:35], base[35:45]
@@ -436,7 +379,7 @@ def configmap_publish(mount: Path, files: dict[str, str], stamp: str) -> None:
         shutil.rmtree(mount / previous)
 
 
-async def test_configmap_data_symlink_swap(rig: Rig) -> None:
+async def test_configmap_data_symlink_swap(rig: MasterRig) -> None:
     first = {f"{r}.yaml": rule_text(r) for r in ("R0001", "R0005", "R0023")}
     configmap_publish(rig.rules, first, "2025_01_01_00_00_00.000000001")
     async with rig.master():
@@ -467,7 +410,7 @@ async def test_configmap_data_symlink_swap(rig: Rig) -> None:
         assert rows["R0001"]["revision"] == startup["R0001"].data["revision"]
 
 
-async def test_rejected_file_keeps_the_last_good_version(rig: Rig) -> None:
+async def test_rejected_file_keeps_the_last_good_version(rig: MasterRig) -> None:
     placed = install(rig.rules, ["R0001", "R0023"])
     path = placed["R0023"]
     rel = rig.rel(path)
@@ -558,7 +501,7 @@ async def test_rejected_file_keeps_the_last_good_version(rig: Rig) -> None:
         assert (await db_rules(rig.dsn))["R0023"]["revision"] == reloaded.data["revision"]
 
 
-async def test_rule_id_claimed_by_two_files(rig: Rig) -> None:
+async def test_rule_id_claimed_by_two_files(rig: MasterRig) -> None:
     placed = install(rig.rules, ["R0001", "R0023"])
     holder = rig.rel(placed["R0023"])
     async with rig.master():
@@ -581,7 +524,7 @@ async def test_rule_id_claimed_by_two_files(rig: Rig) -> None:
         assert (await db_rules(rig.dsn))["R0023"]["revision"] == row["revision"]
 
 
-async def test_ruleset_summary_follows_a_backlog_of_any_size(rig: Rig) -> None:
+async def test_ruleset_summary_follows_a_backlog_of_any_size(rig: MasterRig) -> None:
     """`ttp.ruleset.revision` after every change batch, whatever its size: here exactly
     one relay batch (500 rows), the size where "drained" cannot be told from "more to do"
     by counting rows."""
