@@ -22,7 +22,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,14 @@ from harness.master import (
     rule_text,
     with_version,
 )
-from harness.processes import Procs, fleet_matches, master_summary, status_feed, until
+from harness.processes import (
+    TIMEOUT_S,
+    Procs,
+    fleet_matches,
+    master_summary,
+    status_feed,
+    until,
+)
 from ttp_core.contract import subjects
 from ttp_runtime.embedded import EmbeddedNats, EmbeddedPostgres, free_port
 from ttp_worker.rulebook import RuleBook, RuleChange, decode_rule_message
@@ -183,6 +190,12 @@ class Fleet:
         )
         return result
 
+    async def converged_afresh(self) -> dict[str, Any]:
+        """`converged`, counting only the statuses workers send from now on (after a fault
+        healed, a status sent before it proves nothing)."""
+        self.statuses.clear()
+        return await self.converged()
+
 
 @contextlib.asynccontextmanager
 async def running_fleet(
@@ -320,6 +333,17 @@ async def postgres_differences(dsn: str, rules: Path) -> list[str]:
     return problems
 
 
+async def wait_disk_in_postgres(
+    fleet: Fleet, dsn: str, rules: Path, *, timeout: float = TIMEOUT_S
+) -> None:
+    """Wait until `postgres_differences` finds none; AssertionError on `timeout`."""
+
+    async def disk_in_postgres() -> bool:
+        return not await postgres_differences(dsn, rules)
+
+    await until("PostgreSQL to equal the disk", disk_in_postgres, fleet.procs, timeout=timeout)
+
+
 async def outbox_against_stream(
     dsn: str, entries: Sequence[StoredEntry], after_revision: int
 ) -> tuple[int, int, int]:
@@ -423,6 +447,30 @@ async def read_tags(js: JetStreamContext) -> tuple[dict[str, set[str]], Counter[
             uuids[data["source_id"]] = {t["uuid"] for t in data["tags"]}
     await sub.unsubscribe()
     return uuids, messages
+
+
+def firing_ids(book: RuleBook, events: Iterable[dict[str, Any]]) -> set[str]:
+    """The source_ids of the `events` that fire a rule of `book`'s current index."""
+    return {e["source_id"] for e in events if book.current.index.evaluate(e)}
+
+
+def extra_tag_messages(messages: Counter[str]) -> int:
+    """Tag messages beyond the first of each event (`read_tags`' counts): the duplicates."""
+    return sum(n - 1 for n in messages.values() if n > 1)
+
+
+async def wait_tagged(fleet: Fleet, firing: set[str], *, timeout: float) -> None:
+    """Wait until the workers' consumer is drained and every event in `firing` has a tag
+    message; on `timeout` return all the same: the caller counts what is missing."""
+
+    async def all_tagged() -> bool:
+        if not await consumer_drained(fleet.js):
+            return False
+        _, messages = await read_tags(fleet.js)
+        return firing <= messages.keys()
+
+    with contextlib.suppress(AssertionError):
+        await until("every firing event tagged", all_tagged, fleet.procs, timeout=timeout)
 
 
 async def consumer_drained(js: JetStreamContext) -> bool:

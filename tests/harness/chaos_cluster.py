@@ -26,16 +26,19 @@ from harness.chaos import (
     ChaosRow,
     Fleet,
     RuleEditor,
-    consumer_drained,
+    extra_tag_messages,
+    firing_ids,
     make_events,
     postgres_differences,
     publish_acked,
     read_tags,
     snapshot_index,
     start_and_converge,
+    wait_disk_in_postgres,
+    wait_tagged,
 )
 from harness.nats_cluster import NatsCluster
-from harness.processes import Procs, fleet_matches, status_feed, until
+from harness.processes import Procs, fleet_matches, status_feed
 from ttp_core.contract import subjects
 
 
@@ -104,7 +107,7 @@ async def cluster_node_loss(
         pids = {name: proc.pid for name, proc in fleet.procs.procs.items()}
         book = await snapshot_index(fleet.js)
         batch = make_events(events, seed, prefix="cl")
-        firing = {e["source_id"] for e in batch if book.current.index.evaluate(e)}
+        firing = firing_ids(book, batch)
         editor = RuleEditor(rules, rng, only_delete_created=True)
         done = asyncio.Event()
         retried = 0
@@ -141,8 +144,7 @@ async def cluster_node_loss(
             await asyncio.sleep(down_s)
             await asyncio.to_thread(cluster.node(victim).start)
             healed = time.monotonic()
-            fleet.statuses.clear()  # only statuses sent after the node is back count
-            await fleet.converged()
+            await fleet.converged_afresh()
             recovery_s = time.monotonic() - healed
 
         editing = asyncio.create_task(edit())
@@ -152,19 +154,8 @@ async def cluster_node_loss(
             done.set()
             await editing
 
-        async def all_tagged() -> bool:
-            if not await consumer_drained(fleet.js):
-                return False
-            _, messages = await read_tags(fleet.js)
-            return firing <= messages.keys()
-
-        with contextlib.suppress(AssertionError):  # what is missing is counted below
-            await until("every firing event tagged", all_tagged, fleet.procs, timeout=90)
-
-        async def disk_in_postgres() -> bool:
-            return not await postgres_differences(dsn, rules)
-
-        await until("PostgreSQL to equal the disk", disk_in_postgres, fleet.procs, timeout=60)
+        await wait_tagged(fleet, firing, timeout=90)  # what is missing is counted below
+        await wait_disk_in_postgres(fleet, dsn, rules, timeout=60)
         final = await fleet.converged()
         _, messages = await read_tags(fleet.js)
         same_processes = all(
@@ -195,7 +186,7 @@ async def cluster_node_loss(
             edits=editor.total,
             events=events,
             lost=len(firing - messages.keys()),
-            duplicated=sum(n - 1 for n in messages.values() if n > 1),
+            duplicated=extra_tag_messages(messages),
             recovery_s=round(recovery_s, 2),
             details=details,
         )

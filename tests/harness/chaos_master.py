@@ -20,6 +20,7 @@ from harness.chaos import (
     rule_files,
     running_fleet,
     start_and_converge,
+    wait_disk_in_postgres,
 )
 from harness.master import (
     StoredLog,
@@ -91,10 +92,7 @@ async def master_kill_storm(
             kill_task.cancel()
         edited = time.monotonic()
 
-        async def disk_in_postgres() -> bool:
-            return not await postgres_differences(servers.database_dsn, rules)
-
-        await until("PostgreSQL to equal the disk", disk_in_postgres, fleet.procs, timeout=60)
+        await wait_disk_in_postgres(fleet, servers.database_dsn, rules, timeout=60)
         final = await fleet.converged()
         converged_s = time.monotonic() - edited
         count, lost, duplicated = await outbox_against_stream(
@@ -210,11 +208,8 @@ async def postgres_outage(
             outage_over.set()
             await watcher
 
-            async def disk_in_postgres() -> bool:
-                return not await postgres_differences(servers.database_dsn, rules)
-
             with contextlib.suppress(AssertionError):  # what differs is counted below
-                await until("PostgreSQL to equal the disk", disk_in_postgres, fleet.procs)
+                await wait_disk_in_postgres(fleet, servers.database_dsn, rules)
             await fleet.converged()
             recovery = time.monotonic() - healed
             after = time.monotonic()

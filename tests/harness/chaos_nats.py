@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 from collections import Counter
@@ -13,7 +12,8 @@ from harness.chaos import (
     ChaosRow,
     ChaosServers,
     RuleEditor,
-    consumer_drained,
+    extra_tag_messages,
+    firing_ids,
     make_events,
     postgres_differences,
     publish_acked,
@@ -21,8 +21,9 @@ from harness.chaos import (
     running_fleet,
     snapshot_index,
     start_and_converge,
+    wait_tagged,
 )
-from harness.processes import fleet_matches, until
+from harness.processes import fleet_matches
 
 # --------------------------------------------------------------------------------------------
 # Scenario: NATS restarted during event flow and rule edits
@@ -52,7 +53,7 @@ async def nats_restart(
         await start_and_converge(fleet, ("master",))
         book = await snapshot_index(fleet.js)
         batch = make_events(events, seed, prefix="nr")
-        firing = {e["source_id"] for e in batch if book.current.index.evaluate(e)}
+        firing = firing_ids(book, batch)
         editor = RuleEditor(rules, rng, only_delete_created=True)
         recoveries: list[float] = []
         retried = 0
@@ -96,8 +97,7 @@ async def nats_restart(
                     await asyncio.to_thread(servers.nats.restart)
                 outage.clear()
                 healed = time.monotonic()
-                fleet.statuses.clear()  # only statuses sent after the restart count
-                await fleet.converged()
+                await fleet.converged_afresh()
                 recoveries.append(time.monotonic() - healed)
 
         editing = asyncio.create_task(edit())
@@ -110,14 +110,7 @@ async def nats_restart(
             await watching
         produced = time.monotonic()
 
-        async def all_tagged() -> bool:
-            if not await consumer_drained(fleet.js):
-                return False
-            _, messages = await read_tags(fleet.js)
-            return firing <= messages.keys()
-
-        with contextlib.suppress(AssertionError):  # what is missing is counted below
-            await until("every firing event tagged", all_tagged, fleet.procs, timeout=60)
+        await wait_tagged(fleet, firing, timeout=60)  # what is missing is counted below
         final = await fleet.converged()
         settled_s = time.monotonic() - produced
         _, messages = await read_tags(fleet.js)
@@ -127,7 +120,7 @@ async def nats_restart(
             edits=editor.total,
             events=events,
             lost=len(firing - messages.keys()),
-            duplicated=sum(n - 1 for n in messages.values() if n > 1),
+            duplicated=extra_tag_messages(messages),
             recovery_s=round(max(recoveries), 2),
             details={
                 "firing_events": len(firing),

@@ -22,6 +22,8 @@ from harness.chaos import (
     ChaosServers,
     Fleet,
     consumer_drained,
+    extra_tag_messages,
+    firing_ids,
     make_events,
     publish_acked,
     read_tags,
@@ -50,7 +52,7 @@ async def _tag_round(
 ) -> tuple[set[str], int]:
     """Publish `count` events; wait until all are acked; (firing source ids, retried)."""
     batch = make_events(count, seed=seed, prefix=prefix)
-    firing = {e["source_id"] for e in batch if firing_book.current.index.evaluate(e)}
+    firing = firing_ids(firing_book, batch)
     retried = await publish_acked(fleet.js, batch)
 
     async def drained() -> bool:
@@ -144,7 +146,7 @@ async def rules_vanish(
             edits=1 + removed,
             events=events,
             lost=len(firing - messages.keys()),
-            duplicated=sum(n - 1 for n in messages.values() if n > 1),
+            duplicated=extra_tag_messages(messages),
             recovery_s=round(recovery_s, 2),
             details={
                 "firing_events": len(firing),

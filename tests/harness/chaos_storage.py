@@ -25,6 +25,8 @@ from harness.chaos import (
     ChaosServers,
     Fleet,
     consumer_drained,
+    extra_tag_messages,
+    firing_ids,
     make_events,
     publish_acked,
     read_tags,
@@ -152,7 +154,7 @@ async def storage_full(
         await until("every event tagged and the worker ready", flowing, fleet.procs, "s1")
         recovery_s = time.monotonic() - freed
         await fleet.converged()
-        firing = {e["source_id"] for e in acked if book.current.index.evaluate(e)}
+        firing = firing_ids(book, acked)
         tags, messages = await read_tags(fleet.js)
         after = await fleet.js.stream_info(subjects.STREAM_TAGS)
         await asyncio.sleep(0)
@@ -162,7 +164,7 @@ async def storage_full(
             edits=2,
             events=len(acked),
             lost=len(firing - messages.keys()),
-            duplicated=sum(n - 1 for n in messages.values() if n > 1),
+            duplicated=extra_tag_messages(messages),
             recovery_s=round(recovery_s, 2),
             details={
                 "firing_events": len(firing),

@@ -11,6 +11,7 @@ from harness.chaos import (
     ChaosRow,
     ChaosServers,
     consumer_drained,
+    extra_tag_messages,
     make_events,
     read_tags,
     running_fleet,
@@ -84,7 +85,7 @@ async def worker_kill_flood(
             faults="1x kill -9 worker (of 2)",
             events=events,
             lost=sum(1 for sid, uuids in expected.items() if got.get(sid) != uuids),
-            duplicated=sum(n - 1 for n in messages.values() if n > 1),
+            duplicated=extra_tag_messages(messages),
             recovery_s=round(recovery, 2),
             details={
                 "firing_events": len(expected),
