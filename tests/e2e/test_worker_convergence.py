@@ -24,11 +24,9 @@ from typing import Any
 
 import nats.errors
 import nats.js.errors
-import yaml
 from nats.aio.client import Client
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from harness.master import STARTER_RULES, nats_client
+from harness.master import STARTER_RULES, fire_examples, nats_client, stream_messages
 from harness.processes import (
     TIMEOUT_S,
     Procs,
@@ -133,12 +131,7 @@ def offline_index() -> RuleIndex:
 
 
 def make_events(count: int) -> list[dict[str, Any]]:
-    examples: list[tuple[str, dict[str, Any]]] = []
-    for path in sorted(STARTER_RULES.rglob("*.yaml")):
-        rule = yaml.safe_load(path.read_text())
-        for case in rule.get("tests", []) or []:
-            if case.get("expect") == "fire":
-                examples.append((rule["applies_to"][0], case["event"]))
+    examples = fire_examples()
     rng = random.Random(11)
     events = []
     for number in range(count):
@@ -196,25 +189,16 @@ async def test_sigterm_during_a_batch_acks_it_and_loses_nothing(procs: Procs) ->
 
         await until("t2 tags the rest", drained, procs, "t2")
 
-        total = (await js.stream_info(subjects.STREAM_TAGS)).state.messages
-        sub = await js.pull_subscribe(
-            "",
-            stream=subjects.STREAM_TAGS,
-            config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE),
-        )
         got: dict[str, set[str]] = {}
         workers: set[str] = set()
         duplicates = []
-        read = 0
-        while read < total:
-            for msg in await sub.fetch(min(1000, total - read), timeout=5):
-                read += 1
-                event = json.loads(msg.data)
-                data = event["data"]
-                if data["source_id"] in got:
-                    duplicates.append(data["source_id"])
-                got[data["source_id"]] = {t["uuid"] for t in data["tags"]}
-                workers.add(event["source"])
+        for msg in await stream_messages(js, subjects.STREAM_TAGS, chunk=1000):
+            event = json.loads(msg.data)
+            data = event["data"]
+            if data["source_id"] in got:
+                duplicates.append(data["source_id"])
+            got[data["source_id"]] = {t["uuid"] for t in data["tags"]}
+            workers.add(event["source"])
         assert duplicates == []
         assert got == expected
         assert workers == {"ttp-rulebus/worker/t1", "ttp-rulebus/worker/t2"}

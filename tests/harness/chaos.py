@@ -27,17 +27,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from nats.aio.client import Client
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
 from harness.master import (
     STARTER_RULES,
     StoredEntry,
+    fire_examples,
     nats_client,
     query,
     rule_text,
+    stream_messages,
     with_version,
 )
 from harness.processes import (
@@ -372,17 +372,6 @@ async def outbox_against_stream(
 # --------------------------------------------------------------------------------------------
 
 
-def fire_examples() -> list[tuple[str, dict[str, Any]]]:
-    """(source kind, payload) of every inline `fire` example of the starter pack."""
-    found: list[tuple[str, dict[str, Any]]] = []
-    for path in sorted(STARTER_RULES.rglob("*.yaml")):
-        rule = yaml.safe_load(path.read_text())
-        for case in rule.get("tests", []) or []:
-            if case.get("expect") == "fire":
-                found.append((rule["applies_to"][0], case["event"]))
-    return found
-
-
 def make_events(count: int, seed: int = 4, prefix: str = "ev") -> list[dict[str, Any]]:
     """Events that fire the starter pack's rules, one in five a harmless command."""
     examples = fire_examples()
@@ -406,22 +395,11 @@ def make_events(count: int, seed: int = 4, prefix: str = "ev") -> list[dict[str,
 
 async def snapshot_index(js: JetStreamContext) -> RuleBook:
     """An index built offline from everything TTP_RULES holds (as a new worker would)."""
-    sub = await js.pull_subscribe(
-        "",
-        stream=subjects.STREAM_RULES,
-        # TTP_RULES keeps one message per subject: "all" is the last of each.
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE),
-    )
-    total = (await js.stream_info(subjects.STREAM_RULES)).state.messages
     changes: list[RuleChange] = []
-    seen = 0
-    while seen < total:
-        for msg in await sub.fetch(min(500, total - seen), timeout=5):
-            seen += 1
-            change = decode_rule_message(msg.subject, msg.data)
-            if change is not None:
-                changes.append(change)
-    await sub.unsubscribe()
+    for msg in await stream_messages(js, subjects.STREAM_RULES):
+        change = decode_rule_message(msg.subject, msg.data)
+        if change is not None:
+            changes.append(change)
     book = RuleBook()
     book.load_snapshot(changes)
     return book
@@ -430,22 +408,12 @@ async def snapshot_index(js: JetStreamContext) -> RuleBook:
 async def read_tags(js: JetStreamContext) -> tuple[dict[str, set[str]], Counter[str]]:
     """Everything TTP_TAGS holds: the tag uuids of each event (by source_id), and how many
     tag messages each event has."""
-    total = (await js.stream_info(subjects.STREAM_TAGS)).state.messages
-    sub = await js.pull_subscribe(
-        "",
-        stream=subjects.STREAM_TAGS,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE),
-    )
     uuids: dict[str, set[str]] = {}
     messages: Counter[str] = Counter()
-    read = 0
-    while read < total:
-        for msg in await sub.fetch(min(1000, total - read), timeout=5):
-            read += 1
-            data = json.loads(msg.data)["data"]
-            messages[data["source_id"]] += 1
-            uuids[data["source_id"]] = {t["uuid"] for t in data["tags"]}
-    await sub.unsubscribe()
+    for msg in await stream_messages(js, subjects.STREAM_TAGS, chunk=1000):
+        data = json.loads(msg.data)["data"]
+        messages[data["source_id"]] += 1
+        uuids[data["source_id"]] = {t["uuid"] for t in data["tags"]}
     return uuids, messages
 
 

@@ -33,9 +33,10 @@ from typing import Any
 
 import nats.errors
 import psycopg
+import yaml
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from psycopg.rows import dict_row
 
@@ -121,6 +122,17 @@ def starter_pack_in(rules: Path) -> Path:
     for path in STARTER_RULES.rglob("*.yaml"):
         (rules / path.name).write_bytes(path.read_bytes())
     return rules
+
+
+def fire_examples() -> list[tuple[str, dict[str, Any]]]:
+    """(source kind, payload) of every inline `fire` example of the starter pack."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    for path in sorted(STARTER_RULES.rglob("*.yaml")):
+        rule = yaml.safe_load(path.read_text())
+        for case in rule.get("tests", []) or []:
+            if case.get("expect") == "fire":
+                found.append((rule["applies_to"][0], case["event"]))
+    return found
 
 
 def expected_rule(path: Path, rel: str) -> Any:
@@ -263,6 +275,24 @@ async def stream_last(js: JetStreamContext, subject: str) -> dict[str, Any] | No
     except nats.js.errors.NotFoundError:
         return None
     return json.loads(msg.data or b"{}")
+
+
+async def stream_messages(js: JetStreamContext, stream: str, chunk: int = 500) -> list[Msg]:
+    """Every message `stream` holds, oldest first, read through a throwaway pull consumer
+    (for TTP_RULES, which keeps one message per subject, that is the last of each)."""
+    sub = await js.pull_subscribe(
+        "",
+        stream=stream,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE),
+    )
+    total = (await js.stream_info(stream)).state.messages
+    messages: list[Msg] = []
+    try:
+        while len(messages) < total:
+            messages += await sub.fetch(min(chunk, total - len(messages)), timeout=5)
+    finally:
+        await sub.unsubscribe()
+    return messages
 
 
 @dataclass
