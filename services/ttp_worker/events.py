@@ -3,8 +3,9 @@
 - parsing and checking an event is :func:`ttp_core.contract.events.parse_event`, shared
   with `ttpctl events publish` and the `HoneypotEvent` model (re-exported here);
 - :func:`tagged_message` builds the `ttp.tagged.<kind>` message of an event's tags, with a
-  `Nats-Msg-Id` derived from the tag uuids only (:func:`tagged_msg_id`), so a redelivered
-  event evaluated again yields the same id and TTP_TAGS drops the copy;
+  `Nats-Msg-Id` derived from the event's identity only (:func:`tagged_msg_id`), so a
+  redelivered event evaluated again (even under changed rules) yields the same id and
+  TTP_TAGS drops the copy;
 - :func:`deadletter_message` builds the `ttp.deadletter.<kind>` message.
 
 Both are strict JSON in valid UTF-8 whatever the event held: a value JSON cannot carry
@@ -49,13 +50,27 @@ __all__ = [
     "cloudevents_time",
     "deadletter_message",
     "parse_event",
+    "tagged_event_id",
     "tagged_message",
     "tagged_msg_id",
 ]
 
 
-def tagged_msg_id(tags: Sequence[Tag]) -> str:
-    """`Nats-Msg-Id` of a tag message: a hash of its sorted tag uuids (order-independent)."""
+def tagged_msg_id(source_kind: str, source_id: str) -> str:
+    """`Nats-Msg-Id` of an event's tag message: a hash of the event's identity only.
+
+    Not of its tags: an event whose ack was lost (a worker or NATS killed after the tag was
+    stored) is evaluated again on redelivery, and if rules changed meanwhile its tags differ.
+    Keyed by the event, that second message is still dropped by TTP_TAGS as a duplicate, so
+    each event has one tag message, the one its first evaluation stored.
+    """
+    name = f"{source_kind}|{source_id}".encode()
+    return f"ttp-tag-{hashlib.sha256(name).hexdigest()[:40]}"
+
+
+def tagged_event_id(tags: Sequence[Tag]) -> str:
+    """CloudEvents `id` of a tag message: a hash of its sorted tag uuids (order-independent),
+    so two messages with different tags never share an id."""
     digest = hashlib.sha256("\n".join(sorted(tag.uuid for tag in tags)).encode("ascii"))
     return f"ttp-tag-{digest.hexdigest()[:40]}"
 
@@ -83,7 +98,6 @@ def tagged_message(
 ) -> Outgoing:
     """The `ttp.tagged.<kind>` message of one event's tags (a CloudEvents envelope)."""
     kind: str = event["source_kind"]
-    msg_id = tagged_msg_id(tags)
     data = {
         "source_kind": kind,
         "source_id": event["source_id"],
@@ -96,7 +110,7 @@ def tagged_message(
     }
     body = {
         "specversion": SPECVERSION,
-        "id": msg_id,
+        "id": tagged_event_id(tags),
         "source": source,
         "type": TAGGED_TYPE,
         "time": time,
@@ -111,7 +125,9 @@ def tagged_message(
     payload = json.dumps(
         body, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str
     )
-    return Outgoing(subjects.tagged(kind), payload.encode("utf-8"), msg_id)
+    return Outgoing(
+        subjects.tagged(kind), payload.encode("utf-8"), tagged_msg_id(kind, event["source_id"])
+    )
 
 
 def deadletter_message(

@@ -38,10 +38,11 @@ from ttp_core.contract.payloads import (
     envelope,
 )
 from ttp_core.engine.index import RuleIndex
-from ttp_core.engine.tags import tag_uuid
+from ttp_core.engine.tags import Tag, tag_uuid
 from ttp_worker import metrics
 from ttp_worker.bootstrap import Worker, ensure_streams_exist
 from ttp_worker.event_consumer import EventConsumer
+from ttp_worker.events import tagged_event_id, tagged_msg_id
 from ttp_worker.rulebook import Ruleset
 from ttp_worker.settings import WorkerSettings
 
@@ -432,7 +433,9 @@ async def test_events_in_tags_out_with_the_golden_identity(rig: Rig) -> None:
         assert golden["data"]["attacker_uuid"] == "a-1"
         assert [t["uuid"] for t in golden["data"]["tags"]] == [GOLDEN_UUID]
         assert golden["data"]["tags"][0]["evidence"] == {"command_text": "ls -la"}
-        assert golden["_msg_id"] == golden["id"]
+        # Deduplication is keyed by the event, the CloudEvents id by its tags.
+        assert golden["_msg_id"] == tagged_msg_id("command", "cmd_42")
+        assert golden["id"] == tagged_event_id([Tag(**t) for t in golden["data"]["tags"]])
         # Every tag is what an offline evaluation of the same event on the index gives.
         for event in events[:2]:
             offline = worker.book.current.index.evaluate(event)

@@ -17,6 +17,7 @@ from ttp_worker.events import (
     cloudevents_time,
     deadletter_message,
     parse_event,
+    tagged_event_id,
     tagged_message,
     tagged_msg_id,
 )
@@ -110,7 +111,8 @@ def test_tagged_message_is_a_valid_event_tagged_with_the_golden_uuid() -> None:
     out = tagged_message(EVENT, tags, 17, "ttp-rulebus/worker/w1", cloudevents_time())
     assert out.subject == "ttp.tagged.command"
     event = decode(out.payload, EventTagged)
-    assert event.id == out.msg_id == tagged_msg_id(tags)
+    assert event.id == tagged_event_id(tags)
+    assert out.msg_id == tagged_msg_id("command", "cmd_42")
     assert event.type == "ttp.tagged.v1"
     assert event.subject == "cmd_42"
     assert event.data.revision == 17
@@ -119,16 +121,30 @@ def test_tagged_message_is_a_valid_event_tagged_with_the_golden_uuid() -> None:
     assert event.data.tags[0].evidence == {"command_text": "ls -la"}
 
 
-def test_tagged_msg_id_depends_only_on_the_set_of_tag_uuids() -> None:
+def test_tagged_event_id_depends_only_on_the_set_of_tag_uuids() -> None:
     index = golden_index()
     tags = index.evaluate(EVENT)
     assert len(tags) == 2
-    assert tagged_msg_id(tags) == tagged_msg_id(list(reversed(tags)))
+    assert tagged_event_id(tags) == tagged_event_id(list(reversed(tags)))
     again = index.evaluate(dict(EVENT, attacker_uuid="other", payload={"command_text": "ls"}))
-    assert tagged_msg_id(again) == tagged_msg_id(tags)  # same event identity, same id
+    assert tagged_event_id(again) == tagged_event_id(tags)  # same event identity, same id
     other = index.evaluate(dict(EVENT, source_id="cmd_43"))
-    assert tagged_msg_id(other) != tagged_msg_id(tags)
-    assert tagged_msg_id(tags[:1]) != tagged_msg_id(tags)
+    assert tagged_event_id(other) != tagged_event_id(tags)
+    assert tagged_event_id(tags[:1]) != tagged_event_id(tags)
+
+
+def test_a_re_evaluation_under_changed_rules_keeps_the_events_msg_id() -> None:
+    # A redelivered event (its ack lost) may meet other rules: fewer tags this time. Its tag
+    # message must still carry the first one's Nats-Msg-Id, so TTP_TAGS drops it.
+    tags = golden_index().evaluate(EVENT)
+    now = cloudevents_time()
+    first = tagged_message(EVENT, tags, 17, "ttp-rulebus/worker/w1", now)
+    later = tagged_message(EVENT, tags[:1], 18, "ttp-rulebus/worker/w2", now)
+    assert first.msg_id == later.msg_id
+    assert decode(first.payload, EventTagged).id != decode(later.payload, EventTagged).id
+    other = tagged_message(dict(EVENT, source_id="cmd_43"), tags, 17, "w", now)
+    assert other.msg_id != first.msg_id
+    assert tagged_msg_id("http_request", "cmd_42") != first.msg_id
 
 
 def test_deadletter_message_caps_the_text_and_names_the_error() -> None:
