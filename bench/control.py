@@ -1,4 +1,4 @@
-"""Benchmark of the operator control plane (issue 5): `ttp.ctl.*` against a real fleet.
+"""Benchmark of the operator control plane: `ttp.ctl.*` against a real fleet.
 
 Run from the repository root:
 

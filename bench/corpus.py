@@ -6,7 +6,7 @@ Three generators, all driven by a seed so two runs see identical data:
   commands and login attempts, then web requests, some raw payloads and e-mails), built from
   what internet-facing honeypots actually record: recon one-liners, dropper chains, miners,
   cron and SSH-key persistence, hex echo chains, scanner paths and exploit probes.
-* `generate_rules`: rule files (YAML text, SPEC section 3) with realistic-looking regular
+* `generate_rules`: rule files (YAML text; see docs/rules.md) with realistic-looking regular
   expressions over every source kind and field, to grow a rule set past the starter pack.
 * `attack_strings`: pathological inputs for one pattern (long runs of the characters its
   quantifiers accept, repeated literal fragments, near-miss repetitions, random text over

@@ -16,6 +16,7 @@ from harness.chaos_master import postgres_outage
 
 pytestmark = pytest.mark.timeout(300)
 
+
 @pytest.mark.parametrize("freeze", [False, True], ids=["refused", "frozen"])
 async def test_postgres_outage_refuses_state_changes_publishes_nothing_unpersisted_and_catches_up(
     chaos_servers: ChaosServers, rules_dir: Path, tmp_path: Path, freeze: bool

@@ -3,8 +3,8 @@
 - it validates, offline, against the official AsyncAPI 3.0.0 JSON Schema (vendored from the
   npm package `@asyncapi/specs`; any attempt to fetch a remote schema fails the test);
 - every channel address is a subject the code builds (`ttp_core.contract.subjects`), with its
-  `{parameter}`s declared, every subject of SPEC section 4 has a channel, and every control
-  endpoint (`control.Endpoint`, SPEC section 6) has a request channel at
+  `{parameter}`s declared, every subject of docs/contract.md has a channel, and every control
+  endpoint (`control.Endpoint`; see docs/operations.md) has a request channel at
   `subjects.control(endpoint)`, with its reply on the one reply channel (no fixed address:
   the requester's NATS reply subject);
 - every message references the committed `schemas/<type>.json` of the type the code
@@ -51,7 +51,7 @@ REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"
 VENDORED = Path(__file__).parent / "vendor" / "asyncapi-specs" / "3.0.0.json"
 
-# The subject builders of the public contract (SPEC section 4) and the type each carries.
+# The subject builders of the public contract (see docs/contract.md) and the type each carries.
 # A sample token stands for every parameter.
 SAMPLE = "X-1_y"
 BUILDERS: dict[str, tuple[Callable[[str], str] | None, str]] = {
@@ -71,7 +71,7 @@ def built(name: str) -> str:
     return subjects.RULESET_REVISION if builder is None else builder(SAMPLE)
 
 
-# The control endpoints (SPEC section 6) by the subject the code serves them on.
+# The control endpoints (see docs/operations.md) by the subject the code serves them on.
 CONTROL: dict[str, Endpoint] = {subjects.control(endpoint.value): endpoint for endpoint in Endpoint}
 
 

@@ -1,4 +1,4 @@
-"""The operator control plane end to end (issue 5): real master, workers, NATS, PostgreSQL.
+"""The operator control plane end to end: real master, workers, NATS, PostgreSQL.
 
 Requests go over NATS to the master's `ttp-ctl` micro service exactly as ttpctl sends them.
 "Every worker applied it" is judged by the fleet endpoint: each worker's status carries the

@@ -1,4 +1,4 @@
-"""`ttpctl dev --demo --exit-after-demo` as a real process (issue 6, item 1).
+"""`ttpctl dev --demo --exit-after-demo` as a real process.
 
 It starts embedded NATS and PostgreSQL under its data directory, the master and two workers,
 feeds the bundled demo events, and must exit 0 once they are processed with tags seen,

@@ -1,4 +1,4 @@
-"""Workers converge on the master's rule set, as real processes (issue 4).
+"""Workers converge on the master's rule set, as real processes.
 
 `ttp-master` and three `ttp-worker` processes share a private NATS server (free to kill) and a
 fresh database. A worker's `ttp.worker.status.<id>` carries the `index_digest` of the index it

@@ -1,4 +1,4 @@
-"""DirectoryWatcher on a real filesystem with real inotify (SPEC section 7).
+"""DirectoryWatcher on a real filesystem with real inotify (see docs/operations.md).
 
 Each test makes a change the way a real tool does, then writes a *marker* rule file: inotify
 delivers events in order, so once the marker's batch arrives every event of the change has

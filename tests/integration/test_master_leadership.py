@@ -1,4 +1,4 @@
-"""Two masters, one leader (issue 3, SPEC section 5): only the holder of the PostgreSQL
+"""Two masters, one leader (see docs/operations.md): only the holder of the PostgreSQL
 advisory lock writes and publishes; a standby takes over when the leader goes; a master
 that loses its lock can no longer write.
 
@@ -34,7 +34,7 @@ from harness.master import (
 )
 
 TAKEOVER_TIMEOUT_S = 30.0
-"""Generous: the standby polls the lock every second (issue 3 asks for a takeover < 5 s)."""
+"""Generous: the standby polls the lock every second."""
 
 
 async def lock_sessions(dsn: str) -> list[dict[str, Any]]:

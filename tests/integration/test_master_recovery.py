@@ -1,4 +1,4 @@
-"""The master converges after what happens while it is down or behind its back (issue 3):
+"""The master converges after what happens while it is down or behind its back:
 files changed/deleted while stopped, TTP_RULES deleted while running or while stopped.
 
 PostgreSQL is the source of truth and JetStream the distribution log rebuilt from it. As in

@@ -1,4 +1,4 @@
-"""The master's Alembic migrations against a real PostgreSQL (issue 3: `alembic check` clean).
+"""The master's Alembic migrations against a real PostgreSQL (`alembic check` clean).
 
 `alembic check` autogenerates a comparison of the models (`ttp_master.db.schema.metadata`)
 with a migrated database and fails on any difference; the same comparison is also done

@@ -1,4 +1,4 @@
-"""The master end to end in-process: rules directory -> PostgreSQL -> JetStream (issue 3).
+"""The master end to end in-process: rules directory -> PostgreSQL -> JetStream.
 
 Each test runs `Master(settings).run()` as a task against its own embedded NATS server
 (`private_nats`: the stream names are fixed) and its own database, edits the rules directory

@@ -1,4 +1,4 @@
-"""`ttpctl events publish` against a real NATS server (issue 5, item 6).
+"""`ttpctl events publish` against a real NATS server.
 
 The command publishes to the product's fixed names (TTP_EVENTS, ``ttp.event.<kind>``), so
 every test gets its own embedded server (``private_nats``) instead of prefixed stream names

@@ -1,4 +1,4 @@
-"""`ttpctl tags tail` against a real NATS server (issue 5, item 6).
+"""`ttpctl tags tail` against a real NATS server.
 
 The tests play the worker: they publish `ttp.tagged.<kind>` messages built with the
 contract's models (EventTagged in a CloudEvents envelope) to TTP_TAGS, created as the

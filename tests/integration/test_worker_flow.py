@@ -1,4 +1,4 @@
-"""The worker against the real master, NATS and PostgreSQL, in-process (issue 4).
+"""The worker against the real master, NATS and PostgreSQL, in-process.
 
 The master is the real producer of TTP_RULES; where the master has no way yet to produce a
 message (operator states: the control plane does not exist yet; stale or duplicate

@@ -1,6 +1,6 @@
 """Rule texts shared by the unit tests."""
 
-# The example rule of SPEC section 3, verbatim: tests assert line numbers in it.
+# The reference example rule (R0010), verbatim: tests assert line numbers in it.
 SPEC_RULE = """\
 rule_id: R0010
 rule_version: 1

@@ -1,4 +1,4 @@
-"""content_sha256 (SPEC section 3.2): edits that do not change the rule change nothing."""
+"""content_sha256 (see docs/rules.md): edits that do not change the rule change nothing."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Match language semantics (SPEC section 3.1), observed through RuleIndex.evaluate."""
+"""Match language semantics (see docs/rules.md), observed through RuleIndex.evaluate."""
 
 from __future__ import annotations
 

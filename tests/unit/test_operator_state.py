@@ -1,4 +1,4 @@
-"""Operator state as the engine applies it (SPEC sections 4 and 6)."""
+"""Operator state as the engine applies it (see docs/contract.md and docs/operations.md)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """RuleValidator: schema, file names, regexes, ATT&CK, inline tests, warnings and --strict.
 
 Each rejection is asserted with its exact line and column in the rule text below (the
-SPEC section 3 example, whose line numbers are listed next to it).
+reference example rule R0010, whose line numbers are listed next to it).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ tests:                         # optional inline examples; a rule whose own test
     expect: fire
   - event: {command_text: "ls -la"}
     expect: no_fire
-"""  # noqa: E501 (verbatim from SPEC section 3)
+"""  # noqa: E501 (verbatim reference example)
 
 DECNET_RULE = """\
 rule_id: R0014

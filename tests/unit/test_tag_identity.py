@@ -1,4 +1,4 @@
-"""Tag identity (SPEC section 4): uuid5 over the event and rule, and what a tag carries."""
+"""Tag identity (see docs/contract.md): uuid5 over the event and rule, and what a tag carries."""
 
 from __future__ import annotations
 
