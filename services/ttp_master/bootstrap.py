@@ -1,8 +1,9 @@
 """Wire the master's adapters to the core and run it (the one bootstrap of ttp-master).
 
-Lifecycle: migrate, connect, serve health; then as often as leadership is won: load the
-catalog, revert expired states, reconcile the whole rules directory, repair TTP_RULES,
-and follow the watcher and the outbox until stopped or the lock is lost.
+Lifecycle: migrate (or only check the schema, when configured not to migrate), connect,
+serve health; then as often as leadership is won: load the catalog, revert expired states,
+reconcile the whole rules directory, repair TTP_RULES, and follow the watcher and the outbox
+until stopped or the lock is lost.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ttp_core.contract import subjects
 from ttp_core.rules.validator import RuleValidator
 from ttp_master import metrics
 from ttp_master.control_service import ControlService, LeaderTerm
-from ttp_master.db.migrate import upgrade_to_head
+from ttp_master.db.migrate import require_head, upgrade_to_head
 from ttp_master.db.queries import ControlQueries
 from ttp_master.db.repository import LeadershipLostError, RuleRepository
 from ttp_master.expiry_scheduler import ExpiryScheduler
@@ -119,9 +120,17 @@ class Master:
         health = HealthServer.from_settings(settings, self.state.readiness)
         await health.start()
         try:
-            await asyncio.to_thread(upgrade_to_head, settings.database_url)
+            database = settings.database_target()
+            if settings.migrate_at_start:
+                await asyncio.to_thread(upgrade_to_head, database)
+            else:
+                # A DML-only role cannot migrate: the migrate Job did, or the start fails here.
+                await asyncio.to_thread(require_head, database)
             self.engine = create_async_engine(
-                settings.database_url, pool_size=4, pool_pre_ping=True
+                database.sqlalchemy_url(),
+                pool_size=4,
+                pool_pre_ping=True,
+                **database.engine_kwargs(),
             )
             self.nc = await connect(settings, "ttp-master")
         except BaseException:
@@ -131,7 +140,7 @@ class Master:
         publisher = NatsPublisher(self.nc, js)
         fleet = FleetTracker()
         await fleet.start(self.nc)
-        leader = LeaderLock(settings.database_url, settings.leader_lock_key)
+        leader = LeaderLock(database, settings.leader_lock_key)
         self.control = ControlService(self.nc, fleet, postgres_error=lambda: leader.postgres_error)
         await self.control.serve_standby()
         _log.info("master started", extra={"rules_dir": str(self.root), "http_port": health.port})
@@ -169,7 +178,7 @@ class Master:
         scheduler = ExpiryScheduler(queries, repository)
         relay = OutboxRelay(
             self.engine,
-            settings.database_url,
+            settings.database_target(),
             publisher,
             is_leader=lambda: leader.is_leader,
             poll_interval=settings.relay_poll_interval_s,

@@ -35,7 +35,7 @@ def migrate() -> None:
 
     settings = MasterSettings()
     configure_logging(settings.log_format, settings.log_level)
-    upgrade_to_head(settings.database_url)
+    upgrade_to_head(settings.database_target())
     logging.getLogger(__name__).info("schema is at the newest revision")
 
 

@@ -13,9 +13,11 @@ import contextlib
 import logging
 
 import psycopg
+from pydantic import SecretStr
 
 from ttp_master.bounded import within
 from ttp_master.db.repository import LeaderFence
+from ttp_master.db.target import DatabaseTarget
 
 _log = logging.getLogger(__name__)
 
@@ -23,17 +25,17 @@ CONNECT_TIMEOUT_S = 5
 """Longest wait for a new lock connection (libpq waits forever by default)."""
 
 
-def libpq_url(database_url: str) -> str:
-    """The SQLAlchemy URL (`postgresql+psycopg://`) as a plain libpq URL."""
-    scheme, sep, rest = database_url.partition("://")
-    return f"postgresql://{rest}" if sep and scheme.startswith("postgresql") else database_url
-
-
 class LeaderLock:
     """Acquire, hold and watch the leader lock."""
 
-    def __init__(self, database_url: str, key: int, *, poll_interval: float = 1.0) -> None:
-        self._url = libpq_url(database_url)
+    def __init__(
+        self,
+        database: DatabaseTarget | SecretStr | str,
+        key: int,
+        *,
+        poll_interval: float = 1.0,
+    ) -> None:
+        self._database = DatabaseTarget.of(database)
         self._key = key
         self._poll = poll_interval
         self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
@@ -74,8 +76,9 @@ class LeaderLock:
     async def _try_acquire(self) -> bool:
         if self._conn is None or self._conn.closed:
             self._conn = await psycopg.AsyncConnection.connect(
-                self._url,
+                self._database.libpq_conninfo(),
                 autocommit=True,
+                **self._database.psycopg_kwargs(),
                 application_name="ttp-master-leader",
                 connect_timeout=CONNECT_TIMEOUT_S,
             )

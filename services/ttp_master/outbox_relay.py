@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
 import psycopg
+from pydantic import SecretStr
 from sqlalchemy import Text, bindparam, cast, func, literal, select, update
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -29,7 +30,7 @@ from ttp_core.contract.payloads import MASTER_SOURCE, RulesetRevision, encode, e
 from ttp_core.rules.digest import ruleset_digest
 from ttp_master.db.repository import NOTIFY_CHANNEL
 from ttp_master.db.schema import rule, rule_event, rule_rejection, rule_state
-from ttp_master.leader import libpq_url
+from ttp_master.db.target import DatabaseTarget
 from ttp_runtime.tracing import start_consumer_span, subject_template
 
 _log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ class OutboxRelay:
     def __init__(
         self,
         engine: AsyncEngine,
-        database_url: str,
+        database: DatabaseTarget | SecretStr | str,
         publisher: EventPublisher,
         *,
         is_leader: Callable[[], bool],
@@ -157,7 +158,7 @@ class OutboxRelay:
         # as they did in their own transactions, without BEGIN/COMMIT/ROLLBACK round trips.
         self._engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._lock = lock if lock is not None else asyncio.Lock()
-        self._url = libpq_url(database_url)
+        self._database = DatabaseTarget.of(database)
         self._publisher = publisher
         self._is_leader = is_leader
         self._poll = poll_interval
@@ -358,7 +359,10 @@ class OutboxRelay:
         while not stop.is_set():
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self._url, autocommit=True, application_name="ttp-master-relay"
+                    self._database.libpq_conninfo(),
+                    autocommit=True,
+                    application_name="ttp-master-relay",
+                    **self._database.psycopg_kwargs(),
                 ) as conn:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     async for _ in conn.notifies():

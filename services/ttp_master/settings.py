@@ -3,18 +3,39 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
+from ttp_master.db.target import DatabaseTarget
 from ttp_runtime.settings import ServiceSettings
 
 
 class MasterSettings(ServiceSettings):
     """Environment of `ttp-master`."""
 
-    database_url: str = Field(
-        default="postgresql+psycopg://postgres@127.0.0.1:5432/ttp",
-        description="PostgreSQL URL (SQLAlchemy form).",
+    database_url: SecretStr = Field(
+        default=SecretStr("postgresql+psycopg://postgres@127.0.0.1:5432/ttp"),
+        description="PostgreSQL URL (SQLAlchemy form); a secret, never logged.",
+    )
+    database_sslmode: (
+        Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None
+    ) = Field(default=None, description="libpq sslmode of every PostgreSQL connection.")
+    database_sslrootcert: Path | None = Field(
+        default=None, description="CA bundle that verifies the PostgreSQL server (libpq)."
+    )
+    database_sslcert: Path | None = Field(
+        default=None, description="Client certificate for PostgreSQL TLS (libpq)."
+    )
+    database_sslkey: Path | None = Field(
+        default=None, description="Client key for PostgreSQL TLS (libpq)."
+    )
+    migrate_at_start: bool = Field(
+        default=True,
+        description=(
+            "Migrate the schema at start; when false the master only checks that the schema "
+            "is at the newest revision and refuses to start otherwise (DML-only role)."
+        ),
     )
     rules_dir: Path = Field(default=Path("./rules"), description="Directory watched for rules.")
     debounce_ms: int = Field(
@@ -55,3 +76,13 @@ class MasterSettings(ServiceSettings):
     leader_lock_key: int = Field(
         default=0x7474_7072, description="PostgreSQL advisory lock key held by the leader."
     )
+
+    def database_target(self) -> DatabaseTarget:
+        """The PostgreSQL database with its TLS parameters (what every connection uses)."""
+        return DatabaseTarget.from_parts(
+            self.database_url,
+            sslmode=self.database_sslmode,
+            sslrootcert=self.database_sslrootcert,
+            sslcert=self.database_sslcert,
+            sslkey=self.database_sslkey,
+        )

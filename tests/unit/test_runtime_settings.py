@@ -16,7 +16,7 @@ def test_a_secret_file_named_like_the_variable_sets_the_field(
     (tmp_path / "ttp_database_url").write_text("postgresql+psycopg://ttp@db:5432/ttp")
     (tmp_path / "database_url").write_text("postgresql+psycopg://wrong@elsewhere/ttp")
     settings = MasterSettings(_secrets_dir=tmp_path)  # type: ignore[call-arg]
-    assert settings.database_url == "postgresql+psycopg://ttp@db:5432/ttp"
+    assert settings.database_url.get_secret_value() == "postgresql+psycopg://ttp@db:5432/ttp"
 
 
 def test_the_environment_wins_over_a_secret_file(
@@ -25,4 +25,4 @@ def test_the_environment_wins_over_a_secret_file(
     monkeypatch.setenv("TTP_DATABASE_URL", "postgresql+psycopg://env@db/ttp")
     (tmp_path / "ttp_database_url").write_text("postgresql+psycopg://file@db/ttp")
     settings = MasterSettings(_secrets_dir=tmp_path)  # type: ignore[call-arg]
-    assert settings.database_url == "postgresql+psycopg://env@db/ttp"
+    assert settings.database_url.get_secret_value() == "postgresql+psycopg://env@db/ttp"
