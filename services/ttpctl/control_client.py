@@ -79,7 +79,8 @@ class ExitCode(IntEnum):
     UNKNOWN_RULE = 3
     """The master knows no such rule (``unknown_rule``)."""
     UNAVAILABLE = 4
-    """No usable answer: NATS unreachable, no master, not the leader, or a master failure."""
+    """No usable answer: NATS unreachable, no master, not the leader, the master busy (retry),
+    or a master failure."""
 
 
 _EXIT_CODES: Final = {
@@ -87,13 +88,14 @@ _EXIT_CODES: Final = {
     ErrorCode.UNKNOWN_RULE: ExitCode.UNKNOWN_RULE,
     ErrorCode.NOT_LEADER: ExitCode.UNAVAILABLE,
     ErrorCode.UNAVAILABLE: ExitCode.UNAVAILABLE,
+    ErrorCode.BUSY: ExitCode.UNAVAILABLE,
     ErrorCode.INTERNAL: ExitCode.UNAVAILABLE,
 }
 
 EXIT_CODES_HELP: Final = (
     "Exit codes: 0 success; 1 negative answer (not converged, wait timed out); 2 usage"
     " error or request refused as invalid; 3 unknown rule; 4 NATS or the master unavailable"
-    " (no master, not the leader, master failure)."
+    " (no master, not the leader, master busy: retry, master failure)."
 )
 """The exit-code paragraph every control command's help ends with."""
 

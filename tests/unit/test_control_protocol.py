@@ -114,6 +114,7 @@ def test_error_codes_map_to_micro_status_numbers() -> None:
         ErrorCode.UNKNOWN_RULE: 404,
         ErrorCode.NOT_LEADER: 503,
         ErrorCode.UNAVAILABLE: 503,
+        ErrorCode.BUSY: 503,
         ErrorCode.INTERNAL: 500,
     }
 

@@ -104,6 +104,7 @@ def fleet(*workers: WorkerView, revision: int = 123, converged: bool | None = No
         (ErrorCode.UNKNOWN_RULE, 3),
         (ErrorCode.NOT_LEADER, 4),
         (ErrorCode.UNAVAILABLE, 4),
+        (ErrorCode.BUSY, 4),
         (ErrorCode.INTERNAL, 4),
     ],
 )

@@ -66,7 +66,10 @@ class ErrorCode(StrEnum):
     UNKNOWN_RULE = "unknown_rule"
     NOT_LEADER = "not_leader"
     UNAVAILABLE = "unavailable"
+    BUSY = "busy"
+    """The master is already working on its cap of concurrent requests: retry shortly."""
     INTERNAL = "internal"
+    """An unexpected failure; the message carries a correlation id to find it in the log."""
 
     @property
     def status(self) -> int:
@@ -78,6 +81,7 @@ _STATUS: Final = {
     ErrorCode.UNKNOWN_RULE: 404,
     ErrorCode.NOT_LEADER: 503,
     ErrorCode.UNAVAILABLE: 503,
+    ErrorCode.BUSY: 503,
     ErrorCode.INTERNAL: 500,
 }
 
