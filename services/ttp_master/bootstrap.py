@@ -141,7 +141,12 @@ class Master:
         fleet = FleetTracker()
         await fleet.start(self.nc)
         leader = LeaderLock(database, settings.leader_lock_key)
-        self.control = ControlService(self.nc, fleet, postgres_error=lambda: leader.postgres_error)
+        self.control = ControlService(
+            self.nc,
+            fleet,
+            postgres_error=lambda: leader.postgres_error,
+            max_concurrent=settings.control_max_concurrent,
+        )
         await self.control.serve_standby()
         _log.info("master started", extra={"rules_dir": str(self.root), "http_port": health.port})
         self.state.waiting_because = lambda: leader.waiting_because

@@ -8,7 +8,11 @@ groups, so each request reaches the leader and one standby: the leader answers a
 standby answers `not_leader` only after a pause, which a client sees only when no leader
 answered (the leader is down or frozen); while the standby cannot reach PostgreSQL either, no
 master can lead, and it answers `unavailable` instead. Handlers run as tasks, so a slow audit
-query never holds up a state change.
+query never holds up a state change; at most `max_concurrent` of them at once
+(TTP_CONTROL_MAX_CONCURRENT), and a request beyond that is answered `busy` at once, so a flood
+of requests cannot exhaust the master's memory or its PostgreSQL pool. An unexpected failure is
+answered `internal` with a correlation id that the master logs with the exception: the reply
+never carries the exception's text, which may name tables, queries or hosts.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import contextlib
 import logging
 import socket
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -68,6 +73,8 @@ STANDBY_REPLY_DELAY_S: Final = 1.5
 ANSWER_BOUND_S: Final = 4.0
 """Longest a leader works on one request before it answers `unavailable`: below ttpctl's 5 s
 timeout, so an operator learns that PostgreSQL is not answering, not that the master is."""
+DEFAULT_MAX_CONCURRENT: Final = 32
+"""Control requests one master works on at once (TTP_CONTROL_MAX_CONCURRENT)."""
 _LEADER_GROUP: Final = "ttp-ctl-leader"
 _STANDBY_GROUP: Final = "ttp-ctl-standby"
 
@@ -284,6 +291,13 @@ _REPLY: Final = Reply[Any]
 """Parametrised once, not per reply."""
 
 
+def internal_error(correlation_id: str) -> ControlError:
+    """The reply to an unexpected failure: the code and the id the master logged it with."""
+    return ControlError(
+        code=ErrorCode.INTERNAL, message=f"internal error; correlation id {correlation_id}"
+    )
+
+
 def encode_reply(result: BaseModel) -> bytes:
     return _REPLY(ok=True, result=result).model_dump_json().encode()
 
@@ -307,7 +321,10 @@ class ControlService:
         fleet: FleetTracker,
         *,
         postgres_error: Callable[[], str | None] = lambda: None,
+        max_concurrent: int = DEFAULT_MAX_CONCURRENT,
     ) -> None:
+        if max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be at least 1, not {max_concurrent}")
         self._nc = nc
         self._fleet = fleet
         self._postgres_error = postgres_error
@@ -317,6 +334,8 @@ class ControlService:
         self._leader_since = float("inf")
         """Monotonic time the leader service was live (inf: not leading)."""
         self._tasks: set[asyncio.Task[None]] = set()
+        """Requests in flight: a leader's being worked on, a standby's being held."""
+        self._max_concurrent = max_concurrent
         self.instance = socket.gethostname()
 
     @property
@@ -379,14 +398,42 @@ class ControlService:
         await self._retire(old)
 
     def _dispatcher(self, endpoint: Endpoint, role: str) -> Callable[[Request], Awaitable[None]]:
+        as_standby = role == "standby"
+
         async def dispatch(request: Request) -> None:
+            if len(self._tasks) >= self._max_concurrent:
+                await self._refuse_busy(endpoint, request, as_standby)
+                return
             task = asyncio.create_task(
-                self._answer(endpoint, request, role == "standby", time.monotonic())
+                self._answer(endpoint, request, as_standby, time.monotonic())
             )
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            metrics.CONTROL_IN_FLIGHT.inc()
+            task.add_done_callback(self._finished)
 
         return dispatch
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        metrics.CONTROL_IN_FLIGHT.dec()
+
+    async def _refuse_busy(self, endpoint: Endpoint, request: Request, as_standby: bool) -> None:
+        metrics.CONTROL_REQUESTS.labels(endpoint.value, ErrorCode.BUSY.value).inc()
+        if as_standby:
+            # A standby's answer is deliberately late so the leader's comes first; answering
+            # now would beat it. The leader answers its own copy (with none, the client's
+            # timeout says no master answered).
+            return
+        await self._respond_error(
+            request,
+            ControlError(
+                code=ErrorCode.BUSY,
+                message=(
+                    f"master on {self.instance} is busy: {self._max_concurrent} control "
+                    "requests are in flight (TTP_CONTROL_MAX_CONCURRENT); retry shortly"
+                ),
+            ),
+        )
 
     async def _answer(
         self, endpoint: Endpoint, request: Request, as_standby: bool, arrived: float
@@ -434,12 +481,16 @@ class ControlService:
             await self._respond_error(request, failure.error)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
-            _log.exception("control request failed", extra={"endpoint": endpoint.value})
-            metrics.CONTROL_REQUESTS.labels(endpoint.value, ErrorCode.INTERNAL.value).inc()
-            await self._respond_error(
-                request, ControlError(code=ErrorCode.INTERNAL, message=f"internal error: {exc!r}")
+        except Exception:
+            # The exception's text may name tables, queries or hosts: it goes to the log only,
+            # and the client gets an id to find it there.
+            correlation_id = uuid.uuid4().hex
+            _log.exception(
+                "control request failed",
+                extra={"endpoint": endpoint.value, "correlation_id": correlation_id},
             )
+            metrics.CONTROL_REQUESTS.labels(endpoint.value, ErrorCode.INTERNAL.value).inc()
+            await self._respond_error(request, internal_error(correlation_id))
 
     async def _respond_error(self, request: Request, error: ControlError) -> None:
         with contextlib.suppress(Exception):

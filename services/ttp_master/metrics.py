@@ -34,6 +34,10 @@ CONTROL_REQUESTS = Counter(
     "Control requests answered, by endpoint and outcome.",
     ["endpoint", "outcome"],
 )  # outcome: ok or the error code (bad_request, unknown_rule, not_leader, ...)
+CONTROL_IN_FLIGHT = Gauge(
+    "ttp_master_control_in_flight",
+    "Control requests this master is working on (or, as a standby, holding) now.",
+)
 STATE_EXPIRIES = Counter(
     "ttp_master_state_expiries_total", "Operator states reverted to enabled at their expiry."
 )

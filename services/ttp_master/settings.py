@@ -76,6 +76,15 @@ class MasterSettings(ServiceSettings):
     leader_lock_key: int = Field(
         default=0x7474_7072, description="PostgreSQL advisory lock key held by the leader."
     )
+    control_max_concurrent: int = Field(
+        default=32,
+        ge=1,
+        le=1024,
+        description=(
+            "Control requests (ttp.ctl.>) one master works on at once; beyond it a request "
+            "is answered `busy` at once, so a flood cannot exhaust the master."
+        ),
+    )
 
     def database_target(self) -> DatabaseTarget:
         """The PostgreSQL database with its TLS parameters (what every connection uses)."""
