@@ -112,6 +112,8 @@ def test_the_servers_have_health_checks_and_are_waited_for(
     assert master["postgres"]["condition"] == "service_healthy"
     assert master["migrate"]["condition"] == "service_completed_successfully"
     assert services["migrate"]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # The migrate service migrated before the master starts, so the master only checks.
+    assert environment(services["master"])["TTP_MIGRATE_AT_START"] == "false"
     assert services["worker"]["depends_on"]["nats"]["condition"] == "service_healthy"
 
 

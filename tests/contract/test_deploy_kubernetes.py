@@ -44,7 +44,7 @@ SETTINGS_BY_PROGRAM: dict[str, type[BaseSettings]] = {
     "ttpctl": ServiceSettings,
 }
 # Secrets prod expects to exist already (created by an external secret manager).
-PROD_EXTERNAL_SECRETS = {"ttp-database", "ttp-nats"}
+PROD_EXTERNAL_SECRETS = {"ttp-database", "ttp-database-migrate", "ttp-nats"}
 
 
 def tool(name: str) -> Path:
@@ -369,6 +369,21 @@ def test_base_runs_one_master_with_recreate_and_an_autoscaled_worker() -> None:
     job = find(docs, "Job", "ttp-migrate")["spec"]
     assert job["template"]["spec"]["containers"][0]["command"] == ["ttp-master", "migrate"]
     assert job["template"]["spec"]["restartPolicy"] in {"OnFailure", "Never"}
+
+
+def test_the_master_runs_dml_only_and_the_migrate_job_owns_the_schema() -> None:
+    docs = render("base")
+    master = find(docs, "Deployment", "ttp-master")["spec"]["template"]["spec"]["containers"][0]
+    job = find(docs, "Job", "ttp-migrate")["spec"]["template"]["spec"]["containers"][0]
+
+    def database_secret(container: dict[str, Any]) -> str:
+        entry = next(e for e in container["env"] if e["name"] == "TTP_DATABASE_URL")
+        return str(entry["valueFrom"]["secretKeyRef"]["name"])
+
+    assert {e["name"]: e.get("value") for e in master["env"]}["TTP_MIGRATE_AT_START"] == "false"
+    assert database_secret(master) == "ttp-database"
+    assert database_secret(job) == "ttp-database-migrate"
+    assert "TTP_MIGRATE_AT_START" not in {e["name"] for e in job["env"]}
 
 
 def test_overlays_size_the_fleet() -> None:
