@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from ttp_master import bootstrap
 from ttp_master.db import migrate
 from ttp_master.db.target import DatabaseTarget, DatabaseUrlError
 from ttp_master.leader import LeaderLock
+from ttp_master.outbox_relay import OutboxRelay
 from ttp_master.settings import MasterSettings
 
 PASSWORD = "s3cr3t-pw-never-shown"
@@ -112,3 +117,59 @@ def test_the_migration_engine_gets_the_ssl_parameters(
     assert seen["connect_args"] == {"sslmode": "require", "sslkey": "/k"}
     assert seen["url"].password == PASSWORD
     assert PASSWORD not in caplog.text
+
+
+async def test_the_relay_listen_connection_gets_the_ssl_parameters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stop = asyncio.Event()
+    seen: dict[str, Any] = {}
+
+    async def fake_connect(conninfo: str, **kwargs: Any) -> Any:
+        seen.update(kwargs, conninfo=conninfo)
+        stop.set()
+        raise psycopg.OperationalError("stop here")
+
+    monkeypatch.setattr("psycopg.AsyncConnection.connect", fake_connect)
+    target = DatabaseTarget.from_parts(
+        MasterSettings(database_url=URL).database_url,  # type: ignore[arg-type]
+        sslmode="verify-full",
+        sslcert=Path("/c"),
+    )
+    engine = create_async_engine(target.sqlalchemy_url())  # never connects here
+    relay = OutboxRelay(engine, target, publisher=None, is_leader=lambda: True)  # type: ignore[arg-type]
+    await asyncio.wait_for(relay._listen(stop), 10)
+    await engine.dispose()
+    assert seen["sslmode"] == "verify-full" and seen["sslcert"] == "/c"
+    assert seen["application_name"] == "ttp-master-relay"
+
+
+@pytest.mark.parametrize("migrate_at_start", [True, False])
+async def test_the_master_engine_gets_the_ssl_parameters(
+    monkeypatch: pytest.MonkeyPatch, migrate_at_start: bool
+) -> None:
+    schema: list[tuple[str, DatabaseTarget]] = []
+    seen: dict[str, Any] = {}
+
+    def fake_create_async_engine(url: Any, **kwargs: Any) -> Any:
+        seen.update(kwargs, url=url)
+        raise OSError("stop here")
+
+    monkeypatch.setattr(bootstrap, "upgrade_to_head", lambda t: schema.append(("upgrade", t)))
+    monkeypatch.setattr(bootstrap, "require_head", lambda t: schema.append(("check", t)))
+    monkeypatch.setattr(bootstrap, "create_async_engine", fake_create_async_engine)
+    settings = MasterSettings(
+        database_url=URL,  # type: ignore[arg-type]
+        database_sslmode="require",
+        database_sslrootcert=Path("/ca"),
+        migrate_at_start=migrate_at_start,
+        http_host="127.0.0.1",
+        http_port=0,
+    )
+    with pytest.raises(OSError, match="stop here"):
+        await bootstrap.Master(settings).run()
+    expected = {"sslmode": "require", "sslrootcert": "/ca"}
+    assert seen["connect_args"] == expected
+    assert [(kind, dict(t.connect_args)) for kind, t in schema] == [
+        ("upgrade" if migrate_at_start else "check", expected)
+    ]
