@@ -178,3 +178,38 @@ async def test_an_unexpected_failure_answers_a_correlation_id_that_the_log_has_t
     assert caught.value.code is ErrorCode.INTERNAL
     assert caught.value.exit_code is ExitCode.UNAVAILABLE
     assert re.fullmatch(r"internal error; correlation id [0-9a-f]{32}", str(caught.value))
+
+
+async def test_a_standby_over_its_cap_leaves_requests_to_the_leader(private_nats: Any) -> None:
+    # A standby answers late on purpose; a `busy` from it would beat the leader's answer.
+    leader_nc = await nats.connect(private_nats.url)
+    standby_nc = await nats.connect(private_nats.url)
+    client = await nats.connect(private_nats.url)
+    leader = ControlService(leader_nc, FleetTracker(), max_concurrent=FLOOD)
+    standby = ControlService(standby_nc, FleetTracker(), max_concurrent=2)
+    revision_only = LeaderTerm(
+        repository=None,  # type: ignore[arg-type]
+        queries=None,  # type: ignore[arg-type]
+        scheduler=None,  # type: ignore[arg-type]
+        summary=_summary,
+    )
+    try:
+        await leader.serve_leader(revision_only)
+        await standby.serve_standby()
+        replies = await asyncio.wait_for(
+            asyncio.gather(
+                *(
+                    client.request(subjects.control("revision"), b"{}", timeout=_HANG_GUARD_S)
+                    for _ in range(FLOOD)
+                )
+            ),
+            _HANG_GUARD_S,
+        )
+        bodies = [json.loads(msg.data) for msg in replies]
+        assert [body["ok"] for body in bodies] == [True] * FLOOD, bodies
+    finally:
+        await standby.stop()
+        await leader.stop()
+        await client.close()
+        await standby_nc.close()
+        await leader_nc.close()
