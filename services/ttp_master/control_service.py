@@ -401,15 +401,20 @@ class ControlService:
         as_standby = role == "standby"
 
         async def dispatch(request: Request) -> None:
-            if len(self._tasks) >= self._max_concurrent:
-                await self._refuse_busy(endpoint, request, as_standby)
-                return
-            task = asyncio.create_task(
-                self._answer(endpoint, request, as_standby, time.monotonic())
-            )
-            self._tasks.add(task)
-            metrics.CONTROL_IN_FLIGHT.inc()
-            task.add_done_callback(self._finished)
+            # Never raises: the micro library would answer an exception with its repr (and
+            # show it in $SRV.STATS as last_error).
+            try:
+                if len(self._tasks) >= self._max_concurrent:
+                    await self._refuse_busy(endpoint, request, as_standby)
+                    return
+                task = asyncio.create_task(
+                    self._answer(endpoint, request, as_standby, time.monotonic())
+                )
+                self._tasks.add(task)
+                metrics.CONTROL_IN_FLIGHT.inc()
+                task.add_done_callback(self._finished)
+            except Exception:
+                await self._fail_internal(endpoint, request)
 
         return dispatch
 
@@ -482,15 +487,20 @@ class ControlService:
         except asyncio.CancelledError:
             raise
         except Exception:
-            # The exception's text may name tables, queries or hosts: it goes to the log only,
-            # and the client gets an id to find it there.
-            correlation_id = uuid.uuid4().hex
-            _log.exception(
-                "control request failed",
-                extra={"endpoint": endpoint.value, "correlation_id": correlation_id},
-            )
-            metrics.CONTROL_REQUESTS.labels(endpoint.value, ErrorCode.INTERNAL.value).inc()
-            await self._respond_error(request, internal_error(correlation_id))
+            await self._fail_internal(endpoint, request)
+
+    async def _fail_internal(self, endpoint: Endpoint, request: Request) -> None:
+        """Log the exception being handled under a new correlation id and answer with it.
+
+        The exception's text may name tables, queries or hosts: it goes to the log only, and
+        the client gets the id to find it there."""
+        correlation_id = uuid.uuid4().hex
+        _log.exception(
+            "control request failed",
+            extra={"endpoint": endpoint.value, "correlation_id": correlation_id},
+        )
+        metrics.CONTROL_REQUESTS.labels(endpoint.value, ErrorCode.INTERNAL.value).inc()
+        await self._respond_error(request, internal_error(correlation_id))
 
     async def _respond_error(self, request: Request, error: ControlError) -> None:
         with contextlib.suppress(Exception):
