@@ -369,6 +369,7 @@ def test_state_set_usage_errors_exit_2_before_anything_is_sent(
         (ErrorCode.UNKNOWN_RULE, 3),
         (ErrorCode.NOT_LEADER, 4),
         (ErrorCode.UNAVAILABLE, 4),
+        (ErrorCode.BUSY, 4),
         (ErrorCode.INTERNAL, 4),
     ],
 )
