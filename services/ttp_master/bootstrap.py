@@ -361,6 +361,8 @@ class Master:
                 await usage.check()
                 problem = await guard.check()
                 if problem is None:
+                    async with publisher.lock:
+                        metrics.FORGED_RULE_MESSAGES.inc(len(await guard.verify()))
                     continue
                 _log.error(
                     "stream %s is %s: rebuilding it from PostgreSQL",

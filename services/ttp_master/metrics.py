@@ -29,6 +29,10 @@ CHANGES = Counter(
 REPUBLISHED = Counter(
     "ttp_master_republished_total", "Messages republished from PostgreSQL to repair TTP_RULES."
 )
+FORGED_RULE_MESSAGES = Counter(
+    "ttp_master_forged_rule_messages_total",
+    "Rule messages found in TTP_RULES that PostgreSQL never produced (each one is replaced).",
+)
 CONTROL_REQUESTS = Counter(
     "ttp_master_control_requests_total",
     "Control requests answered, by endpoint and outcome.",

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import nats.js.errors
 from nats.js.client import JetStreamContext
@@ -18,7 +20,16 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ttp_core.contract import subjects
+from ttp_master.db.repository import NOTIFY_CHANNEL, event_msg_id
 from ttp_master.db.schema import rule_event
+from ttp_master.forged_rules import (
+    MAX_ANSWERABLE_REVISION,
+    Forgery,
+    claimed_revision,
+    is_rule_subject,
+    judge,
+    reissued,
+)
 from ttp_master.outbox_relay import EventPublisher
 
 _log = logging.getLogger(__name__)
@@ -28,6 +39,24 @@ _LATEST_PER_SUBJECT = text(
     "FROM ttp_rule_event WHERE jetstream AND published_at IS NOT NULL "
     "AND subject <> :ruleset ORDER BY subject, revision DESC"
 )
+
+
+_LATEST_OF_SUBJECT = text(
+    "SELECT revision, rule_id, kind, subject, msg_id, payload FROM ttp_rule_event "
+    "WHERE jetstream AND published_at IS NOT NULL AND subject = :subject "
+    "ORDER BY revision DESC LIMIT 1"
+)
+# Moves the revision sequence past a forged revision, never back (GREATEST with its own
+# value), then takes the next one: the reissue's revision is newer than the forged one.
+_REVISION_PAST = text(
+    "SELECT nextval('ttp_revision_seq') FROM "
+    "(SELECT setval('ttp_revision_seq', GREATEST(last_value, :past)) FROM ttp_revision_seq) s"
+)
+REPAIR_ACTOR = "ttp-master (stream guard: forged message replaced)"
+"""The audit actor of an outbox row that reissues a rule's event over a forged message."""
+
+VERIFY_BATCH = 1000
+"""Stream messages verified per pass: a large backlog is verified over several passes."""
 
 
 class StreamGuard:
@@ -47,6 +76,8 @@ class StreamGuard:
         self._js = js
         self._publisher = publisher
         self._publish_summary = publish_summary
+        self._verified_seq = 0
+        """Stream sequence up to which every rule message has been verified."""
 
     async def check(self) -> str | None:
         """What is wrong with TTP_RULES at a glance (None: nothing seen).
@@ -132,3 +163,97 @@ class StreamGuard:
         except (ValueError, KeyError, TypeError):
             return False
         return held >= revision
+
+    async def verify(self) -> list[Forgery]:
+        """Find rule messages in TTP_RULES that PostgreSQL never produced, and answer each.
+
+        Each stream message is verified once, in stream order (at most `VERIFY_BATCH` per
+        call): the cost follows what was published since the last call, not the number of
+        rules. A forged message is answered by reissuing PostgreSQL's latest event of its
+        subject under a fresh revision past the forged one (workers apply only newer
+        revisions), written to the outbox, so the relay publishes it like any change.
+        """
+        info = await self._js.stream_info(subjects.STREAM_RULES)
+        last = int(info.state.last_seq)
+        if last < self._verified_seq:
+            self._verified_seq = 0  # the stream was recreated: verify it again
+        if last == self._verified_seq:
+            return []
+        seen: list[tuple[str, bytes]] = []
+        seq = max(self._verified_seq + 1, int(info.state.first_seq))
+        upto = self._verified_seq
+        while seq <= last and len(seen) < VERIFY_BATCH:
+            try:
+                msg = await self._js.get_msg(subjects.STREAM_RULES, seq=seq, subject=">", next=True)
+            except nats.js.errors.NotFoundError:
+                break
+            if msg.seq is None or msg.seq > last:
+                break
+            upto = msg.seq
+            seq = msg.seq + 1
+            if msg.subject and is_rule_subject(msg.subject):
+                seen.append((msg.subject, msg.data or b""))
+        if seq > last:
+            upto = last
+        forged = await self._judge(seen)
+        for forgery in forged:
+            await self._answer(forgery)
+        self._verified_seq = upto
+        return forged
+
+    async def _judge(self, seen: list[tuple[str, bytes]]) -> list[Forgery]:
+        claimed = {r for r in (claimed_revision(raw) for _, raw in seen) if r is not None}
+        produced: dict[int, tuple[str, Any]] = {}
+        if claimed:
+            async with self._engine.connect() as conn:
+                rows = await conn.execute(
+                    select(rule_event.c.revision, rule_event.c.subject, rule_event.c.payload).where(
+                        rule_event.c.revision.in_(sorted(claimed))
+                    )
+                )
+                produced = {int(r.revision): (r.subject, r.payload) for r in rows}
+        forged = []
+        for subject, raw in seen:
+            revision = claimed_revision(raw)
+            verdict = judge(subject, raw, produced.get(revision) if revision is not None else None)
+            if verdict is not None:
+                forged.append(verdict)
+        return forged
+
+    async def _answer(self, forgery: Forgery) -> None:
+        _log.error(
+            "forged message in %s: %s revision %s (%s); replacing it from PostgreSQL",
+            subjects.STREAM_RULES,
+            forgery.subject,
+            forgery.revision,
+            forgery.reason,
+            extra={"subject": forgery.subject, "forged_revision": forgery.revision},
+        )
+        async with self._engine.begin() as conn:
+            latest = (await conn.execute(_LATEST_OF_SUBJECT, {"subject": forgery.subject})).first()
+            if latest is None:
+                # No rule of that id was ever published: nothing of ours to put back.
+                _log.error("no event of %s in PostgreSQL to reissue", forgery.subject)
+                return
+            past = int(forgery.revision or 0)
+            if past > MAX_ANSWERABLE_REVISION:
+                past = 0  # see MAX_ANSWERABLE_REVISION: a reissue under a normal revision
+            revision = int(await conn.scalar(_REVISION_PAST, {"past": past}) or 0)
+            now = datetime.now(UTC)
+            payload = reissued(dict(latest.payload), revision, now.isoformat())
+            await conn.execute(
+                rule_event.insert().values(
+                    revision=revision,
+                    rule_id=latest.rule_id,
+                    kind=latest.kind,
+                    subject=latest.subject,
+                    msg_id=event_msg_id(revision),
+                    jetstream=True,
+                    payload=payload,
+                    headers={},
+                    actor=REPAIR_ACTOR,
+                    created_at=now,
+                    published_at=None,
+                )
+            )
+            await conn.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
