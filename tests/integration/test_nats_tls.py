@@ -1,0 +1,111 @@
+"""NATS client TLS against a real nats-server that requires it (certificates made per test).
+
+What each mode proves (docs/operations.md, "TLS"):
+- ``TTP_NATS_TLS_CA`` alone: the client verifies the server's certificate against our CA and
+  its name (IP or DNS) against the URL's host; without that CA the connection is refused;
+- ``TTP_NATS_TLS_CERT`` / ``TTP_NATS_TLS_KEY`` too: the server, configured with
+  ``verify: true``, accepts only clients with a certificate from the CA (mutual TLS).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from nats.js.api import StreamConfig
+
+from harness.nats_tls import TlsNats, tls_nats
+from ttp_runtime.nats import connect, drain
+from ttp_runtime.settings import ServiceSettings
+
+FIRST_CONNECT_S = 10.0
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[TlsNats]:
+    with tls_nats(tmp_path, verify=False) as server:
+        yield server
+
+
+@pytest.fixture
+def mtls_server(tmp_path: Path) -> Iterator[TlsNats]:
+    with tls_nats(tmp_path, verify=True) as server:
+        yield server
+
+
+async def _publish_and_ack(settings: ServiceSettings) -> int:
+    """Connect with `settings`, make a stream, publish one message; the ack's sequence."""
+    client = await connect(settings, "tls-test", initial_timeout_s=FIRST_CONNECT_S)
+    try:
+        js = client.jetstream()
+        name = f"TLS_{uuid.uuid4().hex[:8].upper()}"
+        await js.add_stream(StreamConfig(name=name, subjects=[f"{name.lower()}.>"]))
+        ack = await js.publish(f"{name.lower()}.one", b"over tls", timeout=5)
+        assert ack.stream == name
+        return ack.seq
+    finally:
+        await drain(client)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "host"),
+    [("tls", "127.0.0.1"), ("tls", "localhost"), ("nats", "127.0.0.1")],
+    ids=["tls-url-ip", "tls-url-dns-name", "nats-url-server-requires-tls"],
+)
+async def test_a_client_with_the_ca_verifies_the_server_and_uses_jetstream(
+    tls_server: TlsNats, scheme: str, host: str
+) -> None:
+    settings = ServiceSettings(
+        nats_url=f"{scheme}://{host}:{tls_server.server.port}", nats_tls_ca=tls_server.files.ca
+    )
+    assert await _publish_and_ack(settings) == 1
+
+
+async def test_a_client_without_the_ca_is_refused_with_a_certificate_error(
+    tls_server: TlsNats, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = ServiceSettings(nats_url=tls_server.url)
+    caplog.set_level(logging.WARNING, logger="ttp_runtime.nats")
+    with pytest.raises((TimeoutError, OSError)) as refused:
+        await connect(settings, "no-ca", initial_timeout_s=3.0)
+    said = str(refused.value) + " ".join(r.getMessage() for r in caplog.records)
+    assert "CERTIFICATE_VERIFY_FAILED" in said, said
+
+
+async def test_a_server_certificate_for_another_name_is_refused_even_from_our_ca(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="ttp_runtime.nats")
+    with tls_nats(tmp_path, server_names=("nats.elsewhere.test",)) as server:
+        settings = ServiceSettings(nats_url=server.url, nats_tls_ca=server.files.ca)
+        with pytest.raises((TimeoutError, OSError)) as refused:
+            await connect(settings, "wrong-name", initial_timeout_s=3.0)
+    said = str(refused.value) + " ".join(r.getMessage() for r in caplog.records)
+    assert "IP address mismatch" in said, said
+
+
+async def test_mutual_tls_refuses_a_client_without_a_certificate(
+    mtls_server: TlsNats,
+) -> None:
+    settings = ServiceSettings(nats_url=mtls_server.url, nats_tls_ca=mtls_server.files.ca)
+    with pytest.raises((TimeoutError, OSError)):
+        await connect(settings, "no-cert", initial_timeout_s=3.0)
+    # TLS 1.3 reports the refusal after the handshake, so the client may see only a lost
+    # link; the server's log names the reason.
+    server_said = (mtls_server.server.data_dir / "nats-server.log").read_text()
+    assert "client didn't provide a certificate" in server_said, server_said[-2000:]
+
+
+async def test_mutual_tls_admits_a_client_with_its_certificate_and_key(
+    mtls_server: TlsNats,
+) -> None:
+    settings = ServiceSettings(
+        nats_url=mtls_server.url,
+        nats_tls_ca=mtls_server.files.ca,
+        nats_tls_cert=mtls_server.files.client_cert,
+        nats_tls_key=mtls_server.files.client_key,
+    )
+    assert await _publish_and_ack(settings) == 1
