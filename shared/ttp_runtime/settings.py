@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Final, Literal
+from typing import Final, Literal, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_SECRETS_DIR: Final = Path("/run/secrets/ttp")
@@ -78,6 +78,14 @@ class ServiceSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level."
     )
+
+    @model_validator(mode="after")
+    def _client_key_needs_its_certificate(self) -> Self:
+        # A key alone would be silently unused, and a server demanding mutual TLS would then
+        # refuse the service with nothing pointing at the missing certificate.
+        if self.nats_tls_key is not None and self.nats_tls_cert is None:
+            raise ValueError("TTP_NATS_TLS_KEY is set without TTP_NATS_TLS_CERT")
+        return self
 
     def nats_servers(self) -> list[str]:
         return [url.strip() for url in self.nats_url.split(",") if url.strip()]

@@ -26,3 +26,16 @@ def test_the_environment_wins_over_a_secret_file(
     (tmp_path / "ttp_database_url").write_text("postgresql+psycopg://file@db/ttp")
     settings = MasterSettings(_secrets_dir=tmp_path)  # type: ignore[call-arg]
     assert settings.database_url.get_secret_value() == "postgresql+psycopg://env@db/ttp"
+
+
+def test_a_nats_client_key_without_its_certificate_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pydantic import ValidationError
+
+    from ttp_runtime.settings import ServiceSettings
+
+    monkeypatch.setenv("TTP_NATS_TLS_KEY", "/etc/ttp/tls/tls.key")
+    monkeypatch.delenv("TTP_NATS_TLS_CERT", raising=False)
+    with pytest.raises(ValidationError, match="TTP_NATS_TLS_CERT"):
+        ServiceSettings()
