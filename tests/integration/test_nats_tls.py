@@ -9,9 +9,10 @@ What each mode proves (docs/operations.md, "TLS"):
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -109,3 +110,66 @@ async def test_mutual_tls_admits_a_client_with_its_certificate_and_key(
         nats_tls_key=mtls_server.files.client_key,
     )
     assert await _publish_and_ack(settings) == 1
+
+
+async def test_master_and_worker_apply_a_rule_over_mutual_tls_configured_by_environment_alone(
+    mtls_server: TlsNats,
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from harness.master import install, rule_text, running_master, with_version
+    from ttp_master.settings import MasterSettings
+    from ttp_worker.bootstrap import Worker
+    from ttp_worker.settings import WorkerSettings
+
+    # The NATS side of both services comes from the variables an operator sets, nothing else.
+    monkeypatch.setenv("TTP_NATS_URL", mtls_server.url)
+    monkeypatch.setenv("TTP_NATS_TLS_CA", str(mtls_server.files.ca))
+    monkeypatch.setenv("TTP_NATS_TLS_CERT", str(mtls_server.files.client_cert))
+    monkeypatch.setenv("TTP_NATS_TLS_KEY", str(mtls_server.files.client_key))
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    placed = install(rules, ["R0014"])
+    master_settings = MasterSettings(
+        database_url=database_url,
+        rules_dir=rules,
+        http_host="127.0.0.1",
+        http_port=0,
+        debounce_ms=30,
+        log_format="console",
+    )
+    worker = Worker(
+        WorkerSettings(
+            worker_id="tls-w1", http_host="127.0.0.1", http_port=0, log_format="console"
+        ),
+        lifters={},
+    )
+
+    def held_version() -> int | None:
+        compiled = worker.book.current.index.rule("R0014")
+        return None if compiled is None else compiled.rule_version
+
+    async with running_master(master_settings):
+        task = asyncio.create_task(worker.run(), name="tls-worker")
+        try:
+            await _until(lambda: worker.state.ready or task.done(), "worker ready", task)
+            assert held_version() == 1
+            placed["R0014"].write_text(with_version(rule_text("R0014"), 2))
+            await _until(lambda: held_version() == 2, "R0014 v2 on the worker", task)
+        finally:
+            worker.request_stop()
+            await asyncio.wait_for(task, 15)
+    log = (mtls_server.server.data_dir / "nats-server.log").read_text()
+    assert "TLS handshake error" not in log, log[-2000:]
+
+
+async def _until(condition: Callable[[], bool], what: str, task: asyncio.Task[None]) -> None:
+    deadline = asyncio.get_running_loop().time() + 30.0
+    while not condition():
+        if task.done():
+            task.result()
+            raise AssertionError(f"worker stopped while waiting for {what}")
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
