@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,9 +20,11 @@ import pytest
 from nats.js.api import StreamConfig
 
 from harness.nats_tls import TlsNats, tls_nats
+from ttp_runtime.embedded import EmbeddedNats
 from ttp_runtime.nats import connect, drain
 from ttp_runtime.settings import ServiceSettings
 
+REPO = Path(__file__).resolve().parents[2]
 FIRST_CONNECT_S = 10.0
 
 
@@ -173,3 +176,43 @@ async def _until(condition: Callable[[], bool], what: str, task: asyncio.Task[No
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def test_the_compose_tls_config_with_the_dev_certificates_admits_only_mutual_tls(
+    tmp_path: Path,
+) -> None:
+    # The files compose mounts, run by a real nats-server: the certificate paths point at the
+    # script's output, and the store directory is the launcher's flag (nats-server refuses
+    # it twice).
+    certs = tmp_path / "certs"
+    subprocess.run(
+        [str(REPO / "deploy" / "nats" / "make-dev-certs.sh"), str(certs)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    conf_dir = tmp_path / "conf"
+    conf_dir.mkdir()
+    for name in ("nats.conf", "nats-tls.conf"):
+        text = (REPO / "deploy" / "nats" / name).read_text()
+        text = text.replace("/etc/nats/tls/", f"{certs}/").replace("store_dir: /data", "")
+        (conf_dir / name).write_text(text)
+    with EmbeddedNats(
+        data_dir=tmp_path / "nats", extra_args=("--config", str(conf_dir / "nats-tls.conf"))
+    ) as server:
+        url = f"tls://localhost:{server.port}"
+        mutual = ServiceSettings(
+            nats_url=url,
+            nats_tls_ca=certs / "ca.pem",
+            nats_tls_cert=certs / "client.pem",
+            nats_tls_key=certs / "client-key.pem",
+        )
+        assert await _publish_and_ack(mutual) == 1
+        with pytest.raises((TimeoutError, OSError)):
+            await connect(
+                ServiceSettings(nats_url=url, nats_tls_ca=certs / "ca.pem"),
+                "no-cert",
+                initial_timeout_s=3.0,
+            )
+        log = (server.data_dir / "nats-server.log").read_text()
+    assert "client didn't provide a certificate" in log, log[-2000:]
