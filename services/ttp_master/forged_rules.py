@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from ttp_core.contract import subjects
+from ttp_core.contract.payloads import MASTER_SOURCE, RuleReloaded, RuleStateChanged, envelope
 from ttp_master.db.repository import event_msg_id
 
 MAX_ANSWERABLE_REVISION = 2**53
@@ -76,3 +78,48 @@ def reissued(payload: dict[str, Any], revision: int, time: str) -> dict[str, Any
     data = dict(payload.get("data") or {})
     data["revision"] = revision
     return {**payload, "id": event_msg_id(revision), "time": time, "data": data}
+
+
+REPLACED_REASON = "forged message replaced"
+
+
+def rule_id_of(subject: str) -> str | None:
+    """The rule id a rule subject names, None when it is no valid rule id."""
+    rule_id = subjects.last_token(subject)
+    try:
+        return subjects.token(rule_id)
+    except subjects.SubjectError:
+        return None
+
+
+def replacement_for_unknown(subject: str, revision: int, now: datetime) -> tuple[str, Any]:
+    """(outbox kind, payload) to put over a forged message of a subject PostgreSQL never
+    published: what it holds for such a rule, no operator state (`enabled`) or no rule (a
+    tombstone).
+    """
+    rule_id = subjects.last_token(subject)
+    data: RuleStateChanged | RuleReloaded
+    if subject.startswith(subjects.RULE_STATE_PREFIX + "."):
+        kind = "state"
+        data = RuleStateChanged(
+            rule_id=rule_id,
+            revision=revision,
+            state="enabled",
+            reason=REPLACED_REASON,
+            set_by=MASTER_SOURCE,
+            set_at=now,
+        )
+    else:
+        kind = "deleted"
+        data = RuleReloaded(
+            rule_id=rule_id,
+            revision=revision,
+            rule_version=None,
+            content_sha256=None,
+            source_path="",
+            deleted=True,
+        )
+    event = envelope(
+        data, source=MASTER_SOURCE, subject=rule_id, event_id=event_msg_id(revision), time=now
+    )
+    return kind, event.model_dump(mode="json")

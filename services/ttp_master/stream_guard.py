@@ -29,6 +29,8 @@ from ttp_master.forged_rules import (
     is_rule_subject,
     judge,
     reissued,
+    replacement_for_unknown,
+    rule_id_of,
 )
 from ttp_master.outbox_relay import EventPublisher
 
@@ -42,16 +44,13 @@ _LATEST_PER_SUBJECT = text(
 
 
 _LATEST_OF_SUBJECT = text(
-    "SELECT revision, rule_id, kind, subject, msg_id, payload FROM ttp_rule_event "
+    "SELECT kind, payload FROM ttp_rule_event "
     "WHERE jetstream AND published_at IS NOT NULL AND subject = :subject "
     "ORDER BY revision DESC LIMIT 1"
 )
-# Moves the revision sequence past a forged revision, never back (GREATEST with its own
-# value), then takes the next one: the reissue's revision is newer than the forged one.
-_REVISION_PAST = text(
-    "SELECT nextval('ttp_revision_seq') FROM "
-    "(SELECT setval('ttp_revision_seq', GREATEST(last_value, :past)) FROM ttp_revision_seq) s"
-)
+_NEXT_REVISION = text("SELECT nextval('ttp_revision_seq')")
+# Only ever forward: used when the next value is not past the forged revision.
+_SEQUENCE_TO = text("SELECT setval('ttp_revision_seq', :past)")
 REPAIR_ACTOR = "ttp-master (stream guard: forged message replaced)"
 """The audit actor of an outbox row that reissues a rule's event over a forged message."""
 
@@ -229,24 +228,34 @@ class StreamGuard:
             forgery.reason,
             extra={"subject": forgery.subject, "forged_revision": forgery.revision},
         )
+        rule_id = rule_id_of(forgery.subject)
+        if rule_id is None:
+            _log.error("%s names no valid rule id: nothing to reissue", forgery.subject)
+            return
+        past = int(forgery.revision or 0)
+        if past > MAX_ANSWERABLE_REVISION:
+            past = 0  # see MAX_ANSWERABLE_REVISION: a reissue under a normal revision
         async with self._engine.begin() as conn:
             latest = (await conn.execute(_LATEST_OF_SUBJECT, {"subject": forgery.subject})).first()
-            if latest is None:
-                # No rule of that id was ever published: nothing of ours to put back.
-                _log.error("no event of %s in PostgreSQL to reissue", forgery.subject)
-                return
-            past = int(forgery.revision or 0)
-            if past > MAX_ANSWERABLE_REVISION:
-                past = 0  # see MAX_ANSWERABLE_REVISION: a reissue under a normal revision
-            revision = int(await conn.scalar(_REVISION_PAST, {"past": past}) or 0)
+            revision = int(await conn.scalar(_NEXT_REVISION) or 0)
+            if revision <= past:
+                # Workers apply only newer revisions: jump the sequence past the forged one.
+                await conn.execute(_SEQUENCE_TO, {"past": past})
+                revision = int(await conn.scalar(_NEXT_REVISION) or 0)
             now = datetime.now(UTC)
-            payload = reissued(dict(latest.payload), revision, now.isoformat())
+            if latest is not None:
+                kind = str(latest.kind)
+                payload = reissued(dict(latest.payload), revision, now.isoformat())
+            else:
+                # No event of this subject was ever published: put back what PostgreSQL
+                # holds for such a rule (no state, or no rule).
+                kind, payload = replacement_for_unknown(forgery.subject, revision, now)
             await conn.execute(
                 rule_event.insert().values(
                     revision=revision,
-                    rule_id=latest.rule_id,
-                    kind=latest.kind,
-                    subject=latest.subject,
+                    rule_id=rule_id,
+                    kind=kind,
+                    subject=forgery.subject,
                     msg_id=event_msg_id(revision),
                     jetstream=True,
                     payload=payload,

@@ -39,6 +39,7 @@ from ttp_core.contract.payloads import (
 )
 from ttp_core.engine.index import RuleIndex
 from ttp_core.engine.tags import Tag, tag_uuid
+from ttp_master import bootstrap
 from ttp_worker import metrics
 from ttp_worker.bootstrap import Worker, ensure_streams_exist
 from ttp_worker.event_consumer import EventConsumer
@@ -306,7 +307,13 @@ async def test_rule_changes_reach_every_worker_and_a_late_worker_matches_the_mas
             assert status.ready is True
 
 
-async def test_stale_and_duplicate_rule_messages_are_ignored_and_states_apply(rig: Rig) -> None:
+async def test_stale_and_duplicate_rule_messages_are_ignored_and_states_apply(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # This test publishes rule messages itself, as only the master should: the master's
+    # stream guard would replace them as forged (test_master_forged_rules proves that) and
+    # change what the worker holds midway, so its check waits past the end of the test.
+    monkeypatch.setattr(bootstrap, "STREAM_CHECK_INTERVAL_S", 3600.0)
     install(rig.rules, ["R0010"])
     (rig.rules / "R0014.yaml").write_text(GOLDEN_RULE)
     async with rig.master(), rig.worker("w1") as worker:
