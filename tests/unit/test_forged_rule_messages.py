@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
+from ttp_core.contract.payloads import RuleReloaded, RuleStateChanged, decode
 from ttp_master.forged_rules import (
     claimed_revision,
     is_rule_subject,
     judge,
     reissued,
+    replacement_for_unknown,
+    rule_id_of,
 )
 
 SUBJECT = "ttp.rule.state.R0001"
@@ -87,3 +91,29 @@ def test_a_reissue_keeps_the_content_under_the_new_revision() -> None:
         k: v for k, v in stored.items() if k not in ("id", "time", "data")
     }
     assert stored["data"]["revision"] == 7  # the stored event is not changed in place
+
+
+def test_a_forged_state_of_a_rule_never_stated_is_answered_with_enabled() -> None:
+    now = datetime(2026, 12, 6, 5, 0, tzinfo=UTC)
+    kind, payload = replacement_for_unknown("ttp.rule.state.R0042", 10**9 + 1, now)
+    assert kind == "state"
+    event = decode(json.dumps(payload).encode(), RuleStateChanged)
+    assert event.id == f"ttp-rev-{10**9 + 1}"
+    assert (event.data.rule_id, event.data.revision, event.data.state) == (
+        "R0042",
+        10**9 + 1,
+        "enabled",
+    )
+
+
+def test_a_forged_definition_of_a_rule_never_published_is_answered_with_a_tombstone() -> None:
+    now = datetime(2026, 12, 6, 5, 0, tzinfo=UTC)
+    kind, payload = replacement_for_unknown("ttp.rule.reloaded.R0042", 12, now)
+    assert kind == "deleted"
+    event = decode(json.dumps(payload).encode(), RuleReloaded)
+    assert (event.data.rule_id, event.data.revision, event.data.deleted) == ("R0042", 12, True)
+
+
+def test_a_subject_naming_no_valid_rule_id_has_nothing_to_answer_with() -> None:
+    assert rule_id_of("ttp.rule.state.R0042") == "R0042"
+    assert rule_id_of("ttp.rule.state." + "x" * 65) is None
