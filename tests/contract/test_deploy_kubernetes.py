@@ -44,7 +44,7 @@ SETTINGS_BY_PROGRAM: dict[str, type[BaseSettings]] = {
     "ttpctl": ServiceSettings,
 }
 # Secrets prod expects to exist already (created by an external secret manager).
-PROD_EXTERNAL_SECRETS = {"ttp-database", "ttp-database-migrate", "ttp-nats"}
+PROD_EXTERNAL_SECRETS = {"ttp-database", "ttp-database-migrate", "ttp-nats", "ttp-nats-ca"}
 
 
 def tool(name: str) -> Path:
@@ -306,6 +306,8 @@ def test_every_ttp_variable_is_a_setting_and_every_reference_exists(
         for volume in spec.get("volumes", []):
             if "configMap" in volume:
                 assert volume["configMap"]["name"] in configmaps, where
+            if "secret" in volume:
+                secret_refs.add(volume["secret"]["secretName"])
         for container in containers(spec):
             program = container["command"][0]
             known = env_names(SETTINGS_BY_PROGRAM[program])
@@ -332,7 +334,7 @@ def test_every_ttp_variable_is_a_setting_and_every_reference_exists(
 
 
 def test_prod_replicates_streams_three_ways_and_dev_once() -> None:
-    for name, replicas in (("dev", "1"), ("prod", "3")):
+    for name, replicas, scheme in (("dev", "1", "nats"), ("prod", "3", "tls")):
         docs = render(f"overlays/{name}")
         (config,) = [
             d
@@ -340,7 +342,29 @@ def test_prod_replicates_streams_three_ways_and_dev_once() -> None:
             if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("ttp-config")
         ]
         assert config["data"]["TTP_STREAM_REPLICAS"] == replicas
-        assert config["data"]["TTP_NATS_URL"] == "nats://nats.nats.svc.cluster.local:4222"
+        assert config["data"]["TTP_NATS_URL"] == f"{scheme}://nats.nats.svc.cluster.local:4222"
+
+
+def test_prod_services_verify_the_nats_server_against_a_mounted_ca() -> None:
+    docs = render("overlays/prod")
+    for name in ("ttp-master", "ttp-worker"):
+        spec = find(docs, "Deployment", name)["spec"]["template"]["spec"]
+        (container,) = spec["containers"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        ca = Path(env["TTP_NATS_TLS_CA"])
+        (volume,) = [v for v in spec["volumes"] if v["name"] == "nats-ca"]
+        assert volume["secret"]["secretName"] == "ttp-nats-ca"
+        (mount,) = [m for m in container["volumeMounts"] if m["name"] == "nats-ca"]
+        assert mount["readOnly"] is True and "subPath" not in mount
+        assert ca.parent == Path(mount["mountPath"])
+        assert [i["path"] for i in volume["secret"]["items"]] == [ca.name]
+    job = find(docs, "Job", "ttp-migrate")["spec"]["template"]["spec"]["containers"][0]
+    assert "TTP_NATS_TLS_CA" not in {e["name"] for e in job["env"]}
+    # The server side: the chart's client TLS from the Secret cert-manager (or you) writes.
+    prod = yaml.safe_load((KUBE / "nats" / "values-prod.yaml").read_text())
+    tls = prod["config"]["nats"]["tls"]
+    assert tls["enabled"] is True and tls["secretName"] == "nats-server-tls"
+    assert prod["tlsCA"] == {"enabled": True, "secretName": "nats-server-tls", "key": "ca.crt"}
 
 
 # --------------------------------------------------------------------------------------------
