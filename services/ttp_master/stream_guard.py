@@ -3,7 +3,8 @@
 PostgreSQL is the source of truth and JetStream the distribution log: when the stream is
 missing, emptied or behind (deleted by an operator, lost with a NATS volume), the latest
 published event of every subject is published again from `ttp_rule_event`, with its
-original `Nats-Msg-Id`.
+original `Nats-Msg-Id`. It also verifies each rule message the stream receives against the
+outbox and replaces one PostgreSQL never produced (`verify`, `ttp_master.forged_rules`).
 """
 
 from __future__ import annotations
