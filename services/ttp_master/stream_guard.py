@@ -202,7 +202,10 @@ class StreamGuard:
         return forged
 
     async def _judge(self, seen: list[tuple[str, bytes]]) -> list[Forgery]:
-        claimed = {r for r in (claimed_revision(raw) for _, raw in seen) if r is not None}
+        # Only what a bigint column can hold is looked up; anything else was never produced.
+        claimed = {
+            r for r in (claimed_revision(raw) for _, raw in seen) if r is not None and 0 < r < 2**63
+        }
         produced: dict[int, tuple[str, Any]] = {}
         if claimed:
             async with self._engine.connect() as conn:

@@ -225,3 +225,50 @@ async def test_forged_state_and_definition_are_replaced_and_the_worker_matches_t
         (subjects.rule_state(disabled_id), FORGED_REVISION),
         (subjects.rule_reloaded(edited_id), real_revision),
     }
+
+
+async def test_a_forged_revision_beyond_reach_is_replaced_without_exhausting_the_sequence(
+    private_nats: Any,
+    database_url: str,
+    database_dsn: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(bootstrap, "STREAM_CHECK_INTERVAL_S", 0.3)
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    near_limit_id, beyond_bigint_id = ids = starter_ids(2)
+    install(rules, ids)
+    settings = master_settings(private_nats.url, database_url, rules, relay_poll_interval_s=0.1)
+    async with nats_client(private_nats.url) as nc, running_master(settings):
+        js = nc.jetstream()
+        genuine = await master_summary(js)
+        for rule_id, revision in ((near_limit_id, 2**62), (beyond_bigint_id, 10**30)):
+            await forge(
+                js,
+                subjects.rule_state(rule_id),
+                RuleStateChanged(rule_id=rule_id, revision=revision, state="disabled"),
+                rule_id,
+            )
+
+        async def replaced() -> bool:
+            rows = await query(
+                database_dsn,
+                "SELECT subject FROM ttp_rule_event WHERE actor = %s AND published_at IS NOT NULL",
+                REPAIR_ACTOR,
+            )
+            return {r["subject"] for r in rows} == {subjects.rule_state(i) for i in ids}
+
+        await wait_until(replaced, "both forgeries replaced")
+        (sequence,) = await query(database_dsn, "SELECT last_value FROM ttp_revision_seq")
+        assert sequence["last_value"] < 2**53
+        for rule_id in ids:
+            held = await stream_last(js, subjects.rule_state(rule_id))
+            assert held is not None
+            assert held["data"]["state"] == "enabled"
+            assert held["data"]["revision"] < 2**53
+        # A worker that starts now (or resyncs) reads the master's rules, not the forgery.
+        async with running_worker(private_nats.url) as worker:
+            await wait_until(lambda: holds_master_digest(js, worker), "a new worker to converge")
+            assert (await master_summary(js)).digest == genuine.digest
+            assert not worker.book.current.index.states
