@@ -142,6 +142,30 @@ def _tls_context(settings: ServiceSettings) -> ssl.SSLContext | None:
     return context
 
 
+def _wants_tls(settings: ServiceSettings) -> bool:
+    if settings.nats_tls_ca is not None or settings.nats_tls_cert is not None:
+        return True
+    return any(url.lower().startswith("tls://") for url in settings.nats_servers())
+
+
+class _TlsOnlyClient(Client):
+    """A client that sends nothing past the server's greeting unless the link is TLS.
+
+    nats-py upgrades to TLS only when the server's plaintext INFO says ``tls_required``, even
+    for a ``tls://`` URL with our own CA: a server without TLS, or anyone in the path who
+    strips that flag, would receive CONNECT, credentials included, in clear. INFO is handled
+    before CONNECT is written, so refusing here sends nothing.
+    """
+
+    async def _process_info(self, info: dict[str, Any], initial_connection: bool = False) -> None:
+        if initial_connection and not info.get("tls_required", False):
+            raise nats.errors.Error(
+                "nats: TLS is configured (TTP_NATS_TLS_* or a tls:// URL) but the server does"
+                " not require it; not connecting in clear"
+            )
+        await super()._process_info(info, initial_connection)
+
+
 def _auth_options(settings: ServiceSettings) -> dict[str, Any]:
     options: dict[str, Any] = {}
     if settings.nats_user is not None:
@@ -200,14 +224,16 @@ async def connect(
     The client reconnects forever (``max_reconnect_attempts=-1``) with a jittered wait, pings
     every ``settings.nats_ping_interval_s`` (rounded up to whole seconds, as nats-py wants) so
     a dead link shows within a few intervals, and authenticates with the user/password,
-    token, ``.creds`` file and TLS files of ``settings``. Disconnects, reconnects, errors and
-    closing are logged; ``callbacks`` (``error_cb``, ``disconnected_cb``, ...) run after that.
+    token, ``.creds`` file and TLS files of ``settings``. With TLS configured (a TLS file or a
+    ``tls://`` URL) a server that does not require TLS is refused before CONNECT, never talked
+    to in clear. Disconnects, reconnects, errors and closing are logged; ``callbacks``
+    (``error_cb``, ``disconnected_cb``, ...) run after that.
 
     By default the first connection is awaited for as long as it takes (a service waits for
     NATS to come up). ``initial_timeout_s`` bounds it for callers that must fail fast, such as
     the CLI: ``TimeoutError`` is raised and the half-made client closed.
     """
-    client = Client()
+    client = _TlsOnlyClient() if _wants_tls(settings) else Client()
     user_error_cb = callbacks.get("error_cb")
 
     repeats = RepeatThrottle(_ERROR_LOG_WINDOW_S)

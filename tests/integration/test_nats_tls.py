@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from nats.js.api import StreamConfig
 
-from harness.nats_tls import TlsNats, tls_nats
+from harness.nats_tls import TlsNats, make_tls_files, tls_nats
 from ttp_runtime.embedded import EmbeddedNats
 from ttp_runtime.nats import connect, drain
 from ttp_runtime.settings import ServiceSettings
@@ -216,3 +216,23 @@ async def test_the_compose_tls_config_with_the_dev_certificates_admits_only_mutu
             )
         log = (server.data_dir / "nats-server.log").read_text()
     assert "client didn't provide a certificate" in log, log[-2000:]
+
+
+@pytest.mark.parametrize("scheme", ["tls", "nats"])
+async def test_a_client_configured_for_tls_never_talks_in_clear_to_a_server_without_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, scheme: str
+) -> None:
+    # nats-py by itself would send CONNECT (credentials included) in clear here.
+    files = make_tls_files(tmp_path / "pki")
+    caplog.set_level(logging.WARNING, logger="ttp_runtime.nats")
+    with EmbeddedNats(data_dir=tmp_path / "plain") as plain:
+        settings = ServiceSettings(
+            nats_url=f"{scheme}://127.0.0.1:{plain.port}",
+            nats_tls_ca=files.ca,
+            nats_user="ttp",
+            nats_password="never-in-clear",
+        )
+        with pytest.raises(TimeoutError):
+            await connect(settings, "downgraded", initial_timeout_s=3.0)
+    said = " ".join(r.getMessage() for r in caplog.records)
+    assert "server does not require it; not connecting in clear" in said, said
