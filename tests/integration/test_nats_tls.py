@@ -236,3 +236,43 @@ async def test_a_client_configured_for_tls_never_talks_in_clear_to_a_server_with
             await connect(settings, "downgraded", initial_timeout_s=3.0)
     said = " ".join(r.getMessage() for r in caplog.records)
     assert "server does not require it; not connecting in clear" in said, said
+
+
+def test_ttpctl_publishes_events_over_mutual_tls_from_the_environment(
+    mtls_server: TlsNats, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from ttp_core.contract import subjects
+    from ttp_runtime.nats import ensure_streams
+    from ttpctl.app import app
+
+    monkeypatch.setenv("TTP_NATS_TLS_CA", str(mtls_server.files.ca))
+    monkeypatch.setenv("TTP_NATS_TLS_CERT", str(mtls_server.files.client_cert))
+    monkeypatch.setenv("TTP_NATS_TLS_KEY", str(mtls_server.files.client_key))
+    settings = ServiceSettings(nats_url=mtls_server.url)
+
+    async def create_streams() -> None:
+        client = await connect(settings, "setup", initial_timeout_s=FIRST_CONNECT_S)
+        try:
+            await ensure_streams(client.jetstream(), 1, 3600, -1, 3600)
+        finally:
+            await drain(client)
+
+    async def stored_events() -> int:
+        client = await connect(settings, "check", initial_timeout_s=FIRST_CONNECT_S)
+        try:
+            info = await client.jetstream().stream_info(subjects.STREAM_EVENTS)
+            return int(info.state.messages)
+        finally:
+            await drain(client)
+
+    asyncio.run(create_streams())
+    events = tmp_path / "events.jsonl"
+    demo = (REPO / "services" / "ttpctl" / "demo_events.jsonl").read_text().splitlines()
+    events.write_text(demo[0] + "\n")
+    result = CliRunner().invoke(
+        app, ["events", "publish", str(events), "--nats-url", mtls_server.url]
+    )
+    assert result.exit_code == 0, result.output
+    assert asyncio.run(stored_events()) == 1
