@@ -49,6 +49,7 @@ __all__ = [
     "RepeatThrottle",
     "StreamConfigError",
     "StreamOutcome",
+    "TlsFilesError",
     "configured_streams",
     "connect",
     "drain",
@@ -127,18 +128,32 @@ class RepeatThrottle:
         return self._held.pop(text, 0)
 
 
+class TlsFilesError(RuntimeError):
+    """A NATS TLS file of the settings cannot be read or holds no usable certificate or key."""
+
+
+def _file_problem(error: OSError) -> str:
+    # ssl reports a missing file without its name and a bad one as "[X509: ...] ..."
+    return error.strerror or str(error) or type(error).__name__
+
+
 def _tls_context(settings: ServiceSettings) -> ssl.SSLContext | None:
     if settings.nats_tls_ca is None and settings.nats_tls_cert is None:
         # A tls:// URL without our own CA still gets TLS: nats-py then uses the system store.
         return None
-    context = ssl.create_default_context(
-        cafile=str(settings.nats_tls_ca) if settings.nats_tls_ca is not None else None
-    )
+    ca = settings.nats_tls_ca
+    try:
+        context = ssl.create_default_context(cafile=str(ca) if ca is not None else None)
+    except OSError as exc:  # ssl.SSLError included
+        raise TlsFilesError(f"TTP_NATS_TLS_CA={ca}: {_file_problem(exc)}") from exc
     if settings.nats_tls_cert is not None:
-        context.load_cert_chain(
-            str(settings.nats_tls_cert),
-            str(settings.nats_tls_key) if settings.nats_tls_key is not None else None,
-        )
+        cert, key = settings.nats_tls_cert, settings.nats_tls_key
+        try:
+            context.load_cert_chain(str(cert), str(key) if key is not None else None)
+        except OSError as exc:
+            raise TlsFilesError(
+                f"TTP_NATS_TLS_CERT={cert}, TTP_NATS_TLS_KEY={key}: {_file_problem(exc)}"
+            ) from exc
     return context
 
 
@@ -231,7 +246,8 @@ async def connect(
 
     By default the first connection is awaited for as long as it takes (a service waits for
     NATS to come up). ``initial_timeout_s`` bounds it for callers that must fail fast, such as
-    the CLI: ``TimeoutError`` is raised and the half-made client closed.
+    the CLI: ``TimeoutError`` is raised and the half-made client closed. A TLS file that
+    cannot be read or used raises :class:`TlsFilesError` (naming the variable) at once.
     """
     client = _TlsOnlyClient() if _wants_tls(settings) else Client()
     user_error_cb = callbacks.get("error_cb")
