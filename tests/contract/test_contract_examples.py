@@ -19,9 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from test_contract_live_messages import running_worker
-
 from harness.master import install, master_settings, nats_client, running_master, with_version
+from harness.worker import running_worker
 from ttp_core.contract import subjects
 from ttp_master.settings import MasterSettings
 from ttp_runtime.settings import ServiceSettings

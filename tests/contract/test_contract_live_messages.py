@@ -20,9 +20,8 @@ Each captured message is validated against `docs/schemas/<type>.json` chosen by 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,6 +39,7 @@ from harness.master import (
     running_master,
     with_version,
 )
+from harness.worker import running_worker
 from ttp_core.contract import subjects
 from ttp_core.contract.payloads import (
     DATA_MODELS,
@@ -48,8 +48,6 @@ from ttp_core.contract.payloads import (
     envelope,
     schema_id,
 )
-from ttp_worker.bootstrap import Worker
-from ttp_worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = REPO / "docs" / "schemas"
@@ -114,40 +112,6 @@ class Recorder:
 def data_of(m: Captured) -> dict[str, Any]:
     body = m.body
     return body.get("data", {}) if isinstance(body, dict) else {}
-
-
-@contextlib.asynccontextmanager
-async def running_worker(nats_url: str, worker_id: str) -> AsyncIterator[Worker]:
-    settings = WorkerSettings(
-        nats_url=nats_url,
-        worker_id=worker_id,
-        http_host="127.0.0.1",
-        http_port=0,
-        log_format="console",
-        fetch_timeout_s=0.2,
-        status_interval_s=0.5,
-        ack_wait_s=2.0,
-    )
-    worker = Worker(settings, lifters={})
-    task = asyncio.create_task(worker.run(), name=f"contract-worker-{worker_id}")
-    try:
-        deadline = asyncio.get_running_loop().time() + TIMEOUT_S
-        while not worker.state.ready:
-            if task.done():
-                task.result()
-                raise AssertionError("worker stopped before it became ready")
-            assert asyncio.get_running_loop().time() < deadline, "worker not ready"
-            await asyncio.sleep(0.02)
-        yield worker
-    finally:
-        worker.request_stop()
-        try:
-            await asyncio.wait_for(task, 15)
-        except BaseException:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-            raise
 
 
 def libpq(url: str) -> str:

@@ -10,11 +10,8 @@ in-process master and worker.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +30,7 @@ from harness.master import (
     stream_last,
     wait_until,
 )
+from harness.worker import running_worker, wait_for
 from ttp_core.contract import subjects
 from ttp_core.contract.payloads import (
     MASTER_SOURCE,
@@ -46,49 +44,9 @@ from ttp_core.contract.payloads import (
 from ttp_master import bootstrap
 from ttp_master.stream_guard import REPAIR_ACTOR
 from ttp_worker.bootstrap import Worker
-from ttp_worker.settings import WorkerSettings
 
 FORGED_REVISION = 10**9
 TIMEOUT_S = 30.0
-
-
-@contextlib.asynccontextmanager
-async def running_worker(nats_url: str) -> AsyncIterator[Worker]:
-    """`Worker(settings).run()` as a task, ready (snapshot applied); stopped on exit."""
-    settings = WorkerSettings(
-        nats_url=nats_url,
-        worker_id="w-forged",
-        http_host="127.0.0.1",
-        http_port=0,
-        log_format="console",
-        fetch_timeout_s=0.2,
-        status_interval_s=0.5,
-    )
-    worker = Worker(settings, lifters={})
-    task = asyncio.create_task(worker.run(), name="test-worker-forged")
-    try:
-        await wait_for(lambda: worker.state.ready or task.done(), "worker ready")
-        if task.done():
-            task.result()
-            raise AssertionError("worker stopped before it became ready")
-        yield worker
-    finally:
-        worker.request_stop()
-        try:
-            await asyncio.wait_for(task, 15)
-        except BaseException:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-            raise
-
-
-async def wait_for(condition: Callable[[], bool], what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + TIMEOUT_S
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {TIMEOUT_S} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def master_summary(js: JetStreamContext) -> RulesetRevision:
@@ -134,7 +92,7 @@ async def test_forged_state_and_definition_are_replaced_and_the_worker_matches_t
     async with (
         nats_client(private_nats.url) as nc,
         running_master(settings),
-        running_worker(private_nats.url) as worker,
+        running_worker(private_nats.url, "w-forged") as worker,
     ):
         js = nc.jetstream()
         await wait_until(lambda: holds_master_digest(js, worker), "the worker to converge")
@@ -182,10 +140,12 @@ async def test_forged_state_and_definition_are_replaced_and_the_worker_matches_t
         await wait_for(
             lambda: (book.held_state(disabled_id) or 0) > FORGED_REVISION,
             "a state newer than the forged revision",
+            TIMEOUT_S,
         )
         await wait_for(
             lambda: (book.held_definition(edited_id) or 0) > FORGED_REVISION,
             "the definition reissued past the forged revision",
+            TIMEOUT_S,
         )
         await wait_until(lambda: holds_master_digest(js, worker), "the worker to match again")
         summary = await master_summary(js)
@@ -268,7 +228,7 @@ async def test_a_forged_revision_beyond_reach_is_replaced_without_exhausting_the
             assert held["data"]["state"] == "enabled"
             assert held["data"]["revision"] < 2**53
         # A worker that starts now (or resyncs) reads the master's rules, not the forgery.
-        async with running_worker(private_nats.url) as worker:
+        async with running_worker(private_nats.url, "w-forged") as worker:
             await wait_until(lambda: holds_master_digest(js, worker), "a new worker to converge")
             assert (await master_summary(js)).digest == genuine.digest
             assert not worker.book.current.index.states

@@ -26,9 +26,9 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from test_worker_flow import running_worker
 
 from harness.master import install, master_settings, running_master, with_version
+from harness.worker import running_worker
 from ttp_runtime.tracing import MESSAGING_DESTINATION_NAME
 
 TIMEOUT_S = 30.0

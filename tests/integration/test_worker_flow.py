@@ -9,10 +9,9 @@ could. Events go in on TTP_EVENTS and the tests read TTP_TAGS and TTP_DEADLETTER
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +24,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, DiscardPolicy
 from nats.js.client import JetStreamContext
 
 from harness.master import install, nats_client, rule_text, running_master, with_version
+from harness.worker import TIMEOUT_S, running_worker, wait_for, worker_settings
 from ttp_core.contract import subjects
 from ttp_core.contract.payloads import (
     MASTER_SOURCE,
@@ -45,9 +45,7 @@ from ttp_worker.bootstrap import Worker, ensure_streams_exist
 from ttp_worker.event_consumer import EventConsumer
 from ttp_worker.events import tagged_event_id, tagged_msg_id
 from ttp_worker.rulebook import Ruleset
-from ttp_worker.settings import WorkerSettings
 
-TIMEOUT_S = 20.0
 GOLDEN_UUID = "9aa491e5-f03b-5d8f-9eb5-161becedcdd6"
 
 GOLDEN_RULE = """\
@@ -69,53 +67,6 @@ evidence_fields: [command_text]
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-
-
-def worker_settings(nats_url: str, worker_id: str, **overrides: Any) -> WorkerSettings:
-    values: dict[str, Any] = {
-        "nats_url": nats_url,
-        "worker_id": worker_id,
-        "http_host": "127.0.0.1",
-        "http_port": 0,
-        "log_format": "console",
-        "fetch_timeout_s": 0.2,
-        "status_interval_s": 0.5,
-        "ack_wait_s": 2.0,
-    }
-    values.update(overrides)
-    return WorkerSettings(**values)
-
-
-@contextlib.asynccontextmanager
-async def running_worker(
-    nats_url: str, worker_id: str, *, lifters: dict[str, Any] | None = None, **overrides: Any
-) -> AsyncIterator[Worker]:
-    """`Worker(settings).run()` as a task, ready (snapshot applied); stopped on exit."""
-    worker = Worker(worker_settings(nats_url, worker_id, **overrides), lifters=lifters or {})
-    task = asyncio.create_task(worker.run(), name=f"test-worker-{worker_id}")
-    try:
-        await wait_for(lambda: worker.state.ready or task.done(), f"{worker_id} ready")
-        if task.done():
-            task.result()
-            raise AssertionError("worker stopped before it became ready")
-        yield worker
-    finally:
-        worker.request_stop()
-        try:
-            await asyncio.wait_for(task, 15)
-        except BaseException:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-            raise
-
-
-async def wait_for(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT_S) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not condition():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def rule_version(worker: Worker, rule_id: str) -> int | None:
