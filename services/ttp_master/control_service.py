@@ -390,7 +390,7 @@ class ControlService:
             )
         # The server has the new subscriptions once this round trip returns.
         with contextlib.suppress(Exception):
-            await self._nc.flush(timeout=2)
+            await self._nc.flush(timeout=5)
         if role == "leader":
             self._leader_since = time.monotonic()
         old, self._service = self._service, service

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import nats.errors
+import nats.js.errors
 import psycopg
 import yaml
 from nats.aio.client import Client
@@ -287,9 +288,18 @@ async def stream_messages(js: JetStreamContext, stream: str, chunk: int = 500) -
     )
     total = (await js.stream_info(stream)).state.messages
     messages: list[Msg] = []
+    unavailable = 0
     try:
         while len(messages) < total:
-            messages += await sub.fetch(min(chunk, total - len(messages)), timeout=5)
+            try:
+                messages += await sub.fetch(min(chunk, total - len(messages)), timeout=5)
+            except nats.js.errors.ServiceUnavailableError:
+                # A replicated stream's new consumer answers 503 until its leader is
+                # elected: wait for it, as any client of a cluster would.
+                unavailable += 1
+                if unavailable > 50:
+                    raise
+                await asyncio.sleep(0.2)
     finally:
         await sub.unsubscribe()
     return messages
