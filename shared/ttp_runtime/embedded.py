@@ -219,7 +219,10 @@ class _EmbeddedServer(abc.ABC):
         start_timeout: float,
         stop_timeout: float,
         die_with_parent: bool,
+        extra_env: Mapping[str, str] | None = None,
     ) -> None:
+        self.extra_env = dict(extra_env or {})
+        """Variables added to the server's environment (the NATS accounts' passwords)."""
         self._given_data_dir = Path(data_dir).absolute() if data_dir is not None else None
         self._temp_dir: Path | None = None
         self.start_timeout = start_timeout
@@ -415,6 +418,7 @@ class _EmbeddedServer(abc.ABC):
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.data_dir,
+                env={**os.environ, **self.extra_env} if self.extra_env else None,
                 start_new_session=True,
                 preexec_fn=hook,  # noqa: PLW1509
                 user=account.pw_uid if account else None,
@@ -486,6 +490,8 @@ class EmbeddedNats(_EmbeddedServer):
         stop_timeout: seconds between the shutdown request and SIGKILL.
         die_with_parent: on Linux, let the kernel stop the server if this process dies.
         extra_args: further ``nats-server`` command-line arguments.
+        extra_env: variables added to the server's environment, for ``$VAR`` references in a
+            config file (the passwords of ``ttp_runtime/nats_accounts.conf``).
     """
 
     _display_name = "nats-server"
@@ -503,12 +509,14 @@ class EmbeddedNats(_EmbeddedServer):
         stop_timeout: float = 10.0,
         die_with_parent: bool = True,
         extra_args: Sequence[str] = (),
+        extra_env: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(
             data_dir=data_dir,
             start_timeout=start_timeout,
             stop_timeout=stop_timeout,
             die_with_parent=die_with_parent,
+            extra_env=extra_env,
         )
         self._ports_given = port is not None or monitor_port is not None
         self.port = port if port is not None else free_port()

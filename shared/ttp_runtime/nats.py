@@ -182,7 +182,7 @@ class _TlsOnlyClient(Client):
 
 
 def _auth_options(settings: ServiceSettings) -> dict[str, Any]:
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"inbox_prefix": settings.nats_inbox_prefix}
     if settings.nats_user is not None:
         options["user"] = settings.nats_user
     if settings.nats_password is not None:

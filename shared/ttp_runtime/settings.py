@@ -40,6 +40,14 @@ class ServiceSettings(BaseSettings):
     nats_tls_ca: Path | None = Field(default=None, description="CA bundle for NATS TLS.")
     nats_tls_cert: Path | None = Field(default=None, description="Client certificate for NATS TLS.")
     nats_tls_key: Path | None = Field(default=None, description="Client key for NATS TLS.")
+    nats_inbox_prefix: str = Field(
+        default="_INBOX",
+        pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
+        description=(
+            "Subject prefix of this client's reply inboxes. Each role has its own in the "
+            "shipped NATS accounts config, so one role cannot read another's replies."
+        ),
+    )
     nats_ping_interval_s: float = Field(
         default=5.0, gt=0, description="Seconds between client pings; a dead link shows fast."
     )
