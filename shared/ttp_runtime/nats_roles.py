@@ -76,8 +76,15 @@ class RoleCredentials:
 
 
 def generate_credentials(roles: Iterable[Role] = ROLES) -> dict[Role, RoleCredentials]:
-    """A fresh random password for each role."""
-    return {role: RoleCredentials(role, secrets.token_urlsafe(24)) for role in roles}
+    """A fresh random password for each role (192 random bits)."""
+    return {role: RoleCredentials(role, _password()) for role in roles}
+
+
+def _password() -> str:
+    # nats-server parses an environment variable's value as a config value, not as a plain
+    # string: "-x..." is read as a number and "12-x..." as a date (both refuse to start),
+    # "123" becomes an integer. A letter followed by hex digits is always a plain string.
+    return "p" + secrets.token_hex(24)
 
 
 def server_environment(credentials: Mapping[Role, RoleCredentials]) -> dict[str, str]:

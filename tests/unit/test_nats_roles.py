@@ -52,3 +52,11 @@ def test_credential_files_are_private_and_hold_the_role_settings(tmp_path: Path)
             "TTP_NATS_PASSWORD": credentials[role].password,
             "TTP_NATS_INBOX_PREFIX": f"_INBOX_{role}",
         }
+
+
+def test_passwords_read_as_plain_strings_by_the_nats_config_parser() -> None:
+    # nats-server parses a variable's value as a config value: a leading "-" or digit could
+    # turn it into a number or a date and stop the server from starting.
+    for _ in range(50):
+        for creds in generate_credentials().values():
+            assert re.fullmatch(r"[a-z][0-9a-f]{48}", creds.password), creds.password
