@@ -75,5 +75,10 @@ bench-quick: $(STAMP)
 	$(BIN)/python -m bench.fleet --quick
 	$(BIN)/python -m bench.control --quick
 
+## compose-credentials: a random NATS password per role for compose.yaml, in .env (kept if set).
+.PHONY: compose-credentials
+compose-credentials:
+	deploy/compose/make-credentials.sh
+
 clean:
 	rm -rf $(VENV) $(TOOLS) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -8,27 +8,58 @@
   runs (derived from the pydantic models, so a renamed setting fails here).
 - Two workers, the master watching ``./rules`` read-only at ``/rules``, pinned images, files
   that bind mounts name exist, the demo feeder uses the bundled demo events.
+- NATS runs ``deploy/nats/nats.conf``, which includes the shipped accounts config mounted
+  unchanged beside it; the server gets every role's password, each other service only its own
+  role's user, password and inbox prefix, and a missing password stops compose with a message
+  naming ``make compose-credentials``. A real nats-server checks (``-t``) and runs that config
+  with the passwords ``deploy/compose/make-credentials.sh`` writes, into files git ignores.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 import yaml
+from nats.errors import NoServersError
 from pydantic_settings import BaseSettings
 
 from ttp_master.settings import MasterSettings
+from ttp_runtime.embedded import EmbeddedNats, find_nats_server_binary
+from ttp_runtime.nats_roles import (
+    ACCOUNTS_CONFIG,
+    ROLES,
+    Role,
+    RoleCredentials,
+    generate_credentials,
+    server_environment,
+)
 from ttp_runtime.settings import ServiceSettings
 from ttp_worker.settings import WorkerSettings
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "compose.yaml"
+NATS_CONF = REPO / "deploy" / "nats" / "nats.conf"
+CREDENTIALS_SCRIPT = REPO / "deploy" / "compose" / "make-credentials.sh"
 VENV_BIN = Path(sys.executable).parent
-TTP_IMAGE_BUILDERS = {"migrate", "master", "worker", "demo"}
+TTP_IMAGE_BUILDERS = {"migrate", "master", "worker", "demo", "operator", "viewer"}
+# The one NATS role each service connects as; services not listed have no NATS credentials.
+ROLE_OF_SERVICE: dict[str, Role] = {
+    "master": "master",
+    "worker": "worker",
+    "demo": "producer",
+    "operator": "operator",
+    "viewer": "viewer",
+}
+MISSING_CREDENTIALS = "run make compose-credentials"
+PASSWORD_VARIABLE = re.compile(r"TTP_NATS_PASSWORD_[A-Z0-9_]+")
 
 # The settings class each program reads (ttpctl talks to NATS only: the shared base).
 SETTINGS_BY_PROGRAM: dict[str, type[BaseSettings]] = {
@@ -136,7 +167,8 @@ def test_every_ttp_variable_is_a_setting_of_the_program_it_configures(
     checked = 0
     for name, service in services.items():
         ttp_vars = {key for key in environment(service) if key.startswith("TTP_")}
-        if not ttp_vars:
+        if not ttp_vars or name == "nats":
+            # nats-server's TTP_NATS_PASSWORD_* are its config's variables (tested below).
             continue
         command = service.get("command")
         assert isinstance(command, list) and command, f"{name}: set TTP_* but no exec command"
@@ -228,3 +260,221 @@ def test_bind_mounted_files_exist(services: dict[str, dict[str, Any]]) -> None:
             source = volume.split(":")[0]
             if source.startswith("."):
                 assert (REPO / source).exists(), f"{name}: {source} does not exist"
+
+
+# --------------------------------------------------------------------------------------------
+# NATS roles: the shipped accounts config, one role's credentials per service
+# --------------------------------------------------------------------------------------------
+
+
+def bind_mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> host file of each bind mount (named volumes left out)."""
+    found = {}
+    for volume in service.get("volumes") or []:
+        source, target = volume.split(":")[:2]
+        if source.startswith("."):
+            found[target] = (REPO / source).resolve()
+    return found
+
+
+def required(variable: str) -> str:
+    """How compose.yaml must read a password: fail with the fix when it is not set."""
+    return f"${{{variable}:?{MISSING_CREDENTIALS}}}"
+
+
+def test_nats_includes_the_shipped_accounts_config_mounted_unchanged_beside_it(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    nats_service = services["nats"]
+    assert nats_service["command"] == ["--config", "/etc/nats/nats.conf"]
+    mounts = bind_mounts(nats_service)
+    assert mounts["/etc/nats/nats.conf"] == NATS_CONF
+    includes = re.findall(r"^\s*include\s+(\S+)\s*$", NATS_CONF.read_text(), re.MULTILINE)
+    assert includes == ["./nats_accounts.conf"], "one include, relative to nats.conf"
+    # The canonical file itself, not a copy that could drift from it.
+    assert mounts["/etc/nats/nats_accounts.conf"] == ACCOUNTS_CONFIG.resolve()
+
+
+def test_the_server_gets_every_role_password_and_nothing_else(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    # The roles the accounts config reads a password for are exactly the known roles.
+    in_config = set(PASSWORD_VARIABLE.findall(ACCOUNTS_CONFIG.read_text()))
+    variables = {RoleCredentials(role, "").server_variable for role in ROLES}
+    assert in_config == variables
+    env = environment(services["nats"])
+    assert env == {variable: required(variable) for variable in variables}
+
+
+def test_each_service_has_only_its_own_role_credentials(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    assert set(ROLE_OF_SERVICE) <= set(services)
+    for name, service in services.items():
+        if name == "nats":
+            continue
+        env = environment(service)
+        # Every password the service could see, wherever in its definition it is named.
+        referenced = set(PASSWORD_VARIABLE.findall(yaml.safe_dump(service)))
+        role = ROLE_OF_SERVICE.get(name)
+        if role is None:
+            assert not referenced, f"{name} needs no NATS credentials, has {referenced}"
+            assert not {k for k in env if k.startswith("TTP_NATS_")}, name
+            continue
+        own = RoleCredentials(role, "")
+        assert referenced == {own.server_variable}, f"{name}: {referenced}"
+        assert env["TTP_NATS_URL"] == "nats://nats:4222", name
+        assert env["TTP_NATS_USER"] == own.user, name
+        assert env["TTP_NATS_PASSWORD"] == required(own.server_variable), name
+        assert env["TTP_NATS_INBOX_PREFIX"] == own.inbox_prefix, name
+        assert "TTP_NATS_TOKEN" not in env and "TTP_NATS_CREDS_FILE" not in env, name
+    # The migration talks to PostgreSQL only.
+    assert "TTP_NATS_URL" not in environment(services["migrate"])
+    # No two services share a role (replicas of one service do).
+    assert len(set(ROLE_OF_SERVICE.values())) == len(ROLE_OF_SERVICE)
+
+
+def test_people_run_ttpctl_with_their_own_role_only_when_asked(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name in ("operator", "viewer"):
+        service = services[name]
+        assert service["profiles"] == ["ops"], f"{name} must not start with `up`"
+        assert service["command"][0] == "ttpctl"
+        assert service["restart"] == "no"
+
+
+def credentials_from_script(tmp_path: Path) -> dict[Role, RoleCredentials]:
+    """Run make-credentials.sh into `tmp_path`; the passwords it wrote, by role."""
+    env_file = tmp_path / "compose.env"
+    result = subprocess.run(
+        [str(CREDENTIALS_SCRIPT)],
+        env={
+            **os.environ,
+            "ENV_FILE": str(env_file),
+            "CREDENTIALS_DIR": str(tmp_path / "credentials"),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    values = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    return {
+        role: RoleCredentials(role, values[RoleCredentials(role, "").server_variable])
+        for role in ROLES
+    }
+
+
+def test_the_credentials_script_writes_one_password_per_role_into_ignored_files(
+    tmp_path: Path,
+) -> None:
+    assert CREDENTIALS_SCRIPT.stat().st_mode & 0o111, "make-credentials.sh must be executable"
+    first = credentials_from_script(tmp_path)
+    passwords = [c.password for c in first.values()]
+    assert len(set(passwords)) == len(ROLES), "two roles share a password"
+    assert all(re.fullmatch(r"[A-Za-z][A-Za-z0-9]{31,}", p) for p in passwords)
+    assert (tmp_path / "compose.env").stat().st_mode & 0o777 == 0o600
+    for role, creds in first.items():
+        client = tmp_path / "credentials" / f"{role}.env"
+        assert client.stat().st_mode & 0o777 == 0o600
+        lines = [line for line in client.read_text().splitlines() if not line.startswith("#")]
+        assert dict(line.split("=", 1) for line in lines) == creds.client_environment(
+            "nats://localhost:4222"
+        )
+    # Run again: the passwords are kept (running services keep working).
+    assert credentials_from_script(tmp_path) == first
+    ignored = (REPO / ".gitignore").read_text(encoding="utf-8").splitlines()
+    assert {".env", "deploy/compose/credentials/"} <= set(ignored)
+    makefile = (REPO / "Makefile").read_text(encoding="utf-8")
+    assert "compose-credentials:\n\tdeploy/compose/make-credentials.sh" in makefile
+
+
+def compose_nats_config(tmp_path: Path, services: dict[str, dict[str, Any]]) -> Path:
+    """The files compose mounts into the NATS container, laid out as there; returns nats.conf.
+
+    The store directory is left to the launcher's flag (nats-server refuses it twice).
+    """
+    conf_dir = tmp_path / "etc-nats"
+    conf_dir.mkdir()
+    for target, source in bind_mounts(services["nats"]).items():
+        assert Path(target).parent == Path("/etc/nats"), target
+        shutil.copyfile(source, conf_dir / Path(target).name)
+    conf = conf_dir / "nats.conf"
+    conf.write_text(conf.read_text().replace("store_dir: /data", ""))
+    return conf
+
+
+def config_test(conf: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TTP_NATS_PASSWORD_")}
+    return subprocess.run(
+        [str(find_nats_server_binary()), "-c", str(conf), "-t"],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_compose_nats_config_parses_with_the_passwords_and_not_without_one(
+    tmp_path: Path, services: dict[str, dict[str, Any]]
+) -> None:
+    conf = compose_nats_config(tmp_path, services)
+    env = server_environment(credentials_from_script(tmp_path))
+    result = config_test(conf, env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "is valid" in result.stdout + result.stderr
+    missing = dict(env)
+    del missing["TTP_NATS_PASSWORD_WORKER"]
+    result = config_test(conf, missing)
+    assert result.returncode != 0
+    assert "TTP_NATS_PASSWORD_WORKER" in result.stderr
+
+
+async def test_the_compose_nats_config_admits_each_role_by_its_own_password_only(
+    tmp_path: Path, services: dict[str, dict[str, Any]]
+) -> None:
+    conf = compose_nats_config(tmp_path, services)
+    creds = generate_credentials()
+    with EmbeddedNats(
+        data_dir=tmp_path / "data",
+        extra_args=("--config", str(conf)),
+        extra_env=server_environment(creds),
+    ) as server:
+        master = creds["master"]
+        client = await nats.connect(
+            server.url,
+            user=master.user,
+            password=master.password,
+            inbox_prefix=master.inbox_prefix,
+            max_reconnect_attempts=0,
+        )
+        await client.close()
+        refusals = {
+            "no credentials": {},
+            "another role's password": {"user": "master", "password": creds["worker"].password},
+        }
+
+        async def quiet(_: Exception) -> None:
+            return None
+
+        for refused, (what, options) in enumerate(refusals.items(), start=1):
+            with pytest.raises((NoServersError, nats.errors.Error, OSError)):
+                await nats.connect(
+                    server.url,
+                    allow_reconnect=False,
+                    connect_timeout=5,
+                    error_cb=quiet,
+                    **options,
+                )
+            # The server refused it, not a client-side check.
+            assert server.log_path.read_text().count("authentication error") == refused, what
+
+
+def test_generated_credentials_suit_the_roles() -> None:
+    # Guards the helpers above: one distinct password per role.
+    creds = generate_credentials()
+    assert set(creds) == set(ROLES)
+    assert len({c.password for c in creds.values()}) == len(ROLES)

@@ -8,10 +8,14 @@
 - The mounted certificates are the files ``deploy/nats/make-dev-certs.sh`` writes, into a
   directory git ignores. (A real nats-server runs this config in
   tests/integration/test_nats_tls.py.)
+- TLS changes the link, not the roles: the override leaves every service's NATS user,
+  password and inbox prefix to compose.yaml, and ``nats-server -t`` accepts the merged NATS
+  files (nats-tls.conf, nats.conf, the accounts config) with the script's certificates.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -23,6 +27,8 @@ import yaml
 from pydantic_settings import BaseSettings
 
 from ttp_master.settings import MasterSettings
+from ttp_runtime.embedded import find_nats_server_binary
+from ttp_runtime.nats_roles import generate_credentials, server_environment
 from ttp_runtime.settings import ServiceSettings
 from ttp_worker.settings import WorkerSettings
 
@@ -132,3 +138,43 @@ def test_the_mounted_certificates_are_what_the_script_writes_into_an_ignored_dir
                 assert Path(source).name in script, source
     ignored = (REPO / ".gitignore").read_text(encoding="utf-8").splitlines()
     assert "deploy/nats/tls/" in ignored, "the development keys must never be committed"
+
+
+def test_tls_leaves_each_service_its_own_role(override: dict[str, dict[str, Any]]) -> None:
+    for name, service in override.items():
+        env = service.get("environment") or {}
+        credentials = {"TTP_NATS_USER", "TTP_NATS_PASSWORD", "TTP_NATS_INBOX_PREFIX"}
+        assert not credentials & set(env), f"{name}: credentials belong to compose.yaml"
+        assert not any(k.startswith("TTP_NATS_PASSWORD_") for k in env), name
+
+
+def test_the_merged_tls_nats_config_parses_with_the_dev_certificates(
+    tmp_path: Path, override: dict[str, dict[str, Any]], base: dict[str, dict[str, Any]]
+) -> None:
+    certs = tmp_path / "certs"
+    subprocess.run([str(CERT_SCRIPT), str(certs)], check=True, capture_output=True, timeout=60)
+    # Compose merges volumes by target: the override's files beside the base's.
+    merged = {**mounts(base["nats"]), **mounts(override["nats"])}
+    conf_dir = tmp_path / "etc-nats"
+    conf_dir.mkdir()
+    for target, source in merged.items():
+        if source.startswith(".") and Path(target).parent == Path("/etc/nats"):
+            text = (REPO / source).read_text(encoding="utf-8")
+            text = text.replace("/etc/nats/tls/", f"{certs}/").replace("store_dir: /data", "")
+            (conf_dir / Path(target).name).write_text(text, encoding="utf-8")
+        elif source.startswith(CERT_DIR):
+            assert (certs / Path(source).name).exists(), source
+    assert {"nats-tls.conf", "nats.conf", "nats_accounts.conf"} <= {
+        p.name for p in conf_dir.iterdir()
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TTP_NATS_PASSWORD_")}
+    env |= server_environment(generate_credentials())
+    result = subprocess.run(
+        [str(find_nats_server_binary()), "-c", str(conf_dir / "nats-tls.conf"), "-t"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,74 @@
+#!/bin/sh
+# NATS credentials for compose.yaml: a random password for every role of the shipped accounts
+# config (shared/ttp_runtime/nats_accounts.conf), so no two roles share one.
+#
+#   deploy/compose/make-credentials.sh        (or: make compose-credentials)
+#
+# Writes, mode 0600 and ignored by git:
+#   .env                            TTP_NATS_PASSWORD_<ROLE>=... for every role. Compose reads
+#                                   it by itself: the nats service gets them all, every other
+#                                   service only its own role's (compose.yaml).
+#   deploy/compose/credentials/<role>.env
+#                                   TTP_NATS_URL/USER/PASSWORD/INBOX_PREFIX of one role, for
+#                                   ttpctl or a producer on the host (`set -a; . FILE; set +a`).
+# A password already in .env is kept, other lines of .env too; run it again after adding a
+# role. To rotate one, delete its line from .env, run this again, then `docker compose up -d`
+# (docs/security.md). ENV_FILE, CREDENTIALS_DIR and NATS_URL override the defaults.
+set -eu
+
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+accounts="$repo/shared/ttp_runtime/nats_accounts.conf"
+env_file=${ENV_FILE:-"$repo/.env"}
+credentials_dir=${CREDENTIALS_DIR:-"$here/credentials"}
+nats_url=${NATS_URL:-nats://localhost:4222}
+umask 077
+
+# The roles are the password variables the accounts config reads: nothing to keep in step.
+roles=$(grep -o '\$TTP_NATS_PASSWORD_[A-Z0-9_]*' "$accounts" | sed 's/^\$TTP_NATS_PASSWORD_//' \
+    | sort -u)
+if [ -z "$roles" ]; then
+    echo "no \$TTP_NATS_PASSWORD_<ROLE> variable in $accounts" >&2
+    exit 1
+fi
+
+touch "$env_file"
+chmod 0600 "$env_file"
+# Appending to a last line without its newline would glue two settings together.
+if [ -s "$env_file" ] && [ -n "$(tail -c 1 "$env_file")" ]; then
+    echo >> "$env_file"
+fi
+
+mkdir -p "$credentials_dir"
+chmod 0700 "$credentials_dir"
+created=""
+for ROLE in $roles; do
+    variable="TTP_NATS_PASSWORD_$ROLE"
+    password=$(sed -n "s/^$variable=//p" "$env_file" | tail -n 1)
+    if [ -z "$password" ]; then
+        # nats-server reads a variable's value as config, not as a plain string ("-1x" is a
+        # number, "12-x" a date): a letter followed by hex digits is always a string.
+        password="p$(openssl rand -hex 24)"
+        printf '%s=%s\n' "$variable" "$password" >> "$env_file"
+        created="$created $ROLE"
+    fi
+    if ! printf '%s' "$password" | grep -Eq '^[A-Za-z][A-Za-z0-9]*$'; then
+        echo "$env_file: $variable must be a letter followed by letters and digits" \
+            "(nats-server would read anything else as config); delete the line and run" \
+            "this again" >&2
+        exit 1
+    fi
+    role=$(printf '%s' "$ROLE" | tr 'A-Z' 'a-z')
+    file="$credentials_dir/$role.env"
+    {
+        echo "# ttp-rulebus NATS credentials of the $role role (compose, from the host)"
+        echo "TTP_NATS_URL=$nats_url"
+        echo "TTP_NATS_USER=$role"
+        echo "TTP_NATS_PASSWORD=$password"
+        echo "TTP_NATS_INBOX_PREFIX=_INBOX_$role"
+    } > "$file.tmp"
+    mv "$file.tmp" "$file"
+done
+
+echo "NATS role passwords in $env_file (new:${created:- none}); per-role client settings" \
+    "in $credentials_dir"
