@@ -8,6 +8,7 @@ import ttpctl.rule_status_commands  # noqa: F401  (registers `rules list` and `r
 from ttpctl.audit_commands import audit
 from ttpctl.control_cli import control_help
 from ttpctl.dev_command import dev_command
+from ttpctl.env_file_option import EnvFileOption, load_env_file_option
 from ttpctl.events_commands import events_app
 from ttpctl.fleet_commands import fleet_app
 from ttpctl.rules_commands import rules_app
@@ -24,6 +25,14 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def global_options(env_file: EnvFileOption = None) -> None:
+    # Runs before any command, so every setting a command reads already holds the file's.
+    load_env_file_option(env_file)
+
+
 app.add_typer(rules_app, name="rules")
 app.add_typer(schema_app, name="schema")
 app.add_typer(events_app, name="events")

@@ -4,6 +4,12 @@ Starts embedded NATS and PostgreSQL (unless ``TTP_NATS_URL`` / ``TTP_DATABASE_UR
 the master and N workers as child processes, and shows a live status until Ctrl-C / SIGTERM.
 Data and logs live under ``--data-dir`` (default ``.ttp``) and persist between runs; the
 embedded servers' ports are chosen once and kept in ``<data-dir>/ports.json``.
+
+The embedded NATS runs the shipped accounts config (``ttp_runtime/nats_accounts.conf``, see
+docs/security.md), so every process connects as its role: the master as ``master``, workers as
+``worker``, the demo feed as ``producer`` and the live status as ``consumer``. Each role's
+settings are in ``<data-dir>/credentials/<role>.env`` (mode 0600), made once per data
+directory and reused by later runs, so a shell using them keeps working across restarts.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import asyncio
 import contextlib
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,10 +32,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Annotated, Any
 
-import nats
 import typer
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.client import JetStreamContext
+from pydantic import SecretStr, ValidationError
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -37,16 +46,108 @@ from ttp_core.contract import subjects
 from ttp_core.contract.payloads import HoneypotEvent, encode, envelope
 from ttp_runtime.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError
 from ttp_runtime.nats import publish_js
+from ttp_runtime.nats_roles import (
+    ACCOUNTS_CONFIG,
+    ROLES,
+    Role,
+    RoleCredentials,
+    generate_credentials,
+    read_credential_files,
+    server_environment,
+    write_credential_files,
+)
+from ttp_runtime.settings import ServiceSettings
+from ttpctl.nats_session import NatsSessionError, open_nats
 
 __all__ = ["dev_command"]
 
 _STOP_TIMEOUT_S = 10.0
 _DEMO_SOURCE = "ttp-rulebus/ttpctl-dev-demo"
 _RATE_WINDOW_S = 5.0
+_CREDENTIALS_DIR = "credentials"
+# The variables of the caller's environment that configure a NATS client; with the embedded
+# server each child gets its role's instead, never a token or TLS file meant for another one.
+_NATS_CLIENT_PREFIX = "TTP_NATS_"
+_ENV_FILE_VARIABLE = "TTP_ENV_FILE"
 
 
 class _StopRequestedError(Exception):
     """Raised by the SIGTERM handler while servers start (before the event loop runs)."""
+
+
+@dataclass(frozen=True)
+class _Bus:
+    """How dev's processes reach NATS.
+
+    With the embedded server, ``credentials`` holds every role's and ``credentials_dir`` their
+    files. With a server of the caller's (``TTP_NATS_URL`` set) both are None, and every
+    process uses the caller's ``TTP_NATS_*`` settings as they are.
+    """
+
+    url: str
+    credentials: dict[Role, RoleCredentials] | None = None
+    credentials_dir: Path | None = None
+
+    def child_environment(self, base: dict[str, str], role: Role) -> dict[str, str]:
+        """``base`` with the NATS settings of ``role``."""
+        if self.credentials is None:
+            return {**base, "TTP_NATS_URL": self.url}
+        inherited = {
+            k: v
+            for k, v in base.items()
+            if not k.startswith(_NATS_CLIENT_PREFIX) and k != _ENV_FILE_VARIABLE
+        }
+        return {**inherited, **self.credentials[role].client_environment(self.url)}
+
+    def settings(self, role: Role) -> ServiceSettings | None:
+        """The client settings of ``role``; None: the caller's environment."""
+        if self.credentials is None:
+            return None
+        creds = self.credentials[role]
+        # Every NATS client field named: the environment's token or TLS files belong to
+        # another server, and the embedded one is plain TCP on loopback.
+        return ServiceSettings(
+            nats_url=self.url,
+            nats_user=creds.user,
+            nats_password=SecretStr(creds.password),
+            nats_token=None,
+            nats_creds_file=None,
+            nats_tls_ca=None,
+            nats_tls_cert=None,
+            nats_tls_key=None,
+            nats_inbox_prefix=creds.inbox_prefix,
+        )
+
+    def hints(self) -> list[str]:
+        """Ready-to-paste command lines acting as the operator, a viewer and a consumer."""
+        program = _ttpctl_program()
+        directory = self.credentials_dir
+        if directory is None:
+            return [
+                f"follow tags: {program} tags tail   fleet: {program} fleet status",
+                f"mute a rule: {program} state set RULE --disable --for 1h --reason TEXT",
+            ]
+
+        def as_role(role: Role, command: str) -> str:
+            path = shlex.quote(str(directory / f"{role}.env"))
+            return f"{program} --env-file {path} {command}"
+
+        return [
+            "as operator: "
+            + as_role("operator", "state set RULE --disable --for 1h --reason TEXT"),
+            f"as viewer:   {as_role('viewer', 'state show')}",
+            f"follow tags: {as_role('consumer', 'tags tail')}",
+        ]
+
+
+def _ttpctl_program() -> str:
+    """How to call this ttpctl from a shell: its name when PATH finds it, else its path."""
+    invoked = sys.argv[0]
+    on_path = shutil.which("ttpctl")
+    with contextlib.suppress(OSError):
+        if on_path and os.path.samefile(on_path, invoked):
+            return "ttpctl"
+    return shlex.quote(invoked) if os.sep in invoked else "ttpctl"
 
 
 @dataclass
@@ -126,7 +227,14 @@ def dev_command(
         bool, typer.Option("--exit-after-demo", help="With --demo: exit once it was processed.")
     ] = False,
 ) -> None:
-    """Run NATS, PostgreSQL, the master and workers locally with a live status."""
+    """Run NATS, PostgreSQL, the master and workers locally with a live status.
+
+    The embedded NATS enforces the shipped roles (docs/security.md). Each role's settings
+    are written once to DATA_DIR/credentials/ROLE.env (mode 0600) and reused by later runs.
+    Act as a role with the global --env-file option, for example
+    `ttpctl --env-file .ttp/credentials/operator.env state set RULE --disable --reason TEXT`
+    (viewer.env may only read: `state show`, `rules list`, `audit`, `fleet status`).
+    """
     console = Console()
     data_dir = data_dir.absolute()
     if not rules_dir.is_dir():
@@ -142,30 +250,31 @@ def dev_command(
     code = 0
     try:
         try:
-            nats_url, database_url = _start_servers(
-                console, data_dir, nats_url, database_url, servers
-            )
+            bus, database_url = _start_servers(console, data_dir, nats_url, database_url, servers)
         except EmbeddedServerError as exc:
             console.print(f"[red]could not start an embedded server:[/red] {exc}")
             raise typer.Exit(1) from None
+        for line in bus.hints():
+            console.print(Text(line), soft_wrap=True)
         base_env = {
             **os.environ,
-            "TTP_NATS_URL": nats_url,
             "TTP_DATABASE_URL": database_url,
             "TTP_RULES_DIR": str(rules_dir.absolute()),
             "TTP_HTTP_HOST": "127.0.0.1",
             "TTP_LOG_FORMAT": "console",
             "TTP_STATUS_INTERVAL_S": "1",
         }
-        children.append(_spawn("master", "ttp-master", base_env, data_dir, http_port))
+        master_env = bus.child_environment(base_env, "master")
+        children.append(_spawn("master", "ttp-master", master_env, data_dir, http_port))
+        worker_env = bus.child_environment(base_env, "worker")
         for number in range(1, workers + 1):
             port = http_port + number if http_port else 0
             name = f"dev-w{number}"
             children.append(
-                _spawn(name, "ttp-worker", {**base_env, "TTP_WORKER_ID": name}, data_dir, port)
+                _spawn(name, "ttp-worker", {**worker_env, "TTP_WORKER_ID": name}, data_dir, port)
             )
         code = asyncio.run(
-            _supervise(console, nats_url, children, servers, demo, demo and exit_after_demo)
+            _supervise(console, bus, children, servers, demo, demo and exit_after_demo)
         )
     except (KeyboardInterrupt, _StopRequestedError):
         code = 0
@@ -189,21 +298,36 @@ def _start_servers(
     nats_url: str | None,
     database_url: str | None,
     servers: list[EmbeddedNats | EmbeddedPostgres],
-) -> tuple[str, str]:
+) -> tuple[_Bus, str]:
     ports_file = data_dir / "ports.json"
     ports = _load_ports(ports_file)
-    if not nats_url:
+    if nats_url:
+        bus = _Bus(nats_url)
+    else:
+        credentials_dir = data_dir / _CREDENTIALS_DIR
+        credentials = _role_credentials(console, credentials_dir)
         nats_server = EmbeddedNats(
             data_dir=data_dir / "nats",
             port=ports.get("nats"),
             monitor_port=ports.get("nats_monitor"),
             server_name="ttp-dev",
+            extra_args=("--config", str(ACCOUNTS_CONFIG)),
+            extra_env=server_environment(credentials),
         )
         servers.append(nats_server)
         console.print(f"starting embedded NATS (data {nats_server.data_dir}) ...")
         nats_server.start()
         ports |= {"nats": nats_server.port, "nats_monitor": nats_server.monitor_port}
-        nats_url = nats_server.url
+        # Written after the start: the URL is final only once the server listens.
+        try:
+            write_credential_files(credentials_dir, nats_server.url, credentials)
+        except OSError as exc:
+            raise EmbeddedServerError(f"cannot write {credentials_dir}: {exc}") from None
+        console.print(
+            Text(f"NATS role settings: {credentials_dir}/ROLE.env (mode 0600, kept across runs)"),
+            soft_wrap=True,
+        )
+        bus = _Bus(nats_server.url, credentials, credentials_dir)
     if not database_url:
         problem = _check_traversable(data_dir)
         if problem:
@@ -216,7 +340,45 @@ def _start_servers(
         ports |= {"postgres": pg.port}
         database_url = pg.url_for("ttp")
     ports_file.write_text(json.dumps(ports, indent=2) + "\n", encoding="utf-8")
-    return nats_url, database_url
+    return bus, database_url
+
+
+def _role_credentials(console: Console, directory: Path) -> dict[Role, RoleCredentials]:
+    """Every role's credentials: the ones stored in ``directory`` when still private to us,
+    fresh ones for the others.
+
+    A stored file that another user may read (or that is not ours, or not a plain file) is not
+    used: its password may be known, so that role gets a new one and the file is replaced.
+    Fixing the mode instead would keep a password that may already have been read.
+    """
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = directory.lstat()
+        if not directory.is_dir() or directory.is_symlink() or info.st_uid != os.geteuid():
+            raise EmbeddedServerError(
+                f"{directory} must be a directory of your own (it holds passwords);"
+                " remove it or choose another --data-dir"
+            )
+        directory.chmod(0o700)
+    except OSError as exc:
+        raise EmbeddedServerError(f"cannot use {directory}: {exc}") from None
+    stored = read_credential_files(directory)
+    for role, problem in stored.unusable.items():
+        console.print(
+            Text(
+                f"warning: {problem}: not used; the {role} role gets a new password"
+                " (re-read the new file wherever the old one was used)",
+                style="yellow",
+            ),
+            soft_wrap=True,
+        )
+        try:
+            # Replaced, not rewritten in place: it may be a link or belong to someone else.
+            (directory / f"{role}.env").unlink(missing_ok=True)
+        except OSError as exc:
+            raise EmbeddedServerError(f"cannot replace {directory / role}.env: {exc}") from None
+    fresh = generate_credentials([r for r in ROLES if r not in stored.usable])
+    return {role: stored.usable.get(role) or fresh[role] for role in ROLES}
 
 
 def _spawn(name: str, program: str, env: dict[str, str], data_dir: Path, port: int) -> _Child:
@@ -254,7 +416,7 @@ def _stop_children(console: Console, children: list[_Child]) -> None:
 
 async def _supervise(
     console: Console,
-    nats_url: str,
+    bus: _Bus,
     children: list[_Child],
     servers: list[EmbeddedNats | EmbeddedPostgres],
     demo: bool,
@@ -264,15 +426,43 @@ async def _supervise(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    try:
+        # The live status only reads: tags, rule and worker subjects, TTP_RULES.
+        async with open_nats(
+            None,
+            settings=bus.settings("consumer"),
+            name="ttpctl-dev",
+            announce_reconnects=False,
+        ) as session:
+            return await _watch(
+                console, bus, session.nc, children, servers, demo, exit_after_demo, stop
+            )
+    except (NatsSessionError, ValidationError) as exc:
+        console.print(Text(f"ttpctl dev: cannot watch the bus: {exc}", style="red"))
+        return 1
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+async def _watch(
+    console: Console,
+    bus: _Bus,
+    nc: Client,
+    children: list[_Child],
+    servers: list[EmbeddedNats | EmbeddedPostgres],
+    demo: bool,
+    exit_after_demo: bool,
+    stop: asyncio.Event,
+) -> int:
     status = _Status()
-    nc = await nats.connect(nats_url, name="ttpctl-dev", max_reconnect_attempts=-1)
     subscriptions = await _subscribe(nc, status)
     demo_task: asyncio.Task[None] | None = None
     started = time.monotonic()
     code = 0
     try:
         with Live(
-            _render(status, children, servers, nats_url), console=console, refresh_per_second=1
+            _render(status, children, servers, bus), console=console, refresh_per_second=1
         ) as live:
             while not stop.is_set():
                 dead = [c for c in children if c.process.poll() is not None]
@@ -288,21 +478,26 @@ async def _supervise(
                 if status.ruleset is None:
                     status.ruleset = await _last_ruleset(nc)
                 if demo and demo_task is None and status.ruleset is not None:
-                    demo_task = asyncio.create_task(_publish_demo(nc, status))
-                if exit_after_demo and demo_task is not None and demo_task.done():
-                    demo_task.result()
-                    if _demo_processed(status):
-                        live.stop()
-                        if not console.is_terminal:
-                            console.line()
-                        elapsed = time.monotonic() - started
-                        console.print(
-                            f"ttpctl dev: demo done: {status.demo_published} events published,"
-                            f" {_processed(status)} processed, {status.tagged_events} tagged"
-                            f" events, {status.tags} tags in {elapsed:.1f} s"
-                        )
-                        break
-                live.update(_render(status, children, servers, nats_url))
+                    demo_task = asyncio.create_task(_publish_demo(bus, status))
+                failure = _demo_failure(demo_task)
+                if failure is not None:
+                    live.stop()
+                    console.print(Text(f"ttpctl dev: the demo feed failed: {failure}", style="red"))
+                    code = 1
+                    break
+                demo_done = demo_task is not None and demo_task.done()
+                if exit_after_demo and demo_done and _demo_processed(status):
+                    live.stop()
+                    if not console.is_terminal:
+                        console.line()
+                    elapsed = time.monotonic() - started
+                    console.print(
+                        f"ttpctl dev: demo done: {status.demo_published} events published,"
+                        f" {_processed(status)} processed, {status.tagged_events} tagged"
+                        f" events, {status.tags} tags in {elapsed:.1f} s"
+                    )
+                    break
+                live.update(_render(status, children, servers, bus))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
     finally:
@@ -311,11 +506,13 @@ async def _supervise(
         for sub in subscriptions:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
-        with contextlib.suppress(Exception):
-            await nc.close()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
     return code
+
+
+def _demo_failure(task: asyncio.Task[None] | None) -> BaseException | None:
+    if task is None or not task.done() or task.cancelled():
+        return None
+    return task.exception()
 
 
 def _processed(status: _Status) -> int:
@@ -372,8 +569,15 @@ async def _subscribe(nc: Client, status: _Status) -> list[Any]:
     ]
 
 
-async def _publish_demo(nc: Client, status: _Status) -> None:
-    js = nc.jetstream()
+async def _publish_demo(bus: _Bus, status: _Status) -> None:
+    # As the producer role: honeypots may publish events and nothing else.
+    async with open_nats(
+        None, settings=bus.settings("producer"), name="ttpctl-dev-demo", announce_reconnects=False
+    ) as session:
+        await _publish_events(session.js, status)
+
+
+async def _publish_events(js: JetStreamContext, status: _Status) -> None:
     events = _demo_events()
     status.demo_total = len(events)
     # Unique ids per run: JetStream would drop a re-published msg id as a duplicate.
@@ -404,7 +608,7 @@ def _render(
     status: _Status,
     children: list[_Child],
     servers: list[EmbeddedNats | EmbeddedPostgres],
-    nats_url: str,
+    bus: _Bus,
 ) -> Group:
     ruleset = status.ruleset
     head = Text()
@@ -449,7 +653,7 @@ def _render(
     )
     if status.demo_total:
         summary.append(f"   demo: {status.demo_published}/{status.demo_total} published")
-    where = [f"NATS {nats_url}"]
+    where = [f"NATS {bus.url}"]
     for server in servers:
         if isinstance(server, EmbeddedNats):
             where.append(f"NATS monitoring {server.monitor_url}  log {server.log_path}")
@@ -458,11 +662,7 @@ def _render(
     where += [
         f"{c.name} metrics http://127.0.0.1:{c.http_port}/metrics" for c in children if c.http_port
     ]
-    where.append(
-        f"follow tags: TTP_NATS_URL={nats_url} ttpctl tags tail   "
-        "fleet: ttpctl fleet status   mute a rule: ttpctl state set RULE --disable --for 1h "
-        "--reason TEXT"
-    )
+    where += bus.hints()
     where.append("Ctrl-C stops all; data is kept")
     recent = Text("\n".join(status.last_tags) or "no tags yet", style="green")
     return Group(head, table, summary, Text("recent tags:"), recent, Text("\n".join(where)))

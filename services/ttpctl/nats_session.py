@@ -178,11 +178,15 @@ async def _connect(settings: ServiceSettings, name: str, link: _Link, timeout_s:
 async def open_nats(
     url: str | None,
     *,
+    settings: ServiceSettings | None = None,
     name: str = "ttpctl",
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
     announce_reconnects: bool = True,
 ) -> AsyncIterator[NatsSession]:
     """Connect to NATS (``url`` overrides ``TTP_NATS_URL``) and yield the session.
+
+    ``settings``, when given, replaces the ``TTP_NATS_*`` environment altogether (``url``
+    must then be None): ``ttpctl dev`` connects as a role of its own server that way.
 
     Fails with :class:`NatsSessionError` when the settings are invalid or when no server
     accepts a connection: as soon as every listed server has refused once, or after
@@ -190,7 +194,10 @@ async def open_nats(
     its own; with ``announce_reconnects`` a short note goes to stderr when the link drops and
     comes back. On exit the client is drained (bounded), so acknowledged work is flushed.
     """
-    settings = _settings(url)
+    if settings is not None and url is not None:
+        raise ValueError("give url or settings, not both")
+    if settings is None:
+        settings = _settings(url)
     servers = settings.nats_servers()
     if not servers:
         raise NatsSessionError("no NATS server URL given")

@@ -10,18 +10,24 @@ prefix. See docs/security.md.
 from __future__ import annotations
 
 import os
+import re
 import secrets
+import stat
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal, get_args
+
+from ttp_runtime.env_file import MAX_ENV_FILE_BYTES, EnvFileError, parse_env_text
 
 __all__ = [
     "ACCOUNTS_CONFIG",
     "ROLES",
     "Role",
     "RoleCredentials",
+    "StoredCredentials",
     "generate_credentials",
+    "read_credential_files",
     "server_environment",
     "write_credential_files",
 ]
@@ -116,3 +122,75 @@ def write_credential_files(
             handle.write("\n".join(lines) + "\n")
         written[role] = path
     return written
+
+
+# What a stored password must look like to be used again: a letter, then letters and digits
+# only, so nats-server reads it as a plain string (see _password) and no character of it can
+# mean something else in the config.
+_REUSABLE_PASSWORD: Final = re.compile(r"[A-Za-z][A-Za-z0-9]{15,127}")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCredentials:
+    """What :func:`read_credential_files` found in a credentials directory."""
+
+    usable: dict[Role, RoleCredentials] = field(default_factory=dict)
+    """The roles whose file is private to us and holds the role's user and a password."""
+    unusable: dict[Role, str] = field(default_factory=dict)
+    """The roles whose file exists but must not be used, and why (a missing file is neither)."""
+
+
+def read_credential_files(directory: Path, roles: Iterable[Role] = ROLES) -> StoredCredentials:
+    """Read back the ``<directory>/<role>.env`` files :func:`write_credential_files` wrote.
+
+    A file is used only when it is a regular file (not a symbolic link) owned by this process's
+    user, readable and writable by nobody else, and holds the role's user and a password of
+    the generated shape. Any other file is reported in ``unusable``: its password may be known
+    to another user, or be one that user chose, so it is never handed to nats-server.
+    """
+    usable: dict[Role, RoleCredentials] = {}
+    unusable: dict[Role, str] = {}
+    for role in roles:
+        path = directory / f"{role}.env"
+        try:
+            problem, values = _read_private(path)
+        except FileNotFoundError:
+            continue
+        if problem is None:
+            password = values.get("TTP_NATS_PASSWORD", "")
+            if values.get("TTP_NATS_USER") != role or not _REUSABLE_PASSWORD.fullmatch(password):
+                problem = "does not hold this role's user and a generated password"
+            else:
+                usable[role] = RoleCredentials(role, password)
+                continue
+        unusable[role] = f"{path} {problem}"
+    return StoredCredentials(usable, unusable)
+
+
+def _read_private(path: Path) -> tuple[str | None, dict[str, str]]:
+    """``(problem, variables)`` of ``path``; FileNotFoundError when it does not exist."""
+    try:
+        # No following a link, no blocking on a FIFO someone put there.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if path.is_symlink():
+            return "is a symbolic link", {}
+        return f"cannot be read ({exc.strerror or exc})", {}
+    with os.fdopen(descriptor, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            return "is not a regular file", {}
+        if info.st_uid != os.geteuid():
+            return f"belongs to another user (uid {info.st_uid})", {}
+        if info.st_mode & 0o077:
+            mode = stat.S_IMODE(info.st_mode)
+            return f"may be read or changed by other users (mode {mode:04o})", {}
+        data = handle.read(MAX_ENV_FILE_BYTES + 1)
+    if len(data) > MAX_ENV_FILE_BYTES:
+        return "is too large for a credentials file", {}
+    try:
+        return None, parse_env_text(data.decode("utf-8"), str(path))
+    except (UnicodeDecodeError, EnvFileError):
+        return "is not a KEY=VALUE file", {}

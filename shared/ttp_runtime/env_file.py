@@ -1,0 +1,72 @@
+"""Reading ``KEY=VALUE`` settings files, such as the role credentials ``ttpctl dev`` writes.
+
+The format is the plain one shells, compose and systemd agree on: one ``KEY=VALUE`` per line,
+blank lines and lines starting with ``#`` ignored, an optional ``export`` before the key, and a
+value optionally wrapped in one pair of matching quotes (taken literally: no escapes, no
+``$VAR`` expansion, no comment after the value). Anything else is an error naming the line,
+never its value, which may be a password.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Final
+
+__all__ = ["MAX_ENV_FILE_BYTES", "EnvFileError", "parse_env_text", "read_env_file"]
+
+MAX_ENV_FILE_BYTES: Final = 64 * 1024
+"""A settings file is a few lines; anything larger is not one."""
+
+_KEY: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class EnvFileError(ValueError):
+    """The file cannot be read or is not a ``KEY=VALUE`` file; the message names the line."""
+
+
+def parse_env_text(text: str, source: str = "<text>") -> dict[str, str]:
+    """The variables of ``text``, in file order; the last of a repeated key wins.
+
+    ``source`` names the file in error messages.
+    """
+    values: dict[str, str] = {}
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line.removeprefix("export ").lstrip()
+        key, equals, value = line.partition("=")
+        key = key.strip()
+        if not equals or not _KEY.fullmatch(key):
+            raise EnvFileError(f"{source}, line {number}: not a KEY=VALUE line")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif value[:1] in ("'", '"'):
+            raise EnvFileError(f"{source}, line {number}: {key}'s value has an unclosed quote")
+        if "\0" in value:
+            raise EnvFileError(f"{source}, line {number}: {key}'s value holds a NUL byte")
+        values[key] = value
+    return values
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The variables of the file at ``path`` (see :func:`parse_env_text`).
+
+    Raises :class:`EnvFileError` when the file cannot be read, is larger than
+    :data:`MAX_ENV_FILE_BYTES`, is not UTF-8 or holds a line that is not ``KEY=VALUE``.
+    """
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_ENV_FILE_BYTES + 1)
+    except OSError as exc:
+        raise EnvFileError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(data) > MAX_ENV_FILE_BYTES:
+        raise EnvFileError(f"{path} is larger than {MAX_ENV_FILE_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EnvFileError(f"{path} is not UTF-8 text") from None
+    return parse_env_text(text, str(path))
