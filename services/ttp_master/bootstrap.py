@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from ttp_core.contract import subjects
 from ttp_core.rules.validator import RuleValidator
 from ttp_master import metrics
+from ttp_master.caller_identity import IdentityPolicy, Role
 from ttp_master.control_service import ControlService, LeaderTerm
 from ttp_master.db.migrate import require_head, upgrade_to_head
 from ttp_master.db.queries import ControlQueries
@@ -146,6 +147,12 @@ class Master:
             fleet,
             postgres_error=lambda: leader.postgres_error,
             max_concurrent=settings.control_max_concurrent,
+            identity=IdentityPolicy(
+                account_roles={
+                    account: Role(role) for account, role in settings.control_account_roles.items()
+                },
+                require_verified=settings.control_require_verified_identity,
+            ),
         )
         await self.control.serve_standby()
         _log.info("master started", extra={"rules_dir": str(self.root), "http_port": health.port})

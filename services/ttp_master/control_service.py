@@ -13,6 +13,11 @@ query never holds up a state change; at most `max_concurrent` of them at once
 of requests cannot exhaust the master's memory or its PostgreSQL pool. An unexpected failure is
 answered `internal` with a correlation id that the master logs with the exception: the reply
 never carries the exception's text, which may name tables, queries or hosts.
+
+Who calls is the NATS server's word, not the client's: the leader takes the caller's identity
+and role from the `Nats-Request-Info` header the server stamps on each request
+(:mod:`ttp_master.caller_identity`), refuses what that role may not do with `forbidden`, and
+records the identity as the actor; the request's own `actor` is only kept as `on_behalf_of`.
 """
 
 from __future__ import annotations
@@ -60,10 +65,17 @@ from ttp_core.contract.control import (
 from ttp_core.contract.payloads import RulesetRevision
 from ttp_master import metrics
 from ttp_master.bounded import within
+from ttp_master.caller_identity import (
+    Caller,
+    ForbiddenError,
+    IdentityPolicy,
+    unauthenticated_server_refusal,
+)
 from ttp_master.db.queries import ControlQueries, default_state, state_from_row
 from ttp_master.db.repository import ChangeSet, LeadershipLostError, RuleRepository, StateWrite
 from ttp_master.expiry_scheduler import ExpiryScheduler
 from ttp_master.fleet_tracker import FleetTracker
+from ttp_runtime.nats import RepeatThrottle
 from ttp_runtime.tracing import get_tracer, inject_headers, start_consumer_span
 
 _log = logging.getLogger(__name__)
@@ -75,6 +87,9 @@ ANSWER_BOUND_S: Final = 4.0
 timeout, so an operator learns that PostgreSQL is not answering, not that the master is."""
 DEFAULT_MAX_CONCURRENT: Final = 32
 """Control requests one master works on at once (TTP_CONTROL_MAX_CONCURRENT)."""
+REFUSAL_LOG_WINDOW_S: Final = 60.0
+"""One log line per distinct refusal per window: a caller retrying in a loop cannot flood
+the log."""
 _LEADER_GROUP: Final = "ttp-ctl-leader"
 _STANDBY_GROUP: Final = "ttp-ctl-standby"
 
@@ -112,7 +127,7 @@ class ControlHandlers:
         self._term = term
         self._fleet = fleet
         self._clock = clock
-        self._routes: dict[Endpoint, Callable[[Any], Awaitable[BaseModel]]] = {
+        self._routes: dict[Endpoint, Callable[[Any, Caller], Awaitable[BaseModel]]] = {
             Endpoint.STATE_SET: self.state_set,
             Endpoint.STATE_CLEAR: self.state_clear,
             Endpoint.STATE_GET: self.state_get,
@@ -123,11 +138,17 @@ class ControlHandlers:
             Endpoint.FLEET: self.fleet,
         }
 
-    async def handle(self, endpoint: Endpoint, raw: bytes) -> BaseModel:
-        """The result for a raw request; raises :class:`ControlRequestError`."""
+    async def handle(self, endpoint: Endpoint, raw: bytes, caller: Caller) -> BaseModel:
+        """The result for a raw request of `caller`; raises :class:`ControlRequestError`.
+
+        What the caller may not call is refused before the body is even read."""
+        try:
+            caller.check_endpoint(endpoint)
+        except ForbiddenError as refusal:
+            raise ControlRequestError(ErrorCode.FORBIDDEN, str(refusal)) from None
         request = parse_request(endpoint, raw)
         try:
-            return await self._routes[endpoint](request)
+            return await self._routes[endpoint](request, caller)
         except ControlRequestError:
             raise
         except LeadershipLostError as exc:
@@ -137,8 +158,13 @@ class ControlHandlers:
                 ErrorCode.UNAVAILABLE, f"PostgreSQL is unavailable: {type(exc).__name__}"
             ) from exc
 
-    async def state_set(self, request: StateSetRequest) -> StateChanged:
+    async def state_set(self, request: StateSetRequest, caller: Caller) -> StateChanged:
         term = self._term
+        if request.force:
+            try:
+                caller.check_force()
+            except ForbiddenError as refusal:
+                raise ControlRequestError(ErrorCode.FORBIDDEN, str(refusal), "force") from None
         if request.expires_at is not None and request.expires_at <= self._clock():
             raise ControlRequestError(
                 ErrorCode.BAD_REQUEST,
@@ -150,8 +176,8 @@ class ControlHandlers:
         if not request.force and not known:
             raise ControlRequestError(
                 ErrorCode.UNKNOWN_RULE,
-                f"no rule {request.rule_id!r} is known to the master; "
-                "force it (ttpctl: --force) to set a state for a rule that will be added later",
+                f"no rule {request.rule_id!r} is known to the master; an admin may force it "
+                "(ttpctl: --force) to set a state for a rule that will be added later",
                 "rule_id",
             )
         if (
@@ -164,14 +190,15 @@ class ControlHandlers:
         write = StateWrite(
             rule_id=request.rule_id,
             state=request.state,
-            set_by=request.actor,
+            set_by=caller.actor,
             reason=request.reason,
             confidence_max=request.confidence_max,
             expires_at=request.expires_at,
+            on_behalf_of=request.actor,
         )
         return await self._write(write)
 
-    async def state_clear(self, request: StateClearRequest) -> StateChanged:
+    async def state_clear(self, request: StateClearRequest, caller: Caller) -> StateChanged:
         term = self._term
         current, known = await term.queries.state_and_known(request.rule_id)
         if current.revision is None:  # no row: already the default
@@ -183,8 +210,9 @@ class ControlHandlers:
         write = StateWrite(
             rule_id=request.rule_id,
             state="enabled",
-            set_by=request.actor,
+            set_by=caller.actor,
             reason=request.reason or "cleared",
+            on_behalf_of=request.actor,
         )
         return await self._write(write)
 
@@ -209,6 +237,7 @@ class ControlHandlers:
                 "confidence_max": write.confidence_max,
                 "expires_at": write.expires_at.isoformat() if write.expires_at else None,
                 "actor": write.set_by,
+                "on_behalf_of": write.on_behalf_of,
                 "reason": write.reason,
                 "revision": revision,
             },
@@ -225,11 +254,12 @@ class ControlHandlers:
                     "set_by": write.set_by,
                     "set_at": self._clock(),
                     "revision": revision,
+                    "on_behalf_of": write.on_behalf_of,
                 }
             )
         return StateChanged(state=state, revision=revision)
 
-    async def state_get(self, request: StateGetRequest) -> StateList:
+    async def state_get(self, request: StateGetRequest, _: Caller) -> StateList:
         queries = self._term.queries
         if request.rule_id is None:
             return StateList(states=await queries.states())
@@ -240,14 +270,14 @@ class ControlHandlers:
             )
         return StateList(states=[state])
 
-    async def rules_list(self, request: RulesListRequest) -> RulesList:
+    async def rules_list(self, request: RulesListRequest, _: Caller) -> RulesList:
         summary = await self._term.summary()
         rules = await self._term.queries.rules(request.status)
         return RulesList(
             revision=summary.revision, rules=rules, held_deletes=self._term.held_deletes()
         )
 
-    async def rules_show(self, request: RuleShowRequest) -> BaseModel:
+    async def rules_show(self, request: RuleShowRequest, _: Caller) -> BaseModel:
         detail = await self._term.queries.rule(request.rule_id)
         if detail is None:
             raise ControlRequestError(
@@ -255,15 +285,15 @@ class ControlHandlers:
             )
         return detail
 
-    async def revision(self, _: object) -> RevisionInfo:
+    async def revision(self, _: object, __: Caller) -> RevisionInfo:
         summary = await self._term.summary()
         return RevisionInfo(**summary.model_dump())
 
-    async def audit(self, request: AuditRequest) -> AuditLog:
+    async def audit(self, request: AuditRequest, _: Caller) -> AuditLog:
         entries = await self._term.queries.audit(request.rule_id, request.since, request.limit)
         return AuditLog(entries=entries)
 
-    async def fleet(self, _: object) -> BaseModel:
+    async def fleet(self, _: object, __: Caller) -> BaseModel:
         summary = await self._term.summary()
         return self._fleet.view(summary.revision, summary.digest)
 
@@ -322,6 +352,7 @@ class ControlService:
         *,
         postgres_error: Callable[[], str | None] = lambda: None,
         max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+        identity: IdentityPolicy | None = None,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be at least 1, not {max_concurrent}")
@@ -336,11 +367,43 @@ class ControlService:
         self._tasks: set[asyncio.Task[None]] = set()
         """Requests in flight: a leader's being worked on, a standby's being held."""
         self._max_concurrent = max_concurrent
+        self._identity = identity if identity is not None else IdentityPolicy()
+        """Who may call what; verified identities only unless configured otherwise."""
+        self._refusals = RepeatThrottle(REFUSAL_LOG_WINDOW_S)
         self.instance = socket.gethostname()
 
     @property
     def role(self) -> str:
         return "leader" if self._handlers is not None else "standby"
+
+    def server_authenticates(self) -> bool | None:
+        """Whether the NATS server this process is connected to requires authentication
+        (its INFO's `auth_required`; None: not known, no INFO yet).
+
+        nats-py keeps the server's INFO in a private attribute (refreshed on every
+        reconnect); ttp_runtime.nats relies on its INFO handling as well."""
+        info = getattr(self._nc, "_server_info", None)
+        if not isinstance(info, dict) or not info:
+            return None
+        return info.get("auth_required") is True
+
+    def _caller(self, request: Request) -> Caller:
+        """The request's caller, or a `forbidden` :class:`ControlRequestError`."""
+        try:
+            return self._identity.caller(
+                request.headers, server_authenticates=self.server_authenticates()
+            )
+        except ForbiddenError as refusal:
+            raise ControlRequestError(ErrorCode.FORBIDDEN, str(refusal)) from None
+
+    def _announce_identity_mode(self) -> None:
+        if not self._identity.require_verified:
+            _log.warning(
+                "control requests without a Nats-Request-Info header are served as admin, "
+                "actor 'unverified' (TTP_CONTROL_REQUIRE_VERIFIED_IDENTITY=false)"
+            )
+        elif not self.server_authenticates():
+            _log.error(unauthenticated_server_refusal())
 
     async def serve_standby(self) -> None:
         self._handlers = None
@@ -395,6 +458,7 @@ class ControlService:
             self._leader_since = time.monotonic()
         old, self._service = self._service, service
         _log.info("control service serving", extra={"role": role, "service_id": service.id})
+        self._announce_identity_mode()
         await self._retire(old)
 
     def _dispatcher(self, endpoint: Endpoint, role: str) -> Callable[[Request], Awaitable[None]]:
@@ -464,6 +528,7 @@ class ControlService:
                     f"master on {self.instance} is a standby and no leader answered: "
                     "the leader is down, frozen or still starting",
                 )
+            caller = self._caller(request)
             with start_consumer_span(
                 f"{subjects.CONTROL_PREFIX}.{{endpoint}}",
                 request.headers,
@@ -471,7 +536,9 @@ class ControlService:
                 operation="process",
             ):
                 try:
-                    result = await within(handlers.handle(endpoint, request.data), ANSWER_BOUND_S)
+                    result = await within(
+                        handlers.handle(endpoint, request.data, caller), ANSWER_BOUND_S
+                    )
                 except TimeoutError:
                     raise ControlRequestError(
                         ErrorCode.UNAVAILABLE,
@@ -483,11 +550,21 @@ class ControlService:
             metrics.CONTROL_REQUESTS.labels(endpoint.value, "ok").inc()
         except ControlRequestError as failure:
             metrics.CONTROL_REQUESTS.labels(endpoint.value, failure.error.code.value).inc()
+            if failure.error.code is ErrorCode.FORBIDDEN:
+                self._log_refusal(endpoint, failure.error.message)
             await self._respond_error(request, failure.error)
         except asyncio.CancelledError:
             raise
         except Exception:
             await self._fail_internal(endpoint, request)
+
+    def _log_refusal(self, endpoint: Endpoint, message: str) -> None:
+        held = self._refusals.admit(f"{endpoint.value}: {message}")
+        if held is not None:
+            _log.warning(
+                "control request forbidden",
+                extra={"endpoint": endpoint.value, "reason": message, "repeats_held": held},
+            )
 
     async def _fail_internal(self, endpoint: Endpoint, request: Request) -> None:
         """Log the exception being handled under a new correlation id and answer with it.

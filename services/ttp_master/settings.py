@@ -10,6 +10,13 @@ from pydantic import Field, SecretStr
 from ttp_master.db.target import DatabaseTarget
 from ttp_runtime.settings import ServiceSettings
 
+ControlRole = Literal["viewer", "operator", "admin"]
+
+
+def _default_account_roles() -> dict[str, ControlRole]:
+    """The accounts of ttp_runtime/nats_accounts.conf that call the control service."""
+    return {"OPERATORS": "operator", "VIEWERS": "viewer", "ADMIN": "admin"}
+
 
 class MasterSettings(ServiceSettings):
     """Environment of `ttp-master`."""
@@ -83,6 +90,23 @@ class MasterSettings(ServiceSettings):
         description=(
             "Control requests (ttp.ctl.>) one master works on at once; beyond it a request "
             "is answered `busy` at once, so a flood cannot exhaust the master."
+        ),
+    )
+
+    control_account_roles: dict[str, ControlRole] = Field(
+        default_factory=_default_account_roles,
+        description=(
+            "Role of each NATS account calling the control service (JSON object, account -> "
+            "viewer, operator or admin); a caller of any other account is refused."
+        ),
+    )
+    control_require_verified_identity: bool = Field(
+        default=True,
+        description=(
+            "Serve a control request only with the caller identity the NATS server stamps on "
+            "it (Nats-Request-Info), and none at all on a server that does not authenticate "
+            "clients. False (private test servers only) serves a request without it as "
+            "admin, actor `unverified`."
         ),
     )
 

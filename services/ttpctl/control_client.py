@@ -45,21 +45,21 @@ from ttp_core.contract.control import (
 
 __all__ = [
     "DEFAULT_REQUEST_TIMEOUT_S",
-    "NO_MASTER_MESSAGE",
     "ControlClient",
     "ControlClientError",
     "ExitCode",
     "build_request",
     "exit_code_for",
+    "no_responders_message",
 ]
 
 DEFAULT_REQUEST_TIMEOUT_S: Final = 5.0
-NO_MASTER_MESSAGE: Final = "no master is serving ttp.ctl (is ttp-master running?)"
 _ERROR_HEADER: Final = "Nats-Service-Error"
 _ERROR_CODE_HEADER: Final = "Nats-Service-Error-Code"
 # For an error reply whose body is not a Reply (only the micro headers are readable).
 _CODE_OF_STATUS: Final = {
     400: ErrorCode.BAD_REQUEST,
+    403: ErrorCode.FORBIDDEN,
     404: ErrorCode.UNKNOWN_RULE,
     503: ErrorCode.UNAVAILABLE,
 }
@@ -79,8 +79,11 @@ class ExitCode(IntEnum):
     UNKNOWN_RULE = 3
     """The master knows no such rule (``unknown_rule``)."""
     UNAVAILABLE = 4
-    """No usable answer: NATS unreachable, no master, not the leader, the master busy (retry),
-    or a master failure."""
+    """No usable answer: NATS unreachable, no master (or no route to it for this identity),
+    not the leader, the master busy (retry), or a master failure."""
+    FORBIDDEN = 5
+    """The caller's NATS identity may not do this (``forbidden``): a viewer changing state,
+    an operator forcing an unknown rule, or an identity the master cannot verify."""
 
 
 _EXIT_CODES: Final = {
@@ -90,14 +93,28 @@ _EXIT_CODES: Final = {
     ErrorCode.UNAVAILABLE: ExitCode.UNAVAILABLE,
     ErrorCode.BUSY: ExitCode.UNAVAILABLE,
     ErrorCode.INTERNAL: ExitCode.UNAVAILABLE,
+    ErrorCode.FORBIDDEN: ExitCode.FORBIDDEN,
 }
 
 EXIT_CODES_HELP: Final = (
     "Exit codes: 0 success; 1 negative answer (not converged, wait timed out); 2 usage"
     " error or request refused as invalid; 3 unknown rule; 4 NATS or the master unavailable"
-    " (no master, not the leader, master busy: retry, master failure)."
+    " (no master, not the leader, master busy: retry, master failure); 5 forbidden: your NATS"
+    " identity may not do this."
 )
 """The exit-code paragraph every control command's help ends with."""
+
+
+def no_responders_message(subject: str) -> str:
+    """What "no responders" means for a control request on ``subject``.
+
+    NATS cannot tell the two apart: no master serves the subject, or the server routes it
+    nowhere for the caller's identity (a viewer's account does not import the endpoints that
+    change state)."""
+    return (
+        f"no master is serving {subject}, or your NATS identity may not call it (a viewer cannot"
+        " set or clear state): is ttp-master running, and are you connected as the right role?"
+    )
 
 
 def exit_code_for(code: ErrorCode) -> ExitCode:
@@ -209,7 +226,9 @@ class ControlClient:
                 subject, request.model_dump_json(exclude_none=True).encode(), timeout=timeout
             )
         except nats.errors.NoRespondersError:
-            raise ControlClientError(ErrorCode.UNAVAILABLE, NO_MASTER_MESSAGE) from None
+            raise ControlClientError(
+                ErrorCode.UNAVAILABLE, no_responders_message(subject)
+            ) from None
         except nats.errors.TimeoutError:
             raise ControlClientError(
                 ErrorCode.UNAVAILABLE,

@@ -26,6 +26,7 @@ from ttp_core.contract.control import (
 
 __all__ = [
     "FleetVerdict",
+    "actor_text",
     "age_text",
     "audit_table",
     "fleet_header",
@@ -80,6 +81,13 @@ def age_text(age_s: float) -> str:
     return f"{span_text(age_s)} ago"
 
 
+def actor_text(actor: str | None, on_behalf_of: str | None) -> str:
+    """Who made a change: the verified actor, then whom it said it acted for:
+    ``OPERATORS/operator (for alice)``; ``-`` when nobody is recorded."""
+    shown = actor or "-"
+    return f"{shown} (for {on_behalf_of})" if on_behalf_of else shown
+
+
 def _plural(count: int, word: str) -> str:
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
@@ -128,7 +136,7 @@ def states_table(states: Iterable[OperatorState], now: datetime) -> Table:
             state.rule_id,
             state_text(state, now),
             state.reason or "",
-            state.set_by or "",
+            actor_text(state.set_by, state.on_behalf_of) if state.set_by else "",
             utc_text(state.set_at) if state.set_at else "",
             str(state.revision) if state.revision is not None else "",
         )
@@ -178,7 +186,8 @@ def rule_detail_lines(rule: RuleDetail, now: datetime) -> list[str]:
         facts.append(
             (
                 "",
-                f"reason: {state.reason or '-'}; set by {state.set_by or '-'}"
+                f"reason: {state.reason or '-'};"
+                f" set by {actor_text(state.set_by, state.on_behalf_of)}"
                 f" at {utc_text(state.set_at)} (revision {state.revision})",
             )
         )
@@ -303,7 +312,7 @@ def audit_table(entries: Iterable[AuditEntry]) -> Table:
             utc_text(entry.at),
             entry.rule_id or "-",
             entry.kind,
-            entry.actor or "-",
+            actor_text(entry.actor, entry.on_behalf_of),
             entry.summary,
         )
     return table

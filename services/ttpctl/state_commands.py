@@ -48,7 +48,12 @@ RuleArgument = Annotated[
 ActorOption = Annotated[
     str | None,
     typer.Option(
-        "--as", help="Who makes the change (recorded in the audit). Default: the OS user."
+        "--as",
+        help=(
+            "Whom you act for: a note recorded in the audit beside your NATS identity, which"
+            " the server authenticates and the master records as the actor. Default: the OS"
+            " user."
+        ),
     ),
 ]
 

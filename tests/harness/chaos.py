@@ -143,6 +143,8 @@ class Fleet:
     def start_master(self, name: str, **env: str) -> None:
         """A `ttp-master` with a /readyz port of its own (kept across restarts of `name`)."""
         port = self.http_ports.setdefault(name, free_port())
+        # The chaos servers authenticate nobody: control requests carry no verified identity.
+        env = {"TTP_CONTROL_REQUIRE_VERIFIED_IDENTITY": "false", **env}
         self.procs.start(name, "ttp-master", TTP_HTTP_PORT=str(port), **env)
 
     def start_workers(self) -> None:

@@ -495,7 +495,12 @@ async def nats_client(url: str) -> AsyncIterator[Client]:
 
 
 def master_settings(nats_url: str, database_url: str, rules_dir: Path, **overrides: Any) -> Any:
-    """MasterSettings for a test: loopback health server on a free port, 30 ms debounce."""
+    """MasterSettings for a test: loopback health server on a free port, 30 ms debounce.
+
+    The test servers of these tests authenticate nobody, so the control service serves
+    requests without a verified identity (as admin, actor ``unverified``); a test on the
+    roles-secured server (tests/harness/nats_roles.py) passes
+    ``control_require_verified_identity=True`` and its role's settings."""
     from ttp_master.settings import MasterSettings
 
     values: dict[str, Any] = {
@@ -506,6 +511,7 @@ def master_settings(nats_url: str, database_url: str, rules_dir: Path, **overrid
         "http_port": 0,
         "debounce_ms": 30,
         "log_format": "console",
+        "control_require_verified_identity": False,
     }
     values.update(overrides)
     return MasterSettings(**values)

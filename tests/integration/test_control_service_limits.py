@@ -29,6 +29,7 @@ from harness.master import query, wait_until
 from ttp_core.contract import subjects
 from ttp_core.contract.control import ErrorCode, StateGetRequest, StateList
 from ttp_core.contract.payloads import RulesetRevision
+from ttp_master.caller_identity import IdentityPolicy
 from ttp_master.control_service import ControlService, LeaderTerm
 from ttp_master.db.migrate import upgrade_to_head
 from ttp_master.db.queries import ControlQueries
@@ -39,6 +40,9 @@ CAP = 5
 FLOOD = 40
 _HANG_GUARD_S = 30.0
 """Far beyond any answer's time: only a hang reaches it."""
+
+UNVERIFIED = IdentityPolicy(require_verified=False)
+"""The test server authenticates nobody: requests carry no verified identity."""
 
 
 async def _summary() -> RulesetRevision:
@@ -59,7 +63,7 @@ async def rig(private_nats: Any, database_url: str) -> AsyncIterator[Rig]:
     engine = create_async_engine(database_url, pool_size=CAP * 3, max_overflow=0)
     service_nc = await nats.connect(private_nats.url)
     client = await nats.connect(private_nats.url)
-    control = ControlService(service_nc, FleetTracker(), max_concurrent=CAP)
+    control = ControlService(service_nc, FleetTracker(), max_concurrent=CAP, identity=UNVERIFIED)
     # state.get reads only through the queries; the other parts are never reached here.
     term = LeaderTerm(
         repository=None,  # type: ignore[arg-type]
@@ -185,8 +189,8 @@ async def test_a_standby_over_its_cap_leaves_requests_to_the_leader(private_nats
     leader_nc = await nats.connect(private_nats.url)
     standby_nc = await nats.connect(private_nats.url)
     client = await nats.connect(private_nats.url)
-    leader = ControlService(leader_nc, FleetTracker(), max_concurrent=FLOOD)
-    standby = ControlService(standby_nc, FleetTracker(), max_concurrent=2)
+    leader = ControlService(leader_nc, FleetTracker(), max_concurrent=FLOOD, identity=UNVERIFIED)
+    standby = ControlService(standby_nc, FleetTracker(), max_concurrent=2, identity=UNVERIFIED)
     revision_only = LeaderTerm(
         repository=None,  # type: ignore[arg-type]
         queries=None,  # type: ignore[arg-type]

@@ -16,8 +16,12 @@ import nats
 from harness.master import service_roles
 from ttp_core.contract import subjects
 from ttp_core.contract.payloads import RulesetRevision
+from ttp_master.caller_identity import IdentityPolicy
 from ttp_master.control_service import STANDBY_REPLY_DELAY_S, ControlService, LeaderTerm
 from ttp_master.fleet_tracker import FleetTracker
+
+UNVERIFIED = IdentityPolicy(require_verified=False)
+"""The test server authenticates nobody: requests carry no verified identity."""
 
 
 async def _summary() -> RulesetRevision:
@@ -38,7 +42,7 @@ async def _ask(nc: Any) -> dict[str, Any]:
 async def test_a_standby_refuses_then_answers_as_leader_without_a_gap(private_nats: Any) -> None:
     service_nc = await nats.connect(private_nats.url)
     client = await nats.connect(private_nats.url)
-    control = ControlService(service_nc, FleetTracker())
+    control = ControlService(service_nc, FleetTracker(), identity=UNVERIFIED)
     try:
         await control.serve_standby()
         refused = await _ask(client)

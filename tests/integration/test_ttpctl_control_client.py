@@ -50,7 +50,7 @@ from ttp_core.contract.control import (
 )
 from ttp_core.contract.payloads import RejectionError
 from ttpctl.app import app
-from ttpctl.control_client import NO_MASTER_MESSAGE, ControlClient, ControlClientError
+from ttpctl.control_client import ControlClient, ControlClientError, no_responders_message
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -246,6 +246,11 @@ async def test_an_error_known_only_from_the_micro_headers(
     with pytest.raises(ControlClientError) as caught:
         await client.revision()
     assert (caught.value.code, caught.value.message) == (ErrorCode.BAD_REQUEST, "bad input")
+    headers = {"Nats-Service-Error": "not you", "Nats-Service-Error-Code": "403"}
+    peer.answers[Endpoint.REVISION] = Canned(b"", headers)
+    with pytest.raises(ControlClientError) as caught:
+        await client.revision()
+    assert (caught.value.code, caught.value.exit_code) == (ErrorCode.FORBIDDEN, 5)
 
 
 async def test_an_unreadable_reply_is_an_internal_error(
@@ -266,7 +271,10 @@ async def test_no_responders_is_unavailable(client: ControlClient) -> None:
     with pytest.raises(ControlClientError) as caught:
         await client.audit()
     assert caught.value.code is ErrorCode.UNAVAILABLE
-    assert caught.value.message == NO_MASTER_MESSAGE
+    assert caught.value.message == no_responders_message(subjects.control("audit"))
+    # NATS cannot tell "no master" from "not routed for this identity": the message says both.
+    assert "ttp.ctl.audit" in caught.value.message
+    assert "viewer cannot set or clear state" in caught.value.message
     assert caught.value.exit_code == 4
 
 
@@ -371,6 +379,7 @@ def test_state_set_usage_errors_exit_2_before_anything_is_sent(
         (ErrorCode.UNAVAILABLE, 4),
         (ErrorCode.BUSY, 4),
         (ErrorCode.INTERNAL, 4),
+        (ErrorCode.FORBIDDEN, 5),
     ],
 )
 def test_error_replies_map_to_exit_codes(
@@ -389,7 +398,8 @@ def test_error_replies_map_to_exit_codes(
 def test_no_master_exits_4(nats_url: str) -> None:
     result = ttpctl(nats_url, "state", "show")
     assert result.exit_code == 4
-    assert result.stderr == f"ttpctl state show: error: {NO_MASTER_MESSAGE}\n"
+    message = no_responders_message(subjects.control("state.get"))
+    assert result.stderr == f"ttpctl state show: error: {message}\n"
 
 
 def test_unreachable_nats_exits_4() -> None:
@@ -557,7 +567,7 @@ def test_fleet_wait_with_no_master_fails_at_once(nats_url: str) -> None:
     result = ttpctl(nats_url, "fleet", "status", "--wait", "5", "--timeout", "30s")
     assert result.exit_code == 4
     assert time.monotonic() - started < 10
-    assert NO_MASTER_MESSAGE in result.stderr
+    assert no_responders_message(subjects.control("fleet")) in " ".join(result.stderr.split())
 
 
 @pytest.mark.parametrize(

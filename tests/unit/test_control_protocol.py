@@ -42,7 +42,7 @@ def test_a_valid_clip_request_parses() -> None:
     ("body", "field", "words"),
     [
         (b'{"rule_id": "R1", "state": "disabled", "actor": "a"}', "reason", "required"),
-        (b'{"rule_id": "R1", "state": "disabled", "reason": "r"}', "actor", "required"),
+        (b'{"rule_id": "R1", "state": "disabled", "reason": "r", "actor": " "}', "actor", "blank"),
         (b'{"rule_id": "R1", "state": "disabled", "reason": " ", "actor": "a"}', "reason", "blank"),
         (
             b'{"rule_id": "R1", "state": "clipped", "confidence_max": 0,'
@@ -116,7 +116,20 @@ def test_error_codes_map_to_micro_status_numbers() -> None:
         ErrorCode.UNAVAILABLE: 503,
         ErrorCode.BUSY: 503,
         ErrorCode.INTERNAL: 500,
+        ErrorCode.FORBIDDEN: 403,
     }
+
+
+def test_actor_is_an_optional_note() -> None:
+    # The actor is the caller's verified identity; the body's `actor` is only a note of
+    # whom it acts for, so a client may leave it out.
+    bare = parse_request(
+        Endpoint.STATE_SET, b'{"rule_id": "R1", "state": "disabled", "reason": "r"}'
+    )
+    assert isinstance(bare, StateSetRequest)
+    assert bare.actor is None
+    cleared = parse_request(Endpoint.STATE_CLEAR, b'{"rule_id": "R1"}')
+    assert cleared.actor is None
 
 
 def test_audit_summaries_read_as_sentences() -> None:

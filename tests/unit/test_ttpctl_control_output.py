@@ -30,6 +30,7 @@ from ttpctl.control_client import (
     exit_code_for,
 )
 from ttpctl.control_output import (
+    actor_text,
     age_text,
     audit_table,
     fleet_header,
@@ -106,11 +107,18 @@ def fleet(*workers: WorkerView, revision: int = 123, converged: bool | None = No
         (ErrorCode.UNAVAILABLE, 4),
         (ErrorCode.BUSY, 4),
         (ErrorCode.INTERNAL, 4),
+        (ErrorCode.FORBIDDEN, 5),
     ],
 )
 def test_every_error_code_has_an_exit_code(code: ErrorCode, exit_code: int) -> None:
     assert exit_code_for(code) == exit_code
     assert ControlClientError(code, "x").exit_code == exit_code
+
+
+def test_forbidden_has_an_exit_code_of_its_own() -> None:
+    assert ExitCode.FORBIDDEN == 5
+    assert [c for c in ExitCode if c.value == 5] == [ExitCode.FORBIDDEN]
+    assert "5 forbidden" in EXIT_CODES_HELP
 
 
 def test_exit_codes_are_documented_in_one_paragraph() -> None:
@@ -220,6 +228,28 @@ def test_states_table() -> None:
     assert "alice" in text
     assert "2026-11-22T02:55:00Z" in text
     assert "124" in text
+    noted = render(
+        states_table(
+            [
+                state(
+                    state="disabled",
+                    set_by="OPERATORS/operator",
+                    on_behalf_of="alice",
+                    set_at=NOW,
+                    revision=124,
+                )
+            ],
+            NOW,
+        )
+    )
+    assert "OPERATORS/operator (for alice)" in noted
+
+
+def test_actor_text_shows_the_verified_actor_then_the_note() -> None:
+    assert actor_text("OPERATORS/operator", "alice") == "OPERATORS/operator (for alice)"
+    assert actor_text("OPERATORS/operator", None) == "OPERATORS/operator"
+    assert actor_text("ttp-master", "") == "ttp-master"
+    assert actor_text(None, None) == "-"
 
 
 # --------------------------------------------------------------------------------------------
@@ -273,16 +303,19 @@ def test_rule_detail_lines() -> None:
             state="clipped",
             confidence_max=0.3,
             reason="investigation",
-            set_by="bob",
+            set_by="OPERATORS/operator",
             set_at=NOW,
             revision=125,
+            on_behalf_of="bob",
         ),
         yaml_text="id: R0031\nname: curl piped to shell\n",
     )
     lines = rule_detail_lines(detail, NOW)
     assert "rule      R0031" in lines
     assert "state     clipped 0.3" in lines
-    assert any("reason: investigation; set by bob" in line for line in lines)
+    assert any(
+        "reason: investigation; set by OPERATORS/operator (for bob)" in line for line in lines
+    )
     assert lines[-3:] == ["definition:", "  id: R0031", "  name: curl piped to shell"]
 
 
@@ -384,6 +417,20 @@ def test_audit_table_keeps_the_given_order() -> None:
     text = render(audit_table(entries))
     assert text.index("change 7") < text.index("change 8")
     assert "2026-11-22T03:07:00Z" in text
+
+
+def test_audit_table_shows_whom_the_actor_acted_for() -> None:
+    entry = AuditEntry(
+        revision=9,
+        at=NOW,
+        rule_id="R0031",
+        kind="state",
+        actor="OPERATORS/operator",
+        summary="disabled: noisy",
+        data={},
+        on_behalf_of="alice",
+    )
+    assert "OPERATORS/operator (for alice)" in render(audit_table([entry]))
 
 
 def test_json_document_is_the_model_in_json_mode() -> None:

@@ -206,6 +206,7 @@ def state_from_row(row: Row[Any]) -> OperatorState:
         set_by=row.set_by,
         set_at=row.set_at,
         revision=row.revision,
+        on_behalf_of=row.on_behalf_of,
     )
 
 
@@ -237,6 +238,7 @@ def _audit_entry(row: Row[Any]) -> AuditEntry:
         summary=describe_change(row.kind, data),
         data=data,
         published_at=row.published_at,
+        on_behalf_of=row.on_behalf_of,
     )
 
 

@@ -127,9 +127,12 @@ class StateWrite:
     rule_id: str
     state: Literal["enabled", "disabled", "clipped"]
     set_by: str
+    """The caller's verified identity (docs/contract.md, caller identity)."""
     reason: str | None = None
     confidence_max: float | None = None
     expires_at: datetime | None = None
+    on_behalf_of: str | None = None
+    """Whom the caller said it acted for: stored beside `set_by`, never instead of it."""
 
 
 @dataclass(slots=True)
@@ -385,6 +388,7 @@ class RuleRepository:
                         now,
                         headers,
                         write.set_by,
+                        on_behalf_of=write.on_behalf_of,
                     )
                 )
             if outbox:
@@ -456,6 +460,7 @@ async def _write_state(
         "set_by": write.set_by,
         "set_at": now,
         "revision": revision,
+        "on_behalf_of": write.on_behalf_of,
     }
     return (await conn.execute(_UPSERT_STATE, values)).one()
 
@@ -516,6 +521,8 @@ def _outbox_row(
     now: datetime,
     headers: dict[str, str],
     actor: str,
+    *,
+    on_behalf_of: str | None = None,
 ) -> dict[str, Any]:
     event = envelope(
         data, source=MASTER_SOURCE, subject=rule_id, event_id=event_msg_id(revision), time=now
@@ -530,6 +537,7 @@ def _outbox_row(
         "payload": event.model_dump(mode="json"),
         "headers": headers,
         "actor": actor,
+        "on_behalf_of": on_behalf_of,
         "created_at": now,
         "published_at": None,
     }

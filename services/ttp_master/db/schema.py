@@ -54,6 +54,12 @@ rule_state = Table(
     Column("set_by", Text, nullable=True),
     Column("set_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("revision", BigInteger, nullable=False),
+    Column(
+        "on_behalf_of",
+        Text,
+        nullable=True,
+        comment="whom the caller said it acted for (a note; set_by is verified)",
+    ),
     CheckConstraint("state IN ('enabled', 'disabled', 'clipped')", name="ck_ttp_rule_state_state"),
 )
 
@@ -80,6 +86,12 @@ rule_event = Table(
     Column("payload", JSONB, nullable=False),
     Column("headers", JSONB, nullable=False, server_default=text("'{}'::jsonb")),
     Column("actor", Text, nullable=True),
+    Column(
+        "on_behalf_of",
+        Text,
+        nullable=True,
+        comment="whom the caller said it acted for (a note; actor is verified)",
+    ),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("published_at", DateTime(timezone=True), nullable=True),
     Index(

@@ -28,7 +28,7 @@ from pydantic import (
 from ttp_core.contract.payloads import RejectionError, StateName
 
 SERVICE_NAME: Final = "ttp-ctl"
-SERVICE_VERSION: Final = "1.0.0"
+SERVICE_VERSION: Final = "1.1.0"
 
 _UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
 
@@ -40,6 +40,11 @@ def _storable(value: str) -> str:
         raise ValueError("must not contain a NUL character or a lone surrogate")
     return value
 
+
+_ACTOR_NOTE: Final = (
+    "Whom the caller acts for: a note the master stores as `on_behalf_of`, beside the actor,"
+    " which is the caller's NATS identity as the server authenticated it (never this field)."
+)
 
 RuleIdText = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 ActorText = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_storable)]
@@ -70,6 +75,8 @@ class ErrorCode(StrEnum):
     """The master is already working on its cap of concurrent requests: retry shortly."""
     INTERNAL = "internal"
     """An unexpected failure; the message carries a correlation id to find it in the log."""
+    FORBIDDEN = "forbidden"
+    """The caller's NATS identity may not do this (or the master cannot verify it)."""
 
     @property
     def status(self) -> int:
@@ -83,6 +90,7 @@ _STATUS: Final = {
     ErrorCode.UNAVAILABLE: 503,
     ErrorCode.BUSY: 503,
     ErrorCode.INTERNAL: 500,
+    ErrorCode.FORBIDDEN: 403,
 }
 
 
@@ -102,18 +110,23 @@ class _Result(BaseModel):
 class StateSetRequest(_Request):
     """Set a rule's operator state. `clipped` needs `confidence_max` in (0, 1]."""
 
+    # Who makes the change is the caller's NATS identity, which the master takes from the
+    # server (docs/contract.md, caller identity); `actor` only notes whom the caller acts for.
+
     rule_id: RuleIdText
     state: StateName
     confidence_max: Annotated[float, Field(gt=0, le=1)] | None = None
     expires_at: datetime | None = None
     reason: ReasonText
-    actor: ActorText
+    actor: Annotated[ActorText | None, Field(description=_ACTOR_NOTE)] = None
     force: bool = False
-    """Allow a state for a rule_id the master does not know (yet)."""
+    """Allow a state for a rule_id the master does not know (yet); needs the admin role."""
 
     @field_validator("reason", "actor")
     @classmethod
-    def _not_blank(cls, value: str) -> str:
+    def _not_blank(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         if not value.strip():
             raise ValueError("must not be blank")
         return value.strip()
@@ -140,7 +153,7 @@ class StateClearRequest(_Request):
     """Back to `enabled` (the default); cancels any scheduled expiry."""
 
     rule_id: RuleIdText
-    actor: ActorText
+    actor: Annotated[ActorText | None, Field(description=_ACTOR_NOTE)] = None
     reason: Annotated[str, Field(max_length=1024), AfterValidator(_storable)] | None = None
 
 
@@ -191,8 +204,11 @@ class OperatorState(_Result):
     expires_at: datetime | None = None
     reason: str | None = None
     set_by: str | None = None
+    """The caller's identity as the NATS server authenticated it (`<ACCOUNT>/<user>`)."""
     set_at: datetime | None = None
     revision: int | None = None
+    on_behalf_of: str | None = None
+    """Whom the caller said it acted for (the request's `actor`): a note, not verified."""
 
 
 class StateChanged(_Result):
@@ -251,9 +267,13 @@ class AuditEntry(_Result):
     kind: str
     """`reloaded`, `deleted`, `rejected` or `state`."""
     actor: str | None
+    """Who made the change: `<ACCOUNT>/<user>` as the NATS server authenticated the caller,
+    `unverified`, or `ttp-master` for the master's own changes."""
     summary: str
     data: dict[str, Any]
     published_at: datetime | None = None
+    on_behalf_of: str | None = None
+    """Whom the caller said it acted for (the request's `actor`): a note, not verified."""
 
 
 class AuditLog(_Result):
