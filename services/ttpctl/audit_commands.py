@@ -45,9 +45,8 @@ def audit(
     nats_url: NatsUrlOption = None,
 ) -> None:
     """Show the change log, oldest first: revision, time, rule, kind (reloaded, deleted,
-    rejected, state), actor and a summary. The actor is the NATS identity that made the change
-    (``OPERATORS/operator``), followed by whom it said it acted for (``(for alice)``, from
-    ``--as``)."""
+    rejected, state), actor and a summary. The actor is the NATS identity that made the change,
+    e.g. OPERATORS/operator, then whom it said it acted for (--as), e.g. (for alice)."""
     if rule is not None:
         check_rule_id(rule)
     start = None
