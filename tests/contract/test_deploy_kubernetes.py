@@ -12,22 +12,35 @@
   referenced ConfigMap and Secret exists (prod: only the documented external Secrets).
 - Base: one master with Recreate; worker HPA (autoscaling/v2) and PDB.
 - base/rules-configmap.yaml holds exactly the repository's rules (deploy/kubernetes/sync-rules.sh).
+- NATS roles: the master and the workers each log in as their own role from their own Secret,
+  with their own inbox prefix; the dev overlay has one Secret per role of the accounts config,
+  shared by no two workloads; both Helm values include the shipped accounts file (``--set-file``
+  into the chart's ConfigMap) and give the server every role's password (prod: from a Secret;
+  dev: the overlay's placeholders, which a real nats-server accepts);
+  ``make-nats-credentials.sh`` makes the Secrets; the ``nats`` namespace has NetworkPolicies.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
+import os
+import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import nats
 import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
 from ttp_master.settings import MasterSettings
+from ttp_runtime.embedded import EmbeddedNats
+from ttp_runtime.nats_roles import ACCOUNTS_CONFIG, ROLES, Role, RoleCredentials
 from ttp_runtime.settings import ServiceSettings
 from ttp_worker.settings import WorkerSettings
 
@@ -44,7 +57,27 @@ SETTINGS_BY_PROGRAM: dict[str, type[BaseSettings]] = {
     "ttpctl": ServiceSettings,
 }
 # Secrets prod expects to exist already (created by an external secret manager).
-PROD_EXTERNAL_SECRETS = {"ttp-database", "ttp-database-migrate", "ttp-nats", "ttp-nats-ca"}
+PROD_EXTERNAL_SECRETS = {
+    "ttp-database",
+    "ttp-database-migrate",
+    "ttp-nats-master",
+    "ttp-nats-worker",
+    "ttp-nats-ca",
+}
+# The NATS role each workload logs in as (the migrate Job talks to PostgreSQL only).
+NATS_ROLE_OF_WORKLOAD: dict[str, Role] = {
+    "Deployment/ttp-master": "master",
+    "Deployment/ttp-worker": "worker",
+}
+# How the Helm commands load the canonical accounts file into the chart's ConfigMap.
+SET_FILE = (
+    "--set-file 'configMap.merge.data.nats_accounts\\.conf=shared/ttp_runtime/nats_accounts.conf'"
+)
+NATS_SERVER_LABELS = {
+    "app.kubernetes.io/name": "nats",
+    "app.kubernetes.io/instance": "nats",
+    "app.kubernetes.io/component": "nats",
+}
 
 
 def tool(name: str) -> Path:
@@ -122,11 +155,12 @@ def latest_kubernetes() -> str:
 
 def test_overlays_pass_strict_schema_validation(tmp_path: Path) -> None:
     files = []
-    for name in OVERLAYS:
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(render_text(f"overlays/{name}"), encoding="utf-8")
+    targets = [f"overlays/{name}" for name in OVERLAYS] + ["nats"]
+    for target in targets:
+        path = tmp_path / f"{target.replace('/', '-')}.yaml"
+        path.write_text(render_text(target), encoding="utf-8")
         files.append(str(path))
-    documents = sum(len(render(f"overlays/{name}")) for name in OVERLAYS)
+    documents = sum(len(render(target)) for target in targets)
     versions = sorted({OLDEST_KUBERNETES, latest_kubernetes()})
     # One process per Kubernetes version, side by side.
     runs = {
@@ -460,17 +494,8 @@ def test_nats_helm_values_enable_jetstream_on_files() -> None:
         assert jetstream["enabled"] is True
         assert jetstream["fileStore"]["enabled"] is True
         assert jetstream["fileStore"]["pvc"]["enabled"] is True
-        assert values["config"]["merge"]["authorization"]["user"] == "ttp"
     assert dev["config"]["cluster"]["enabled"] is False
     assert prod["config"]["cluster"] == {"enabled": True, "replicas": 3}
-    # No literal password in prod: it comes from a Secret through the container environment.
-    assert prod["config"]["merge"]["authorization"]["password"].startswith("<< $")
-    # The dev overlay's placeholder NATS credentials are the ones the dev server accepts.
-    overlay = yaml.safe_load((KUBE / "overlays" / "dev" / "kustomization.yaml").read_text())
-    (nats_secret,) = [s for s in overlay["secretGenerator"] if s["name"] == "ttp-nats"]
-    literals = dict(item.split("=", 1) for item in nats_secret["literals"])
-    dev_password = dev["config"]["merge"]["authorization"]["password"]
-    assert literals == {"user": "ttp", "password": dev_password}
     readme = (KUBE / "README.md").read_text(encoding="utf-8")
     for values_file in ("values-dev.yaml", "values-prod.yaml"):
         assert "helm upgrade --install nats nats/nats" in readme and values_file in readme
@@ -490,3 +515,251 @@ def test_the_servicemonitor_component_scrapes_both_metrics_services() -> None:
     # It is a CRD: the overlays that kubernetes-validate checks must not contain it.
     for name in OVERLAYS:
         assert all(doc["kind"] != "ServiceMonitor" for doc in render(f"overlays/{name}"))
+
+
+# --------------------------------------------------------------------------------------------
+# NATS roles: one Secret per role, the accounts file in the Helm values, NetworkPolicies
+# --------------------------------------------------------------------------------------------
+
+
+def base_name(secret: str) -> str:
+    """A generated Secret's name without kustomize's hash suffix."""
+    return re.sub(r"-[a-z0-9]{10}$", "", secret)
+
+
+def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {entry["name"]: entry for entry in container.get("env", [])}
+
+
+def secret_refs_of(spec: dict[str, Any]) -> set[str]:
+    refs = {v["secret"]["secretName"] for v in spec.get("volumes", []) if "secret" in v}
+    for container in containers(spec):
+        for entry in container.get("env", []):
+            ref = entry.get("valueFrom", {}).get("secretKeyRef")
+            if ref:
+                refs.add(ref["name"])
+        for source in container.get("envFrom", []):
+            if "secretRef" in source:
+                refs.add(source["secretRef"]["name"])
+    return {base_name(ref) for ref in refs}
+
+
+def test_each_workload_logs_in_as_its_own_nats_role(
+    overlay: tuple[str, list[dict[str, Any]]],
+) -> None:
+    name, docs = overlay
+    specs = dict(pod_specs(docs))
+    for where, spec in specs.items():
+        role = NATS_ROLE_OF_WORKLOAD.get(where)
+        nats_secrets = {ref for ref in secret_refs_of(spec) if ref.startswith("ttp-nats-")}
+        nats_secrets.discard("ttp-nats-ca")  # the server's CA, no credential
+        (container,) = spec["containers"]
+        env = env_of(container)
+        if role is None:
+            assert not nats_secrets, f"{name} {where}: NATS credentials {nats_secrets}"
+            assert not {k for k in env if k.startswith("TTP_NATS_")} - {"TTP_NATS_URL"}, where
+            continue
+        own = RoleCredentials(role, "")
+        assert nats_secrets == {f"ttp-nats-{role}"}, f"{name} {where}: {nats_secrets}"
+        assert env["TTP_NATS_USER"]["value"] == own.user, where
+        assert env["TTP_NATS_INBOX_PREFIX"]["value"] == own.inbox_prefix, where
+        ref = env["TTP_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert (base_name(ref["name"]), ref["key"]) == (f"ttp-nats-{role}", "password"), where
+        assert "TTP_NATS_TOKEN" not in env and "TTP_NATS_CREDS_FILE" not in env, where
+    assert set(NATS_ROLE_OF_WORKLOAD) <= set(specs)
+
+
+def dev_role_passwords() -> dict[Role, str]:
+    """The dev overlay's placeholder password of each role, from its rendered Secrets."""
+    found: dict[Role, str] = {}
+    for doc in render("overlays/dev"):
+        if doc["kind"] != "Secret" or not doc["metadata"]["name"].startswith("ttp-nats-"):
+            continue
+        role = next(
+            (r for r in ROLES if base_name(doc["metadata"]["name"]) == f"ttp-nats-{r}"), None
+        )
+        assert role is not None, f"{doc['metadata']['name']}: a Secret for no NATS role"
+        assert set(doc["data"]) == {"password"}, role
+        assert role not in found, f"two Secrets for {role}"
+        found[role] = base64.b64decode(doc["data"]["password"]).decode()
+    return found
+
+
+def test_every_nats_role_has_its_own_secret_and_no_two_workloads_share_one() -> None:
+    passwords = dev_role_passwords()
+    in_config = {
+        v.removeprefix("TTP_NATS_PASSWORD_").lower()
+        for v in re.findall(r"TTP_NATS_PASSWORD_[A-Z0-9_]+", ACCOUNTS_CONFIG.read_text())
+    }
+    assert set(passwords) == in_config == set(ROLES)
+    assert len(set(passwords.values())) == len(passwords), "two roles share a password"
+    for name in OVERLAYS:
+        users: dict[str, str] = {}
+        for where, spec in pod_specs(render(f"overlays/{name}")):
+            for ref in secret_refs_of(spec):
+                if ref.startswith("ttp-nats-") and ref != "ttp-nats-ca":
+                    assert ref not in users, f"{name}: {ref} used by {users.get(ref)} and {where}"
+                    users[ref] = where
+        assert set(users) == {f"ttp-nats-{role}" for role in NATS_ROLE_OF_WORKLOAD.values()}
+
+
+def load_values(name: str) -> dict[str, Any]:
+    values = yaml.safe_load((KUBE / "nats" / f"values-{name}.yaml").read_text(encoding="utf-8"))
+    assert isinstance(values, dict)
+    return values
+
+
+def test_nats_helm_values_include_the_shipped_accounts_file() -> None:
+    readme = (KUBE / "README.md").read_text(encoding="utf-8")
+    for name in OVERLAYS:
+        merge = load_values(name)["config"]["merge"]
+        # The chart turns a key ending in $include into an include directive, relative to its
+        # ConfigMap's directory; --set-file puts the canonical file there under that name.
+        assert merge["$include"] == "nats_accounts.conf", name
+        assert not {"authorization", "accounts", "no_auth_user"} & set(merge), name
+        header = (KUBE / "nats" / f"values-{name}.yaml").read_text(encoding="utf-8")
+        for text in (header, readme):
+            assert SET_FILE in text, name
+    source = re.search(r"=(\S+)'$", SET_FILE)
+    assert source is not None
+    assert (REPO / source.group(1)).resolve() == ACCOUNTS_CONFIG.resolve()
+    # nats-box would connect without credentials, which the accounts config refuses.
+    assert all(load_values(name)["natsBox"]["enabled"] is False for name in OVERLAYS)
+
+
+def test_the_nats_server_gets_every_role_password_from_its_environment() -> None:
+    variables = {RoleCredentials(role, "").server_variable: role for role in ROLES}
+    prod_env = load_values("prod")["container"]["env"]
+    assert set(prod_env) == set(variables)
+    for variable, role in variables.items():
+        ref = prod_env[variable]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "ttp-nats-server", "key": role}, variable
+    # Dev: placeholders in the values, equal to the dev overlay's Secrets.
+    dev_env = load_values("dev")["container"]["env"]
+    passwords = dev_role_passwords()
+    assert dev_env == {
+        RoleCredentials(role, "").server_variable: password for role, password in passwords.items()
+    }
+
+
+async def test_a_real_nats_server_admits_each_dev_role_with_its_placeholder(
+    tmp_path: Path,
+) -> None:
+    # The chart's ConfigMap directory: its nats.conf includes the --set-file'd accounts file.
+    conf_dir = tmp_path / "nats-config"
+    conf_dir.mkdir()
+    shutil.copyfile(ACCOUNTS_CONFIG, conf_dir / "nats_accounts.conf")
+    (conf_dir / "nats.conf").write_text(
+        f"include {load_values('dev')['config']['merge']['$include']};\n", encoding="utf-8"
+    )
+    passwords = dev_role_passwords()
+    env = {RoleCredentials(role, "").server_variable: p for role, p in passwords.items()}
+    with EmbeddedNats(
+        data_dir=tmp_path / "data",
+        extra_args=("--config", str(conf_dir / "nats.conf")),
+        extra_env=env,
+    ) as server:
+        for role, password in passwords.items():
+            creds = RoleCredentials(role, password)
+            client = await nats.connect(
+                server.url,
+                user=creds.user,
+                password=creds.password,
+                inbox_prefix=creds.inbox_prefix,
+                max_reconnect_attempts=0,
+            )
+            await client.close()
+
+
+def test_the_credentials_script_makes_the_secrets_of_every_role(tmp_path: Path) -> None:
+    script = KUBE / "make-nats-credentials.sh"
+    assert script.stat().st_mode & 0o111, "make-nats-credentials.sh must be executable"
+    out = tmp_path / "credentials"
+
+    def run() -> dict[str, dict[str, str]]:
+        result = subprocess.run(
+            [str(script), str(out)],
+            env={**os.environ, "KUBECTL": str(tool("kubectl"))},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        secrets: dict[str, dict[str, str]] = {}
+        for manifest in ("nats-secret.yaml", "ttp-rulebus-secrets.yaml"):
+            assert (out / manifest).stat().st_mode & 0o777 == 0o600
+            for doc in yaml.safe_load_all((out / manifest).read_text()):
+                if doc:
+                    key = f"{doc['metadata']['namespace']}/{doc['metadata']['name']}"
+                    secrets[key] = {k: base64.b64decode(v).decode() for k, v in doc["data"].items()}
+        return secrets
+
+    secrets = run()
+    server = secrets.pop("nats/ttp-nats-server")
+    assert set(server) == set(ROLES)
+    assert len(set(server.values())) == len(ROLES), "two roles share a password"
+    assert all(re.fullmatch(r"[A-Za-z][A-Za-z0-9]{31,}", p) for p in server.values())
+    # Only the workloads' roles go into ttp-rulebus, each the server's password of that role.
+    assert secrets == {
+        f"ttp-rulebus/ttp-nats-{role}": {"password": server[role]}
+        for role in NATS_ROLE_OF_WORKLOAD.values()
+    }
+    for role in ROLES:
+        env_file = out / f"{role}.env"
+        assert env_file.stat().st_mode & 0o777 == 0o600
+        lines = [x for x in env_file.read_text().splitlines() if x and not x.startswith("#")]
+        assert dict(x.split("=", 1) for x in lines) == RoleCredentials(
+            role, server[role]
+        ).client_environment("tls://nats.nats.svc.cluster.local:4222")
+    assert run()["nats/ttp-nats-server"] == server, "a second run must keep the passwords"
+    ignored = (REPO / ".gitignore").read_text(encoding="utf-8").splitlines()
+    assert "deploy/kubernetes/credentials/" in ignored
+
+
+def test_the_nats_namespace_admits_only_the_named_clients() -> None:
+    docs = render("nats")
+    assert {d["kind"] for d in docs} == {"NetworkPolicy"}
+    assert {d["metadata"]["namespace"] for d in docs} == {"nats"}
+    policies = {d["metadata"]["name"]: d["spec"] for d in docs}
+    deny = [
+        spec
+        for spec in policies.values()
+        if spec["podSelector"] == {}
+        and spec["policyTypes"] == ["Ingress"]
+        and not spec.get("ingress")
+    ]
+    assert deny, "no namespace-wide default deny of ingress"
+    allowed: dict[int, list[dict[str, Any]]] = {}
+    for name, spec in policies.items():
+        for rule in spec.get("ingress", []):
+            assert spec["podSelector"] == {"matchLabels": NATS_SERVER_LABELS}, name
+            assert rule.get("from"), f"{name}: ingress from anywhere"
+            for port in rule["ports"]:
+                allowed.setdefault(port["port"], []).extend(rule["from"])
+    assert set(allowed) == {4222, 6222, 8222, 7777}
+    # Routes: only the NATS servers themselves (same namespace, their own labels).
+    assert allowed[6222] == [{"podSelector": {"matchLabels": NATS_SERVER_LABELS}}]
+    monitoring = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    }
+    assert allowed[8222] == allowed[7777] == [monitoring]
+    clients = allowed[4222]
+    assert len(clients) == 2 and all(
+        "namespaceSelector" in peer and "podSelector" in peer for peer in clients
+    ), "every client peer names both its namespace and its pods"
+    ours = next(
+        p
+        for p in clients
+        if p["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "ttp-rulebus"}}
+    )
+    components = {e["key"]: set(e["values"]) for e in ours["podSelector"]["matchExpressions"]}
+    assert components == {
+        "app.kubernetes.io/name": {"ttp-rulebus"},
+        "app.kubernetes.io/component": {"master", "worker"},
+    }
+    readme = (KUBE / "README.md").read_text(encoding="utf-8")
+    assert "kubectl apply --server-side -k deploy/kubernetes/nats" in readme
+    assert (
+        "ttp-rulebus.io/nats-client=true" in readme and "ttp-rulebus.io/nats-clients=true" in readme
+    )
