@@ -1,23 +1,38 @@
-"""`ttpctl dev --demo --exit-after-demo` as a real process.
+"""`ttpctl dev` as a real process: the whole system, each process as its NATS role.
 
-It starts embedded NATS and PostgreSQL under its data directory, the master and two workers,
-feeds the bundled demo events, and must exit 0 once they are processed with tags seen,
-leaving no child process behind.
+It starts embedded NATS (with the shipped accounts config) and PostgreSQL under its data
+directory, the master and two workers, and feeds the bundled demo events. It writes each role's
+settings to <data-dir>/credentials/<role>.env and reuses them on the next start; the command
+lines it prints act as the operator and as a viewer; the server refuses a client without
+credentials; no process it starts meets a permission violation; nothing is left running.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import os
+import re
+import shlex
 import shutil
+import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import nats
 import pytest
+
+from ttp_runtime.env_file import read_env_file
+from ttp_runtime.nats_roles import ROLES
 
 REPO = Path(__file__).resolve().parents[2]
 TTPCTL = Path(sys.executable).parent / "ttpctl"
@@ -86,15 +101,17 @@ def processes_using(path: Path) -> list[str]:
     return found
 
 
-@pytest.mark.timeout(90)
-def test_dev_demo_tags_events_and_leaves_nothing_running(workdir: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k not in {"TTP_NATS_URL", "TTP_DATABASE_URL"}}
-    data_dir = workdir / ".ttp"
-    command = [
+def dev_environment() -> dict[str, str]:
+    # No TTP_* of the caller's: dev must start its own servers and hand out its own roles.
+    return {k: v for k, v in os.environ.items() if not k.startswith("TTP_")}
+
+
+def dev_command(data_dir: Path, *options: str) -> list[str]:
+    return [
         str(TTPCTL),
         "dev",
         "--demo",
-        "--exit-after-demo",
+        *options,
         "--workers",
         "2",
         "--data-dir",
@@ -102,11 +119,19 @@ def test_dev_demo_tags_events_and_leaves_nothing_running(workdir: Path) -> None:
         "--http-port",
         str(free_port_base(3)),
     ]
+
+
+def run_demo(workdir: Path, data_dir: Path) -> str:
+    """`ttpctl dev --demo --exit-after-demo`: its output, once it exited 0."""
     proc = subprocess.Popen(
-        command, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        dev_command(data_dir, "--exit-after-demo"),
+        cwd=workdir,
+        env=dev_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
     try:
-        out, _ = proc.communicate(timeout=60)
+        out, _ = proc.communicate(timeout=90)
     except subprocess.TimeoutExpired:
         leftovers = descendants(proc.pid)
         proc.kill()
@@ -120,9 +145,182 @@ def test_dev_demo_tags_events_and_leaves_nothing_running(workdir: Path) -> None:
     summary = [line for line in text.splitlines() if "demo done" in line]
     assert summary, text[-4000:]
     assert " 0 tags" not in summary[0]
+    assert " 0 tagged events" not in summary[0]
     assert "100 events published" in summary[0]
-    assert (data_dir / "ports.json").is_file()
+    return text
+
+
+def ports(data_dir: Path) -> dict[str, int]:
+    data: dict[str, int] = json.loads((data_dir / "ports.json").read_text())
+    return data
+
+
+def violations(data_dir: Path) -> list[str]:
+    """Permission violations nats-server logged: a legitimate call the role config misses."""
+    return [
+        line
+        for log in (data_dir / "nats").glob("*.log")
+        for line in log.read_text(errors="replace").splitlines()
+        if "Violation" in line and "Authorization Violation" not in line
+    ]
+
+
+def hint(output: str, label: str) -> list[str]:
+    """The command line dev printed after `label` (for example "as operator:")."""
+    for line in output.splitlines():
+        if line.startswith(label):
+            return shlex.split(line.removeprefix(label))
+    pytest.fail(f"ttpctl dev printed no {label!r} line:\n{output[-4000:]}")
+
+
+def some_rule_ids(rules_dir: Path, count: int) -> list[str]:
+    found = []
+    for path in sorted(rules_dir.rglob("*.yaml")):
+        match = re.search(r"^rule_id: *(\S+)", path.read_text(), re.M)
+        if match:
+            found.append(match[1])
+    assert len(found) >= count
+    return found[:count]
+
+
+def run(command: list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, env=dev_environment(), capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+@pytest.mark.timeout(240)
+def test_dev_demo_runs_every_process_as_its_role_and_keeps_the_credentials(workdir: Path) -> None:
+    data_dir = workdir / ".ttp"
+    first = run_demo(workdir, data_dir)
+
+    credentials_dir = data_dir / "credentials"
+    assert stat.S_IMODE(credentials_dir.stat().st_mode) == 0o700
+    url = f"nats://127.0.0.1:{ports(data_dir)['nats']}"
+    passwords = {}
+    for role in ROLES:
+        path = credentials_dir / f"{role}.env"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, role
+        settings = read_env_file(path)
+        passwords[role] = settings.pop("TTP_NATS_PASSWORD")
+        assert settings == {
+            "TTP_NATS_URL": url,
+            "TTP_NATS_USER": role,
+            "TTP_NATS_INBOX_PREFIX": f"_INBOX_{role}",
+        }
+    assert len(set(passwords.values())) == len(ROLES)
+    assert hint(first, "as operator:")[1:3] == ["--env-file", str(credentials_dir / "operator.env")]
+    assert hint(first, "as viewer:")[1:3] == ["--env-file", str(credentials_dir / "viewer.env")]
+
+    # A restart with the same data directory keeps every password: shells using the files
+    # keep working, and the demo runs again under the same roles.
+    run_demo(workdir, data_dir)
+    for role in ROLES:
+        assert (
+            read_env_file(credentials_dir / f"{role}.env")["TTP_NATS_PASSWORD"] == passwords[role]
+        )
+
     for name in ("master", "dev-w1", "dev-w2"):
         assert (data_dir / "logs" / f"{name}.log").stat().st_size > 0
     # Servers name the data dir on their command line, services the rules dir in their env.
+    assert processes_using(workdir) == []
+    # Last, so that everything above is known to work when this fails: a process was refused a
+    # call it makes, so the accounts config misses a grant or the process oversteps its role.
+    assert violations(data_dir) == []
+
+
+def wait_until_served(command: list[str], dev: subprocess.Popen[bytes], out: Path) -> None:
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        assert dev.poll() is None, out.read_text(errors="replace")[-4000:]
+        if run(command).returncode == 0:
+            return
+        time.sleep(1)
+    pytest.fail("the master never answered:\n" + out.read_text(errors="replace")[-4000:])
+
+
+def connections(monitor_port: int) -> dict[str, dict[str, Any]]:
+    """nats-server's client connections by name, with the user and account it authenticated."""
+    url = f"http://127.0.0.1:{monitor_port}/connz?auth=true&limit=1024"
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        data = json.load(answer)
+    return {str(c.get("name")): c for c in data.get("connections", [])}
+
+
+async def refused(url: str, **auth: str) -> bool:
+    async def quiet(_: Exception) -> None:
+        return None
+
+    try:
+        client = await nats.connect(
+            url, allow_reconnect=False, connect_timeout=5, error_cb=quiet, **auth
+        )
+    except Exception:
+        return True
+    await client.close()
+    return False
+
+
+@pytest.mark.timeout(240)
+def test_the_printed_commands_act_as_operator_and_viewer(workdir: Path) -> None:
+    data_dir = workdir / ".ttp"
+    out = workdir / "dev.out"
+    with out.open("wb") as sink:
+        dev = subprocess.Popen(
+            dev_command(data_dir),
+            cwd=workdir,
+            env=dev_environment(),
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 90
+        while "as viewer:" not in out.read_text(errors="replace"):
+            assert dev.poll() is None and time.monotonic() < deadline, out.read_text()[-4000:]
+            time.sleep(0.5)
+        printed = out.read_text(errors="replace")
+        as_viewer = hint(printed, "as viewer:")
+        as_operator = hint(printed, "as operator:")
+        assert as_viewer[3:] == ["state", "show"]
+        assert as_operator[3:6] == ["state", "set", "RULE"]
+        muted, other = some_rule_ids(workdir / "rules", 2)
+        wait_until_served(as_viewer, dev, out)
+
+        # Every process authenticated as its role (the demo feed as producer comes and goes).
+        by_name = connections(ports(data_dir)["nats_monitor"])
+        users = {name: c.get("authorized_user") for name, c in by_name.items()}
+        assert users["ttpctl-dev"] == "consumer", users
+        assert users["ttp-master"] == "master", users
+        assert users["ttp-worker-dev-w1"] == users["ttp-worker-dev-w2"] == "worker", users
+
+        operator = run([*as_operator[:5], muted, *as_operator[6:]])
+        assert operator.returncode == 0, operator.stderr
+        assert "disabled" in operator.stdout
+        viewer = run(as_viewer)
+        assert viewer.returncode == 0, viewer.stderr
+        assert re.search(rf"^{muted} +disabled", viewer.stdout, re.M), viewer.stdout
+
+        # A viewer may read state, never change it.
+        refused_set = run([*as_viewer[:3], "state", "set", other, "--disable", "--reason", "x"])
+        assert refused_set.returncode != 0, refused_set.stdout
+        shown = run([*as_viewer[:3], "state", "show", other])
+        assert shown.returncode == 0, shown.stderr
+        assert "disabled" not in shown.stdout
+
+        # The server itself refuses a client without credentials, or with a wrong password.
+        url = read_env_file(data_dir / "credentials" / "viewer.env")["TTP_NATS_URL"]
+        assert asyncio.run(refused(url))
+        assert asyncio.run(refused(url, user="operator", password="p" + "0" * 48))
+    finally:
+        if dev.poll() is None:
+            dev.send_signal(signal.SIGTERM)
+        try:
+            code = dev.wait(60)
+        except subprocess.TimeoutExpired:
+            for pid in descendants(dev.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+            dev.kill()
+            raise
+    assert code == 0, out.read_text(errors="replace")[-4000:]
     assert processes_using(workdir) == []
