@@ -8,7 +8,8 @@
 # Writes into DIR, mode 0600 (the manifests are rendered by `kubectl create --dry-run=client`,
 # which needs no cluster):
 #   nats-secret.yaml        Secret ttp-nats-server in namespace nats: every role's password,
-#                           one key per role, for the server's environment (values-prod.yaml)
+#                           as TTP_NATS_PASSWORD_<ROLE>, the server's environment
+#                           (values-prod.yaml)
 #   ttp-rulebus-secrets.yaml
 #                           Secrets ttp-nats-master and ttp-nats-worker in ttp-rulebus, key
 #                           `password`: each workload gets its own role's and no other
@@ -70,7 +71,8 @@ done
 
 server_args=""
 for role in $roles; do
-    server_args="$server_args --from-file=$role=$work/$role"
+    variable=TTP_NATS_PASSWORD_$(printf '%s' "$role" | tr 'a-z' 'A-Z')
+    server_args="$server_args --from-file=$variable=$work/$role"
 done
 # shellcheck disable=SC2086 # one argument per role, no spaces in them
 "$kubectl" create secret generic ttp-nats-server --namespace nats $server_args \
