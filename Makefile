@@ -38,6 +38,8 @@ lock-check: | $(UV)
 	$(UV) lock --check
 
 ## run: embedded NATS + PostgreSQL, the master, 2 workers and a demo feed (Ctrl-C stops all).
+## Each process logs in as its NATS role; act as one with
+## `.venv/bin/ttpctl --env-file .ttp/credentials/<role>.env ...` (it prints the exact lines).
 run: $(STAMP)
 	$(BIN)/ttpctl dev --demo
 
