@@ -229,11 +229,17 @@ def dev_command(
 ) -> None:
     """Run NATS, PostgreSQL, the master and workers locally with a live status.
 
-    The embedded NATS enforces the shipped roles (docs/security.md). Each role's settings
-    are written once to DATA_DIR/credentials/ROLE.env (mode 0600) and reused by later runs.
-    Act as a role with the global --env-file option, for example
-    `ttpctl --env-file .ttp/credentials/operator.env state set RULE --disable --reason TEXT`
-    (viewer.env may only read: `state show`, `rules list`, `audit`, `fleet status`).
+    The embedded NATS enforces the shipped roles (docs/security.md); each
+    process logs in as its own. Every role's settings are written once to
+    DATA_DIR/credentials/ROLE.env (mode 0600) and reused by later runs.
+
+    Act as a role with ttpctl's global --env-file option, for example:
+
+    ttpctl --env-file .ttp/credentials/operator.env state set RULE --disable --reason TEXT
+
+    ttpctl --env-file .ttp/credentials/viewer.env state show
+
+    A viewer may only read (state show, rules list, audit, fleet status).
     """
     console = Console()
     data_dir = data_dir.absolute()
