@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 
 from ttp_core.contract import subjects
+from ttp_core.contract.control import ErrorCode
 from ttpctl.control_client import EXIT_CODES_HELP, ControlClient, ControlClientError, ExitCode
 from ttpctl.durations import parse_duration
 from ttpctl.nats_session import NatsSessionError, fail, open_nats
@@ -70,9 +71,18 @@ def console() -> Console:
     return Console(highlight=False, markup=False, soft_wrap=True, width=width)
 
 
+_FORBIDDEN_HINT: Final = (
+    " (the master acts on the NATS identity the server authenticated, not on --as: connect"
+    " as a role that may do this, e.g. with --env-file <data-dir>/credentials/<role>.env)"
+)
+
+
 def fail_with(command: str, error: ControlClientError) -> NoReturn:
     """Report ``error`` on stderr (``ttpctl <command>: error: <message>``) and exit with the
-    exit code of its error code."""
+    exit code of its error code; a refusal of the caller's identity says so and how to act
+    as another role."""
+    if error.code is ErrorCode.FORBIDDEN:
+        fail(command, f"forbidden: {error}{_FORBIDDEN_HINT}", int(error.exit_code))
     fail(command, f"error: {error}", int(error.exit_code))
 
 

@@ -119,7 +119,11 @@ def set_state(
     ] = None,
     actor: ActorOption = None,
     force: Annotated[
-        bool, typer.Option("--force", help="Allow a rule_id the master does not know (yet).")
+        bool,
+        typer.Option(
+            "--force",
+            help="Allow a rule_id the master does not know (yet); needs the admin role.",
+        ),
     ] = False,
     as_json: JsonOption = False,
     nats_url: NatsUrlOption = None,

@@ -389,9 +389,14 @@ def test_error_replies_map_to_exit_codes(
     result = ttpctl(nats_url, "state", "clear", "R0031", "--as", "bob")
     assert result.exit_code == exit_code
     assert result.stdout == ""
-    assert result.stderr == (
-        f"ttpctl state clear: error: it failed: {code.value} (field: rule_id)\n"
-    )
+    said = f"it failed: {code.value} (field: rule_id)"
+    if code is ErrorCode.FORBIDDEN:
+        # A refusal of the caller's identity says so, and that --as does not change it.
+        assert result.stderr.startswith(f"ttpctl state clear: forbidden: {said} (")
+        assert "--as" in result.stderr
+        assert "--env-file" in result.stderr
+    else:
+        assert result.stderr == f"ttpctl state clear: error: {said}\n"
     assert peer.sent(Endpoint.STATE_CLEAR) == [{"rule_id": "R0031", "actor": "bob"}]
 
 
