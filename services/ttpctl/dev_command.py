@@ -47,13 +47,12 @@ from ttp_core.contract.payloads import HoneypotEvent, encode, envelope
 from ttp_runtime.embedded import EmbeddedNats, EmbeddedPostgres, EmbeddedServerError
 from ttp_runtime.nats import publish_js
 from ttp_runtime.nats_roles import (
-    ACCOUNTS_CONFIG,
     ROLES,
     Role,
     RoleCredentials,
+    embedded_server_options,
     generate_credentials,
     read_credential_files,
-    server_environment,
     write_credential_files,
 )
 from ttp_runtime.settings import ServiceSettings
@@ -317,8 +316,7 @@ def _start_servers(
             port=ports.get("nats"),
             monitor_port=ports.get("nats_monitor"),
             server_name="ttp-dev",
-            extra_args=("--config", str(ACCOUNTS_CONFIG)),
-            extra_env=server_environment(credentials),
+            **embedded_server_options(credentials),
         )
         servers.append(nats_server)
         console.print(f"starting embedded NATS (data {nats_server.data_dir}) ...")

@@ -16,7 +16,7 @@ import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Literal, get_args
+from typing import Final, Literal, TypedDict, get_args
 
 from ttp_runtime.env_file import MAX_ENV_FILE_BYTES, EnvFileError, parse_env_text
 
@@ -25,7 +25,9 @@ __all__ = [
     "ROLES",
     "Role",
     "RoleCredentials",
+    "ServerOptions",
     "StoredCredentials",
+    "embedded_server_options",
     "generate_credentials",
     "read_credential_files",
     "server_environment",
@@ -99,6 +101,22 @@ def server_environment(credentials: Mapping[Role, RoleCredentials]) -> dict[str,
     if missing:
         raise ValueError(f"no credentials for the role(s) {', '.join(missing)}")
     return {c.server_variable: c.password for c in credentials.values()}
+
+
+class ServerOptions(TypedDict):
+    """Keyword arguments of :class:`~ttp_runtime.embedded.EmbeddedNats` for the roles."""
+
+    extra_args: tuple[str, ...]
+    extra_env: dict[str, str]
+
+
+def embedded_server_options(credentials: Mapping[Role, RoleCredentials]) -> ServerOptions:
+    """``EmbeddedNats(..., **embedded_server_options(creds))``: the accounts config, and the
+    passwords it reads from the server's environment."""
+    return {
+        "extra_args": ("--config", str(ACCOUNTS_CONFIG)),
+        "extra_env": server_environment(credentials),
+    }
 
 
 def write_credential_files(

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from ttp_runtime.nats_roles import (
+    ACCOUNTS_CONFIG,
     ROLES,
+    embedded_server_options,
     generate_credentials,
     read_credential_files,
     write_credential_files,
@@ -81,3 +83,12 @@ def test_a_file_without_the_role_and_a_generated_password_is_not_used(
     assert stored.usable == {}
     assert str(path) in stored.unusable["viewer"]
     assert "0123456789abcdef" not in stored.unusable["viewer"]
+
+
+def test_embedded_server_options_name_the_accounts_config_and_every_password() -> None:
+    credentials = generate_credentials()
+    options = embedded_server_options(credentials)
+    assert options["extra_args"] == ("--config", str(ACCOUNTS_CONFIG))
+    assert options["extra_env"] == {
+        f"TTP_NATS_PASSWORD_{role.upper()}": credentials[role].password for role in ROLES
+    }
