@@ -37,7 +37,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 from pydantic import SecretStr, ValidationError
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
@@ -58,7 +58,7 @@ from ttp_runtime.nats_roles import (
 from ttp_runtime.settings import ServiceSettings
 from ttpctl.nats_session import NatsSessionError, open_nats
 
-__all__ = ["dev_command"]
+__all__ = ["RefusalCounter", "dev_command"]
 
 _STOP_TIMEOUT_S = 10.0
 _DEMO_SOURCE = "ttp-rulebus/ttpctl-dev-demo"
@@ -169,6 +169,40 @@ class _Status:
     demo_published: int = 0
     demo_total: int = 0
     last_tags: deque[str] = field(default_factory=lambda: deque(maxlen=5))
+    refusals: RefusalCounter | None = None
+
+
+@dataclass
+class RefusalCounter:
+    """Counts the "... Violation" lines nats-server logs from now on.
+
+    A publish or subscribe violation means a process called something its role may not (a
+    grant missing from the accounts config, or a process overstepping); an authorization
+    violation, a login refused. Either is worth a developer's look.
+    """
+
+    path: Path
+    offset: int = 0
+    count: int = 0
+
+    @classmethod
+    def from_end_of(cls, path: Path) -> RefusalCounter:
+        # The log is appended across runs: only this run's lines count.
+        with contextlib.suppress(OSError):
+            return cls(path, path.stat().st_size)
+        return cls(path)
+
+    def update(self) -> int:
+        try:
+            with self.path.open("rb") as log:
+                log.seek(self.offset)
+                chunk = log.read()
+        except OSError:
+            return self.count
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        self.count += sum(b" Violation" in line for line in complete.splitlines())
+        return self.count
 
 
 def _die_with_parent() -> None:
@@ -460,6 +494,9 @@ async def _watch(
     stop: asyncio.Event,
 ) -> int:
     status = _Status()
+    for server in servers:
+        if isinstance(server, EmbeddedNats):
+            status.refusals = RefusalCounter.from_end_of(server.log_path)
     subscriptions = await _subscribe(nc, status)
     demo_task: asyncio.Task[None] | None = None
     started = time.monotonic()
@@ -669,4 +706,15 @@ def _render(
     where += bus.hints()
     where.append("Ctrl-C stops all; data is kept")
     recent = Text("\n".join(status.last_tags) or "no tags yet", style="green")
-    return Group(head, table, summary, Text("recent tags:"), recent, Text("\n".join(where)))
+    parts: list[RenderableType] = [head, table, summary, Text("recent tags:"), recent]
+    parts.append(Text("\n".join(where)))
+    counter = status.refusals
+    if counter is not None and counter.update():
+        parts.append(
+            Text(
+                f"NATS refused {counter.count} call(s) or login(s) in this run: see the"
+                f" 'Violation' lines of {counter.path}",
+                style="red",
+            )
+        )
+    return Group(*parts)
