@@ -10,7 +10,7 @@
 #                                   service only its own role's (compose.yaml).
 #   deploy/compose/credentials/<role>.env
 #                                   TTP_NATS_URL/USER/PASSWORD/INBOX_PREFIX of one role, for
-#                                   ttpctl or a producer on the host (`set -a; . FILE; set +a`).
+#                                   ttpctl on the host (`ttpctl --env-file FILE ...`).
 # A password already in .env is kept, other lines of .env too; run it again after adding a
 # role. To rotate one, delete its line from .env, run this again, then `docker compose up -d`
 # (docs/security.md). ENV_FILE, CREDENTIALS_DIR and NATS_URL override the defaults.
