@@ -522,6 +522,8 @@ def master_env(
         "TTP_DATABASE_URL": database_url,
         "TTP_RULES_DIR": str(rules_dir),
         "TTP_DEBOUNCE_MS": str(debounce_ms),
+        # The bench's NATS authenticates nobody, so no caller identity can be verified.
+        "TTP_CONTROL_REQUIRE_VERIFIED_IDENTITY": "false",
     }
 
 
