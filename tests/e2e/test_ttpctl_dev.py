@@ -25,6 +25,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +39,8 @@ REPO = Path(__file__).resolve().parents[2]
 TTPCTL = Path(sys.executable).parent / "ttpctl"
 
 
-@pytest.fixture
-def workdir() -> Iterator[Path]:
+@contextlib.contextmanager
+def new_workdir() -> Iterator[Path]:
     # PostgreSQL runs as `nobody` when the suite runs as root: pytest's tmp_path is 0700, so
     # use a directory of our own that every account can traverse.
     root = Path(tempfile.mkdtemp(prefix="ttp-dev-test-"))
@@ -49,6 +50,12 @@ def workdir() -> Iterator[Path]:
         yield root
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    with new_workdir() as root:
+        yield root
 
 
 def free_port_base(count: int) -> int:
@@ -189,44 +196,77 @@ def run(command: list[str], timeout: float = 60) -> subprocess.CompletedProcess[
     )
 
 
-@pytest.mark.timeout(240)
-def test_dev_demo_runs_every_process_as_its_role_and_keeps_the_credentials(workdir: Path) -> None:
-    data_dir = workdir / ".ttp"
-    first = run_demo(workdir, data_dir)
+def passwords(credentials_dir: Path) -> dict[str, str]:
+    return {
+        role: read_env_file(credentials_dir / f"{role}.env")["TTP_NATS_PASSWORD"] for role in ROLES
+    }
 
-    credentials_dir = data_dir / "credentials"
+
+@dataclass(frozen=True)
+class DemoRuns:
+    """Two `ttpctl dev --demo --exit-after-demo` runs on one data directory, both exited 0
+    with the demo's events tagged."""
+
+    workdir: Path
+    data_dir: Path
+    first_output: str
+    passwords_after_first: dict[str, str]
+    leftovers: list[str]
+
+
+@pytest.fixture(scope="module")
+def demo_runs() -> Iterator[DemoRuns]:
+    with new_workdir() as root:
+        data_dir = root / ".ttp"
+        first = run_demo(root, data_dir)
+        before = passwords(data_dir / "credentials")
+        run_demo(root, data_dir)
+        # Servers name the data dir on their command line, services the rules dir in their env.
+        yield DemoRuns(root, data_dir, first, before, processes_using(root))
+
+
+@pytest.mark.timeout(300)
+def test_the_demo_is_tagged_and_nothing_is_left_running(demo_runs: DemoRuns) -> None:
+    for name in ("master", "dev-w1", "dev-w2"):
+        assert (demo_runs.data_dir / "logs" / f"{name}.log").stat().st_size > 0
+    assert demo_runs.leftovers == []
+
+
+@pytest.mark.timeout(300)
+def test_each_role_has_a_private_file_with_its_settings(demo_runs: DemoRuns) -> None:
+    credentials_dir = demo_runs.data_dir / "credentials"
     assert stat.S_IMODE(credentials_dir.stat().st_mode) == 0o700
-    url = f"nats://127.0.0.1:{ports(data_dir)['nats']}"
-    passwords = {}
+    url = f"nats://127.0.0.1:{ports(demo_runs.data_dir)['nats']}"
     for role in ROLES:
         path = credentials_dir / f"{role}.env"
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, role
         settings = read_env_file(path)
-        passwords[role] = settings.pop("TTP_NATS_PASSWORD")
+        assert settings.pop("TTP_NATS_PASSWORD"), role
         assert settings == {
             "TTP_NATS_URL": url,
             "TTP_NATS_USER": role,
             "TTP_NATS_INBOX_PREFIX": f"_INBOX_{role}",
         }
-    assert len(set(passwords.values())) == len(ROLES)
-    assert hint(first, "as operator:")[1:3] == ["--env-file", str(credentials_dir / "operator.env")]
-    assert hint(first, "as viewer:")[1:3] == ["--env-file", str(credentials_dir / "viewer.env")]
+    assert len(set(demo_runs.passwords_after_first.values())) == len(ROLES)
+    output = demo_runs.first_output
+    assert hint(output, "as operator:")[1:3] == [
+        "--env-file",
+        str(credentials_dir / "operator.env"),
+    ]
+    assert hint(output, "as viewer:")[1:3] == ["--env-file", str(credentials_dir / "viewer.env")]
 
-    # A restart with the same data directory keeps every password: shells using the files
-    # keep working, and the demo runs again under the same roles.
-    run_demo(workdir, data_dir)
-    for role in ROLES:
-        assert (
-            read_env_file(credentials_dir / f"{role}.env")["TTP_NATS_PASSWORD"] == passwords[role]
-        )
 
-    for name in ("master", "dev-w1", "dev-w2"):
-        assert (data_dir / "logs" / f"{name}.log").stat().st_size > 0
-    # Servers name the data dir on their command line, services the rules dir in their env.
-    assert processes_using(workdir) == []
-    # Last, so that everything above is known to work when this fails: a process was refused a
-    # call it makes, so the accounts config misses a grant or the process oversteps its role.
-    assert violations(data_dir) == []
+@pytest.mark.timeout(300)
+def test_a_restart_reuses_every_password(demo_runs: DemoRuns) -> None:
+    # Shells using the files keep working, and the demo ran again under the same roles.
+    assert passwords(demo_runs.data_dir / "credentials") == demo_runs.passwords_after_first
+
+
+@pytest.mark.timeout(300)
+def test_no_process_meets_a_permission_violation(demo_runs: DemoRuns) -> None:
+    # A process was refused a call it makes: the accounts config misses a grant, or the
+    # process oversteps its role.
+    assert violations(demo_runs.data_dir) == []
 
 
 def wait_until_served(command: list[str], dev: subprocess.Popen[bytes], out: Path) -> None:
