@@ -1,6 +1,7 @@
 """Wire the worker's adapters to the core and run it (the one bootstrap of ttp-worker).
 
-Lifecycle: connect (reconnecting forever), make sure the streams exist, serve health, load
+Lifecycle: connect (reconnecting forever), make sure the streams exist (creating them, or
+waiting for the master where this worker may not: ttp_worker/streams.py), serve health, load
 the lifter evaluators, then run three tasks until stopped: the rule consumer (snapshot, then
 live), the event consumer (tagging) and the status heartbeat. On SIGTERM the event consumer
 stops fetching and finishes the batch in hand, then NATS is drained.
@@ -17,14 +18,12 @@ from importlib.metadata import entry_points
 from typing import Any, Final
 
 import nats.errors
-import nats.js.errors
 from nats.aio.client import Client
-from nats.js.client import JetStreamContext
 
 from ttp_core.engine.index import LifterEvaluator
 from ttp_runtime.health import HealthServer
 from ttp_runtime.logging import configure_logging
-from ttp_runtime.nats import configured_streams, connect, drain, ensure_stream
+from ttp_runtime.nats import configured_streams, connect, drain
 from ttp_runtime.service import run_until_signalled
 from ttp_runtime.tracing import configure_tracing
 from ttp_worker import metrics
@@ -34,6 +33,7 @@ from ttp_worker.rule_consumer import Applied, RuleConsumer
 from ttp_worker.rulebook import RuleBook
 from ttp_worker.settings import WorkerSettings
 from ttp_worker.status import StatusFacts, StatusPublisher
+from ttp_worker.streams import StreamWait
 
 _log = logging.getLogger(__name__)
 
@@ -57,20 +57,6 @@ def load_lifters(group: str = LIFTER_GROUP) -> dict[str, LifterEvaluator]:
         lifters[point.name] = evaluator
         _log.info("lifter evaluator loaded", extra={"lifter": point.name, "target": point.value})
     return lifters
-
-
-async def ensure_streams_exist(js: JetStreamContext, settings: WorkerSettings) -> None:
-    """Create the streams that do not exist yet; never change an existing one.
-
-    The master owns the streams' configuration (it updates them on start); a worker that
-    comes up first creates them with the same defaults so it can start consuming.
-    """
-    for config in configured_streams(settings):
-        assert config.name is not None
-        try:
-            await js.stream_info(config.name)
-        except nats.js.errors.NotFoundError:
-            await ensure_stream(js, config)
 
 
 @dataclass
@@ -109,6 +95,7 @@ class Worker:
         self.events: EventConsumer | None = None
         self.status: StatusPublisher | None = None
         self.health: HealthServer | None = None
+        self.streams: StreamWait | None = None
         self.started = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -142,6 +129,8 @@ class Worker:
         )
 
     async def _error_cb(self, error: Exception) -> None:
+        if self.streams is not None and self.streams.note_error(error):
+            return
         if isinstance(error, nats.errors.SlowConsumerError) and self.rules is not None:
             self.rules.on_slow_consumer(error.sub)
 
@@ -168,14 +157,8 @@ class Worker:
         stop = self.state.stop
         tasks: list[asyncio.Task[None]] = []
         try:
-            while not stop.is_set():
-                try:
-                    await ensure_streams_exist(js, settings)
-                    break
-                except Exception as exc:
-                    _log.warning("cannot check the JetStream streams (%s); retrying", exc)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), _STREAM_RETRY_S)
+            self.streams = StreamWait(js, configured_streams(settings), _STREAM_RETRY_S)
+            await self.streams.run(stop)
             self.rules = RuleConsumer(
                 nc,
                 js,

@@ -40,8 +40,9 @@ from ttp_core.contract.payloads import (
 from ttp_core.engine.index import RuleIndex
 from ttp_core.engine.tags import Tag, tag_uuid
 from ttp_master import bootstrap
+from ttp_runtime.nats import ensure_configured_streams
 from ttp_worker import metrics
-from ttp_worker.bootstrap import Worker, ensure_streams_exist
+from ttp_worker.bootstrap import Worker
 from ttp_worker.event_consumer import EventConsumer
 from ttp_worker.events import tagged_event_id, tagged_msg_id
 from ttp_worker.rulebook import Ruleset
@@ -698,7 +699,7 @@ async def test_refused_publishes_are_retried_in_place_without_using_up_deliverie
 ) -> None:
     js = rig.js
     if existing_ack_wait is not None:
-        await ensure_streams_exist(js, worker_settings(rig.nats_url, "setup"))
+        await ensure_configured_streams(js, worker_settings(rig.nats_url, "setup"))
         config = EventConsumer(
             rig.nc,
             js,
