@@ -1,6 +1,8 @@
 """The operator control plane end to end: real master, workers, NATS, PostgreSQL.
 
-Requests go over NATS to the master's `ttp-ctl` micro service exactly as ttpctl sends them.
+Requests go over NATS to the master's `ttp-ctl` micro service exactly as ttpctl sends them,
+from the operator's account (reads also from the viewer's); events come from the producer
+role, tags are read as the consumer role, and each process runs as its own role.
 "Every worker applied it" is judged by the fleet endpoint: each worker's status carries the
 digest of the index it tags with, and the master's digest covers rule contents and operator
 states, so a converged fleet at a revision means every worker holds that state.
@@ -9,9 +11,12 @@ states, so a converged fleet at a revision means every worker holds that state.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -20,14 +25,26 @@ from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
-from harness.master import nats_client, service_roles
-from harness.processes import BIN, Procs, master_summary, start_fleet, status_feed, stop, until
+from harness.master import service_roles
+from harness.nats_roles import RoleNats
+from harness.processes import (
+    Procs,
+    master_summary,
+    start_fleet,
+    status_feed,
+    stop,
+    ttpctl,
+    until,
+)
 from ttp_core.contract import subjects
 from ttp_core.contract.control import Endpoint
+from ttp_runtime.nats_roles import Role
 
 RULE = "R0014"  # shadow_file_dump: fires on "cat /etc/shadow" with confidence 0.9
 BASE_CONFIDENCE = 0.9
 WORKERS = ("w1", "w2")
+OPERATOR = "OPERATORS/operator"
+"""The operator as the master knows it: `<ACCOUNT>/<user>`, from the server's request info."""
 
 
 async def ctl(
@@ -69,10 +86,23 @@ async def fleet_at(nc: Client, revision: int, procs: Procs, *alive: str) -> dict
 
 
 class Tagger:
-    """Publishes honeypot events and reads back the tags the workers produced for them."""
+    """Publishes honeypot events and reads back the tags the workers produced for them.
 
-    def __init__(self, js: JetStreamContext, procs: Procs) -> None:
-        self._js = js
+    Three identities, as in production: the events come from a producer, the tags are read
+    by a consumer, and whether the workers are done is read from their durable consumer with
+    the worker's identity (the one role that may look at TTP_EVENTS' consumers).
+    """
+
+    def __init__(
+        self,
+        producer: JetStreamContext,
+        consumer: JetStreamContext,
+        worker: JetStreamContext,
+        procs: Procs,
+    ) -> None:
+        self._producer = producer
+        self._consumer = consumer
+        self._worker = worker
         self._procs = procs
         self._round = 0
 
@@ -86,10 +116,10 @@ class Tagger:
                 "source_id": source_id,
                 "payload": {"command_text": "cat /etc/shadow"},
             }
-            await self._js.publish(subjects.event("command"), json.dumps(event).encode())
+            await self._producer.publish(subjects.event("command"), json.dumps(event).encode())
 
         async def processed() -> bool:
-            info = await self._js.consumer_info(subjects.STREAM_EVENTS, "ttp-workers")
+            info = await self._worker.consumer_info(subjects.STREAM_EVENTS, "ttp-workers")
             return info.num_pending == 0 and info.num_ack_pending == 0
 
         await until("events processed", processed, self._procs)
@@ -100,10 +130,10 @@ class Tagger:
         return tags
 
     async def _tag_messages(self) -> list[dict[str, Any]]:
-        total = (await self._js.stream_info(subjects.STREAM_TAGS)).state.messages
+        total = (await self._consumer.stream_info(subjects.STREAM_TAGS)).state.messages
         if not total:
             return []
-        sub = await self._js.pull_subscribe(
+        sub = await self._consumer.pull_subscribe(
             "",
             stream=subjects.STREAM_TAGS,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, ack_policy=AckPolicy.NONE),
@@ -118,24 +148,59 @@ class Tagger:
         return out
 
 
-async def test_disable_clip_and_clear_reach_every_worker_and_the_audit(procs: Procs) -> None:
-    async with nats_client(procs.base_env["TTP_NATS_URL"]) as nc, status_feed(nc) as statuses:
-        await start_fleet(procs, nc, statuses, WORKERS)
-        tagger = Tagger(nc.jetstream(), procs)
+@dataclass(frozen=True)
+class Bus:
+    """A test's clients, each as the least role that does its part."""
+
+    watch: Client
+    """consumer: rules (the master's summary), worker status."""
+    operator: Client
+    viewer: Client
+    tagger: Tagger
+    statuses: dict[str, dict[str, Any]]
+
+
+@contextlib.asynccontextmanager
+async def clients(roles: RoleNats, procs: Procs) -> AsyncIterator[Bus]:
+    """Clients as consumer, operator, viewer, and a tagger (producer, consumer, worker)."""
+    async with contextlib.AsyncExitStack() as stack:
+        nc: dict[Role, Client] = {}
+        for role in ("consumer", "operator", "viewer", "producer", "worker"):
+            nc[role] = await stack.enter_async_context(roles.client(role))
+        statuses = await stack.enter_async_context(status_feed(nc["consumer"]))
+        tagger = Tagger(
+            nc["producer"].jetstream(), nc["consumer"].jetstream(), nc["worker"].jetstream(), procs
+        )
+        yield Bus(nc["consumer"], nc["operator"], nc["viewer"], tagger, statuses)
+
+
+async def test_disable_clip_and_clear_reach_every_worker_and_the_audit(
+    procs: Procs, roles: RoleNats
+) -> None:
+    async with clients(roles, procs) as bus:
+        await start_fleet(procs, bus.watch, bus.statuses, WORKERS)
+        tagger = bus.tagger
         baseline = await tagger.round()
         assert len(baseline) == 20
         assert {t["confidence"] for t in baseline} == {BASE_CONFIDENCE}
 
         changed = await ok(
-            nc, Endpoint.STATE_SET, rule_id=RULE, state="disabled", reason="noisy", actor="alice"
+            bus.operator,
+            Endpoint.STATE_SET,
+            rule_id=RULE,
+            state="disabled",
+            reason="noisy",
+            actor="alice",
         )
         assert changed["state"]["state"] == "disabled"
-        assert changed["state"]["set_by"] == "alice"
-        await fleet_at(nc, changed["revision"], procs, "master", *WORKERS)
+        # The actor is who the server authenticated; the request's actor is only a note.
+        assert changed["state"]["set_by"] == OPERATOR
+        assert changed["state"]["on_behalf_of"] == "alice"
+        await fleet_at(bus.viewer, changed["revision"], procs, "master", *WORKERS)
         assert await tagger.round() == []
 
         clipped = await ok(
-            nc,
+            bus.operator,
             Endpoint.STATE_SET,
             rule_id=RULE,
             state="clipped",
@@ -143,27 +208,28 @@ async def test_disable_clip_and_clear_reach_every_worker_and_the_audit(procs: Pr
             reason="incident 42",
             actor="bob",
         )
-        await fleet_at(nc, clipped["revision"], procs, "master", *WORKERS)
+        await fleet_at(bus.viewer, clipped["revision"], procs, "master", *WORKERS)
         lowered = await tagger.round()
         assert len(lowered) == 20
         assert {t["confidence"] for t in lowered} == {0.5}
 
-        cleared = await ok(nc, Endpoint.STATE_CLEAR, rule_id=RULE, actor="carol")
+        cleared = await ok(bus.operator, Endpoint.STATE_CLEAR, rule_id=RULE, actor="carol")
         assert cleared["state"]["state"] == "enabled"
-        await fleet_at(nc, cleared["revision"], procs, "master", *WORKERS)
+        await fleet_at(bus.viewer, cleared["revision"], procs, "master", *WORKERS)
         back = await tagger.round()
         assert len(back) == 20
         assert {t["confidence"] for t in back} == {BASE_CONFIDENCE}
 
-        shown = await ok(nc, Endpoint.STATE_GET, rule_id=RULE)
+        shown = await ok(bus.viewer, Endpoint.STATE_GET, rule_id=RULE)
         assert shown["states"][0]["state"] == "enabled"
 
-        audit = await ok(nc, Endpoint.AUDIT, rule_id=RULE)
+        audit = await ok(bus.viewer, Endpoint.AUDIT, rule_id=RULE)
         entries = audit["entries"]
         revisions = [e["revision"] for e in entries]
         assert revisions == sorted(revisions)
         assert [e["kind"] for e in entries] == ["reloaded", "state", "state", "state"]
-        assert [e["actor"] for e in entries[1:]] == ["alice", "bob", "carol"]
+        assert [e["actor"] for e in entries[1:]] == [OPERATOR] * 3
+        assert [e["on_behalf_of"] for e in entries[1:]] == ["alice", "bob", "carol"]
         assert [e["data"]["state"] for e in entries[1:]] == ["disabled", "clipped", "enabled"]
         assert revisions[1:] == [
             changed["revision"],
@@ -174,13 +240,15 @@ async def test_disable_clip_and_clear_reach_every_worker_and_the_audit(procs: Pr
         await stop(procs.procs["master"], "master", procs)
 
 
-async def test_a_state_expires_by_itself_and_the_rule_fires_again(procs: Procs) -> None:
-    async with nats_client(procs.base_env["TTP_NATS_URL"]) as nc, status_feed(nc) as statuses:
-        await start_fleet(procs, nc, statuses, WORKERS)
-        tagger = Tagger(nc.jetstream(), procs)
+async def test_a_state_expires_by_itself_and_the_rule_fires_again(
+    procs: Procs, roles: RoleNats
+) -> None:
+    async with clients(roles, procs) as bus:
+        await start_fleet(procs, bus.watch, bus.statuses, WORKERS)
+        tagger = bus.tagger
         expires_at = datetime.now(UTC) + timedelta(seconds=2)
         changed = await ok(
-            nc,
+            bus.operator,
             Endpoint.STATE_SET,
             rule_id=RULE,
             state="disabled",
@@ -188,10 +256,10 @@ async def test_a_state_expires_by_itself_and_the_rule_fires_again(procs: Procs) 
             reason="2 s test",
             actor="alice",
         )
-        await fleet_at(nc, changed["revision"], procs, "master", *WORKERS)
+        await fleet_at(bus.viewer, changed["revision"], procs, "master", *WORKERS)
 
         async def reverted() -> dict[str, Any] | None:
-            entries = (await ok(nc, Endpoint.AUDIT, rule_id=RULE))["entries"]
+            entries = (await ok(bus.viewer, Endpoint.AUDIT, rule_id=RULE))["entries"]
             expired = [e for e in entries if e["data"].get("cause") == "expired"]
             return expired[0] if expired else None
 
@@ -205,20 +273,22 @@ async def test_a_state_expires_by_itself_and_the_rule_fires_again(procs: Procs) 
         # bound that still proves the revert was scheduled, not left to a periodic backstop.
         assert reverted_at - expires_at < timedelta(seconds=10)
 
-        await fleet_at(nc, revert["revision"], procs, "master", *WORKERS)
+        await fleet_at(bus.viewer, revert["revision"], procs, "master", *WORKERS)
         assert len(await tagger.round()) == 20
-        state = (await ok(nc, Endpoint.STATE_GET, rule_id=RULE))["states"][0]
+        state = (await ok(bus.viewer, Endpoint.STATE_GET, rule_id=RULE))["states"][0]
         assert state["state"] == "enabled"
         assert state["revision"] is None  # no row: the default
         await stop(procs.procs["master"], "master", procs)
 
 
-async def test_an_expiry_during_master_downtime_is_reverted_at_restart(procs: Procs) -> None:
-    async with nats_client(procs.base_env["TTP_NATS_URL"]) as nc, status_feed(nc) as statuses:
-        await start_fleet(procs, nc, statuses, WORKERS)
-        tagger = Tagger(nc.jetstream(), procs)
+async def test_an_expiry_during_master_downtime_is_reverted_at_restart(
+    procs: Procs, roles: RoleNats
+) -> None:
+    async with clients(roles, procs) as bus:
+        await start_fleet(procs, bus.watch, bus.statuses, WORKERS)
+        tagger = bus.tagger
         changed = await ok(
-            nc,
+            bus.operator,
             Endpoint.STATE_SET,
             rule_id=RULE,
             state="disabled",
@@ -226,17 +296,17 @@ async def test_an_expiry_during_master_downtime_is_reverted_at_restart(procs: Pr
             reason="short",
             actor="alice",
         )
-        await fleet_at(nc, changed["revision"], procs, "master", *WORKERS)
+        await fleet_at(bus.viewer, changed["revision"], procs, "master", *WORKERS)
         assert await tagger.round() == []
         await stop(procs.procs["master"], "master", procs)
         await asyncio.sleep(3.5)
         # With the master down, workers honour the passed expiry on their own.
         assert len(await tagger.round()) == 20
 
-        procs.start("master", "ttp-master")
+        procs.start("master", "ttp-master", role="master")
 
         async def reverted() -> list[dict[str, Any]] | None:
-            reply, _ = await ctl(nc, Endpoint.AUDIT, timeout=2.0, rule_id=RULE)
+            reply, _ = await ctl(bus.viewer, Endpoint.AUDIT, timeout=2.0, rule_id=RULE)
             if not reply["ok"]:
                 return None
             entries: list[dict[str, Any]] = reply["result"]["entries"]
@@ -245,57 +315,66 @@ async def test_an_expiry_during_master_downtime_is_reverted_at_restart(procs: Pr
         entries = await until("the revert after restart", reverted, procs, "master")
         assert entries[-1]["data"]["cause"] == "expired"
         assert entries[-1]["actor"] == "ttp-master"
-        assert (await ok(nc, Endpoint.STATE_GET))["states"] == []
+        assert (await ok(bus.viewer, Endpoint.STATE_GET))["states"] == []
         await stop(procs.procs["master"], "master", procs)
 
 
-async def test_state_survives_rule_edit_delete_and_re_add(procs: Procs, rules_dir: Path) -> None:
-    async with nats_client(procs.base_env["TTP_NATS_URL"]) as nc, status_feed(nc) as statuses:
-        await start_fleet(procs, nc, statuses, WORKERS)
-        tagger = Tagger(nc.jetstream(), procs)
+async def test_state_survives_rule_edit_delete_and_re_add(
+    procs: Procs, roles: RoleNats, rules_dir: Path
+) -> None:
+    async with clients(roles, procs) as bus:
+        await start_fleet(procs, bus.watch, bus.statuses, WORKERS)
+        tagger = bus.tagger
         changed = await ok(
-            nc, Endpoint.STATE_SET, rule_id=RULE, state="disabled", reason="keep", actor="alice"
+            bus.operator,
+            Endpoint.STATE_SET,
+            rule_id=RULE,
+            state="disabled",
+            reason="keep",
+            actor="alice",
         )
         path = rules_dir / f"{RULE}.yaml"
         text = path.read_text()
         path.write_text(text.replace("rule_version: 1", "rule_version: 2", 1))
 
         async def edited() -> dict[str, Any] | None:
-            detail = await ok(nc, Endpoint.RULES_SHOW, rule_id=RULE)
+            detail = await ok(bus.viewer, Endpoint.RULES_SHOW, rule_id=RULE)
             return detail if detail["rule_version"] == 2 else None
 
         detail = await until("the edit", edited, procs, "master")
         assert detail["state"]["state"] == "disabled"
         assert detail["revision"] > changed["revision"]
-        await fleet_at(nc, detail["revision"], procs, "master", *WORKERS)
+        await fleet_at(bus.viewer, detail["revision"], procs, "master", *WORKERS)
         assert await tagger.round() == []
 
         path.unlink()
 
         async def deleted() -> bool:
-            return bool((await ok(nc, Endpoint.RULES_SHOW, rule_id=RULE))["status"] == "deleted")
+            return bool(
+                (await ok(bus.viewer, Endpoint.RULES_SHOW, rule_id=RULE))["status"] == "deleted"
+            )
 
         await until("the delete", deleted, procs, "master")
         path.write_text(text)
 
         async def re_added() -> dict[str, Any] | None:
-            detail = await ok(nc, Endpoint.RULES_SHOW, rule_id=RULE)
+            detail = await ok(bus.viewer, Endpoint.RULES_SHOW, rule_id=RULE)
             return detail if detail["status"] == "active" else None
 
         detail = await until("the re-add", re_added, procs, "master")
         assert detail["state"]["state"] == "disabled"
         assert detail["state"]["reason"] == "keep"
-        await fleet_at(nc, detail["revision"], procs, "master", *WORKERS)
+        await fleet_at(bus.viewer, detail["revision"], procs, "master", *WORKERS)
         assert await tagger.round() == []
         await stop(procs.procs["master"], "master", procs)
 
 
-async def test_bad_requests_get_structured_errors(procs: Procs) -> None:
-    async with nats_client(procs.base_env["TTP_NATS_URL"]) as nc:
-        procs.start("master", "ttp-master")
+async def test_bad_requests_get_structured_errors(procs: Procs, roles: RoleNats) -> None:
+    async with clients(roles, procs) as bus:
+        procs.start("master", "ttp-master", role="master")
 
         async def serving() -> bool:
-            reply, _ = await ctl(nc, Endpoint.REVISION, timeout=1.0)
+            reply, _ = await ctl(bus.viewer, Endpoint.REVISION, timeout=1.0)
             return bool(reply["ok"])
 
         await until("the control service", serving, procs, "master")
@@ -318,7 +397,7 @@ async def test_bad_requests_get_structured_errors(procs: Procs) -> None:
             ({**base, "colour": "red"}, "bad_request", "colour", "400"),
         ]
         for fields, code, field, status in cases:
-            reply, headers = await ctl(nc, Endpoint.STATE_SET, **fields)
+            reply, headers = await ctl(bus.operator, Endpoint.STATE_SET, **fields)
             assert reply["ok"] is False, fields
             assert reply["error"]["code"] == code, (fields, reply)
             assert reply["error"]["field"] == field, (fields, reply)
@@ -326,31 +405,34 @@ async def test_bad_requests_get_structured_errors(procs: Procs) -> None:
             assert headers["Nats-Service-Error-Code"] == status
             assert headers["Nats-Service-Error"] == reply["error"]["message"]
 
-        raw = await nc.request(subjects.control("state.set"), b"{not json", timeout=5)
+        raw = await bus.operator.request(subjects.control("state.set"), b"{not json", timeout=5)
         assert json.loads(raw.data)["error"]["code"] == "bad_request"
 
         # --force: a state may wait for a rule that does not exist yet.
-        forced = await ok(nc, Endpoint.STATE_SET, **{**base, "rule_id": "R9999", "force": True})
+        async with roles.client("admin") as admin:  # forcing is an admin's right
+            forced = await ok(
+                admin, Endpoint.STATE_SET, **{**base, "rule_id": "R9999", "force": True}
+            )
         assert forced["state"]["state"] == "disabled"
-        missing, _ = await ctl(nc, Endpoint.RULES_SHOW, rule_id="R9999")
+        missing, _ = await ctl(bus.viewer, Endpoint.RULES_SHOW, rule_id="R9999")
         assert missing["error"]["code"] == "unknown_rule"
-        assert (await ok(nc, Endpoint.STATE_GET))["states"][0]["rule_id"] == "R9999"
+        assert (await ok(bus.viewer, Endpoint.STATE_GET))["states"][0]["rule_id"] == "R9999"
         await stop(procs.procs["master"], "master", procs)
 
 
-async def test_a_standby_master_refuses_writes(procs: Procs) -> None:
-    async with nats_client(procs.base_env["TTP_NATS_URL"]) as nc:
-        leader = procs.start("master", "ttp-master")
+async def test_a_standby_master_refuses_writes(procs: Procs, roles: RoleNats) -> None:
+    async with clients(roles, procs) as bus:
+        leader = procs.start("master", "ttp-master", role="master")
 
         async def serving() -> bool:
-            reply, _ = await ctl(nc, Endpoint.REVISION, timeout=1.0)
+            reply, _ = await ctl(bus.viewer, Endpoint.REVISION, timeout=1.0)
             return bool(reply["ok"])
 
         await until("the leader's control service", serving, procs, "master")
-        procs.start("standby", "ttp-master")
+        procs.start("standby", "ttp-master", role="master")
 
         async def both_registered() -> list[str] | None:
-            roles = await service_roles(nc)
+            roles = await service_roles(bus.operator)
             return roles if sorted(roles) == ["leader", "standby"] else None
 
         await until("leader and standby in $SRV.INFO", both_registered, procs, "standby")
@@ -358,7 +440,7 @@ async def test_a_standby_master_refuses_writes(procs: Procs) -> None:
         os.kill(leader.pid, signal.SIGSTOP)
         try:
             reply, headers = await ctl(
-                nc,
+                bus.operator,
                 Endpoint.STATE_SET,
                 rule_id=RULE,
                 state="disabled",
@@ -371,28 +453,35 @@ async def test_a_standby_master_refuses_writes(procs: Procs) -> None:
         assert reply["error"]["code"] == "not_leader"
         assert "standby" in reply["error"]["message"]
         assert headers["Nats-Service-Error-Code"] == "503"
-        assert (await ok(nc, Endpoint.STATE_GET))["states"] == []  # nothing was written
+        assert (await ok(bus.viewer, Endpoint.STATE_GET))["states"] == []  # nothing was written
 
-        await ok(nc, Endpoint.STATE_SET, rule_id=RULE, state="disabled", reason="r", actor="a")
+        await ok(
+            bus.operator, Endpoint.STATE_SET, rule_id=RULE, state="disabled", reason="r", actor="a"
+        )
         await stop(procs.procs["standby"], "standby", procs)
         await stop(leader, "master", procs)
 
 
-async def test_fleet_reports_a_frozen_worker_as_behind(procs: Procs) -> None:
-    async with nats_client(procs.base_env["TTP_NATS_URL"]) as nc, status_feed(nc) as statuses:
+async def test_fleet_reports_a_frozen_worker_as_behind(procs: Procs, roles: RoleNats) -> None:
+    async with clients(roles, procs) as bus:
         # A 5 s heartbeat: the frozen worker is behind, not yet gone (that takes 3 intervals).
-        await start_fleet(procs, nc, statuses, WORKERS, TTP_STATUS_INTERVAL_S="5")
-        summary = await master_summary(nc)
+        await start_fleet(procs, bus.watch, bus.statuses, WORKERS, TTP_STATUS_INTERVAL_S="5")
+        summary = await master_summary(bus.watch)
         assert summary is not None
         frozen = procs.procs["w2"]
         os.kill(frozen.pid, signal.SIGSTOP)
         try:
             changed = await ok(
-                nc, Endpoint.STATE_SET, rule_id=RULE, state="disabled", reason="r", actor="a"
+                bus.operator,
+                Endpoint.STATE_SET,
+                rule_id=RULE,
+                state="disabled",
+                reason="r",
+                actor="a",
             )
 
             async def w1_applied() -> dict[str, Any] | None:
-                fleet = await ok(nc, Endpoint.FLEET)
+                fleet = await ok(bus.viewer, Endpoint.FLEET)
                 views = {w["worker_id"]: w for w in fleet["workers"]}
                 # The fleet's revision is the newest the master marked published, which
                 # can trail a fast worker's apply by the relay's bookkeeping commit.
@@ -410,73 +499,68 @@ async def test_fleet_reports_a_frozen_worker_as_behind(procs: Procs) -> None:
             assert views["w2"]["digest_matches"] is False
         finally:
             os.kill(frozen.pid, signal.SIGCONT)
-        await fleet_at(nc, changed["revision"], procs, "master", *WORKERS)
+        await fleet_at(bus.viewer, changed["revision"], procs, "master", *WORKERS)
         await stop(procs.procs["master"], "master", procs)
 
 
-async def ttpctl(procs: Procs, *args: str) -> tuple[int, str, str]:
-    """Run the real `ttpctl` console script against the test's NATS."""
-    proc = await asyncio.create_subprocess_exec(
-        str(BIN / "ttpctl"),
-        *args,
-        env=procs.base_env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 async def test_ttpctl_fleet_wait_succeeds_after_a_change_and_times_out_on_a_frozen_worker(
-    procs: Procs,
+    procs: Procs, roles: RoleNats
 ) -> None:
-    async with nats_client(procs.base_env["TTP_NATS_URL"]) as nc, status_feed(nc) as statuses:
+    async with clients(roles, procs) as bus:
         # A 5 s heartbeat: a frozen worker stays "behind" (gone only after 15 s).
-        await start_fleet(procs, nc, statuses, WORKERS, TTP_STATUS_INTERVAL_S="5")
+        await start_fleet(procs, bus.watch, bus.statuses, WORKERS, TTP_STATUS_INTERVAL_S="5")
         code, out, err = await ttpctl(
-            procs, "state", "set", RULE, "--disable", "--for", "2h", "--reason", "noisy",
-            "--as", "ci", "--json",
+            procs, "operator", "state", "set", RULE, "--disable", "--for", "2h",
+            "--reason", "noisy", "--as", "ci", "--json",
         )  # fmt: skip
         assert code == 0, err
         revision = json.loads(out)["revision"]
         code, out, err = await ttpctl(
-            procs, "fleet", "status", "--wait", str(revision), "--timeout", "20s"
+            procs, "viewer", "fleet", "status", "--wait", str(revision), "--timeout", "20s"
         )
         assert code == 0, out + err
         assert "converged" in out
 
-        code, out, err = await ttpctl(procs, "state", "show", RULE, "--json")
+        code, out, err = await ttpctl(procs, "viewer", "state", "show", RULE, "--json")
         assert code == 0, err
         [shown] = json.loads(out)["states"]
-        assert (shown["state"], shown["set_by"], shown["reason"]) == ("disabled", "ci", "noisy")
+        assert (shown["state"], shown["set_by"], shown["on_behalf_of"], shown["reason"]) == (
+            "disabled",
+            OPERATOR,
+            "ci",
+            "noisy",
+        )
 
         frozen = procs.procs["w2"]
         os.kill(frozen.pid, signal.SIGSTOP)
         try:
-            code, out, err = await ttpctl(procs, "state", "clear", RULE, "--as", "ci", "--json")
+            code, out, err = await ttpctl(
+                procs, "operator", "state", "clear", RULE, "--as", "ci", "--json"
+            )
             assert code == 0, err
             cleared = json.loads(out)["revision"]
             code, out, err = await ttpctl(
-                procs, "fleet", "status", "--wait", str(cleared), "--timeout", "3s"
+                procs, "viewer", "fleet", "status", "--wait", str(cleared), "--timeout", "3s"
             )
             assert code == 1, out + err
             assert "w2" in out + err
         finally:
             os.kill(frozen.pid, signal.SIGCONT)
         code, out, err = await ttpctl(
-            procs, "fleet", "status", "--wait", str(cleared), "--timeout", "20s"
+            procs, "viewer", "fleet", "status", "--wait", str(cleared), "--timeout", "20s"
         )
         assert code == 0, out + err
 
-        code, out, err = await ttpctl(procs, "audit", RULE, "--json")
+        code, out, err = await ttpctl(procs, "viewer", "audit", RULE, "--json")
         assert code == 0, err
         entries = json.loads(out)["entries"]
         assert [e["revision"] for e in entries[-2:]] == [revision, cleared]
-        code, out, err = await ttpctl(procs, "rules", "status")
+        code, out, err = await ttpctl(procs, "viewer", "rules", "status")
         assert code == 0, out + err
         assert "No rejected rule files." in out
-        code, _, err = await ttpctl(procs, "state", "set", "R9999", "--disable", "--reason", "x")
+        code, _, err = await ttpctl(
+            procs, "operator", "state", "set", "R9999", "--disable", "--reason", "x"
+        )
         assert code == 3, err
         assert "R9999" in err
         await stop(procs.procs["master"], "master", procs)

@@ -5,9 +5,10 @@ SIGTERM exits 0 promptly, `ttp-master migrate` is safe to run concurrently.
 The crashes are injected from outside: the master reaches NATS or PostgreSQL through a
 `TcpProxy` that the test cuts at the right moment, then the test sends SIGKILL.
 
-Every process is configured only through `TTP_*` variables, serves /readyz on a port of
-its own, and writes its JSON log to a file in the test's tmp_path (shown when a test
-fails). The fixture kills, by PID, whatever a test left running.
+Every process is configured only through `TTP_*` variables (its NATS identity is the master
+role's), serves /readyz on a port of its own, and writes its JSON log to a file in the test's
+tmp_path (shown when a test fails). The fixture kills, by PID, whatever a test left running.
+The test watches the bus as the consumer role, which may read the rule subjects and streams.
 """
 
 from __future__ import annotations
@@ -39,13 +40,14 @@ from harness.master import (
     db_events,
     db_rules,
     install,
-    nats_client,
     query,
     rule_text,
     stream_last,
     wait_until,
     with_version,
 )
+from harness.nats_roles import RoleNats
+from harness.processes import ReloadedRecorder
 from harness.tcp_proxy import proxy_to, via
 from ttp_core.contract import subjects
 from ttp_runtime.embedded import free_port
@@ -123,13 +125,18 @@ class MasterProcess:
 
 @dataclass
 class Launcher:
-    """Starts `ttp-master` processes for one test; kills the survivors afterwards."""
+    """Starts `ttp-master` processes for one test, as the master role; kills the survivors
+    afterwards."""
 
-    nats_url: str
+    roles: RoleNats
     database_url: str
     rules: Path
     logs: Path
     started: list[MasterProcess] = field(default_factory=list)
+
+    @property
+    def nats_url(self) -> str:
+        return self.roles.url
 
     def environment(
         self, port: int, nats_url: str | None = None, database_url: str | None = None
@@ -139,6 +146,7 @@ class Launcher:
             for k, v in os.environ.items()
             if not k.startswith(("TTP_", "OTEL_"))  # hermetic: only what the test sets
         }
+        env.update(self.roles.env("master"))
         env.update(
             TTP_NATS_URL=nats_url or self.nats_url,
             TTP_DATABASE_URL=database_url or self.database_url,
@@ -178,12 +186,12 @@ class Launcher:
 
 
 @pytest.fixture
-def launcher(private_nats: Any, database_url: str, tmp_path: Path) -> Iterator[Launcher]:
+def launcher(roles: RoleNats, database_url: str, tmp_path: Path) -> Iterator[Launcher]:
     rules = tmp_path / "rules"
     rules.mkdir()
     logs = tmp_path / "logs"
     logs.mkdir()
-    launcher = Launcher(private_nats.url, database_url, rules, logs)
+    launcher = Launcher(roles, database_url, rules, logs)
     try:
         yield launcher
     finally:
@@ -194,9 +202,9 @@ def launcher(private_nats: Any, database_url: str, tmp_path: Path) -> Iterator[L
 
 
 @pytest.fixture
-async def bus(private_nats: Any) -> AsyncIterator[BusRecorder]:
-    async with nats_client(private_nats.url) as nc:
-        yield await BusRecorder(nc).start()
+async def bus(roles: RoleNats) -> AsyncIterator[BusRecorder]:
+    async with roles.client("consumer") as nc:
+        yield await ReloadedRecorder(nc).start()
 
 
 async def lock_sessions(dsn: str) -> list[dict[str, Any]]:

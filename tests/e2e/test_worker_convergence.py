@@ -1,11 +1,15 @@
 """Workers converge on the master's rule set, as real processes.
 
-`ttp-master` and three `ttp-worker` processes share a private NATS server (free to kill) and a
-fresh database. A worker's `ttp.worker.status.<id>` carries the `index_digest` of the index it
-tags with; the master's `ttp.ruleset.revision` carries the digest of the rule set it holds.
+`ttp-master` and three `ttp-worker` processes share a private NATS server (free to kill; each
+process connects as its role) and a fresh database. The test watches as the consumer role,
+publishes events as the producer and reads the workers' durable consumer as the worker. A
+worker's `ttp.worker.status.<id>` carries the `index_digest` of the index it tags with; the
+master's `ttp.ruleset.revision` carries the digest of the rule set it holds.
 Equal digests (and revisions) mean the worker holds exactly the master's rules.
 
 - a rule file saved like an editor does (temporary file + rename) reaches all three workers;
+- a worker started before the master, which may not create the streams, waits for the master
+  to create them and becomes ready once it has;
 - SIGTERM while a worker is tagging: it acks what it fetched and exits 0 within 10 s, and
   every event is tagged exactly once once another worker has finished the stream.
 
@@ -26,7 +30,8 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 
-from harness.master import STARTER_RULES, fire_examples, nats_client, stream_messages
+from harness.master import STARTER_RULES, fire_examples, stream_messages
+from harness.nats_roles import RoleNats
 from harness.processes import (
     TIMEOUT_S,
     Procs,
@@ -107,8 +112,10 @@ async def converge_after(
 # --------------------------------------------------------------------------------------------
 
 
-async def test_a_rule_file_save_reaches_all_three_workers(procs: Procs, rules_dir: Path) -> None:
-    async with nats_client(procs.base_env["TTP_NATS_URL"]) as nc, status_feed(nc) as statuses:
+async def test_a_rule_file_save_reaches_all_three_workers(
+    procs: Procs, roles: RoleNats, rules_dir: Path
+) -> None:
+    async with roles.client("consumer") as nc, status_feed(nc) as statuses:
         before = await start_fleet(procs, nc, statuses, WORKERS)
         save(rules_dir, "R0010", 7)
         after = await converge_after(procs, nc, statuses, {"R0010": 7}, WORKERS)
@@ -117,6 +124,41 @@ async def test_a_rule_file_save_reaches_all_three_workers(procs: Procs, rules_di
         assert after["rules"] == before["rules"]
         for worker in WORKERS:
             assert statuses[worker]["index_digest"] == after["digest"]
+        await stop(procs.procs["master"], "master", procs)
+
+
+async def test_a_worker_started_before_the_master_waits_for_the_master_to_create_the_streams(
+    procs: Procs, roles: RoleNats
+) -> None:
+    # Creating streams is the master's right alone: the worker's attempt is refused.
+    roles.expect_violations("worker", r"\$JS\.API\.STREAM\.CREATE\.TTP_\w+")
+    async with roles.client("consumer") as nc, status_feed(nc) as statuses:
+        procs.worker("early")
+
+        async def waiting() -> bool:
+            return "waiting for the master to create" in procs.log("early")
+
+        await until("the worker to wait for the master", waiting, procs, "early")
+        refused = roles.refusals("worker")
+        assert refused and all(kind == "Publish" for kind, _ in refused), refused
+        assert statuses.get("early", {}).get("ready") is not True
+
+        procs.start("master", "ttp-master", role="master")
+        rule_count = len(list(STARTER_RULES.rglob("*.yaml")))
+
+        async def loaded() -> dict[str, Any] | None:
+            summary = await master_summary(nc)
+            return summary if summary is not None and summary["rules"] == rule_count else None
+
+        summary = await until("the master's starter pack", loaded, procs, "master", "early")
+
+        async def converged() -> bool:
+            return fleet_matches(statuses, summary, ("early",))
+
+        await until("the early worker on the master's digest", converged, procs, "master", "early")
+        assert "the master created the JetStream streams" in (procs.tmp / "early.log").read_text()
+        assert len(roles.refusals("worker")) == len(refused)  # it stopped trying to create
+        await stop(procs.procs["early"], "early", procs)
         await stop(procs.procs["master"], "master", procs)
 
 
@@ -143,10 +185,19 @@ def make_events(count: int) -> list[dict[str, Any]]:
     return events
 
 
-async def test_sigterm_during_a_batch_acks_it_and_loses_nothing(procs: Procs) -> None:
+async def test_sigterm_during_a_batch_acks_it_and_loses_nothing(
+    procs: Procs, roles: RoleNats
+) -> None:
     count = 6_000
-    async with nats_client(procs.base_env["TTP_NATS_URL"]) as nc, status_feed(nc) as statuses:
+    async with (
+        roles.client("consumer") as nc,
+        roles.client("producer") as producer,
+        roles.client("worker") as worker,
+        status_feed(nc) as statuses,
+    ):
         js = nc.jetstream()
+        events_js = producer.jetstream()
+        progress = worker.jetstream()  # the workers' durable consumer: the worker's to read
         summary = await start_fleet(procs, nc, statuses, ("t1",))
         index = offline_index()
         assert index.digest() == summary["digest"]
@@ -160,7 +211,7 @@ async def test_sigterm_during_a_batch_acks_it_and_loses_nothing(procs: Procs) ->
             for start in range(0, count, 500):
                 await asyncio.gather(
                     *(
-                        js.publish(subjects.event(e["source_kind"]), json.dumps(e).encode())
+                        events_js.publish(subjects.event(e["source_kind"]), json.dumps(e).encode())
                         for e in events[start : start + 500]
                     )
                 )
@@ -177,14 +228,14 @@ async def test_sigterm_during_a_batch_acks_it_and_loses_nothing(procs: Procs) ->
         # What t1 fetched it either acked or released (nak'ed for immediate redelivery):
         # JetStream counts a nak'ed message as ack-pending until it is delivered again, so
         # the released ones are exactly what may still be pending; none waits for ack_wait.
-        info = await js.consumer_info(subjects.STREAM_EVENTS, "ttp-workers")
+        info = await progress.consumer_info(subjects.STREAM_EVENTS, "ttp-workers")
         assert info.num_ack_pending == released_on_stop(procs, "t1"), info
         assert info.num_pending > 0  # it stopped before the end of the stream
 
         procs.worker("t2")
 
         async def drained() -> bool:
-            info = await js.consumer_info(subjects.STREAM_EVENTS, "ttp-workers")
+            info = await progress.consumer_info(subjects.STREAM_EVENTS, "ttp-workers")
             return info.num_pending == 0 and info.num_ack_pending == 0
 
         await until("t2 tags the rest", drained, procs, "t2")

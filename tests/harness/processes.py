@@ -1,8 +1,10 @@
 """Real `ttp-master` / `ttp-worker` processes for end-to-end tests, and ways to watch them.
 
 Each process logs to a file under the test's tmp dir; `Procs` kills whatever is still
-running when the test ends. `start_fleet` brings up a master on the starter pack and the
-named workers and waits until every worker holds the master's digest.
+running when the test ends. On a roles-secured server (`harness.nats_roles.role_nats`) every
+process runs as the role it is started with, with that role's credentials alone.
+`start_fleet` brings up a master on the starter pack and the named workers and waits until
+every worker holds the master's digest.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from harness.master import STARTER_RULES
+from harness.master import STARTER_RULES, BusRecorder
+from harness.nats_roles import RoleNats
 from ttp_core.contract import subjects
+from ttp_runtime.nats_roles import Role
 
 BIN = Path(sys.executable).parent
 TIMEOUT_S = 30.0
@@ -39,10 +43,22 @@ WORKER_ENV = {
 
 
 class Procs:
-    """The processes of one test, all killed at the end whatever happened."""
+    """The processes of one test, all killed at the end whatever happened.
 
-    def __init__(self, tmp: Path, nats_url: str, database_url: str, rules: Path) -> None:
+    With `roles`, each process connects as the role it is started with; without, to an open
+    server (`nats_url`) as nobody in particular.
+    """
+
+    def __init__(
+        self,
+        tmp: Path,
+        nats_url: str,
+        database_url: str,
+        rules: Path,
+        roles: RoleNats | None = None,
+    ) -> None:
         self.tmp = tmp
+        self.roles = roles
         self.base_env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("TTP_")},
             "TTP_NATS_URL": nats_url,
@@ -55,11 +71,22 @@ class Procs:
         }
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, name: str, program: str, **env: str) -> subprocess.Popen[bytes]:
+    def env(self, role: Role | None, **env: str) -> dict[str, str]:
+        """The environment of a program run as `role` (None: only on an open server)."""
+        if self.roles is None:
+            return {**self.base_env, **env}
+        if role is None:
+            raise ValueError("on a roles-secured server every program needs its role")
+        return {**self.base_env, **self.roles.env(role), **env}
+
+    def start(
+        self, name: str, program: str, *, role: Role | None = None, **env: str
+    ) -> subprocess.Popen[bytes]:
+        """Start `program` as `role`; its output goes to ``<name>.log``."""
         with (self.tmp / f"{name}.log").open("ab") as log:
             proc = subprocess.Popen(
                 [str(BIN / program)],
-                env={**self.base_env, **env},
+                env=self.env(role, **env),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -68,7 +95,9 @@ class Procs:
         return proc
 
     def worker(self, worker_id: str, **env: str) -> subprocess.Popen[bytes]:
-        return self.start(worker_id, "ttp-worker", TTP_WORKER_ID=worker_id, **{**WORKER_ENV, **env})
+        return self.start(
+            worker_id, "ttp-worker", role="worker", TTP_WORKER_ID=worker_id, **{**WORKER_ENV, **env}
+        )
 
     def log(self, name: str) -> str:
         return (self.tmp / f"{name}.log").read_text(errors="replace")[-3000:]
@@ -124,6 +153,18 @@ async def status_feed(nc: Client) -> AsyncIterator[dict[str, dict[str, Any]]]:
             await sub.unsubscribe()
 
 
+class ReloadedRecorder(BusRecorder):
+    """A :class:`BusRecorder` of ``ttp.rule.reloaded.*`` alone, which a consumer may read:
+    no role may subscribe to all of ``ttp.>`` (honeypot events included)."""
+
+    async def start(self) -> ReloadedRecorder:
+        self._sub = await self.nc.subscribe(
+            subjects.wildcard(subjects.RULE_RELOADED_PREFIX), cb=self._on_message
+        )
+        await self.nc.flush()
+        return self
+
+
 async def master_summary(nc: Client) -> dict[str, Any] | None:
     """The master's last `ttp.ruleset.revision` data, as TTP_RULES holds it."""
     try:
@@ -153,7 +194,7 @@ async def start_fleet(
     **worker_env: str,
 ) -> dict[str, Any]:
     """Master and workers running, the workers on the master's digest; the summary."""
-    procs.start("master", "ttp-master")
+    procs.start("master", "ttp-master", role="master")
     rule_count = len(list(STARTER_RULES.rglob("*.yaml")))
 
     async def loaded() -> dict[str, Any] | None:
@@ -169,6 +210,21 @@ async def start_fleet(
 
     await until("every worker on the master's digest", converged, procs, "master", *workers)
     return summary
+
+
+async def ttpctl(procs: Procs, role: Role, *args: str) -> tuple[int, str, str]:
+    """Run the real `ttpctl` console script as `role`; (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        str(BIN / "ttpctl"),
+        *args,
+        env=procs.env(role),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
 
 
 def released_on_stop(procs: Procs, name: str) -> int:
