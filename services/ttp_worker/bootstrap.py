@@ -157,7 +157,12 @@ class Worker:
         stop = self.state.stop
         tasks: list[asyncio.Task[None]] = []
         try:
-            self.streams = StreamWait(js, configured_streams(settings), _STREAM_RETRY_S)
+            self.streams = StreamWait(
+                js,
+                configured_streams(settings),
+                may_create=not settings.logs_in(),
+                retry_s=_STREAM_RETRY_S,
+            )
             await self.streams.run(stop)
             self.rules = RuleConsumer(
                 nc,

@@ -62,9 +62,15 @@ class WorkerSettings(ServiceSettings):
     resync_backoff_max_s: float = Field(
         default=30.0, gt=0, description="Longest wait between two rule resyncs after errors."
     )
-    # Used only to create a stream that does not exist yet (the master owns their config).
 
     @field_validator("worker_id")
     @classmethod
     def _token(cls, value: str) -> str:
         return subjects.token(value)
+
+    def logs_in(self) -> bool:
+        """Whether the worker presents NATS credentials (a user, token or creds file, or a
+        user in a server URL): then it runs under accounts where the master owns the
+        streams, and does not try to create them (ttp_worker/streams.py)."""
+        in_url = any("@" in url.split("://", 1)[-1] for url in self.nats_servers())
+        return bool(self.nats_user or self.nats_token or self.nats_creds_file or in_url)

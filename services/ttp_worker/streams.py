@@ -2,12 +2,13 @@
 
 The master owns the streams' configuration (it creates or updates them at start). On an open
 server a worker that starts first creates the missing streams with the same defaults, so it
-can start consuming. With the shipped NATS roles (ttp_runtime/nats_accounts.conf) the
-worker's user may not create streams: the server refuses the request with a permissions
-violation, which the client reports only to its error callback, while the request itself
-would just time out. :class:`StreamWait` hears that refusal at once, says plainly that it
-waits for the master, and from then on only looks the streams up, once a second, until they
-all exist.
+can start consuming. A worker that logs in (a NATS user, token or creds file) runs under
+accounts such as the shipped ones (ttp_runtime/nats_accounts.conf), where only the master
+may create streams: it does not try, and waits for the master. Should a creation be refused
+anyway, the server reports a permissions violation, which the client passes only to its
+error callback while the request itself would just time out: :class:`StreamWait` hears that
+refusal at once and waits for the master too. Waiting, it looks the streams up once a second
+until they all exist, and says plainly what it waits for.
 """
 
 from __future__ import annotations
@@ -39,11 +40,17 @@ class StreamWait:
     """Make sure every stream of `configs` exists; create it or wait for the master."""
 
     def __init__(
-        self, js: JetStreamContext, configs: Sequence[StreamConfig], retry_s: float = 1.0
+        self,
+        js: JetStreamContext,
+        configs: Sequence[StreamConfig],
+        *,
+        may_create: bool,
+        retry_s: float = 1.0,
     ) -> None:
         self._js = js
         self._configs = list(configs)
         self._retry_s = retry_s
+        self._may_create = may_create
         self._refused = asyncio.Event()
 
     @property
@@ -69,14 +76,20 @@ class StreamWait:
                     if waiting_for:
                         _log.info("the master created the JetStream streams; starting")
                     return True
-                if not self.creation_refused:
+                if self._may_create and not self.creation_refused:
                     await self._create(missing[0])
                     continue
                 names = [c.name or "" for c in missing]
                 if names != waiting_for:
+                    why = (
+                        "the server refused this worker stream creation"
+                        if self.creation_refused
+                        else "this worker logs in as a NATS user and leaves stream creation to"
+                        " the master"
+                    )
                     _log.warning(
-                        "this worker may not create JetStream streams (the server refused it);"
-                        " waiting for the master to create %s",
+                        "%s; waiting for the master to create %s",
+                        why,
                         ", ".join(names),
                         extra={"streams": names},
                     )

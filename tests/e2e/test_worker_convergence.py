@@ -9,7 +9,7 @@ Equal digests (and revisions) mean the worker holds exactly the master's rules.
 
 - a rule file saved like an editor does (temporary file + rename) reaches all three workers;
 - a worker started before the master, which may not create the streams, waits for the master
-  to create them and becomes ready once it has;
+  to create them without trying itself, and becomes ready once the master has;
 - SIGTERM while a worker is tagging: it acks what it fetched and exits 0 within 10 s, and
   every event is tagged exactly once once another worker has finished the stream.
 
@@ -130,8 +130,8 @@ async def test_a_rule_file_save_reaches_all_three_workers(
 async def test_a_worker_started_before_the_master_waits_for_the_master_to_create_the_streams(
     procs: Procs, roles: RoleNats
 ) -> None:
-    # Creating streams is the master's right alone: the worker's attempt is refused.
-    roles.expect_violations("worker", r"\$JS\.API\.STREAM\.CREATE\.TTP_\w+")
+    # Creating streams is the master's right alone; a worker logged in as its role knows it
+    # and does not even try (the fixture fails the test on any violation).
     async with roles.client("consumer") as nc, status_feed(nc) as statuses:
         procs.worker("early")
 
@@ -139,8 +139,6 @@ async def test_a_worker_started_before_the_master_waits_for_the_master_to_create
             return "waiting for the master to create" in procs.log("early")
 
         await until("the worker to wait for the master", waiting, procs, "early")
-        refused = roles.refusals("worker")
-        assert refused and all(kind == "Publish" for kind, _ in refused), refused
         assert statuses.get("early", {}).get("ready") is not True
 
         procs.start("master", "ttp-master", role="master")
@@ -157,7 +155,6 @@ async def test_a_worker_started_before_the_master_waits_for_the_master_to_create
 
         await until("the early worker on the master's digest", converged, procs, "master", "early")
         assert "the master created the JetStream streams" in (procs.tmp / "early.log").read_text()
-        assert len(roles.refusals("worker")) == len(refused)  # it stopped trying to create
         await stop(procs.procs["early"], "early", procs)
         await stop(procs.procs["master"], "master", procs)
 
