@@ -27,7 +27,7 @@ import nats.js.errors
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig
+from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from harness.nats_roles import RoleNats
 from harness.processes import Procs, master_summary, start_fleet, status_feed, ttpctl, until
@@ -168,6 +168,60 @@ async def test_a_worker_cannot_forge_rules_change_state_or_destroy_streams(
         assert held.seq == real_state.seq and held.data == real_state.data
         states = await control(operator, Endpoint.STATE_GET, rule_id=RULE)
         assert states["result"]["states"][0]["state"] == "disabled"
+
+
+async def test_events_a_worker_pushes_into_ttp_rules_never_reach_the_rule_set(
+    procs: Procs, roles: RoleNats
+) -> None:
+    """The known gap (docs/security.md): the server delivers a push consumer's messages on the
+    subject its creator names, without checking that the creator may publish there. A worker's
+    consumer of TTP_EVENTS delivering on `ttp.ruleset.revision`, a literal subject of
+    TTP_RULES (so the stream itself is the interest), copies a producer's event into TTP_RULES.
+    What must hold: the copy keeps its event subject, outside the rule subjects the workers
+    read, so the workers' rule set stays the master's."""
+    async with (
+        roles.client("consumer") as watch,
+        roles.client("operator") as operator,
+        roles.client("producer") as producer,
+        status_feed(watch) as statuses,
+    ):
+        summary = await start_fleet(procs, watch, statuses, (WORKER,))
+        js = watch.jetstream()
+        real = await js.get_last_msg(subjects.STREAM_RULES, subjects.rule_reloaded(RULE))
+        forged = json.loads(real.data)
+        forged["data"]["revision"] = summary["revision"] + 1000
+        forged["data"]["definition"] = None  # a delete, were it ever applied
+        before = await rules_seq(watch)
+        await producer.jetstream().publish(subjects.event("command"), json.dumps(forged).encode())
+
+        attacker = await roles.connect("worker")
+        try:
+            await attacker.jetstream().add_consumer(
+                subjects.STREAM_EVENTS,
+                ConsumerConfig(
+                    name="deputy",
+                    deliver_subject=subjects.RULESET_REVISION,
+                    deliver_policy=DeliverPolicy.ALL,
+                ),
+            )
+
+            async def copied() -> Msg | None:
+                seq = await rules_seq(watch)
+                return await js.get_msg(subjects.STREAM_RULES, seq) if seq > before else None
+
+            # Should this ever time out because the server refused the consumer, the gap is
+            # closed: make this a refusal test and update docs/security.md.
+            copy = await until("the event copied into TTP_RULES", copied, procs, WORKER)
+        finally:
+            await attacker.close()
+        assert copy.subject == subjects.event("command")
+        assert json.loads(copy.data or b"{}") == forged
+
+        after = await settled(procs, operator, statuses, watch)
+        assert statuses[WORKER]["index_digest"] == after["digest"]
+        assert statuses[WORKER]["revision"] == after["revision"] < forged["data"]["revision"]
+        shown = await control(operator, Endpoint.RULES_SHOW, rule_id=RULE)
+        assert shown["result"]["status"] == "active"
 
 
 async def test_a_producer_publishes_events_and_reads_nothing(
