@@ -5,12 +5,17 @@
 - What it says about bcrypt on the server side holds: a real nats-server running the shipped
   file admits a role whose ``TTP_NATS_PASSWORD_<ROLE>`` is the double-quoted bcrypt hash of
   its password, and refuses to start when the hash is not quoted.
+- Its example of a per-person user, added to OPERATORS in the shipped file, runs on a real
+  nats-server: that person reaches the control service's discovery through her own inbox and
+  is refused the shipped operator's inbox.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 import shutil
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -98,3 +103,55 @@ async def test_a_double_quoted_bcrypt_hash_on_the_server_admits_the_plain_passwo
         ).start()
     log = (tmp_path / "bare" / "nats-server.log").read_text()
     assert "variable reference" in log, log[-1000:]
+
+
+def person_example() -> str:
+    """The accounts-file block that "Adding a person" shows."""
+    text = SECURITY.read_text(encoding="utf-8")
+    section = text[text.index("### Adding a person") :]
+    match = re.search(r"```\n(?P<block>.*?)```", section, re.DOTALL)
+    assert match is not None, "no example block under Adding a person"
+    return textwrap.dedent(match["block"])
+
+
+async def test_the_per_person_example_keeps_her_replies_her_own(tmp_path: Path) -> None:
+    example = person_example()
+    assert "user: alice" in example and "$TTP_NATS_PASSWORD_ALICE" in example
+    config = ACCOUNTS_CONFIG.read_text(encoding="utf-8")
+    anchor = "  OPERATORS {\n    users: [\n"
+    assert config.count(anchor) == 1
+    config = config.replace(anchor, anchor + example)
+    (tmp_path / "nats_accounts.conf").write_text(config, encoding="utf-8")
+    env = server_environment(generate_credentials())
+    alice_password = "p" + secrets.token_hex(24)
+    env["TTP_NATS_PASSWORD_ALICE"] = alice_password
+    errors: list[str] = []
+
+    async def note(error: Exception) -> None:
+        errors.append(str(error))
+
+    with EmbeddedNats(
+        data_dir=tmp_path / "nats",
+        extra_args=("--config", str(tmp_path / "nats_accounts.conf")),
+        extra_env=env,
+    ) as server:
+        alice = await nats.connect(
+            server.url,
+            user="alice",
+            password=alice_password,
+            inbox_prefix="_INBOX_alice",
+            max_reconnect_attempts=0,
+            error_cb=note,
+        )
+        try:
+            # Discovery crosses the import and answers on her inbox: with no master running,
+            # "no responders" proves both the publish and her inbox subscription.
+            with pytest.raises(nats.errors.NoRespondersError):
+                await alice.request("$SRV.PING.ttp-ctl", b"", timeout=5)
+            await alice.subscribe("_INBOX_operator.>")
+            await alice.flush(timeout=5)
+        finally:
+            await alice.close()
+        log = server.log_path.read_text(errors="replace")
+    refusals = re.findall(r'"OPERATORS/user:alice" - (\w+) Violation - Subject "([^"]*)"', log)
+    assert refusals == [("Subscription", "_INBOX_operator.>")], refusals
