@@ -33,6 +33,11 @@ FORGED_RULE_MESSAGES = Counter(
     "ttp_master_forged_rule_messages_total",
     "Rule messages found in TTP_RULES that PostgreSQL never produced (each one is replaced).",
 )
+FOREIGN_RULE_STREAM_MESSAGES = Counter(
+    "ttp_master_foreign_rule_stream_messages_total",
+    "Messages found in TTP_RULES on subjects that are no rule subjects (copies a push"
+    " consumer delivered into the stream), purged by the stream guard.",
+)
 CONTROL_REQUESTS = Counter(
     "ttp_master_control_requests_total",
     "Control requests answered, by endpoint and outcome.",

@@ -4,7 +4,8 @@ PostgreSQL is the source of truth and JetStream the distribution log: when the s
 missing, emptied or behind (deleted by an operator, lost with a NATS volume), the latest
 published event of every subject is published again from `ttp_rule_event`, with its
 original `Nats-Msg-Id`. It also verifies each rule message the stream receives against the
-outbox and replaces one PostgreSQL never produced (`verify`, `ttp_master.forged_rules`).
+outbox and replaces one PostgreSQL never produced (`verify`, `ttp_master.forged_rules`), and
+purges any message on a subject that is no rule subject (`ttp_master.foreign_subjects`).
 """
 
 from __future__ import annotations
@@ -15,14 +16,17 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import nats.errors
 import nats.js.errors
 from nats.js.client import JetStreamContext
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ttp_core.contract import subjects
+from ttp_master import metrics
 from ttp_master.db.repository import NOTIFY_CHANNEL, event_msg_id
 from ttp_master.db.schema import rule_event
+from ttp_master.foreign_subjects import is_stream_subject, purge_filter
 from ttp_master.forged_rules import (
     MAX_ANSWERABLE_REVISION,
     Forgery,
@@ -57,6 +61,9 @@ REPAIR_ACTOR = "ttp-master (stream guard: forged message replaced)"
 
 VERIFY_BATCH = 1000
 """Stream messages verified per pass: a large backlog is verified over several passes."""
+
+FOREIGN_LOGGED = 5
+"""Purge filters named in a pass's warning; the others are only counted."""
 
 
 class StreamGuard:
@@ -172,6 +179,10 @@ class StreamGuard:
         rules. A forged message is answered by reissuing PostgreSQL's latest event of its
         subject under a fresh revision past the forged one (workers apply only newer
         revisions), written to the outbox, so the relay publishes it like any change.
+
+        A message on a subject the stream is not meant to hold (a copy a push consumer of
+        another stream delivered into it) is purged with a subject filter that matches no
+        subject of the stream, so a purge can never race the relay into removing a rule.
         """
         info = await self._js.stream_info(subjects.STREAM_RULES)
         last = int(info.state.last_seq)
@@ -180,9 +191,12 @@ class StreamGuard:
         if last == self._verified_seq:
             return []
         seen: list[tuple[str, bytes]] = []
+        purged: list[tuple[str, str, int]] = []
+        can_purge = True
+        foreign = 0
         seq = max(self._verified_seq + 1, int(info.state.first_seq))
         upto = self._verified_seq
-        while seq <= last and len(seen) < VERIFY_BATCH:
+        while seq <= last and len(seen) + foreign < VERIFY_BATCH:
             try:
                 msg = await self._js.get_msg(subjects.STREAM_RULES, seq=seq, subject=">", next=True)
             except nats.js.errors.NotFoundError:
@@ -191,15 +205,72 @@ class StreamGuard:
                 break
             upto = msg.seq
             seq = msg.seq + 1
-            if msg.subject and is_rule_subject(msg.subject):
+            if not msg.subject:
+                continue
+            if not is_stream_subject(msg.subject):
+                foreign += 1
+                if can_purge:
+                    # Purged at once: the walk then skips every later copy the filter covered.
+                    purge = purge_filter(msg.subject)
+                    count = await self._purge(purge)
+                    can_purge = count is not None
+                    if count is not None:
+                        purged.append((msg.subject, purge, count))
+            elif is_rule_subject(msg.subject):
                 seen.append((msg.subject, msg.data or b""))
         if seq > last:
             upto = last
+        self._report_foreign(purged)
         forged = await self._judge(seen)
         for forgery in forged:
             await self._answer(forgery)
         self._verified_seq = upto
         return forged
+
+    async def _purge(self, subject_filter: str) -> int | None:
+        """Purge the messages of TTP_RULES matching `subject_filter`; returns how many, None
+        when the server refused or did not answer."""
+        try:
+            # nats-py's purge_stream returns only `success`; the server's answer also counts.
+            answer = await self._js._api_request(
+                f"{self._js._prefix}.STREAM.PURGE.{subjects.STREAM_RULES}",
+                json.dumps({"filter": subject_filter}).encode(),
+                timeout=self._js._timeout,
+            )
+        except (nats.errors.Error, TimeoutError) as exc:
+            # Verifying the rule messages matters more: the walk goes on without purging
+            # (the copies stay until the next term walks the stream again).
+            _log.error(
+                "cannot purge %s from %s (%s): does the master's NATS user lack %s?",
+                subject_filter,
+                subjects.STREAM_RULES,
+                exc,
+                f"$JS.API.STREAM.PURGE.{subjects.STREAM_RULES}",
+                extra={"subject": subject_filter},
+            )
+            return None
+        return int(answer.get("purged") or 0)
+
+    def _report_foreign(self, purged: list[tuple[str, str, int]]) -> None:
+        """One warning per pass however many were purged, so a flood cannot flood the log."""
+        if not purged:
+            return
+        total = sum(count for _, _, count in purged)
+        metrics.FOREIGN_RULE_STREAM_MESSAGES.inc(total)
+        shown = ", ".join(
+            f"{purge} ({count}, first {subject})"
+            for subject, purge, count in purged[:FOREIGN_LOGGED]
+        )
+        more = len(purged) - FOREIGN_LOGGED
+        _log.warning(
+            "purged %d message(s) from %s on subjects that are no rule subjects (copies a"
+            " push consumer delivered into the stream): %s%s",
+            total,
+            subjects.STREAM_RULES,
+            shown,
+            f" and {more} more filter(s)" if more > 0 else "",
+            extra={"purged": total, "subject": purged[0][0], "filters": len(purged)},
+        )
 
     async def _judge(self, seen: list[tuple[str, bytes]]) -> list[Forgery]:
         # Only what a bigint column can hold is looked up; anything else was never produced.
