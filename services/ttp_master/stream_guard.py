@@ -62,6 +62,10 @@ REPAIR_ACTOR = "ttp-master (stream guard: forged message replaced)"
 VERIFY_BATCH = 1000
 """Stream messages verified per pass: a large backlog is verified over several passes."""
 
+_TAIL_FILTER = "*.>"
+TAIL_PURGES = 10
+"""Purges per pass of foreign messages at the stream's tail, beyond where the walk reached."""
+
 FOREIGN_LOGGED = 5
 """Purge filters named in a pass's warning; the others are only counted."""
 
@@ -220,12 +224,35 @@ class StreamGuard:
                 seen.append((msg.subject, msg.data or b""))
         if seq > last:
             upto = last
+        elif can_purge:
+            # A backlog (a new term walks the whole stream) must not leave a flood at the
+            # tail unpurged until the walk reaches it.
+            purged.extend(await self._purge_tail())
         self._report_foreign(purged)
         forged = await self._judge(seen)
         for forgery in forged:
             await self._answer(forgery)
         self._verified_seq = upto
         return forged
+
+    async def _purge_tail(self) -> list[tuple[str, str, int]]:
+        """Purge while the stream's newest message is foreign (at most `TAIL_PURGES`)."""
+        purged: list[tuple[str, str, int]] = []
+        while len(purged) < TAIL_PURGES:
+            try:
+                # Not ">": for it the server looks only at the stream's last sequence, which
+                # a purge just deleted. Every subject of more than one token is "*.>".
+                msg = await self._js.get_last_msg(subjects.STREAM_RULES, _TAIL_FILTER)
+            except nats.js.errors.NotFoundError:
+                break
+            if not msg.subject or is_stream_subject(msg.subject):
+                break
+            purge = purge_filter(msg.subject)
+            count = await self._purge(purge)
+            if count is None:
+                break
+            purged.append((msg.subject, purge, count))
+        return purged
 
     async def _purge(self, subject_filter: str) -> int | None:
         """Purge the messages of TTP_RULES matching `subject_filter`; returns how many, None

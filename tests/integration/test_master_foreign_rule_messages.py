@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY
 from harness.master import install, master_settings, running_master, starter_ids, wait_until
 from harness.nats_roles import RoleNats, role_nats
 from ttp_core.contract import subjects
-from ttp_master import bootstrap
+from ttp_master import bootstrap, stream_guard
 from ttp_master.foreign_subjects import is_stream_subject
 
 KINDS = [f"k{i:02d}" for i in range(20)]
@@ -52,7 +52,17 @@ async def held(watch: Client) -> dict[str, tuple[int, bytes]]:
     return found
 
 
+@pytest.mark.parametrize(
+    "verify_batch",
+    [
+        pytest.param(stream_guard.VERIFY_BATCH, id="found-by-the-walk"),
+        # A walk that never advances (as one still far behind in a large stream): only the
+        # look at the stream's tail finds the copies.
+        pytest.param(0, id="found-at-the-tail"),
+    ],
+)
 async def test_copies_pushed_into_ttp_rules_are_purged_and_every_rule_stays(
+    verify_batch: int,
     roles: RoleNats,
     database_url: str,
     tmp_path: Path,
@@ -62,6 +72,7 @@ async def test_copies_pushed_into_ttp_rules_are_purged_and_every_rule_stays(
     # The guard runs every STREAM_CHECK_INTERVAL_S (5 s in production); a shorter period only
     # makes the test quicker, it changes nothing about what is checked.
     monkeypatch.setattr(bootstrap, "STREAM_CHECK_INTERVAL_S", 0.3)
+    monkeypatch.setattr(stream_guard, "VERIFY_BATCH", verify_batch)
     caplog.set_level(logging.WARNING, logger="ttp_master.stream_guard")
     rules = tmp_path / "rules"
     rules.mkdir()
