@@ -34,6 +34,7 @@ from typing import Any
 import pytest
 
 from harness.master import (
+    STARTER_RULES,
     BusRecorder,
     StoredLog,
     check_reloaded,
@@ -472,3 +473,35 @@ def test_migrate_command_runs_concurrently(launcher: Launcher, database_url: str
             assert compare_metadata(context, metadata) == []
     finally:
         engine.dispose()
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                stat = (entry / "stat").read_text()
+                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                    found.add(int(entry.name))
+    return found
+
+
+def _alive(pids: set[int]) -> set[int]:
+    return {pid for pid in pids if Path(f"/proc/{pid}").exists()}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: rules are validated in-process")
+async def test_validation_processes_end_with_a_killed_master(launcher: Launcher) -> None:
+    for path in STARTER_RULES.rglob("*.yaml"):  # enough files for the validation pool
+        (launcher.rules / path.name).write_bytes(path.read_bytes())
+    master = launcher.start("pooled")
+    await master.wait_readyz(200)
+    pool = _children(master.pid)
+    assert pool, "the master validated the starter pack without its process pool"
+    await kill_9(master)
+
+    async def orphans_gone() -> bool:
+        return not _alive(pool)
+
+    await wait_until(orphans_gone, "the validation processes of the killed master to exit")
