@@ -20,8 +20,10 @@ import pytest
 from nats.js.api import StreamConfig
 
 from harness.nats_tls import TlsNats, make_tls_files, tls_nats
+from ttp_core.contract import subjects
 from ttp_runtime.embedded import EmbeddedNats
 from ttp_runtime.nats import connect, drain
+from ttp_runtime.nats_roles import ACCOUNTS_CONFIG, generate_credentials, server_environment
 from ttp_runtime.settings import ServiceSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -182,8 +184,9 @@ async def test_the_compose_tls_config_with_the_dev_certificates_admits_only_mutu
     tmp_path: Path,
 ) -> None:
     # The files compose mounts, run by a real nats-server: the certificate paths point at the
-    # script's output, and the store directory is the launcher's flag (nats-server refuses
-    # it twice).
+    # script's output, the store directory is the launcher's flag (nats-server refuses it
+    # twice), and the accounts file sits beside nats.conf with the passwords in the
+    # environment, as in compose.
     certs = tmp_path / "certs"
     subprocess.run(
         [str(REPO / "deploy" / "nats" / "make-dev-certs.sh"), str(certs)],
@@ -197,17 +200,35 @@ async def test_the_compose_tls_config_with_the_dev_certificates_admits_only_mutu
         text = (REPO / "deploy" / "nats" / name).read_text()
         text = text.replace("/etc/nats/tls/", f"{certs}/").replace("store_dir: /data", "")
         (conf_dir / name).write_text(text)
+    (conf_dir / ACCOUNTS_CONFIG.name).write_bytes(ACCOUNTS_CONFIG.read_bytes())
+    credentials = generate_credentials()
+    master = credentials["master"]
     with EmbeddedNats(
-        data_dir=tmp_path / "nats", extra_args=("--config", str(conf_dir / "nats-tls.conf"))
+        data_dir=tmp_path / "nats",
+        extra_args=("--config", str(conf_dir / "nats-tls.conf")),
+        extra_env=server_environment(credentials),
     ) as server:
         url = f"tls://localhost:{server.port}"
         mutual = ServiceSettings(
             nats_url=url,
+            nats_user=master.user,
+            nats_password=master.password,
+            nats_inbox_prefix=master.inbox_prefix,
             nats_tls_ca=certs / "ca.pem",
             nats_tls_cert=certs / "client.pem",
             nats_tls_key=certs / "client-key.pem",
         )
-        assert await _publish_and_ack(mutual) == 1
+        # As the master: the one role that may create TTP_RULES and publish a ruleset summary.
+        client = await connect(mutual, "tls-test", initial_timeout_s=FIRST_CONNECT_S)
+        try:
+            js = client.jetstream()
+            await js.add_stream(
+                StreamConfig(name=subjects.STREAM_RULES, subjects=[subjects.RULESET_REVISION])
+            )
+            ack = await js.publish(subjects.RULESET_REVISION, b"over tls", timeout=5)
+            assert (ack.stream, ack.seq) == (subjects.STREAM_RULES, 1)
+        finally:
+            await drain(client)
         with pytest.raises((TimeoutError, OSError)):
             await connect(
                 ServiceSettings(nats_url=url, nats_tls_ca=certs / "ca.pem"),
