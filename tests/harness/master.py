@@ -41,6 +41,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 from psycopg.rows import dict_row
 
+from harness.nats_roles import RoleNats
 from ttp_core.contract import subjects
 from ttp_core.rules.validator import RuleValidator
 
@@ -515,6 +516,21 @@ def master_settings(nats_url: str, database_url: str, rules_dir: Path, **overrid
     }
     values.update(overrides)
     return MasterSettings(**values)
+
+
+def master_role_settings(
+    roles: RoleNats, database_url: str, rules_dir: Path, **overrides: Any
+) -> Any:
+    """:func:`master_settings` of a master logged in as the ``master`` role on `roles`, in
+    the default identity mode (verified), exactly as a master process of that role runs."""
+    role_settings = {
+        name.removeprefix("TTP_").lower(): value for name, value in roles.env("master").items()
+    }
+    return master_settings(
+        **{**role_settings, "database_url": database_url, "rules_dir": rules_dir},
+        control_require_verified_identity=True,
+        **overrides,
+    )
 
 
 async def wait_ready(master: Any, task: asyncio.Task[None], timeout: float = 60.0) -> None:

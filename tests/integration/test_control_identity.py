@@ -30,7 +30,7 @@ from harness.master import (
     InProcessMaster,
     db_events,
     install,
-    master_settings,
+    master_role_settings,
     query,
     running_master,
     starter_ids,
@@ -101,18 +101,7 @@ async def world(
     install(rules, RULES, flat=True)
     # Exactly what a master process of the `master` role is given, and the default identity
     # mode (verified), which test harnesses on plain NATS turn off.
-    role_settings = {
-        name.removeprefix("TTP_").lower(): value
-        for name, value in roles.env("master").items()
-        if name != "TTP_NATS_URL"
-    }
-    settings = master_settings(
-        roles.url,
-        database_url,
-        rules,
-        control_require_verified_identity=True,
-        **role_settings,
-    )
+    settings = master_role_settings(roles, database_url, rules)
     async with running_master(settings) as master:
         yield World(roles, master, database_dsn)
 

@@ -21,7 +21,13 @@ from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import REGISTRY
 
-from harness.master import install, master_settings, running_master, starter_ids, wait_until
+from harness.master import (
+    install,
+    master_role_settings,
+    running_master,
+    starter_ids,
+    wait_until,
+)
 from harness.nats_roles import RoleNats, role_nats
 from ttp_core.contract import subjects
 from ttp_master import bootstrap, stream_guard
@@ -77,19 +83,7 @@ async def test_copies_pushed_into_ttp_rules_are_purged_and_every_rule_stays(
     rules = tmp_path / "rules"
     rules.mkdir()
     install(rules, starter_ids(3), flat=True)
-    role_settings = {
-        name.removeprefix("TTP_").lower(): value
-        for name, value in roles.env("master").items()
-        if name != "TTP_NATS_URL"
-    }
-    settings = master_settings(
-        roles.url,
-        database_url,
-        rules,
-        control_require_verified_identity=True,
-        relay_poll_interval_s=0.1,
-        **role_settings,
-    )
+    settings = master_role_settings(roles, database_url, rules, relay_poll_interval_s=0.1)
     before = purged_count()
     async with (
         running_master(settings),
