@@ -8,14 +8,23 @@ It starts its own NATS (JetStream) and PostgreSQL servers from `ttp_runtime.embe
 random free ports (never the machine's 4222/5432), one `ttp-master` over a copy of the
 starter pack (`rules/`) and 4 `ttp-worker` processes (the machinery of bench/master.py and
 bench/fleet.py), and stops every process and server it started, also on Ctrl-C, SIGTERM or
-an error. The workers are started first, right after NATS (a worker that finds no streams
-creates them; the master updates them), so that their start overlaps PostgreSQL's initdb
-and the master's; they follow the master's initial sync live, and every measurement starts
-once all 4 report the master's digest. Requests go through `ttpctl`'s own `ControlClient`
-(request/reply on `ttp.ctl.<endpoint>`, typed models both ways), exactly as the CLI sends
-them. It prints human-readable figures and, as the last line of stdout, one JSON object
-holding every figure. Targets are printed as PASS/MISS; the exit status is 0 unless the
-script fails.
+an error. The workers are started first, right after NATS (they wait for the master to
+create the streams), so that their start overlaps PostgreSQL's initdb and the master's;
+they follow the master's initial sync live, and every measurement starts once all 4 report
+the master's digest. Requests go through `ttpctl`'s own `ControlClient` (request/reply on
+`ttp.ctl.<endpoint>`, typed models both ways) over a connection made as ttpctl makes it
+(`open_nats`), exactly as the CLI sends them. It prints human-readable figures and, as the
+last line of stdout, one JSON object holding every figure. Targets are printed as PASS/MISS;
+the exit status is 0 unless the script fails.
+
+What runs is the default deployment: nats-server with the shipped accounts config, the master
+logged in as the master role (serving control requests only with the caller identity the
+server stamps on them, its default), the workers as the worker role, every setting of theirs
+at its default (the ones that are not are printed). The requests are sent as the operator
+role (the server names it to the master: actor `OPERATORS/operator`; the request's `actor`
+is only noted as on behalf of whom), and this benchmark watches as the consumer role. The
+permission violations in the server's log are printed at the end: any means a grant is
+missing.
 
 What is measured
 1. State change -> every worker applied it: 100 changes (quick: 20) after 3 warm-up ones,
@@ -53,14 +62,13 @@ import contextlib
 import json
 import statistics
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
-import nats
 from bench.fleet import (
     WORKER_BIN,
     WORKER_IDS,
@@ -76,6 +84,7 @@ from bench.master import (
     PG_SETTINGS,
     AttachedProfiler,
     BenchError,
+    connect_as,
     cpu_seconds,
     log_all_statements,
     machine_figures,
@@ -84,14 +93,19 @@ from bench.master import (
     pg_statements,
     print_profile,
     print_statements,
+    report_violations,
+    roles_note,
     run_bench,
     section,
+    start_nats,
     statement_figures,
     summarise_profile,
+    tuning_note,
     verdict,
 )
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from pydantic import SecretStr
 
 from ttp_core.contract import subjects
 from ttp_core.contract.control import (
@@ -101,8 +115,14 @@ from ttp_core.contract.control import (
     StateSetRequest,
 )
 from ttp_core.rules.validator import iter_rule_files
-from ttp_runtime.embedded import EmbeddedNats, EmbeddedPostgres
+from ttp_runtime.embedded import EmbeddedPostgres
+from ttp_runtime.nats_roles import Role
+from ttp_runtime.settings import ServiceSettings
 from ttpctl.control_client import ControlClient
+from ttpctl.nats_session import open_nats
+
+if TYPE_CHECKING:  # annotations only; bench/master.py starts the server (start_nats)
+    from harness.nats_roles import RoleNats
 
 DATABASE: Final = "bench_control"
 ACTOR: Final = "bench-control"
@@ -178,6 +198,31 @@ class StateFeed:
             self.arrived.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.arrived.wait(), left)
+
+
+CONTROL_BENCH_ROLES: Final[Mapping[str, Role]] = {
+    "ttp-master": "master",
+    "ttp-workers": "worker",
+    "this benchmark's control requests": "operator",
+    "its watcher": "consumer",
+}
+
+
+def operator_settings(bus: RoleNats) -> ServiceSettings:
+    """The client settings of the operator's credentials file (`TTP_NATS_*`), which ttpctl
+    connects with; nothing else of this process's environment."""
+    creds = bus.credentials["operator"]
+    return ServiceSettings(
+        nats_url=bus.url,
+        nats_user=creds.user,
+        nats_password=SecretStr(creds.password),
+        nats_inbox_prefix=creds.inbox_prefix,
+        nats_token=None,
+        nats_creds_file=None,
+        nats_tls_ca=None,
+        nats_tls_cert=None,
+        nats_tls_key=None,
+    )
 
 
 def perf_to_wall(perf: float) -> float:
@@ -478,20 +523,19 @@ async def run_all(
         "bench": "control",
         "quick": args.quick,
         "machine": machine_figures(),
-        "client": "ttpctl.control_client.ControlClient",
+        "client": "ttpctl.control_client.ControlClient, as the operator role",
+        "nats_roles": CONTROL_BENCH_ROLES,
     }
     section_s: dict[str, float] = {}
     started = time.perf_counter()
-    server = EmbeddedNats(data_dir=workdir / "nats")
-    cleanup.callback(server.close)
-    server.start()
+    bus = start_nats(workdir / "nats", cleanup)
     rules_dir = workdir / "rules"
     rules_dir.mkdir()
     install_starter(rules_dir, None)
     pack = len(list(iter_rule_files(rules_dir)))
-    # The workers need only NATS (the first one up creates the streams, the master updates
-    # them): started now, their imports overlap PostgreSQL's initdb and the master's start.
-    fleet = Fleet(server.url, "", rules_dir, workdir, cleanup)
+    # The workers need only NATS (they wait there for the master to create the streams):
+    # started now, their imports overlap PostgreSQL's initdb and the master's start.
+    fleet = Fleet(bus, "", rules_dir, workdir, cleanup)
     fleet.spawn_workers("workers")
     # --profile: every statement of the master's sessions is logged (with epoch stamps).
     pg = EmbeddedPostgres(
@@ -503,13 +547,13 @@ async def run_all(
     if args.profile:
         log_all_statements(pg, DATABASE)
     fleet.database_url = pg.url_for(DATABASE)
-    print(f"PostgreSQL on port {pg.port}, NATS on {server.url}", flush=True)
+    print(f"PostgreSQL on port {pg.port}, NATS on {bus.url}", flush=True)
+    print(roles_note(CONTROL_BENCH_ROLES), flush=True)
     section_s["servers_start"] = round(time.perf_counter() - started, 2)
 
     feed = StatusFeed()
     states = StateFeed()
-    nc = await nats.connect(server.url, name="bench-control", max_reconnect_attempts=-1)
-    client = ControlClient(nc)
+    nc = await connect_as(bus, "consumer", "bench-control-watch")
     try:
         for subject, callback in (
             (subjects.wildcard(subjects.WORKER_STATUS_PREFIX), feed.on_msg),
@@ -517,7 +561,16 @@ async def run_all(
         ):
             await nc.subscribe(subject, cb=callback, pending_msgs_limit=-1, pending_bytes_limit=-1)
         await nc.flush()
-        async with aiohttp.ClientSession() as session:
+        async with (
+            open_nats(
+                None,
+                settings=operator_settings(bus),
+                name="bench-control",
+                announce_reconnects=False,
+            ) as operator,
+            aiohttp.ClientSession() as session,
+        ):
+            client = ControlClient(operator.nc)
             started = time.perf_counter()
             ready_s = await fleet.restart_master(session)
             summary = await wait_master_rules(nc, pack)
@@ -527,6 +580,9 @@ async def run_all(
                 f"master ready {ready_s:.2f} s after its start, over {pack} starter rules; "
                 f"{len(WORKER_IDS)} workers (started first) at its digest"
             )
+            tuning = fleet.tuning()
+            print(tuning_note(tuning))
+            figures["non_default_settings"] = tuning
             section_s["fleet_start"] = round(time.perf_counter() - started, 2)
             listed = await client.rules_list(RulesListRequest(status="active"))
             active = sorted(r.rule_id for r in listed.rules)
@@ -539,7 +595,7 @@ async def run_all(
                 "master": [fleet.master.pid],
                 "workers": [w.pid for w in fleet.workers],
                 "postgres": [pg.pid],
-                "nats": [server.pid],
+                "nats": [bus.server.pid],
             }
 
             # ------------------------------------------------------------ 1. apply
@@ -620,6 +676,7 @@ async def run_all(
     finally:
         with contextlib.suppress(Exception):
             await nc.close()
+    figures["nats_violations"] = report_violations(bus, "the whole run")
     figures["section_s"] = section_s
     return figures
 

@@ -16,9 +16,16 @@ One NATS server, one database and one master serve the whole run; the master is 
 over a bigger rules directory when the rule set grows (its startup reconcile publishes the
 new rules; bench/master.py measures that part).
 
+What runs is the default deployment: nats-server with the shipped accounts config, the master
+logged in as the master role and each worker as the worker role, every setting of theirs at
+its default (the ones that are not are printed). This benchmark publishes the events as the
+producer role, watches as the consumer role, and reads the shared event consumer's backlog
+as the worker role (no lesser role may). The permission violations in the server's log are
+printed at the end: any means a grant is missing.
+
 What is measured
 1. Propagation, 60 rules: 60 starter rules, 4 workers. One rule file is saved (200 times;
-   quick: 15, to stay under 30 s) repeatedly like
+   quick: 10, to stay under 30 s) repeatedly like
    an editor does (temporary file, then `os.replace`), each save changing the content hash.
    The clock starts just before the rename and stops when the LAST of the 4 workers has
    published a `ttp.worker.status.<id>` message (published on each applied change) with a
@@ -59,7 +66,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import aiohttp
 import nats
@@ -76,6 +83,7 @@ from bench.master import (
     ServiceProcess,
     _frames,
     _short,
+    connect_as,
     cpu_seconds,
     generate_rules,
     load_templates,
@@ -85,8 +93,12 @@ from bench.master import (
     parse_ts,
     percentile,
     precheck,
+    report_violations,
+    roles_note,
     run_bench,
     section,
+    start_nats,
+    tuning_note,
     verdict,
 )
 from nats.aio.client import Client
@@ -94,7 +106,11 @@ from nats.aio.msg import Msg
 
 from ttp_core.contract import subjects
 from ttp_core.rules.validator import iter_rule_files
-from ttp_runtime.embedded import EmbeddedNats, EmbeddedPostgres
+from ttp_runtime.embedded import EmbeddedPostgres
+from ttp_runtime.nats_roles import Role
+
+if TYPE_CHECKING:  # annotations only; bench/master.py starts the server (start_nats)
+    from harness.nats_roles import RoleNats
 
 WORKER_BIN: Final = BIN_DIR / "ttp-worker"
 WORKERS: Final = 4
@@ -155,19 +171,18 @@ class WorkerProcess(ServiceProcess):
     def __init__(
         self,
         worker_id: str,
-        nats_url: str,
+        bus: RoleNats,
         workdir: Path,
         *,
         profile_to: Path | None = None,
-        extra_env: Mapping[str, str] | None = None,
     ) -> None:
+        """Logged in as the worker role; every setting at its default."""
         super().__init__(
             WORKER_BIN,
             worker_id,
             workdir / f"worker-{worker_id}.log",
-            {"TTP_NATS_URL": nats_url, "TTP_WORKER_ID": worker_id},
+            {**bus.env("worker"), "TTP_WORKER_ID": worker_id},
             profile_to=profile_to,
-            env_after={"TTP_FETCH_TIMEOUT_S": "0.5", **(extra_env or {})},
         )
         self.worker_id = worker_id
 
@@ -237,6 +252,42 @@ class ReloadedFeed:
         future = self.waiting.pop(str(data.get("content_sha256")), None)
         if future is not None and not future.done():
             future.set_result((int(data["revision"]), at))
+
+
+FLEET_BENCH_ROLES: Final[Mapping[str, Role]] = {
+    "ttp-master": "master",
+    "ttp-workers": "worker",
+    "this benchmark's event publisher": "producer",
+    "its watcher": "consumer",
+    "its backlog probe (the shared event consumer's info, granted to workers only)": "worker",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class BenchClients:
+    """This benchmark's own NATS connections, each logged in as the least role that can do
+    its part."""
+
+    watch: Client
+    """consumer: worker statuses, rule messages, TTP_RULES and TTP_TAGS usage."""
+    events: Client
+    """producer: publishes the events."""
+    backlog: Client
+    """worker: the shared event consumer's pending and unacknowledged counts (only workers
+    may read that consumer's info)."""
+
+    @classmethod
+    async def open(cls, bus: RoleNats, name: str) -> BenchClients:
+        return cls(
+            await connect_as(bus, "consumer", f"{name}-watch"),
+            await connect_as(bus, "producer", f"{name}-events"),
+            await connect_as(bus, "worker", f"{name}-backlog"),
+        )
+
+    async def close(self) -> None:
+        for nc in (self.watch, self.events, self.backlog):
+            with contextlib.suppress(Exception):
+                await nc.close()
 
 
 async def master_summary(nc: Client) -> dict[str, Any] | None:
@@ -499,8 +550,8 @@ class ThroughputResult:
 
 
 async def throughput(
-    nc: Client,
-    nats_url: str,
+    clients: BenchClients,
+    bus: RoleNats,
     session: aiohttp.ClientSession,
     examples: Sequence[tuple[str, dict[str, Any]]],
     *,
@@ -513,11 +564,11 @@ async def throughput(
     profile_to: Path | None = None,
 ) -> ThroughputResult:
     events, harmless = make_events(examples, count, run)
-    await wait_drained(nc)  # nothing left over from earlier runs
-    tags_before = await tags_stored(nc)
-    publish_s = await publish_events(nc, events)
+    await wait_drained(clients.backlog)  # nothing left over from earlier runs
+    tags_before = await tags_stored(clients.watch)
+    publish_s = await publish_events(clients.events, events)
     procs = [
-        WorkerProcess(f"{run}-{i}", nats_url, workdir, profile_to=profile_to)
+        WorkerProcess(f"{run}-{i}", bus, workdir, profile_to=profile_to)
         for i in range(1, workers + 1)
     ]
     servers_before = {k: cpu_seconds(pid, tree=True) for k, pid in server_pids.items()}
@@ -527,7 +578,7 @@ async def throughput(
     ready = await asyncio.gather(*(p.wait_ready(session) for p in procs))
     started = min(ready)
     cpu_start = {p.worker_id: cpu_seconds(p.pid) for p in procs}
-    drained = await wait_drained(nc)
+    drained = await wait_drained(clients.backlog)
     cpu = {p.worker_id: round(cpu_seconds(p.pid) - cpu_start[p.worker_id], 2) for p in procs}
     cpu |= {
         k: round(cpu_seconds(pid, tree=True) - servers_before[k], 2)
@@ -535,7 +586,7 @@ async def throughput(
     }
     problems = [line for p in procs for line in p.problems()]
     stops = [p.stop() for p in procs]
-    stored = await tags_stored(nc) - tags_before
+    stored = await tags_stored(clients.watch) - tags_before
     return ThroughputResult(
         workers,
         count,
@@ -602,13 +653,13 @@ class ColdStart:
 
 
 async def cold_start(
-    nats_url: str,
+    bus: RoleNats,
     session: aiohttp.ClientSession,
     name: str,
     workdir: Path,
     cleanup: contextlib.ExitStack,
 ) -> ColdStart:
-    proc = WorkerProcess(name, nats_url, workdir)
+    proc = WorkerProcess(name, bus, workdir)
     proc.start()
     cleanup.callback(proc.stop)
     ready_at = await proc.wait_ready(session)
@@ -734,10 +785,10 @@ class Fleet:
     """The master (restartable) and the sets of workers, sharing one NATS and database."""
 
     def __init__(
-        self, nats_url: str, database_url: str, rules_dir: Path, workdir: Path,
+        self, bus: RoleNats, database_url: str, rules_dir: Path, workdir: Path,
         cleanup: contextlib.ExitStack,
     ) -> None:  # fmt: skip
-        self.nats_url = nats_url
+        self.bus = bus
         self.database_url = database_url
         self.rules_dir = rules_dir
         self.workdir = workdir
@@ -756,7 +807,7 @@ class Fleet:
         self.masters += 1
         self.master = MasterProcess(
             f"fleet-{self.masters}",
-            master_env(self.nats_url, self.database_url, self.rules_dir, 30),
+            master_env(self.bus, self.database_url, self.rules_dir),
             self.workdir,
         )
         self.master.start()
@@ -765,12 +816,7 @@ class Fleet:
 
     def spawn_workers(self, tag: str) -> None:
         """Start the workers (logs under `workdir/tag`) without waiting for them."""
-        self.workers = [
-            WorkerProcess(
-                w, self.nats_url, self.workdir / tag, extra_env={"TTP_STATUS_INTERVAL_S": "2"}
-            )
-            for w in WORKER_IDS
-        ]
+        self.workers = [WorkerProcess(w, self.bus, self.workdir / tag) for w in WORKER_IDS]
         (self.workdir / tag).mkdir(exist_ok=True)
         for proc in self.workers:
             proc.start()
@@ -782,6 +828,15 @@ class Fleet:
     async def start_workers(self, session: aiohttp.ClientSession, tag: str) -> None:
         self.spawn_workers(tag)
         await self.wait_workers(session)
+
+    def tuning(self) -> dict[str, dict[str, str]]:
+        """The settings of the master and of the workers that are not defaults."""
+        found: dict[str, dict[str, str]] = {}
+        if self.master is not None:
+            found["master"] = self.master.tuning
+        if self.workers:
+            found["workers"] = self.workers[0].tuning  # all started alike
+        return found
 
     def stop_workers(self) -> list[tuple[int | None, float]]:
         stops = [p.stop() for p in self.workers]
@@ -796,6 +851,7 @@ async def run_all(
         "bench": "fleet",
         "quick": args.quick,
         "machine": machine_figures(),
+        "nats_roles": FLEET_BENCH_ROLES,
     }
     section_s: dict[str, float] = {}
     started = time.perf_counter()
@@ -803,19 +859,19 @@ async def run_all(
     cleanup.callback(pg.close)
     pg.start()
     pg.ensure_database("bench_fleet")
-    server = EmbeddedNats(data_dir=workdir / "nats")
-    cleanup.callback(server.close)
-    server.start()
-    print(f"PostgreSQL on port {pg.port}, NATS on {server.url}", flush=True)
-    servers = {"postgres": pg.pid, "nats": server.pid}
+    bus = start_nats(workdir / "nats", cleanup)
+    print(f"PostgreSQL on port {pg.port}, NATS on {bus.url}", flush=True)
+    print(roles_note(FLEET_BENCH_ROLES), flush=True)
+    servers = {"postgres": pg.pid, "nats": bus.server.pid}
     section_s["servers_start"] = round(time.perf_counter() - started, 2)
 
     rules_dir = workdir / "rules"
     rules_dir.mkdir()
     install_starter(rules_dir, SMALL_SET)
-    fleet = Fleet(server.url, pg.url_for("bench_fleet"), rules_dir, workdir, cleanup)
+    fleet = Fleet(bus, pg.url_for("bench_fleet"), rules_dir, workdir, cleanup)
     feed = StatusFeed()
-    nc = await nats.connect(server.url, name="bench-fleet", max_reconnect_attempts=-1)
+    clients = await BenchClients.open(bus, "bench-fleet")
+    nc = clients.watch
     try:
         await nc.subscribe(
             subjects.wildcard(subjects.WORKER_STATUS_PREFIX),
@@ -834,6 +890,9 @@ async def run_all(
             summary = await wait_master_rules(nc, SMALL_SET)
             await fleet.start_workers(session, "small")
             await wait_fleet_digest(feed, WORKER_IDS, str(summary["digest"]))
+            tuning = fleet.tuning()
+            print(tuning_note(tuning))
+            figures["non_default_settings"] = tuning
             target = sorted(iter_rule_files(rules_dir), key=lambda p: p.stem)[0]
             small = await propagation(
                 nc, feed, WORKER_IDS, rules_dir, target, SMALL_SET, settings.saves,
@@ -860,8 +919,8 @@ async def run_all(
             results = {}
             for count_workers in (1, 2):
                 result = await throughput(
-                    nc,
-                    server.url,
+                    clients,
+                    bus,
                     session,
                     examples,
                     workers=count_workers,
@@ -881,8 +940,8 @@ async def run_all(
                 started = time.perf_counter()
                 raw = workdir / "worker.pyspy.txt"
                 result = await throughput(
-                    nc,
-                    server.url,
+                    clients,
+                    bus,
                     session,
                     examples,
                     workers=1,
@@ -949,7 +1008,7 @@ async def run_all(
                 )
             colds = []
             for n in range(settings.cold_starts):
-                cold = await cold_start(server.url, session, f"cold{n}", workdir, cleanup)
+                cold = await cold_start(bus, session, f"cold{n}", workdir, cleanup)
                 colds.append(cold)
                 print(
                     f"  start {n + 1}: /readyz 200 after {cold.ready_s * 1000:.0f} ms; "
@@ -981,8 +1040,8 @@ async def run_all(
                 for line in problems[:5]:
                     print(f"  master log: {line}")
     finally:
-        with contextlib.suppress(Exception):
-            await nc.close()
+        await clients.close()
+    figures["nats_violations"] = report_violations(bus, "the whole run")
     figures["section_s"] = section_s
     return figures
 

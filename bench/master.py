@@ -12,6 +12,13 @@ SIGTERM or an error. It prints human-readable figures and, as the last line of s
 JSON object holding every figure. Targets are printed as PASS/MISS; the exit status is 0
 unless the script itself fails.
 
+What runs is the default deployment: nats-server with the shipped accounts config
+(`ttp_runtime/nats_accounts.conf`, fresh passwords), the master logged in as the master role
+(so it serves control requests only with a verified caller identity, its default), this
+benchmark's subscriptions as the consumer role. Every master setting is at its default
+except where a series says otherwise (printed with each series). The permission violations
+in the server's log are printed at the end of each section: any means a grant is missing.
+
 What is measured
 1. Save-to-PubAck latency. A copy of the starter pack is served; once `/readyz` says 200, one
    rule file is saved repeatedly like an editor does (whole content to a hidden temporary
@@ -95,7 +102,14 @@ from nats.aio.msg import Msg
 
 from ttp_core.contract import subjects
 from ttp_core.rules.validator import RuleValidator, iter_rule_files
-from ttp_runtime.embedded import EmbeddedNats, EmbeddedPostgres, free_port
+from ttp_master.settings import MasterSettings
+from ttp_runtime.embedded import EmbeddedPostgres, free_port
+from ttp_runtime.nats_roles import Role
+
+# The roles-secured nats-server the tests use (the shipped accounts config), so the figures
+# are those of the default deployment, not of an open server.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from harness.nats_roles import RoleNats, role_nats
 
 REPO_ROOT: Final = Path(__file__).resolve().parent.parent
 STARTER_RULES: Final = REPO_ROOT / "rules"
@@ -104,7 +118,7 @@ MASTER_BIN: Final = BIN_DIR / "ttp-master"
 
 TARGET_P99_MS: Final = 20.0
 TARGET_READY_S: Final = 15.0
-DEFAULT_DEBOUNCE_MS: Final = 10
+DEFAULT_DEBOUNCE_MS: Final[int] = MasterSettings.model_fields["debounce_ms"].default
 FAST_DEBOUNCE_MS: Final = 5
 EDIT_GAP_S: Final = 0.02
 """Pause between two saves once the previous one is fully published (nobody saves faster)."""
@@ -119,6 +133,17 @@ GEN_PREFIX: Final = "BENCH-"
 SEED: Final = 20240611
 
 _CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
+
+
+PLACEMENT: Final = frozenset(
+    {
+        "TTP_NATS_URL", "TTP_NATS_USER", "TTP_NATS_PASSWORD", "TTP_NATS_INBOX_PREFIX",
+        "TTP_DATABASE_URL", "TTP_RULES_DIR", "TTP_HTTP_HOST", "TTP_HTTP_PORT",
+        "TTP_LOG_FORMAT", "TTP_WORKER_ID",
+    }
+)  # fmt: skip
+"""Settings that say where a process finds its servers, who it is and where it listens
+(and JSON logs, the default, named because the benchmark reads them): no tuning."""
 
 
 class BenchError(RuntimeError):
@@ -298,9 +323,8 @@ class ServiceProcess:
         env: Mapping[str, str],
         *,
         profile_to: Path | None = None,
-        env_after: Mapping[str, str] | None = None,
     ) -> None:
-        """`env` goes under the HTTP and log settings, `env_after` over them."""
+        """`env` (NATS, database, tuning) goes beside the HTTP and log settings."""
         self.binary = binary
         self.label = label
         self.http_port = free_port()
@@ -313,7 +337,6 @@ class ServiceProcess:
             "TTP_HTTP_HOST": "127.0.0.1",
             "TTP_HTTP_PORT": str(self.http_port),
             "TTP_LOG_FORMAT": "json",
-            **(env_after or {}),
         }
         self._popen: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None
@@ -367,6 +390,12 @@ class ServiceProcess:
 
     def alive(self) -> bool:
         return self._popen is not None and self._popen.poll() is None
+
+    @property
+    def tuning(self) -> dict[str, str]:
+        """The `TTP_*` settings of the process other than addresses, credentials, ports and
+        names: what it runs with that differs from the defaults."""
+        return {k: v for k, v in self.env.items() if k.startswith("TTP_") and k not in PLACEMENT}
 
     async def _ready_at(self, session: aiohttp.ClientSession) -> float:
         """perf_counter of the first `/readyz` 200."""
@@ -515,16 +544,72 @@ class AttachedProfiler:
 
 
 def master_env(
-    nats_url: str, database_url: str, rules_dir: Path, debounce_ms: int
+    bus: RoleNats, database_url: str, rules_dir: Path, debounce_ms: int = DEFAULT_DEBOUNCE_MS
 ) -> dict[str, str]:
-    return {
-        "TTP_NATS_URL": nats_url,
+    """The master's environment: logged in as the master role, every setting at its default
+    but `debounce_ms` when a series varies it on purpose."""
+    env = {
+        **bus.env("master"),
         "TTP_DATABASE_URL": database_url,
         "TTP_RULES_DIR": str(rules_dir),
-        "TTP_DEBOUNCE_MS": str(debounce_ms),
-        # The bench's NATS authenticates nobody, so no caller identity can be verified.
-        "TTP_CONTROL_REQUIRE_VERIFIED_IDENTITY": "false",
     }
+    if debounce_ms != DEFAULT_DEBOUNCE_MS:
+        env["TTP_DEBOUNCE_MS"] = str(debounce_ms)
+    return env
+
+
+# --------------------------------------------------------------------------------------------
+# NATS as deployed: the shipped accounts config, one role per process
+# --------------------------------------------------------------------------------------------
+
+MASTER_BENCH_ROLES: Final[Mapping[str, Role]] = {
+    "ttp-master": "master",
+    "this benchmark's subscriptions and stream usage": "consumer",
+}
+
+
+def roles_note(roles: Mapping[str, Role]) -> str:
+    """The line saying who logs in as which role."""
+    who = "; ".join(f"{what} as {role}" for what, role in roles.items())
+    return f"NATS runs the shipped accounts config (ttp_runtime/nats_accounts.conf); {who}"
+
+
+def start_nats(directory: Path, cleanup: contextlib.ExitStack) -> RoleNats:
+    """A JetStream nats-server with the shipped accounts config and fresh passwords (the
+    tests' `role_nats`); `cleanup` stops it."""
+    return cleanup.enter_context(role_nats(directory))
+
+
+async def connect_as(bus: RoleNats, role: Role, name: str) -> Client:
+    """A client of this benchmark logged in as `role`; the server's refusals are printed
+    (they also show in its log, see :func:`report_violations`)."""
+
+    async def on_error(exc: Exception) -> None:
+        print(f"NATS error on the benchmark's {role} connection {name}: {exc}", flush=True)
+
+    return await bus.connect(role, name=name, max_reconnect_attempts=-1, error_cb=on_error)
+
+
+def report_violations(bus: RoleNats, label: str) -> list[str]:
+    """Print the server log's permission violations (a process or this benchmark lacked a
+    grant: the figures then measure a failure, not the product); the lines."""
+    lines = bus.violations()
+    if lines:
+        print(f"NATS ({label}) refused {len(lines)} publish/subscribe(s); first ones:")
+        for line in lines[:10]:
+            print(f"  {line[:300]}")
+    else:
+        print(f"NATS ({label}): no permission violations in the server log")
+    return lines
+
+
+def tuning_note(processes: Mapping[str, Mapping[str, str]]) -> str:
+    """One line naming the settings each kind of process runs with that are not defaults."""
+    parts = []
+    for kind, tuning in processes.items():
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(tuning.items())) or "none"
+        parts.append(f"{kind}: {shown}")
+    return "settings differing from the defaults: " + "; ".join(parts)
 
 
 def py_spy_binary() -> Path:
@@ -642,10 +727,13 @@ class SeriesResult:
     validate_ms: list[float]
     """The same validation in this process, per save: a reference for the master's share."""
     peak_rss_mib: float | None
+    tuning: dict[str, str]
+    """The master's settings that are not defaults."""
 
     def figures(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "debounce_ms": self.debounce_ms,
+            "non_default_settings": self.tuning,
             "edits": len(self.samples),
             "lost": self.lost,
             "master_ready_s": round(self.ready_s, 3),
@@ -689,7 +777,7 @@ class SeriesResult:
 
 async def latency_series(
     *,
-    nats_url: str,
+    bus: RoleNats,
     database_url: str,
     rules_dir: Path,
     target: Path,
@@ -705,7 +793,7 @@ async def latency_series(
 ) -> SeriesResult:
     master = MasterProcess(
         f"latency-{debounce_ms}ms" + ("-profiled" if profile_to is not None else ""),
-        master_env(nats_url, database_url, rules_dir, debounce_ms),
+        master_env(bus, database_url, rules_dir, debounce_ms),
         workdir,
     )
     master.start()
@@ -719,7 +807,7 @@ async def latency_series(
     rel = target.relative_to(rules_dir).as_posix()
     editor = RuleEditor(target, rel)
     subscriber = Subscriber()
-    nc = await nats.connect(nats_url, name="bench-master-latency")
+    nc = await connect_as(bus, "consumer", "bench-master-latency")
     samples: list[EditSample] = []
     lost = 0
     try:
@@ -781,6 +869,7 @@ async def latency_series(
         (window_start, window_end),
         editor.validate_ms[warmup:],
         None if hwm is None else round(hwm / 1024, 1),
+        master.tuning,
     )
 
 
@@ -802,6 +891,7 @@ def print_series(result: SeriesResult, *, target: bool = True) -> None:
         f"debounce {result.debounce_ms} ms: {f['edits']} saves ({f['lost']} lost), "
         f"master ready in {f['master_ready_s']:.2f} s"
     )
+    print(f"  {tuning_note({'master': result.tuning})}")
     if not result.samples:
         print("  no samples")
         return
@@ -1014,12 +1104,14 @@ class ReconcileResult:
     problems: list[str]
     window: tuple[float, float]
     """Epoch seconds of the process start and of readiness."""
+    tuning: dict[str, str]
+    """The master's settings that are not defaults."""
 
 
 async def reconcile_run(
     *,
     name: str,
-    nats_url: str,
+    bus: RoleNats,
     database_url: str,
     rules_dir: Path,
     expected: int,
@@ -1031,7 +1123,7 @@ async def reconcile_run(
 ) -> ReconcileResult:
     """Start a master over `rules_dir` and time it until ready and all published."""
     counter = ReloadedCounter()
-    nc = await nats.connect(nats_url, name=f"bench-master-{name}")
+    nc = await connect_as(bus, "consumer", f"bench-master-{name}")
     try:
         await nc.subscribe(
             subjects.wildcard(subjects.RULE_RELOADED_PREFIX),
@@ -1043,7 +1135,7 @@ async def reconcile_run(
         cpu_before = _cpu_snapshot(None, server_pids)
         master = MasterProcess(
             name,
-            master_env(nats_url, database_url, rules_dir, DEFAULT_DEBOUNCE_MS),
+            master_env(bus, database_url, rules_dir),
             workdir,
             profile_to=profile_to,
         )
@@ -1105,6 +1197,7 @@ async def reconcile_run(
         stop=stop,
         problems=problems,
         window=window,
+        tuning=master.tuning,
     )
 
 
@@ -1136,6 +1229,7 @@ def print_reconcile(title: str, result: ReconcileResult, target: bool) -> None:
         f"{title}: {result.rules:,} rules; ready (/readyz 200) after {result.ready_s:.2f} s; "
         f"all reloaded in TTP_RULES after {result.all_present_s:.2f} s"
     )
+    print(f"  {tuning_note({'master': result.tuning})}")
     print(
         f"  TTP_RULES holds {result.stream_subjects:,} reloaded subjects; the subscriber "
         f"saw {result.subscriber_ids:,} rule ids"
@@ -1188,6 +1282,7 @@ def reconcile_figures(result: ReconcileResult) -> dict[str, Any]:
         "master_exit_code": result.stop.exit_code,
         "master_stop_s": round(result.stop.seconds, 3),
         "warnings_logged": len(result.problems),
+        "non_default_settings": result.tuning,
     }
 
 
@@ -1434,8 +1529,11 @@ async def run_all(
         "quick": args.quick,
         "machine": machine_figures(),
         "postgres_durable": args.durable,
+        "nats_roles": MASTER_BENCH_ROLES,
     }
     section_s: dict[str, float] = {}
+    violations: dict[str, list[str]] = {}
+    print(roles_note(MASTER_BENCH_ROLES), flush=True)
 
     started = time.perf_counter()
     pg = EmbeddedPostgres(data_dir=workdir / "postgres", durable=args.durable, settings=PG_SETTINGS)
@@ -1457,16 +1555,14 @@ async def run_all(
             f"(temp file + os.replace); {settings.warmup} warm-up saves not counted",
             flush=True,
         )
-        nats_a = EmbeddedNats(data_dir=workdir / "nats-latency")
-        cleanup.callback(nats_a.close)
-        nats_a.start()
+        nats_a = start_nats(workdir / "nats-latency", cleanup)
         pg.ensure_database("bench_latency")
         series: list[SeriesResult] = []
         first_edit = 0
         # Every latency series runs against the same servers, rules and edit target.
         series_on = functools.partial(
             latency_series,
-            nats_url=nats_a.url,
+            bus=nats_a,
             database_url=pg.url_for("bench_latency"),
             rules_dir=rules_dir,
             target=target,
@@ -1475,7 +1571,7 @@ async def run_all(
             workdir=workdir,
             session=session,
             cleanup=cleanup,
-            server_pids={"postgres": pg.pid, "nats": nats_a.pid},
+            server_pids={"postgres": pg.pid, "nats": nats_a.server.pid},
         )
         for debounce in (DEFAULT_DEBOUNCE_MS, FAST_DEBOUNCE_MS):
             result = await series_on(debounce_ms=debounce, first_edit=first_edit)
@@ -1490,7 +1586,8 @@ async def run_all(
             profiled_series = await series_on(
                 debounce_ms=FAST_DEBOUNCE_MS, first_edit=first_edit, profile_to=latency_raw
             )
-        nats_a.close()
+        violations["latency"] = report_violations(nats_a, "latency")
+        nats_a.server.close()
         slow, fast = series[0].figures(), series[1].figures()
         latency: dict[str, Any] = {f"debounce_{s.debounce_ms}ms": s.figures() for s in series}
         if "median_ms" in slow and "median_ms" in fast:
@@ -1525,14 +1622,12 @@ async def run_all(
             "directories": generated.directories,
             "bytes": generated.bytes,
         }
-        nats_b = EmbeddedNats(data_dir=workdir / "nats-reconcile")
-        cleanup.callback(nats_b.close)
-        nats_b.start()
+        nats_b = start_nats(workdir / "nats-reconcile", cleanup)
         pg.ensure_database("bench_reconcile")
-        servers = {"postgres": pg.pid, "nats": nats_b.pid}
+        servers = {"postgres": pg.pid, "nats": nats_b.server.pid}
         cold = await reconcile_run(
             name="reconcile",
-            nats_url=nats_b.url,
+            bus=nats_b,
             database_url=pg.url_for("bench_reconcile"),
             rules_dir=generated.root,
             expected=generated.count,
@@ -1554,7 +1649,7 @@ async def run_all(
                 f"{settings.big_set_saves} saves of one of them:"
             )
             big = await latency_series(
-                nats_url=nats_b.url,
+                bus=nats_b,
                 database_url=pg.url_for("bench_reconcile"),
                 rules_dir=generated.root,
                 target=next(iter_rule_files(generated.root)),
@@ -1573,7 +1668,8 @@ async def run_all(
             figures[f"latency_with_{generated.count}_rules"] = big.figures()
         else:
             print("(restart and saves with the big rule set loaded: full run only)")
-        nats_b.close()
+        violations["reconcile"] = report_violations(nats_b, "reconcile")
+        nats_b.server.close()
         section_s["reconcile"] = round(time.perf_counter() - started, 2)
 
         # ---------------------------------------------------------------- 3. profile
@@ -1598,24 +1694,23 @@ async def run_all(
             print()
             print(f"-- cold reconcile of {generated.count:,} rules:")
             raw_path = workdir / "reconcile.pyspy.txt"
-            nats_c = EmbeddedNats(data_dir=workdir / "nats-profile")
-            cleanup.callback(nats_c.close)
-            nats_c.start()
+            nats_c = start_nats(workdir / "nats-profile", cleanup)
             pg.ensure_database("bench_profile")
             log_all_statements(pg, "bench_profile")
             profiled = await reconcile_run(
                 name="profile",
-                nats_url=nats_c.url,
+                bus=nats_c,
                 database_url=pg.url_for("bench_profile"),
                 rules_dir=generated.root,
                 expected=generated.count,
                 workdir=workdir,
                 session=session,
                 cleanup=cleanup,
-                server_pids={"postgres": pg.pid, "nats": nats_c.pid},
+                server_pids={"postgres": pg.pid, "nats": nats_c.server.pid},
                 profile_to=raw_path,
             )
-            nats_c.close()
+            violations["profile"] = report_violations(nats_c, "profile")
+            nats_c.server.close()
             print_reconcile("profiled cold start", profiled, target=False)
             if raw_path.is_file():
                 summary = summarise_profile(raw_path)
@@ -1631,6 +1726,7 @@ async def run_all(
             figures["profile"] = profiles
             section_s["profile"] = round(time.perf_counter() - started, 2)
 
+    figures["nats_violations"] = violations
     figures["section_s"] = section_s
     return figures
 
