@@ -329,68 +329,11 @@ class RuleRepository:
                 await conn.execute(
                     delete(rule_rejection).where(rule_rejection.c.source_path.in_(cleared))
                 )
+            states = _StateWrites(conn, now, headers, outbox, unused, written)
             for revert in changes.state_reverts:
-                revision = next(taken)
-                reverted = await conn.execute(
-                    delete(rule_state)
-                    .where(rule_state.c.rule_id == revert.rule_id, rule_state.c.expires_at <= now)
-                    .returning(rule_state.c.rule_id)
-                )
-                if reverted.first() is None:
-                    unused.add(revision)
-                    continue
-                state = RuleStateChanged(
-                    rule_id=revert.rule_id,
-                    revision=revision,
-                    state="enabled",
-                    reason="expired",
-                    set_by="ttp-master",
-                    set_at=now,
-                    cause="expired",
-                )
-                outbox.append(
-                    _outbox_row(
-                        revision,
-                        revert.rule_id,
-                        "state",
-                        subjects.rule_state(revert.rule_id),
-                        state,
-                        now,
-                        headers,
-                        "ttp-master",
-                    )
-                )
+                await states.revert(revert, next(taken))
             for write in changes.state_writes:
-                revision = next(taken)
-                stored = await _write_state(conn, write, revision, now)
-                if stored is not None:
-                    written[write.rule_id] = stored
-                else:
-                    written.pop(write.rule_id, None)
-                state = RuleStateChanged(
-                    rule_id=write.rule_id,
-                    revision=revision,
-                    state=write.state,
-                    confidence_max=write.confidence_max,
-                    expires_at=write.expires_at,
-                    reason=write.reason,
-                    set_by=write.set_by,
-                    set_at=now,
-                    cause="operator",
-                )
-                outbox.append(
-                    _outbox_row(
-                        revision,
-                        write.rule_id,
-                        "state",
-                        subjects.rule_state(write.rule_id),
-                        state,
-                        now,
-                        headers,
-                        write.set_by,
-                        on_behalf_of=write.on_behalf_of,
-                    )
-                )
+                await states.write(write, next(taken))
             if outbox:
                 # One row (an operator's change) is a plain execute, not an executemany.
                 await conn.execute(_INSERT_EVENT, outbox[0] if len(outbox) == 1 else outbox)
@@ -555,6 +498,82 @@ class _FileWrite:
     params: dict[str, Any] | None
     outbox: dict[str, Any]
     upsert: RuleUpsert | None = None
+
+
+@dataclass
+class _StateWrites:
+    """The operator-state changes of one transaction: each writes its row and queues its
+    outbox row on the transaction's list."""
+
+    conn: AsyncConnection
+    now: datetime
+    headers: dict[str, str]
+    outbox: list[dict[str, Any]]
+    unused: set[int]
+    """Revisions taken for a revert that had nothing left to revert."""
+    written: dict[str, Row[Any]]
+    """rule_id -> the state row an operator write left (none: `enabled` deleted it)."""
+
+    async def revert(self, revert: StateRevert, revision: int) -> None:
+        reverted = await self.conn.execute(
+            delete(rule_state)
+            .where(rule_state.c.rule_id == revert.rule_id, rule_state.c.expires_at <= self.now)
+            .returning(rule_state.c.rule_id)
+        )
+        if reverted.first() is None:
+            self.unused.add(revision)
+            return
+        state = RuleStateChanged(
+            rule_id=revert.rule_id,
+            revision=revision,
+            state="enabled",
+            reason="expired",
+            set_by="ttp-master",
+            set_at=self.now,
+            cause="expired",
+        )
+        self._queue(revision, revert.rule_id, state, "ttp-master", None)
+
+    async def write(self, write: StateWrite, revision: int) -> None:
+        stored = await _write_state(self.conn, write, revision, self.now)
+        if stored is not None:
+            self.written[write.rule_id] = stored
+        else:
+            self.written.pop(write.rule_id, None)
+        state = RuleStateChanged(
+            rule_id=write.rule_id,
+            revision=revision,
+            state=write.state,
+            confidence_max=write.confidence_max,
+            expires_at=write.expires_at,
+            reason=write.reason,
+            set_by=write.set_by,
+            set_at=self.now,
+            cause="operator",
+        )
+        self._queue(revision, write.rule_id, state, write.set_by, write.on_behalf_of)
+
+    def _queue(
+        self,
+        revision: int,
+        rule_id: str,
+        state: RuleStateChanged,
+        actor: str,
+        on_behalf_of: str | None,
+    ) -> None:
+        self.outbox.append(
+            _outbox_row(
+                revision,
+                rule_id,
+                "state",
+                subjects.rule_state(rule_id),
+                state,
+                self.now,
+                self.headers,
+                actor,
+                on_behalf_of=on_behalf_of,
+            )
+        )
 
 
 @dataclass(slots=True)
