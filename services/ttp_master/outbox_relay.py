@@ -117,6 +117,13 @@ class _RuleSet:
         )
 
 
+def wire_form(row: Any) -> tuple[bytes, dict[str, str]]:
+    """The body and headers an outbox row is published with, by the relay and by the
+    stream guard's repair alike, so a repaired message is the message the relay sent."""
+    payload = json.dumps(row.payload, separators=(",", ":")).encode()
+    return payload, {str(k): str(v) for k, v in (row.headers or {}).items()}
+
+
 class EventPublisher(Protocol):
     """Where the relay sends messages: JetStream (acked) or core NATS."""
 
@@ -276,8 +283,7 @@ class OutboxRelay:
         return len(published)
 
     async def _publish_row(self, row: Any) -> None:
-        payload = json.dumps(row.payload, separators=(",", ":")).encode()
-        headers = {str(k): str(v) for k, v in (row.headers or {}).items()}
+        payload, headers = wire_form(row)
         # Continue the trace of the change batch that wrote this row.
         with start_consumer_span(
             f"relay {subject_template(row.subject)}", headers, subject=row.subject

@@ -37,7 +37,7 @@ from ttp_master.forged_rules import (
     replacement_for_unknown,
     rule_id_of,
 )
-from ttp_master.outbox_relay import EventPublisher
+from ttp_master.outbox_relay import EventPublisher, wire_form
 
 _log = logging.getLogger(__name__)
 
@@ -138,8 +138,7 @@ class StreamGuard:
                 continue
             stale.append(row)
         for row in sorted(stale, key=lambda r: int(r.revision)):
-            payload = json.dumps(row.payload, separators=(",", ":")).encode()
-            headers = {str(k): str(v) for k, v in (row.headers or {}).items()}
+            payload, headers = wire_form(row)
             await self._publisher.publish_stream(
                 row.subject, payload, f"{row.msg_id}{suffix}", headers
             )
