@@ -105,7 +105,6 @@ from bench.master import (
 )
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from pydantic import SecretStr
 
 from ttp_core.contract import subjects
 from ttp_core.contract.control import (
@@ -211,18 +210,7 @@ CONTROL_BENCH_ROLES: Final[Mapping[str, Role]] = {
 def operator_settings(bus: RoleNats) -> ServiceSettings:
     """The client settings of the operator's credentials file (`TTP_NATS_*`), which ttpctl
     connects with; nothing else of this process's environment."""
-    creds = bus.credentials["operator"]
-    return ServiceSettings(
-        nats_url=bus.url,
-        nats_user=creds.user,
-        nats_password=SecretStr(creds.password),
-        nats_inbox_prefix=creds.inbox_prefix,
-        nats_token=None,
-        nats_creds_file=None,
-        nats_tls_ca=None,
-        nats_tls_cert=None,
-        nats_tls_key=None,
-    )
+    return bus.credentials["operator"].client_settings(bus.url)
 
 
 def perf_to_wall(perf: float) -> float:

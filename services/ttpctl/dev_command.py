@@ -36,7 +36,7 @@ import typer
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
-from pydantic import SecretStr, ValidationError
+from pydantic import ValidationError
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.table import Table
@@ -102,20 +102,7 @@ class _Bus:
         """The client settings of ``role``; None: the caller's environment."""
         if self.credentials is None:
             return None
-        creds = self.credentials[role]
-        # Every NATS client field named: the environment's token or TLS files belong to
-        # another server, and the embedded one is plain TCP on loopback.
-        return ServiceSettings(
-            nats_url=self.url,
-            nats_user=creds.user,
-            nats_password=SecretStr(creds.password),
-            nats_token=None,
-            nats_creds_file=None,
-            nats_tls_ca=None,
-            nats_tls_cert=None,
-            nats_tls_key=None,
-            nats_inbox_prefix=creds.inbox_prefix,
-        )
+        return self.credentials[role].client_settings(self.url)
 
     def hints(self) -> list[str]:
         """Ready-to-paste command lines acting as the operator, a viewer and a consumer."""

@@ -18,7 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final, Literal, TypedDict, get_args
 
+from pydantic import SecretStr
+
 from ttp_runtime.env_file import MAX_ENV_FILE_BYTES, EnvFileError, parse_env_text
+from ttp_runtime.settings import ServiceSettings
 
 __all__ = [
     "ACCOUNTS_CONFIG",
@@ -81,6 +84,21 @@ class RoleCredentials:
             "TTP_NATS_PASSWORD": self.password,
             "TTP_NATS_INBOX_PREFIX": self.inbox_prefix,
         }
+
+    def client_settings(self, nats_url: str) -> ServiceSettings:
+        """Client settings of this role alone: every NATS field is named, so a token or TLS
+        file in the caller's environment (meant for another server) cannot slip in."""
+        return ServiceSettings(
+            nats_url=nats_url,
+            nats_user=self.user,
+            nats_password=SecretStr(self.password),
+            nats_inbox_prefix=self.inbox_prefix,
+            nats_token=None,
+            nats_creds_file=None,
+            nats_tls_ca=None,
+            nats_tls_cert=None,
+            nats_tls_key=None,
+        )
 
 
 def generate_credentials(roles: Iterable[Role] = ROLES) -> dict[Role, RoleCredentials]:
