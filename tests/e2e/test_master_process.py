@@ -236,7 +236,7 @@ async def kill_9(process: MasterProcess) -> None:
 
 
 async def sigterm(process: MasterProcess) -> None:
-    """SIGTERM: the process must exit 0 within the SPEC's 10 s."""
+    """SIGTERM: the process must exit 0 within 10 s (docs/operations.md, shutdown)."""
     process.proc.send_signal(signal.SIGTERM)
     await wait_exit_code(process, 0, SIGTERM_BUDGET_S)
 
