@@ -9,6 +9,12 @@ caller re-validates what a batch names and decides what really changed.
 Editors' atomic saves, `sed -i`, `mv` and `git checkout` need no special cases: temporary names
 are not rule files, and every step that lands on a rule name (close after write, rename onto
 it, delete, rename away) names the same path, so a save collapses into one path of one batch.
+
+Only writes wait for the debounce. A file renamed into place (an editor's atomic save, `sed -i`,
+`mv`), a link created, or a ConfigMap's `..data` swap is whole the moment its event arrives, so
+a batch holding nothing else is handed out at once; a batch with any file written in place (or
+deleted, or renamed away) still waits for the tree to be quiet, so a `git checkout` or a copy
+of many files is never cut short in the middle of a file.
 """
 
 from __future__ import annotations
@@ -73,6 +79,9 @@ class BatchCollector:
 
     A batch is due once the tree has been quiet for `debounce` seconds, or `max_wait` seconds
     after its first change, whichever comes first, so a steady stream still yields batches.
+    A batch whose every change is `whole` (the file's latest event put a complete file in
+    place: a rename onto it, a link) is due at once: nothing about it can still be in
+    progress, so waiting for quiet would only add latency.
     Times are the caller's monotonic clock.
     """
 
@@ -82,29 +91,43 @@ class BatchCollector:
     reasons: set[str] = field(default_factory=set)
     opened_at: float | None = None
     last_activity: float = float("-inf")
+    unsettled: set[Path | str] = field(default_factory=set)
+    """Paths (and rescan reasons) whose latest event may be part of an edit still going on."""
 
     def touch(self, now: float) -> None:
         """Any event, even on an ignored name, means an edit may still be in progress."""
         self.last_activity = max(self.last_activity, now)
 
-    def add(self, path: Path, now: float) -> None:
-        """Record a possibly changed rule file."""
+    def add(self, path: Path, now: float, *, whole: bool = False) -> None:
+        """Record a possibly changed rule file; `whole` when the event put a complete file
+        in place (a later write to it makes it unsettled again, and the reverse)."""
         self.touch(now)
         self.paths.add(path)
+        self._settle(path, whole)
         if self.opened_at is None:
             self.opened_at = now
 
-    def rescan(self, reason: str, now: float) -> None:
-        """Ask for a full rescan in the next batch."""
+    def rescan(self, reason: str, now: float, *, whole: bool = False) -> None:
+        """Ask for a full rescan in the next batch; `whole` when what triggered it was
+        complete when it happened (a ConfigMap's atomic `..data` swap)."""
         self.touch(now)
         self.reasons.add(reason)
+        self._settle(reason, whole)
         if self.opened_at is None:
             self.opened_at = now
+
+    def _settle(self, key: Path | str, whole: bool) -> None:
+        if whole:
+            self.unsettled.discard(key)
+        else:
+            self.unsettled.add(key)
 
     def due_at(self) -> float | None:
         """When the pending batch should be handed out; None when nothing is pending."""
         if self.opened_at is None:
             return None
+        if not self.unsettled:
+            return self.opened_at
         return min(self.last_activity + self.debounce, self.opened_at + self.max_wait)
 
     def take(self) -> WatchBatch:
@@ -114,6 +137,7 @@ class BatchCollector:
             reason = min(self.reasons)
         batch = WatchBatch(frozenset(self.paths), reason is not None, reason or "changes")
         self.paths, self.reasons, self.opened_at = set(), set(), None
+        self.unsettled = set()
         return batch
 
 
@@ -137,10 +161,10 @@ class DirectoryWatcher:
     The startup scan is the caller's: batches only report what happened after `__aenter__`.
     Iterate `batches()` from one consumer only.
 
-    Why 30 ms: an editor's save or a `git checkout` issues its renames and writes
-    back-to-back (microseconds apart), so 30 ms of quiet groups one operation even on a
-    busy host while keeping a hand edit's latency unnoticeable. The 250 ms cap bounds the
-    latency under a writer that never pauses.
+    Why 30 ms: a `git checkout` or an in-place save issues its writes back-to-back
+    (microseconds apart), so 30 ms of quiet groups one operation even on a busy host while
+    keeping a hand edit's latency unnoticeable. Renames into place skip it (see
+    `BatchCollector`). The 250 ms cap bounds the latency under a writer that never pauses.
     """
 
     def __init__(
@@ -224,13 +248,15 @@ class DirectoryWatcher:
                 raise RuntimeError("directory watcher failed") from self._failure
             if self._closed.is_set():
                 return
+            # Cleared before reading the due time: a change recorded after this wakes the
+            # wait below, so a whole change can end a debounce wait early.
+            self._wake.clear()
             due = self._pending.due_at()
             if due is None:
-                self._wake.clear()
                 await self._wake.wait()
             elif due > loop.time():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._closed.wait(), due - loop.time())
+                    await asyncio.wait_for(self._wake.wait(), due - loop.time())
             else:
                 yield self._pending.take()
 
@@ -292,7 +318,8 @@ class DirectoryWatcher:
         if name is None:
             return
         if name == CONFIGMAP_DATA and mask & _ARRIVED:
-            self._request_rescan("configmap-swap")
+            # The kubelet writes the new timestamped directory in full before the swap.
+            self._request_rescan("configmap-swap", whole=True)
             return
         path = directory.path / name
         if mask & _LEFT:
@@ -313,11 +340,15 @@ class DirectoryWatcher:
         if mask & Mask.ISDIR or not is_rule_file(name):
             return
         directory.files.add(name)
-        if mask & _WRITTEN or _complete_on_create(path):
+        if mask & Mask.MOVED_TO:
+            self._changed(path, whole=True)  # a rename moves a complete file into place
+        elif mask & _WRITTEN:
             self._changed(path)
+        elif _complete_on_create(path):
+            self._changed(path, whole=True)
 
-    def _changed(self, path: Path) -> None:
-        self._pending.add(path, asyncio.get_running_loop().time())
+    def _changed(self, path: Path, *, whole: bool = False) -> None:
+        self._pending.add(path, asyncio.get_running_loop().time(), whole=whole)
         self._wake.set()
 
     def _rebuild(self, reason: str) -> None:
@@ -328,8 +359,8 @@ class DirectoryWatcher:
         else:
             self._lose_root()
 
-    def _request_rescan(self, reason: str) -> None:
-        self._pending.rescan(reason, asyncio.get_running_loop().time())
+    def _request_rescan(self, reason: str, *, whole: bool = False) -> None:
+        self._pending.rescan(reason, asyncio.get_running_loop().time(), whole=whole)
         self._wake.set()
 
     # -- watches ------------------------------------------------------------------------

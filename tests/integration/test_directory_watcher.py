@@ -159,6 +159,43 @@ async def test_editor_save_is_exactly_the_rule_in_one_batch(
     assert rule.read_text() == NEW
 
 
+@pytest.mark.parametrize(
+    "save", [atomic_rename_save, jetbrains_save, sed_in_place], ids=lambda save: save.__name__
+)
+async def test_rename_into_place_is_handed_out_without_the_debounce(
+    root: Path, save: Callable[[Path], None]
+) -> None:
+    if save is sed_in_place and shutil.which("sed") is None:
+        pytest.skip("no sed")
+    rule = root / "R1.yaml"
+    # A debounce longer than the test's timeout: only a batch that skips it can arrive.
+    async with watching(root, debounce=2 * TIMEOUT_S, max_batch_wait=2 * TIMEOUT_S) as batches:
+        save(rule)
+        got = await batches.until(lambda batch: rule in batch.paths)
+    assert [batch.paths for batch in got] == [{rule}]
+
+
+async def test_rename_does_not_cut_a_write_burst_short(root: Path) -> None:
+    written = [root / f"W{n}.yaml" for n in range(20)]
+    rule = root / "R1.yaml"
+    async with watching(root, debounce=0.3) as batches:
+        for path in written:
+            path.write_text(OLD)
+        atomic_rename_save(rule)
+        got = await batches.settle()
+    assert [batch.paths for batch in got] == [{*written, rule}]
+
+
+async def test_configmap_swap_is_handed_out_without_the_debounce(tmp_path: Path) -> None:
+    mount = tmp_path / "rules"
+    mount.mkdir()
+    configmap_publish(mount, {"R1.yaml": OLD}, "2024_01_01_00_00_00.1")
+    async with watching(mount, debounce=2 * TIMEOUT_S, max_batch_wait=2 * TIMEOUT_S) as batches:
+        configmap_publish(mount, {"R1.yaml": NEW}, "2024_01_01_00_05_00.2")
+        got = await batches.until(lambda batch: batch.full_rescan)
+    assert got[-1].reason == "configmap-swap"
+
+
 async def test_ignored_names_never_appear(root: Path) -> None:
     async with watching(root) as batches:
         for name in (

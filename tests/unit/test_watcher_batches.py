@@ -78,3 +78,41 @@ def test_unknown_reason_is_still_a_full_rescan() -> None:
     pending = collector()
     pending.rescan("operator-request", 1.0)
     assert pending.take() == WatchBatch(frozenset(), full_rescan=True, reason="operator-request")
+
+
+def test_whole_change_is_due_at_once() -> None:
+    # A rename into place: the file is complete, so there is no quiet period to wait for.
+    pending = collector()
+    pending.touch(9.99)  # the editor writing its temporary file just before
+    pending.add(R1, 10.0, whole=True)
+    assert pending.due_at() == 10.0
+
+
+def test_a_written_file_makes_the_batch_wait_for_quiet() -> None:
+    pending = collector()
+    pending.add(R1, 10.0, whole=True)
+    pending.add(R2, 10.001)  # closed after a write: more may follow (git checkout, cp -r)
+    assert pending.due_at() == 10.001 + 0.03
+
+
+def test_a_path_is_as_settled_as_its_latest_event() -> None:
+    # JetBrains: the rule renamed away (it may be coming back), then the new file renamed in.
+    pending = collector()
+    pending.add(R1, 10.0)
+    assert pending.due_at() == 10.0 + 0.03
+    pending.add(R1, 10.001, whole=True)
+    assert pending.due_at() == 10.0
+    # And a write after the rename (a chmod, an append) waits again.
+    pending.add(R1, 10.002)
+    assert pending.due_at() == 10.002 + 0.03
+
+
+def test_whole_rescan_is_due_at_once_but_not_after_an_overflow() -> None:
+    pending = collector()
+    pending.rescan("configmap-swap", 5.0, whole=True)
+    assert pending.due_at() == 5.0
+    pending.rescan("overflow", 5.001)  # the events lost may be a write burst
+    assert pending.due_at() == 5.001 + 0.03
+    assert pending.take() == WatchBatch(frozenset(), full_rescan=True, reason="overflow")
+    pending.add(R1, 6.0)
+    assert pending.due_at() == 6.0 + 0.03  # taking a batch forgets what was unsettled
