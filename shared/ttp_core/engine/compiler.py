@@ -8,8 +8,10 @@ direct tests. A rule's program is a small tree over those leaves.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
+from operator import ge, gt, le, lt
 from typing import Any, Final
 
 import re2
@@ -27,6 +29,8 @@ NOT: Final = 3
 
 Node = tuple[int, Any]
 Path = tuple[str | int, ...]
+LeafHits = AbstractSet[tuple[str, int]]
+"""(rule_id, leaf number) of the linear leaves that matched an event."""
 
 
 class CompileError(ValueError):
@@ -48,6 +52,17 @@ class LinearLeaf:
     regex: str
 
 
+_PLAIN_SCALARS: Final = frozenset({str, int, float, bool})
+"""Value classes `scalars` yields as they are: tested without building its generator."""
+
+_COMPARISONS: Final[dict[str, Callable[[Any, Any], bool]]] = {
+    "gt": gt,
+    "gte": ge,
+    "lt": lt,
+    "lte": le,
+}
+
+
 @dataclass(frozen=True, slots=True)
 class DirectLeaf:
     """A test evaluated in Python against the field's value(s)."""
@@ -59,33 +74,47 @@ class DirectLeaf:
     ignore_case: bool = False
     bounded: BoundedPattern | None = None
 
+    test_scalar: Callable[[Any], bool] = dataclass_field(init=False, repr=False, compare=False)
+    """The operator's test of one scalar, chosen once here rather than on every call."""
+
+    def __post_init__(self) -> None:
+        op = self.operator
+        if op == "pattern":
+            test = self._pattern
+        elif op in _COMPARISONS:
+            test = self._compare
+        else:
+            test = self._equals_any
+        object.__setattr__(self, "test_scalar", test)
+
     def test(self, payload: Mapping[str, Any]) -> bool:
         value = resolve(payload, self.field, self.parts)
         if self.operator == "exists":
             return bool((value is not MISSING and value is not None) == self.operand)
-        return any(self._test_scalar(scalar) for scalar in scalars(value))
+        if value.__class__ in _PLAIN_SCALARS:
+            return self.test_scalar(value)
+        test = self.test_scalar
+        for scalar in scalars(value):  # noqa: SIM110 - a loop, not any() over a generator
+            if test(scalar):
+                return True
+        return False
 
-    def _test_scalar(self, scalar: Any) -> bool:
-        op = self.operator
-        if op == "pattern":
-            # Whole text: the bounded pattern caps its input itself and must see past the cap.
-            text = scalar if isinstance(scalar, str) else as_text(scalar)
-            return text is not None and self.bounded is not None and self.bounded.search(text)
-        if op in ("gt", "gte", "lt", "lte"):
-            number = as_number(scalar)
-            if number is None:
-                return False
-            limit = self.operand  # int or float, compared exactly (no float() overflow)
-            return bool(
-                {
-                    "gt": number > limit,
-                    "gte": number >= limit,
-                    "lt": number < limit,
-                    "lte": number <= limit,
-                }[op]
-            )
-        candidates = self.operand if op == "in" else [self.operand]
-        return any(self._equal(scalar, candidate) for candidate in candidates)
+    def _pattern(self, scalar: Any) -> bool:
+        # Whole text: the bounded pattern caps its input itself and must see past the cap.
+        text = scalar if isinstance(scalar, str) else as_text(scalar)
+        return text is not None and self.bounded is not None and self.bounded.search(text)
+
+    def _compare(self, scalar: Any) -> bool:
+        number = as_number(scalar)
+        # int or float, compared exactly (no float() overflow)
+        return number is not None and _COMPARISONS[self.operator](number, self.operand)
+
+    def _equals_any(self, scalar: Any) -> bool:
+        candidates = self.operand if self.operator == "in" else (self.operand,)
+        for candidate in candidates:  # noqa: SIM110 - see test
+            if self._equal(scalar, candidate):
+                return True
+        return False
 
     def _equal(self, scalar: Any, candidate: Any) -> bool:
         if isinstance(candidate, bool) or isinstance(scalar, bool):
@@ -122,11 +151,11 @@ class KindProgram:
     def __post_init__(self) -> None:
         object.__setattr__(self, "test", _predicate(self.tree, self.leaves, self.rule_id))
 
-    def fires(self, payload: Mapping[str, Any], hits: set[tuple[str, int]]) -> bool:
+    def fires(self, payload: Mapping[str, Any], hits: LeafHits) -> bool:
         return self.test(payload, hits)
 
 
-Predicate = Callable[[Mapping[str, Any], set[tuple[str, int]]], bool]
+Predicate = Callable[[Mapping[str, Any], LeafHits], bool]
 
 
 def _predicate(node: Node, leaves: tuple[MatchLeaf, ...], rule_id: str) -> Predicate:
@@ -144,7 +173,7 @@ def _predicate(node: Node, leaves: tuple[MatchLeaf, ...], rule_id: str) -> Predi
     children = tuple(_predicate(child, leaves, rule_id) for child in arg)
     if kind == ALL:
 
-        def all_of(payload: Mapping[str, Any], hits: set[tuple[str, int]]) -> bool:
+        def all_of(payload: Mapping[str, Any], hits: LeafHits) -> bool:
             # A plain loop: all() over a generator costs a frame per evaluation.
             for child in children:  # noqa: SIM110
                 if not child(payload, hits):
@@ -153,7 +182,7 @@ def _predicate(node: Node, leaves: tuple[MatchLeaf, ...], rule_id: str) -> Predi
 
         return all_of
 
-    def any_of(payload: Mapping[str, Any], hits: set[tuple[str, int]]) -> bool:
+    def any_of(payload: Mapping[str, Any], hits: LeafHits) -> bool:
         for child in children:  # noqa: SIM110 - see all_of
             if child(payload, hits):
                 return True
@@ -164,14 +193,18 @@ def _predicate(node: Node, leaves: tuple[MatchLeaf, ...], rule_id: str) -> Predi
 
 @dataclass(frozen=True, slots=True)
 class EmitTemplate:
-    """Everything about one emitted technique that does not depend on the event."""
+    """Everything about one emitted technique's tag that does not depend on the event."""
 
+    rule_id: str
+    rule_version: int
     tactic: str
     technique_id: str
     sub_technique_id: str | None
     confidence: float
+    attack_version: str
     mitre_url: str
-    uuid_suffix: str
+    uuid_suffix: bytes
+    """UTF-8 of the tag uuid's name after `source_kind|source_id|` (see `tags.tag_uuid`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,15 +258,18 @@ def compile_rule(
             )
     emits = tuple(
         EmitTemplate(
+            rule_id=rule.rule_id,
+            rule_version=rule.rule_version,
             tactic=emit.tactic,
             technique_id=emit.technique_id,
             sub_technique_id=emit.sub_technique_id,
             confidence=float(emit.confidence),
+            attack_version=catalogue.version,
             mitre_url=catalogue.url_for(emit.sub_technique_id or emit.technique_id),
             uuid_suffix=(
                 f"{rule.rule_id}|{rule.rule_version}|"
                 f"{emit.technique_id}|{emit.sub_technique_id or ''}"
-            ),
+            ).encode(),
         )
         for emit in rule.emits
     )

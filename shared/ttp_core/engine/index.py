@@ -17,9 +17,10 @@ import logging
 import reprlib
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
+from itertools import islice
 from typing import Any, Final
 
 import re2
@@ -28,7 +29,7 @@ from ttp_core.engine.compiler import CompiledRule, KindProgram, LinearLeaf
 from ttp_core.engine.fields import MAX_MATCH_TEXT, MISSING, as_text, resolve, scalars
 from ttp_core.engine.patterns import re2_options
 from ttp_core.engine.state import ENABLED, RuleState, StateKind
-from ttp_core.engine.tags import Tag, tag_uuid_from_name
+from ttp_core.engine.tags import Tag, tag_uuid_after, tag_uuid_prefix
 from ttp_core.rules.digest import ruleset_digest
 from ttp_core.rules.model import Rule
 
@@ -41,7 +42,6 @@ LifterEvaluator = Callable[[Rule, Mapping[str, Any]], bool]
 
 _Target = tuple[str, int, bool]
 _OPTIONS: Final = re2_options()
-_NO_TARGETS: Final[frozenset[_Target]] = frozenset()
 CACHED_TEXT_MAX: Final = 512
 """Texts up to this length have their filter results cached per field matcher."""
 SHARD_PATTERNS: Final = 64
@@ -94,6 +94,31 @@ def _shard_of(rule_id: str, shards: int) -> int:
 
 
 @dataclass(frozen=True, slots=True)
+class Hits:
+    """What one text of one field matched, split the way `KindIndex.fired` consumes it."""
+
+    fired: frozenset[str]
+    """Rules whose whole tree is the matched leaf: they fire."""
+    ordered: tuple[str, ...]
+    """`fired` in rule id order (the answer when nothing else matched)."""
+    leaves: frozenset[tuple[str, int]]
+    """(rule_id, leaf number) of matched leaves of rules with a larger tree."""
+    candidates: frozenset[str]
+    """The rules of `leaves`: their trees decide."""
+
+    @classmethod
+    def of(cls, targets: set[_Target]) -> Hits:
+        if not targets:
+            return NO_HITS
+        fired = frozenset(rule_id for rule_id, _, simple in targets if simple)
+        leaves = frozenset((rule_id, leaf) for rule_id, leaf, simple in targets if not simple)
+        return cls(fired, tuple(sorted(fired)), leaves, frozenset(r for r, _ in leaves))
+
+
+NO_HITS: Final = Hits(frozenset(), (), frozenset(), frozenset())
+
+
+@dataclass(frozen=True, slots=True)
 class FieldMatcher:
     """All linear leaves of one source kind that read one field.
 
@@ -105,10 +130,15 @@ class FieldMatcher:
     parts: tuple[str, ...]
     shards: tuple[FilterShard | None, ...]
     patterns: int
-    cache: dict[str, frozenset[_Target]] = dataclass_field(
-        default_factory=dict, compare=False, repr=False
-    )
+    cache: dict[str, Hits] = dataclass_field(default_factory=dict, compare=False, repr=False)
     """Results by text: honeypot traffic repeats itself (the same usernames, `uname -a`)."""
+    head: str = dataclass_field(init=False, repr=False, compare=False)
+    child: str | None = dataclass_field(init=False, repr=False, compare=False)
+    """For a two-part path (`headers.user-agent`): its parts, read without `resolve`."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "head", self.parts[0])
+        object.__setattr__(self, "child", self.parts[1] if len(self.parts) == 2 else None)
 
     @classmethod
     def build(cls, field: str, parts: tuple[str, ...], entries: _Entries) -> FieldMatcher:
@@ -138,34 +168,47 @@ class FieldMatcher:
         )
         return FieldMatcher(self.field, self.parts, shards, patterns)
 
-    def hits(self, payload: Mapping[str, Any], into: set[_Target]) -> None:
+    def read(self, payload: Mapping[str, Any]) -> Any:
+        """The field's value in `payload` (see `fields.resolve`), or MISSING."""
         value = payload.get(self.field, MISSING)
-        if value is MISSING and len(self.parts) > 1:
-            value = resolve(payload, self.field, self.parts)
+        if value is not MISSING or len(self.parts) == 1:
+            return value
+        if self.child is not None:
+            parent = payload.get(self.head, MISSING)
+            if parent.__class__ is dict:
+                return parent.get(self.child, MISSING)
+            if parent is MISSING:
+                return MISSING
+        return resolve(payload, self.field, self.parts)
+
+    def collect(self, value: Any, into: list[Hits]) -> None:
+        """Append the non-empty `Hits` of a value of the field (a text, a scalar, a list)."""
         if value is MISSING or value is None:
             return
         if value.__class__ is str:
-            self._match(value, into)
+            hits = self.match(value)
+            if hits is not NO_HITS:
+                into.append(hits)
             return
         for scalar in scalars(value):
             text = scalar if isinstance(scalar, str) else as_text(scalar)
             if text is not None:
-                self._match(text, into)
+                hits = self.match(text)
+                if hits is not NO_HITS:
+                    into.append(hits)
 
-    def _match(self, text: str, into: set[_Target]) -> None:
+    def match(self, text: str) -> Hits:
         if len(text) > CACHED_TEXT_MAX:
-            into.update(self._lookup(text))
-            return
+            return self._lookup(text)
         cached = self.cache.get(text)
         if cached is None:
             cached = self._lookup(text)
             if len(self.cache) >= CACHE_ENTRIES:
                 self.cache.clear()
             self.cache[text] = cached
-        if cached:
-            into.update(cached)
+        return cached
 
-    def _lookup(self, text: str) -> frozenset[_Target]:
+    def _lookup(self, text: str) -> Hits:
         try:
             data = text.encode("utf-8")
         except UnicodeEncodeError:
@@ -176,19 +219,20 @@ class FieldMatcher:
         for shard in self.shards:
             if shard is not None:
                 shard.lookup(data, text, found)
-        return frozenset(found) if found else _NO_TARGETS
+        return Hits.of(found)
 
 
 class KindIndex:
     """Programs of every built-in rule that applies to one source kind."""
 
-    __slots__ = ("_always", "_fields", "programs")
+    __slots__ = ("_always", "_fields", "_matchers", "programs")
 
     def __init__(
         self, programs: Mapping[str, KindProgram], fields: Mapping[str, FieldMatcher]
     ) -> None:
         self.programs = dict(programs)
         self._fields = dict(fields)
+        self._matchers = tuple(self._fields.values())
         self._always = tuple(sorted(rid for rid, p in self.programs.items() if not p.needs_hit))
 
     @classmethod
@@ -225,24 +269,47 @@ class KindIndex:
             )
         return KindIndex(programs, dict(sorted(fields.items())))
 
-    def fired(self, payload: Mapping[str, Any]) -> list[str]:
+    def fired(self, payload: Mapping[str, Any]) -> Sequence[str]:
         """Rule ids whose match tree holds for `payload`, in rule id order."""
-        hits: set[_Target] = set()
-        for matcher in self._fields.values():
-            matcher.hits(payload, hits)
-        if not hits and not self._always:
-            return []
-        fired: set[str] = set()
-        candidates: set[str] = set()
-        for rule_id, _, simple in hits:
-            (fired if simple else candidates).add(rule_id)
-        candidates.update(self._always)
-        candidates -= fired
-        if candidates:
-            leaf_hits = {(rule_id, leaf) for rule_id, leaf, _ in hits}
-            for rule_id in candidates:
-                if self.programs[rule_id].fires(payload, leaf_hits):
-                    fired.add(rule_id)
+        found: list[Hits] = []
+        for matcher in self._matchers:
+            value = payload.get(matcher.field, MISSING)
+            if value is MISSING and len(matcher.parts) > 1:
+                value = matcher.read(payload)
+            if value.__class__ is str and len(value) <= CACHED_TEXT_MAX:
+                # The usual case inlined: one short text, most often already in the cache.
+                hits = matcher.cache.get(value)
+                if hits is None:
+                    hits = matcher.match(value)
+                if hits is not NO_HITS:
+                    found.append(hits)
+            elif value is not MISSING:
+                matcher.collect(value, found)
+        always = self._always
+        if len(found) == 1:
+            only = found[0]
+            if not only.candidates and not always:
+                return only.ordered
+            fired = set(only.fired)
+            leaves = only.leaves
+            candidates = only.candidates.union(always) if always else only.candidates
+        elif not found:
+            if not always:
+                return ()
+            fired, leaves, candidates = set(), frozenset(), frozenset(always)
+        else:
+            fired = set()
+            merged: set[tuple[str, int]] = set()
+            wanted: set[str] = set(always)
+            for hits in found:
+                fired |= hits.fired
+                merged |= hits.leaves
+                wanted |= hits.candidates
+            leaves, candidates = frozenset(merged), frozenset(wanted)
+        programs = self.programs
+        for rule_id in candidates:
+            if rule_id not in fired and programs[rule_id].test(payload, leaves):
+                fired.add(rule_id)
         return sorted(fired)
 
 
@@ -403,23 +470,25 @@ class RuleIndex:
 
     def evaluate(self, event: Mapping[str, Any], now: float | None = None) -> list[Tag]:
         """Tags for one event `{source_kind, source_id, payload}`; never raises on bad input."""
-        if not isinstance(event, Mapping):
+        if event.__class__ is not dict and not isinstance(event, Mapping):
             return []
         kind = event.get("source_kind")
         if kind.__class__ is not str:
             return []
         payload = event.get("payload")
-        if not isinstance(payload, Mapping):
+        if payload.__class__ is not dict and not isinstance(payload, Mapping):
             return []
         index = self._kinds.get(kind)
-        fired = index.fired(payload) if index is not None else []
+        fired = index.fired(payload) if index is not None else ()
         lifted = self._lifted.get(kind)
         if lifted:
-            fired.extend(self._run_lifters(lifted, event))
+            fired = [*fired, *self._run_lifters(lifted, event)]
         if not fired:
             return []
         source_id = event.get("source_id")
-        return self._tags(kind, "" if source_id is None else _text(source_id), payload, fired, now)
+        if source_id.__class__ is not str:
+            source_id = "" if source_id is None else _text(source_id)
+        return self._tags(kind, source_id, payload, fired, now)
 
     def _run_lifters(self, lifted: tuple[CompiledRule, ...], event: Mapping[str, Any]) -> list[str]:
         fired = []
@@ -440,20 +509,25 @@ class RuleIndex:
         kind: str,
         source_id: str,
         payload: Mapping[str, Any],
-        fired: list[str],
+        fired: Sequence[str],
         now: float | None,
     ) -> list[Tag]:
         tags: list[Tag] = []
+        rules, states = self._rules, self._states
+        prefix = tag_uuid_prefix(kind, source_id)
+        # Rules citing the same evidence fields share one copy of it (per event).
+        evidence_of: dict[tuple[tuple[str, tuple[str, ...]], ...], dict[str, Any]] = {}
         for rule_id in fired:
-            compiled = self._rules[rule_id]
-            state = self._states.get(rule_id)
+            compiled = rules[rule_id]
+            state = states.get(rule_id)
             moment = 0.0
             if state is not None:
                 moment = time.time() if now is None else now
                 if state.effective(moment) is StateKind.DISABLED:
                     continue
-            evidence = _evidence(payload, compiled)
-            prefix = f"{kind}|{source_id}|"
+            evidence = evidence_of.get(compiled.evidence)
+            if evidence is None:
+                evidence = evidence_of[compiled.evidence] = _evidence(payload, compiled.evidence)
             for emit in compiled.emits:
                 confidence = (
                     emit.confidence if state is None else state.apply(emit.confidence, moment)
@@ -463,16 +537,16 @@ class RuleIndex:
                     continue
                 tags.append(
                     Tag(
-                        uuid=tag_uuid_from_name(prefix + emit.uuid_suffix),
-                        rule_id=rule_id,
-                        rule_version=compiled.rule_version,
-                        tactic=emit.tactic,
-                        technique_id=emit.technique_id,
-                        sub_technique_id=emit.sub_technique_id,
-                        confidence=confidence,
-                        evidence=evidence,
-                        attack_version=compiled.attack_version,
-                        mitre_url=emit.mitre_url,
+                        tag_uuid_after(prefix, emit.uuid_suffix),
+                        emit.rule_id,
+                        emit.rule_version,
+                        emit.tactic,
+                        emit.technique_id,
+                        emit.sub_technique_id,
+                        confidence,
+                        evidence,
+                        emit.attack_version,
+                        emit.mitre_url,
                     )
                 )
         return tags
@@ -483,11 +557,17 @@ def _lifter_name(compiled: CompiledRule) -> str:
     return str(getattr(match, "lifter", ""))
 
 
-def _evidence(payload: Mapping[str, Any], compiled: CompiledRule) -> dict[str, Any]:
+def _evidence(
+    payload: Mapping[str, Any], fields: tuple[tuple[str, tuple[str, ...]], ...]
+) -> dict[str, Any]:
     evidence: dict[str, Any] = {}
-    for name, parts in compiled.evidence:
+    for name, parts in fields:
         value = resolve(payload, name, parts)
-        if value is not MISSING:
+        if value is MISSING:
+            continue
+        if value.__class__ is str and len(value) <= MAX_EVIDENCE_TEXT:
+            evidence[name] = value  # the usual case: a short text is its own bounded copy
+        else:
             evidence[name] = _bounded(value, 2)
     return evidence
 
@@ -501,8 +581,14 @@ def _bounded(value: Any, depth: int) -> Any:
     if depth <= 0:
         return _text(value)[:MAX_EVIDENCE_TEXT]
     if isinstance(value, Mapping):
-        items = list(value.items())[:MAX_EVIDENCE_ITEMS]
-        return {str(k)[:MAX_EVIDENCE_TEXT]: _bounded(v, depth - 1) for k, v in items}
+        copy: dict[str, Any] = {}
+        for k, v in islice(value.items(), MAX_EVIDENCE_ITEMS):
+            # Short text keys and values (the usual JSON object) are their own bounded copies.
+            short_key = k.__class__ is str and len(k) <= MAX_EVIDENCE_TEXT
+            key = k if short_key else str(k)[:MAX_EVIDENCE_TEXT]
+            short = v.__class__ is str and len(v) <= MAX_EVIDENCE_TEXT
+            copy[key] = v if short else _bounded(v, depth - 1)
+        return copy
     if isinstance(value, list | tuple):
         return [_bounded(v, depth - 1) for v in value[:MAX_EVIDENCE_ITEMS]]
     return _text(value)[:MAX_EVIDENCE_TEXT]

@@ -13,14 +13,36 @@ _VARIANT: Final = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 def tag_uuid_from_name(name: str) -> str:
-    """uuid5(TAG_NAMESPACE, name) as text: the value `uuid.uuid5` gives, at half the cost.
-
-    This runs once per tag on the worker's hot path, hence the hand-rolled formatting:
-    version nibble 5 and the RFC 4122 variant bits are written straight into the hex text.
-    """
+    """uuid5(TAG_NAMESPACE, name) as text: the value `uuid.uuid5` gives, at half the cost."""
     digest = _NAMESPACE_SHA1.copy()
     digest.update(name.encode("utf-8"))
-    x = digest.hexdigest()
+    return uuid_text(digest.hexdigest())
+
+
+def tag_uuid_prefix(source_kind: str, source_id: str) -> Any:
+    """The uuid5 hash fed with the event's part of every tag name (`kind|source_id|`).
+
+    An event's tags differ only after that part, so the evaluation of one event feeds it
+    once and each tag continues from a `.copy()` of it (`tag_uuid_after`).
+    """
+    digest = _NAMESPACE_SHA1.copy()
+    digest.update(f"{source_kind}|{source_id}|".encode())
+    return digest
+
+
+def tag_uuid_after(prefix: Any, suffix: bytes) -> str:
+    """The tag uuid whose name is `prefix`'s text then `suffix` (UTF-8 of `rule_id|...`)."""
+    digest = prefix.copy()
+    digest.update(suffix)
+    return uuid_text(digest.hexdigest())
+
+
+def uuid_text(x: str) -> str:
+    """A SHA-1 hex digest as uuid5 text.
+
+    Runs once per tag on the worker's hot path, hence the hand-rolled formatting: version
+    nibble 5 and the RFC 4122 variant bits are written straight into the hex text.
+    """
     return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
 
 
