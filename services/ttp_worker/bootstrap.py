@@ -103,20 +103,22 @@ class Worker:
         if self.status is not None:
             self.status.changed()
 
-    def _on_applied(self, applied: Applied) -> None:
+    async def _on_applied(self, applied: Applied) -> None:
         state = self.state
         state.ready = True
         state.applied += applied.changes
         state.last_apply_ms = round(applied.seconds * 1000, 3)
+        if self.status is not None:
+            # First: this message is how the change is known to be live.
+            await self.status.publish_change()
         state.applied_event.set()
         metrics.READY.set(1)
         metrics.REVISION.set(applied.ruleset.revision)
-        counts = applied.ruleset.index.counts()
+        index = applied.ruleset.index
+        counts = index.counts() if self.status is None else self.status.counts(index)
         metrics.RULES.labels("total").set(counts["rules"])
         metrics.RULES.labels("active").set(counts["active"])
         metrics.RULES.labels("external").set(counts["external"])
-        if self.status is not None:
-            self.status.changed()
 
     def _facts(self) -> StatusFacts:
         ruleset = self.book.current

@@ -6,6 +6,9 @@ decoded as they arrive and built into ONE index when the consumer reports nothin
 (`num_pending == 0`), or at once when the stream is empty; after that each message is
 applied and swapped on its own.
 
+Each swap is handed to `on_applied` at once, before any logging or metrics, so the worker's
+status (how a change is known to be live) goes out first.
+
 A fresh snapshot (a new consumer, a new index) is taken after a NATS reconnect, a gap in the
 consumer sequence, a slow-consumer drop, or a message that cannot be applied; such a resync
 is logged at ERROR and counted, never silent, and repeated failures back off.
@@ -17,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +38,6 @@ from ttp_worker.rulebook import (
     RuleMessageError,
     Ruleset,
     decode_rule_message,
-    event_time,
 )
 
 _log = logging.getLogger(__name__)
@@ -79,7 +81,7 @@ class RuleConsumer:
         nc: Client,
         js: JetStreamContext,
         book: RuleBook,
-        on_applied: Callable[[Applied], None],
+        on_applied: Callable[[Applied], Awaitable[None]],
         *,
         backoff_max_s: float = 30.0,
     ) -> None:
@@ -178,7 +180,7 @@ class RuleConsumer:
             and info.num_pending == 0
             and (info.delivered is None or not info.delivered.consumer_seq)
         ):
-            self._finish_snapshot(generation)
+            await self._finish_snapshot(generation)
 
     async def _close_generation(self) -> None:
         generation = self._generation
@@ -210,7 +212,7 @@ class RuleConsumer:
             # and so the delivery of the snapshot, fast.
             generation.snapshot.append((msg.subject, msg.data, stream_seq))
             if meta.num_pending == 0:
-                self._finish_snapshot(generation)
+                await self._finish_snapshot(generation)
             return
         started = time.perf_counter()
         with start_consumer_span(
@@ -241,12 +243,12 @@ class RuleConsumer:
                     },
                 )
                 return
-            metrics.RULE_MESSAGES.labels("applied").inc()
             seconds = time.perf_counter() - started
+            await self._on_applied(Applied(self.book.current, 1, False, seconds))
+            metrics.RULE_MESSAGES.labels("applied").inc()
             metrics.APPLY_SECONDS.labels("live").observe(seconds)
-            committed = event_time(msg.data)
-            if committed is not None:
-                metrics.PROPAGATION_SECONDS.observe(max(0.0, time.time() - committed))
+            if change.committed_at is not None:
+                metrics.PROPAGATION_SECONDS.observe(max(0.0, time.time() - change.committed_at))
             self._failures = 0
             _log.info(
                 "rule change applied",
@@ -258,7 +260,6 @@ class RuleConsumer:
                     "apply_ms": round(seconds * 1000, 3),
                 },
             )
-            self._on_applied(Applied(self.book.current, 1, False, seconds))
 
     def _unprocessable(self, subject: str, stream_seq: int, error: Exception) -> None:
         metrics.RULE_MESSAGES.labels("error").inc()
@@ -267,7 +268,7 @@ class RuleConsumer:
             extra={"subject": subject, "stream_seq": stream_seq, "error": str(error)},
         )
 
-    def _finish_snapshot(self, generation: _Generation) -> None:
+    async def _finish_snapshot(self, generation: _Generation) -> None:
         raw = generation.snapshot or []
         generation.snapshot = None
         started = time.perf_counter()
@@ -286,6 +287,8 @@ class RuleConsumer:
                     changes.append(change)
             ruleset = self.book.load_snapshot(changes)
         seconds = time.perf_counter() - started
+        self.ready.set()
+        await self._on_applied(Applied(ruleset, len(changes), True, seconds))
         metrics.APPLY_SECONDS.labels("snapshot").observe(seconds)
         metrics.RULE_MESSAGES.labels("applied").inc(len(changes))
         self.snapshots += 1
@@ -301,8 +304,6 @@ class RuleConsumer:
                 "since_subscribe_ms": round((time.perf_counter() - generation.started) * 1000, 3),
             },
         )
-        self.ready.set()
-        self._on_applied(Applied(ruleset, len(changes), True, seconds))
 
     def _gap(self, detail: str) -> None:
         metrics.RULE_MESSAGES.labels("error").inc()

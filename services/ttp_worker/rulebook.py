@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Final, Literal
 
+import msgspec
 import pydantic
 
 from ttp_core.contract import subjects
@@ -47,6 +49,8 @@ class RuleChange:
 
     DEFINITION: `compiled` is the new rule, or None for a tombstone (remove the rule).
     STATE: `state` is the operator state, or None for `enabled` (no operator state).
+    `committed_at`: the message's CloudEvents `time` (POSIX seconds), for the propagation
+    metric, when it has a valid one.
     """
 
     kind: ChangeKind
@@ -54,6 +58,7 @@ class RuleChange:
     revision: int
     compiled: CompiledRule | None = None
     state: RuleState | None = None
+    committed_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,12 +79,22 @@ class Ruleset:
 
 def evaluated_kinds(index: RuleIndex, lifters: Mapping[str, LifterEvaluator]) -> frozenset[str]:
     """The source kinds an index evaluates rules for."""
-    kinds: set[str] = set()
-    for compiled in index.rules.values():
-        if compiled.is_external and getattr(compiled.rule.match, "lifter", None) not in lifters:
-            continue
-        kinds.update(compiled.kinds)
-    return frozenset(kinds)
+    return frozenset(_kind_counts(index.rules.values(), lifters))
+
+
+def _evaluated(compiled: CompiledRule, lifters: Mapping[str, LifterEvaluator]) -> bool:
+    return not compiled.is_external or getattr(compiled.rule.match, "lifter", None) in lifters
+
+
+def _kind_counts(
+    rules: Iterable[CompiledRule], lifters: Mapping[str, LifterEvaluator]
+) -> Counter[str]:
+    """How many evaluated rules apply to each source kind."""
+    counts: Counter[str] = Counter()
+    for compiled in rules:
+        if _evaluated(compiled, lifters):
+            counts.update(compiled.kinds)
+    return counts
 
 
 def _timestamp(value: datetime | None) -> float | None:
@@ -95,15 +110,65 @@ def event_time(raw: bytes) -> float | None:
         return None
 
 
+# The fast path decodes a message in one msgspec pass into these strict mirrors of the
+# pydantic models (same fields, same required ones; unknown fields ignored). Strict decoding
+# accepts a subset of what pydantic's lax mode does, so anything it refuses goes through the
+# pydantic models, which decide as before: the set of accepted messages does not change.
+
+
+class _ReloadedData(msgspec.Struct, frozen=True):
+    rule_id: str
+    revision: int
+    rule_version: int | None
+    content_sha256: str | None
+    source_path: str
+    deleted: bool = False
+    rule: dict[str, Any] | None = None
+
+
+class _StateData(msgspec.Struct, frozen=True):
+    rule_id: str
+    revision: int
+    state: Literal["enabled", "disabled", "clipped"]
+    confidence_max: float | None = None
+    expires_at: datetime | None = None
+    reason: str | None = None
+    set_by: str | None = None
+    set_at: datetime | None = None
+    cause: Literal["operator", "expired"] = "operator"
+
+
+class _Reloaded(msgspec.Struct, frozen=True):
+    data: _ReloadedData
+    time: datetime | None = None
+
+
+class _State(msgspec.Struct, frozen=True):
+    data: _StateData
+    time: datetime | None = None
+
+
+_RELOADED_DECODER: Final = msgspec.json.Decoder(_Reloaded)
+_STATE_DECODER: Final = msgspec.json.Decoder(_State)
+
+
 def decode_rule_message(subject: str, raw: bytes) -> RuleChange | None:
     """The change a TTP_RULES message carries; None for subjects the index does not use.
 
     Raises :class:`RuleMessageError` when the message cannot be applied.
     """
     if subject.startswith(subjects.RULE_RELOADED_PREFIX + "."):
-        return _decode_reloaded(subject, raw)
+        try:
+            fast = _RELOADED_DECODER.decode(raw)
+        except msgspec.DecodeError:
+            return _reloaded_change(subject, _validated_reloaded(raw), event_time(raw))
+        return _reloaded_change(subject, fast.data, _timestamp(fast.time))
     if subject.startswith(subjects.RULE_STATE_PREFIX + "."):
-        return _decode_state(subject, raw)
+        try:
+            state = _STATE_DECODER.decode(raw)
+        except msgspec.DecodeError:
+            return _state_change(subject, _validated_state(raw), event_time(raw))
+        return _state_change(subject, state.data, _timestamp(state.time))
     return None
 
 
@@ -118,19 +183,33 @@ def _envelope_data(raw: bytes) -> dict[str, Any]:
     return data
 
 
+def _validated_reloaded(raw: bytes) -> RuleReloaded:
+    try:
+        return RuleReloaded.model_validate(_envelope_data(raw))
+    except pydantic.ValidationError as exc:
+        raise RuleMessageError(f"invalid ttp.rule.reloaded data: {exc}") from exc
+
+
+def _validated_state(raw: bytes) -> RuleStateChanged:
+    try:
+        return RuleStateChanged.model_validate(_envelope_data(raw))
+    except pydantic.ValidationError as exc:
+        raise RuleMessageError(f"invalid ttp.rule.state data: {exc}") from exc
+
+
 def _check_subject(subject: str, rule_id: str) -> None:
     if subjects.last_token(subject) != rule_id:
         raise RuleMessageError(f"rule_id {rule_id!r} does not match subject {subject!r}")
 
 
-def _decode_reloaded(subject: str, raw: bytes) -> RuleChange:
-    try:
-        data = RuleReloaded.model_validate(_envelope_data(raw))
-    except pydantic.ValidationError as exc:
-        raise RuleMessageError(f"invalid ttp.rule.reloaded data: {exc}") from exc
+def _reloaded_change(
+    subject: str, data: _ReloadedData | RuleReloaded, committed_at: float | None
+) -> RuleChange:
     _check_subject(subject, data.rule_id)
     if data.deleted:
-        return RuleChange(ChangeKind.DEFINITION, data.rule_id, data.revision)
+        return RuleChange(
+            ChangeKind.DEFINITION, data.rule_id, data.revision, committed_at=committed_at
+        )
     if data.rule is None:
         raise RuleMessageError("a reloaded event that is not a tombstone needs its rule")
     try:
@@ -141,23 +220,29 @@ def _decode_reloaded(subject: str, raw: bytes) -> RuleChange:
         raise RuleMessageError(f"rule {data.rule_id} does not compile: {exc}") from exc
     if compiled.rule_id != data.rule_id:
         raise RuleMessageError(f"rule body names {compiled.rule_id}, event names {data.rule_id}")
-    return RuleChange(ChangeKind.DEFINITION, data.rule_id, data.revision, compiled=compiled)
+    return RuleChange(
+        ChangeKind.DEFINITION,
+        data.rule_id,
+        data.revision,
+        compiled=compiled,
+        committed_at=committed_at,
+    )
 
 
-def _decode_state(subject: str, raw: bytes) -> RuleChange:
-    try:
-        data = RuleStateChanged.model_validate(_envelope_data(raw))
-    except pydantic.ValidationError as exc:
-        raise RuleMessageError(f"invalid ttp.rule.state data: {exc}") from exc
+def _state_change(
+    subject: str, data: _StateData | RuleStateChanged, committed_at: float | None
+) -> RuleChange:
     _check_subject(subject, data.rule_id)
     if data.state == "enabled":
         # "enabled" is no operator state at all: the master has no row, so neither do we.
-        return RuleChange(ChangeKind.STATE, data.rule_id, data.revision)
+        return RuleChange(ChangeKind.STATE, data.rule_id, data.revision, committed_at=committed_at)
     try:
         state = RuleState(StateKind(data.state), data.confidence_max, _timestamp(data.expires_at))
     except ValueError as exc:
         raise RuleMessageError(f"invalid state of {data.rule_id}: {exc}") from exc
-    return RuleChange(ChangeKind.STATE, data.rule_id, data.revision, state=state)
+    return RuleChange(
+        ChangeKind.STATE, data.rule_id, data.revision, state=state, committed_at=committed_at
+    )
 
 
 class RuleBook:
@@ -167,6 +252,8 @@ class RuleBook:
         self._lifters = dict(lifters or {})
         self.current = Ruleset(RuleIndex.empty(self._lifters), 0)
         self._revisions: dict[ChangeKind, dict[str, int]] = {kind: {} for kind in ChangeKind}
+        # Kept up to date change by change: a live change costs O(its rules), not O(all).
+        self._kinds: Counter[str] = Counter()
 
     def held(self, kind: ChangeKind, rule_id: str) -> int:
         """The revision held for a rule's definition or state (0: none)."""
@@ -205,7 +292,8 @@ class RuleBook:
                 states[rule_id] = change.state
         index = RuleIndex.build(compiled, states, self._lifters)
         self._revisions = revisions
-        self.current = Ruleset(index, top, evaluated_kinds(index, self._lifters))
+        self._kinds = _kind_counts(index.rules.values(), self._lifters)
+        self.current = Ruleset(index, top, frozenset(self._kinds))
         return self.current
 
     def apply(self, changes: Iterable[RuleChange]) -> list[RuleChange]:
@@ -233,6 +321,16 @@ class RuleBook:
         index = current.index.with_changes(
             upserts=upserts.values(), removals=removals, states=states
         )
+        kinds = self._kinds.copy()
+        for rule_id in removals | upserts.keys():
+            old = current.index.rule(rule_id)
+            if old is not None and _evaluated(old, self._lifters):
+                kinds.subtract(old.kinds)
+        for compiled in upserts.values():
+            if _evaluated(compiled, self._lifters):
+                kinds.update(compiled.kinds)
+        kinds = +kinds  # drops the kinds no rule applies to any more
         top = max(current.revision, *(change.revision for change in applied))
-        self.current = Ruleset(index, top, evaluated_kinds(index, self._lifters))
+        self.current = Ruleset(index, top, frozenset(kinds))
+        self._kinds = kinds
         return applied

@@ -1,7 +1,9 @@
 """`ttp.worker.status.<worker_id>` on core NATS: every few seconds and after each change.
 
-Changes arriving in a burst are coalesced: the publisher wakes on the first, and whatever
-else was applied by the time it runs goes out in the same message.
+A change's status is published by the code that applied it (:meth:`StatusPublisher.
+publish_change`), right after the swap, so nothing else runs in between: that message is how
+a change is known to be live. Heartbeats, and changes that could not be sent at once (NATS
+away), go out from :meth:`StatusPublisher.run`, which coalesces a burst into one message.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class StatusPublisher:
         self._interval_s = interval_s
         self._wake = asyncio.Event()
         self._digest: tuple[RuleIndex, str] | None = None
+        self._counts: tuple[RuleIndex, dict[str, int]] | None = None
         self.published = 0
 
     def changed(self) -> None:
@@ -65,9 +68,19 @@ class StatusPublisher:
         self._digest = (index, value)
         return value
 
-    def build(self) -> WorkerStatus:
+    def counts(self, index: RuleIndex, *, fresh: bool = False) -> dict[str, int]:
+        """The index's rule counts, computed once per index unless `fresh` (an operator state
+        may expire, which changes the active count without a new index)."""
+        cached = self._counts
+        if not fresh and cached is not None and cached[0] is index:
+            return cached[1]
+        value = index.counts()
+        self._counts = (index, value)
+        return value
+
+    def build(self, *, fresh: bool = True) -> WorkerStatus:
         facts = self._facts()
-        counts = facts.index.counts()
+        counts = self.counts(facts.index, fresh=fresh)
         return WorkerStatus(
             worker_id=self.worker_id,
             revision=facts.revision,
@@ -81,11 +94,23 @@ class StatusPublisher:
             status_interval_s=self._interval_s,
         )
 
-    async def publish(self) -> None:
-        status = self.build()
+    async def publish(self, *, fresh: bool = True) -> None:
+        status = self.build(fresh=fresh)
         event = envelope(status, source=self._source, subject=self.worker_id)
         await self._nc.publish(self._subject, encode(event), headers=inject_headers())
         self.published += 1
+
+    async def publish_change(self) -> None:
+        """Publish the status of a change just applied, now; left to :meth:`run` when NATS
+        is away, so the caller (the rule consumer) is never held up by a reconnect."""
+        if not self._nc.is_connected:
+            self.changed()
+            return
+        try:
+            await self.publish(fresh=False)
+        except Exception as exc:
+            _log.debug("worker status not published at once: %s", exc)
+            self.changed()
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

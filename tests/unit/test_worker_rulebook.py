@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +27,7 @@ from ttp_worker.rulebook import (
     RuleChange,
     RuleMessageError,
     decode_rule_message,
+    evaluated_kinds,
 )
 
 
@@ -227,3 +229,66 @@ def test_event_time_reads_the_cloudevents_time_or_gives_none() -> None:
     assert event_time(b'{"no": "time"}') is None
     assert event_time(b"[1, 2]") is None
     assert event_time(b"not json") is None
+
+
+# --- what the fast decoder accepts ------------------------------------------------------------
+
+
+def _relaxed(raw: bytes) -> bytes:
+    """The same message with its numbers and flags spelled as strings, which only pydantic's
+    lax validation accepts."""
+    event = json.loads(raw)
+    data = event["data"]
+    data["revision"] = str(data["revision"])
+    if "deleted" in data:
+        data["deleted"] = "false" if not data["deleted"] else "true"
+    if data.get("confidence_max") is not None:
+        data["confidence_max"] = str(data["confidence_max"])
+    return json.dumps(event).encode()
+
+
+@pytest.mark.parametrize(
+    ("subject", "raw"),
+    [
+        (subjects.rule_reloaded("R1"), reloaded("R1", 7, version=2)),
+        (subjects.rule_reloaded("R1"), reloaded("R1", 7, deleted=True)),
+        (subjects.rule_state("R1"), state("R1", 7, "clipped", 0.4)),
+        (subjects.rule_state("R1"), state("R1", 7, "enabled")),
+    ],
+)
+def test_a_message_decodes_alike_in_its_exact_and_its_lax_spelling(
+    subject: str, raw: bytes
+) -> None:
+    exact, lax = change(subject, raw), change(subject, _relaxed(raw))
+    assert (exact.kind, exact.rule_id, exact.revision, exact.state) == (
+        lax.kind,
+        lax.rule_id,
+        lax.revision,
+        lax.state,
+    )
+    assert (exact.compiled is None) == (lax.compiled is None)
+    if exact.compiled is not None and lax.compiled is not None:
+        assert exact.compiled.content_sha256 == lax.compiled.content_sha256
+
+
+def test_a_change_carries_the_messages_commit_time() -> None:
+    raw = reloaded("R1", 3)
+    expected = datetime.fromisoformat(json.loads(raw)["time"]).timestamp()
+    assert change(subjects.rule_reloaded("R1"), raw).committed_at == expected
+    event = json.loads(raw)
+    event["time"] = "yesterday"
+    decoded = change(subjects.rule_reloaded("R1"), json.dumps(event).encode())
+    assert decoded.committed_at is None and decoded.compiled is not None
+
+
+def test_the_kinds_a_ruleset_evaluates_follow_every_change() -> None:
+    book = RuleBook()
+    book.load_snapshot([rdef("A", 1), rdef("B", 2)])
+    assert book.current.kinds == frozenset({"command"})
+    book.apply([rdel("A", 3)])
+    assert book.current.kinds == frozenset({"command"})
+    book.apply([rdel("B", 4)])
+    assert book.current.kinds == frozenset()
+    book.apply([rdef("C", 5), rdef("C", 6, version=2)])
+    assert book.current.kinds == evaluated_kinds(book.current.index, {})
+    assert book.current.kinds == frozenset({"command"})
