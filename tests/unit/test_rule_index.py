@@ -202,6 +202,39 @@ def test_removal_and_upsert_of_one_rule_in_a_batch_keeps_the_upsert() -> None:
     assert fired(new, "command", {"text": "a"}) == []
 
 
+# --- filters compile on first use ---------------------------------------------------------
+
+
+def test_a_built_index_compiles_a_fields_filters_when_an_event_first_reads_it() -> None:
+    index = RuleIndex.build(
+        [
+            rule("A", {"field": "text", "contains": "a"}),
+            rule("B", {"field": "user", "contains": "b"}),
+        ]
+    )
+    assert index.pending_filters() == 2
+    assert fired(index, "command", {"text": "a"}) == [("A", 1)]
+    assert index.pending_filters() == 1
+    assert index.compile_filters() is True
+    assert index.pending_filters() == 0
+    assert fired(index, "command", {"user": "b", "text": "a"}) == [("A", 1), ("B", 1)]
+
+
+def test_compiling_filters_ahead_gives_the_same_tags_as_compiling_them_on_use() -> None:
+    rules = [rule(f"R{i:03d}", {"field": "text", "contains": f"w{i}x"}) for i in range(200)]
+    ahead, on_use = RuleIndex.build(rules), RuleIndex.build(rules)
+    assert ahead.compile_filters() is True
+    for i in range(0, 200, 7):
+        payload = {"text": f"... w{i}x w{i + 1}x"}
+        assert fired(ahead, "command", payload) == fired(on_use, "command", payload)
+
+
+def test_compile_filters_with_no_time_left_compiles_nothing_and_says_so() -> None:
+    index = RuleIndex.build([rule("A"), rule("B", kinds=("email",))])
+    assert index.compile_filters(budget_s=0) is False
+    assert index.pending_filters() == 2
+
+
 # --- digests ----------------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ import logging
 import reprlib
 import time
 import zlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from itertools import islice
@@ -54,12 +54,20 @@ _Entries = dict[str, list[tuple[str, _Target]]]
 """One field's linear leaves, by rule_id: (RE2 pattern, target)."""
 
 
-@dataclass(frozen=True, slots=True)
 class FilterShard:
-    """One RE2 filter over the patterns of the rules whose id hashes to this shard."""
+    """One RE2 filter over the patterns of the rules whose id hashes to this shard.
 
-    matcher: Any
-    targets: tuple[tuple[_Target, ...], ...]
+    The filter compiles on first use (or `compile`): building an index is then mostly
+    Python bookkeeping, and a worker holding 100,000 rules does not compile, before it
+    can serve, shards that its traffic may take minutes to reach.
+    """
+
+    __slots__ = ("_matcher", "patterns", "targets")
+
+    def __init__(self, patterns: tuple[str, ...], targets: tuple[tuple[_Target, ...], ...]) -> None:
+        self.patterns = patterns
+        self.targets = targets
+        self._matcher: Any = None
 
     @classmethod
     def build(cls, entries: Iterable[tuple[str, _Target]]) -> FilterShard | None:
@@ -68,22 +76,36 @@ class FilterShard:
             by_regex.setdefault(regex, []).append(target)
         if not by_regex:
             return None
-        matcher = re2.Filter()
-        for regex in by_regex:
-            matcher.Add(regex, _OPTIONS)
-        matcher.Compile()
-        return cls(matcher, tuple(tuple(t) for t in by_regex.values()))
+        return cls(tuple(by_regex), tuple(tuple(t) for t in by_regex.values()))
+
+    @property
+    def compiled(self) -> bool:
+        return self._matcher is not None
+
+    @property
+    def matcher(self) -> Any:
+        """The compiled filter (compiled now if it was not yet)."""
+        matcher = self._matcher
+        if matcher is None:
+            matcher = re2.Filter()
+            for regex in self.patterns:
+                matcher.Add(regex, _OPTIONS)
+            matcher.Compile()
+            # Two threads racing here compile twice and keep either: both are the same filter.
+            self._matcher = matcher
+        return matcher
 
     def lookup(self, data: bytes, text: str, into: set[_Target]) -> None:
+        matcher = self.matcher
         if len(text) <= MAX_MATCH_TEXT:
-            found = self.matcher.Match(data)
+            found = matcher.Match(data)
         else:
-            found = self.matcher.Match(text[:MAX_MATCH_TEXT])
+            found = matcher.Match(text[:MAX_MATCH_TEXT])
             if found:
                 # The cut is not the end of the value: `$`, `\z` and `\b` must not match there.
                 # RE2 given the next character as context (endpos < len) confirms each hit.
                 context = text[: MAX_MATCH_TEXT + 1]
-                found = [i for i in found if self.matcher.re(i).search(context, 0, MAX_MATCH_TEXT)]
+                found = [i for i in found if matcher.re(i).search(context, 0, MAX_MATCH_TEXT)]
         if found:
             for i in found:
                 into.update(self.targets[i])
@@ -225,14 +247,14 @@ class FieldMatcher:
 class KindIndex:
     """Programs of every built-in rule that applies to one source kind."""
 
-    __slots__ = ("_always", "_fields", "_matchers", "programs")
+    __slots__ = ("_always", "_fields", "matchers", "programs")
 
     def __init__(
         self, programs: Mapping[str, KindProgram], fields: Mapping[str, FieldMatcher]
     ) -> None:
         self.programs = dict(programs)
         self._fields = dict(fields)
-        self._matchers = tuple(self._fields.values())
+        self.matchers = tuple(self._fields.values())
         self._always = tuple(sorted(rid for rid, p in self.programs.items() if not p.needs_hit))
 
     @classmethod
@@ -272,7 +294,7 @@ class KindIndex:
     def fired(self, payload: Mapping[str, Any]) -> Sequence[str]:
         """Rule ids whose match tree holds for `payload`, in rule id order."""
         found: list[Hits] = []
-        for matcher in self._matchers:
+        for matcher in self.matchers:
             value = payload.get(matcher.field, MISSING)
             if value is MISSING and len(matcher.parts) > 1:
                 value = matcher.read(payload)
@@ -429,6 +451,32 @@ class RuleIndex:
             else:
                 new_states[rule_id] = state
         return RuleIndex(rules, new_states, kinds, self._lifters)
+
+    def compile_filters(self, budget_s: float | None = None) -> bool:
+        """Compile the filters not compiled yet; True once none is left.
+
+        Evaluation compiles a filter when it first needs it, so this is never required for
+        correct results: it moves that cost out of the first events (a worker calls it
+        before or between batches). With `budget_s`, stops once that many seconds passed.
+        """
+        deadline = None if budget_s is None else time.perf_counter() + budget_s
+        for shard in self._shards():
+            if not shard.compiled:
+                if deadline is not None and time.perf_counter() >= deadline:
+                    return False
+                _ = shard.matcher
+        return True
+
+    def pending_filters(self) -> int:
+        """Filters that will compile on first use (see `compile_filters`)."""
+        return sum(1 for shard in self._shards() if not shard.compiled)
+
+    def _shards(self) -> Iterator[FilterShard]:
+        for kind in self._kinds.values():
+            for matcher in kind.matchers:
+                for shard in matcher.shards:
+                    if shard is not None:
+                        yield shard
 
     def rule(self, rule_id: str) -> CompiledRule | None:
         return self._rules.get(rule_id)
