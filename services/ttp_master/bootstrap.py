@@ -37,6 +37,7 @@ from ttp_master.rule_sync import RuleSync, SyncResult
 from ttp_master.settings import MasterSettings
 from ttp_master.stream_guard import StreamGuard
 from ttp_master.stream_usage import StreamUsage
+from ttp_master.validation_pool import ValidationPool
 from ttp_master.watcher import DirectoryWatcher, WatchBatch
 from ttp_runtime.field_catalogue import load_field_catalogue
 from ttp_runtime.health import HealthServer
@@ -108,6 +109,8 @@ class Master:
         self._sync_lock = asyncio.Lock()
         # A bad catalogue file stops the start with its location, like any bad setting.
         self.validator = RuleValidator(fields=load_field_catalogue(settings.field_catalogue))
+        # One pool for every leadership term: its processes are started once.
+        self.validation = ValidationPool(self.validator)
         self.engine: AsyncEngine | None = None
         self.nc: Client | None = None
         self.control: ControlService | None = None
@@ -172,6 +175,7 @@ class Master:
             await drain(self.nc)
             await health.stop()
             await self.engine.dispose()
+            self.validation.close()
 
     async def _lead(
         self, leader: LeaderLock, js: JetStreamContext, publisher: NatsPublisher
@@ -183,7 +187,7 @@ class Master:
         metrics.IS_LEADER.set(1)
         term_stop = asyncio.Event()
         repository = RuleRepository(self.engine, leader.fence)
-        sync = RuleSync(self.root, self.validator, repository)
+        sync = RuleSync(self.root, self.validator, repository, self.validation)
         vanish = MassDeleteGuard(self.root, settings.mass_delete_confirm_s)
         self.state.held = vanish.status
         queries = ControlQueries(self.engine)

@@ -7,8 +7,6 @@ import sys
 
 import typer
 
-from ttp_master.settings import MasterSettings
-
 app = typer.Typer(
     name="ttp-master",
     help="The ttp-rulebus master: rules directory -> PostgreSQL -> JetStream.",
@@ -22,7 +20,13 @@ app = typer.Typer(
 def _default(ctx: typer.Context) -> None:
     """Run the master (the default when no command is given)."""
     if ctx.invoked_subcommand is None:
+        from ttp_master.validation_pool import start_early
+
+        # Before the master's own (long) import: the validation processes' one import then
+        # runs on another core meanwhile.
+        start_early()
         from ttp_master.bootstrap import run
+        from ttp_master.settings import MasterSettings
 
         sys.exit(run(MasterSettings()))
 
@@ -31,6 +35,7 @@ def _default(ctx: typer.Context) -> None:
 def migrate() -> None:
     """Bring the PostgreSQL schema to the newest revision, then exit."""
     from ttp_master.db.migrate import upgrade_to_head
+    from ttp_master.settings import MasterSettings
     from ttp_runtime.logging import configure_logging
 
     settings = MasterSettings()

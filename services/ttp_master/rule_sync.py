@@ -9,21 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
-import os
-import threading
-import time
 from collections.abc import Iterable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ttp_core.contract.field_catalogue import FieldCatalogue
 from ttp_core.contract.subjects import is_token
 from ttp_core.rules.diagnostics import Diagnostic
-from ttp_core.rules.model import Rule
-from ttp_core.rules.validator import RuleReport, RuleValidator, is_rule_file, iter_rule_files
+from ttp_core.rules.validator import RuleValidator, is_rule_file, iter_rule_files
 from ttp_master.db.repository import (
     Catalog,
     ChangeSet,
@@ -34,6 +26,7 @@ from ttp_master.db.repository import (
     RuleRepository,
     RuleUpsert,
 )
+from ttp_master.validation_pool import FileVerdict, RuleFacts, ValidationPool
 
 _log = logging.getLogger(__name__)
 
@@ -62,109 +55,34 @@ class _Plan:
     new_rejections: dict[str, list[dict[str, object]]]
 
 
-@dataclass(frozen=True, slots=True)
-class FileVerdict:
-    """What validation said about one file, in a form that crosses process boundaries."""
-
-    rule: Rule | None
-    diagnostics: tuple[Diagnostic, ...]
-    text: str | None
-    content_sha256: str | None
-
-    @classmethod
-    def of(cls, report: RuleReport) -> FileVerdict:
-        return cls(report.rule, report.diagnostics, report.text, report.content_sha256)
-
-    @property
-    def ok(self) -> bool:
-        return self.content_sha256 is not None and not self.errors
-
-    @property
-    def rule_id(self) -> str | None:
-        return self.rule.rule_id if self.rule is not None else None
-
-    @property
-    def errors(self) -> tuple[Diagnostic, ...]:
-        return tuple(d for d in self.diagnostics if d.is_error)
-
-
-POOL_THRESHOLD = 64
-"""Files to validate in one sync before the work goes to a process pool (all cores)."""
-
-_pool_validator: RuleValidator | None = None
-
-
-_ORPHAN_CHECK_S = 1.0
-
-
-def _start_pool_process(fields: FieldCatalogue, master_pid: int) -> None:
-    global _pool_validator  # noqa: PLW0603 - one validator per pool process
-    _pool_validator = RuleValidator(fields=fields)
-    threading.Thread(
-        target=_exit_when_orphaned, args=(master_pid,), name="orphan-watch", daemon=True
-    ).start()
-
-
-def _exit_when_orphaned(master_pid: int) -> None:
-    """End this validation process once the master is gone.
-
-    A master killed with SIGKILL never shuts its pool down, and an idle pool process blocks
-    on its task queue, so without this it would outlive the master for good (about 80 MB
-    each, a pool per kill)."""
-    while os.getppid() == master_pid:
-        time.sleep(_ORPHAN_CHECK_S)
-    os._exit(0)
-
-
-def _validate_in_pool(root: str, rel: str) -> tuple[str, FileVerdict]:
-    assert _pool_validator is not None, "pool processes start with _start_pool_process"
-    return rel, FileVerdict.of(_pool_validator.validate_file(Path(root, rel), rel))
-
-
 class RuleSync:
     """Reconciles the rules directory with the repository."""
 
-    def __init__(self, root: Path, validator: RuleValidator, repository: RuleRepository) -> None:
+    def __init__(
+        self,
+        root: Path,
+        validator: RuleValidator,
+        repository: RuleRepository,
+        pool: ValidationPool | None = None,
+    ) -> None:
+        """`pool`: shared validation processes (the master keeps one for all its terms);
+        without one, this sync starts its own and `close` stops it."""
         self.root = root
         self.validator = validator
         self.repository = repository
         self.catalog = Catalog()
-        self._pool: ProcessPoolExecutor | None = None
+        self._own_pool = pool is None
+        self._pool = pool if pool is not None else ValidationPool(validator)
         # rel -> (file text, diagnostics) of valid files whose rule row PostgreSQL refused.
         self._refused: dict[str, tuple[str, tuple[Diagnostic, ...]]] = {}
 
     def close(self) -> None:
-        """Stop the validation processes, if any were started."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        """Stop the validation processes, if this sync started them."""
+        if self._own_pool:
+            self._pool.close()
 
     def _validate(self, rels: list[str]) -> dict[str, FileVerdict]:
-        if len(rels) < POOL_THRESHOLD or (os.cpu_count() or 1) < 2:
-            return {
-                rel: FileVerdict.of(self.validator.validate_file(self.root / rel, rel))
-                for rel in rels
-            }
-        if self._pool is None:
-            # spawn, not fork: this process runs an event loop and other threads.
-            self._pool = ProcessPoolExecutor(
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_start_pool_process,
-                initargs=(self.validator.fields, os.getpid()),
-            )
-        root = str(self.root)
-        chunk = max(16, len(rels) // ((os.cpu_count() or 2) * 4))
-        try:
-            return dict(
-                self._pool.map(_validate_in_pool, [root] * len(rels), rels, chunksize=chunk)
-            )
-        except BrokenProcessPool:
-            _log.exception("validation process pool broke; validating in this process")
-            self.close()
-            return {
-                rel: FileVerdict.of(self.validator.validate_file(self.root / rel, rel))
-                for rel in rels
-            }
+        return self._pool.validate(self.root, rels)
 
     async def load(self) -> None:
         """Read what PostgreSQL holds; call once per leadership term."""
@@ -325,7 +243,7 @@ class RuleSync:
         return plan
 
     def _plan_upsert(
-        self, plan: _Plan, verdict: FileVerdict, rule: Rule, sha: str, rel: str
+        self, plan: _Plan, verdict: FileVerdict, rule: RuleFacts, sha: str, rel: str
     ) -> None:
         assert verdict.text is not None
         for warning in verdict.diagnostics:
@@ -337,7 +255,7 @@ class RuleSync:
                 rule_version=rule.rule_version,
                 name=rule.name,
                 content_sha256=sha,
-                definition=rule.normalised(),
+                definition=rule.definition,
                 yaml_text=verdict.text,
                 source_path=rel,
                 is_external=rule.is_external,
