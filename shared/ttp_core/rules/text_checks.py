@@ -92,6 +92,9 @@ def text_problems(data: Any) -> Iterator[TextProblem]:
 
 
 def _string_problem(path: Path, text: str, *, is_key: bool) -> TextProblem | None:
+    found = _FORBIDDEN.search(text)
+    if found is None and len(text) <= MAX_TEXT:
+        return None  # nearly every string: no name built for it
     what = f"key {text[:40]!r} in {label(path[:-1])}" if is_key else label(path)
     if len(text) > MAX_TEXT:
         return TextProblem(
@@ -100,9 +103,7 @@ def _string_problem(path: Path, text: str, *, is_key: bool) -> TextProblem | Non
             "text-too-long",
             is_key,
         )
-    found = _FORBIDDEN.search(text)
-    if found is None:
-        return None
+    assert found is not None
     char = found.group()
     if char == "\x00":
         message = (

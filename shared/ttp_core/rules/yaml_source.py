@@ -35,6 +35,7 @@ _SCALAR_TAGS: Final = frozenset(
     }
 )
 _SURROGATE: Final = re.compile("[\ud800-\udfff]")
+_STR_TAG: Final = "tag:yaml.org,2002:str"
 _COLLECTION_TAGS: Final = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 
 
@@ -250,6 +251,10 @@ class _DocumentBuilder:
             tag = str(self._resolver.resolve(yaml.ScalarNode, event.value, event.implicit))  # type: ignore[no-untyped-call]
         if tag == "tag:yaml.org,2002:timestamp":
             value: Any = event.value
+        elif tag == _STR_TAG and not _SURROGATE.search(event.value):
+            # Most scalars of a rule are strings: the constructor would only hand the text
+            # back, after building a node for it.
+            value = event.value
         else:
             node = yaml.ScalarNode(tag, event.value, event.start_mark, event.end_mark)
             try:
