@@ -56,6 +56,8 @@ from ttp_worker.events import (
     parse_event,
     tagged_message,
 )
+from ttp_worker.pubacks import Outbound, PubAckRounds
+from ttp_worker.pull import PullBatches
 from ttp_worker.rulebook import Ruleset
 
 _log = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ _ERROR_PAUSE_S: Final = 0.5
 _TOP_UP_S: Final = 0.02
 # Longest a stopping worker waits for late deliveries to release.
 _RELEASE_GRACE_S: Final = 2.0
+_ACK_TOKENS: Final = 9
 
 
 @dataclass
@@ -85,7 +88,7 @@ class EventStats:
     dead_letter_reasons: Counter[str] = field(default_factory=Counter)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Item:
     msg: Msg
     out: Outgoing | None = None
@@ -134,6 +137,8 @@ class EventConsumer:
         # at most, so events held across failed publishes get `in_progress` in time.
         self._hold_s = min(_PUBLISH_TIMEOUT_S, ack_wait_s / 4)
         self._on_batch = on_batch
+        self._pubacks = PubAckRounds(nc)
+        self._pull: PullBatches | None = None
         self._sub: Any = None
         # Bumped by `resubscribe`: a bind that was in flight when it was asked for is stale.
         self._binding = 0
@@ -283,13 +288,24 @@ class EventConsumer:
     async def _fetch(self, sub: Any) -> list[Msg]:
         """Wait for one event, then take what else is there right now (up to the batch).
 
-        One fetch of the whole batch would hold the first event until the batch fills or
-        the fetch times out: a second of latency under a light load.
+        One request for the whole batch would hold the first event until the batch fills or
+        the request expires: a second of latency under a light load. Events delivered after
+        the previous batch was complete come first.
         """
-        msgs: list[Msg] = await sub.fetch(1, timeout=self._fetch_timeout_s)
-        if self._batch > 1:
-            with contextlib.suppress(TimeoutError):
-                msgs.extend(await sub.fetch(self._batch - 1, timeout=_TOP_UP_S))
+        pull = self._pull
+        if pull is None or pull.subscription is not sub:
+            pull = self._pull = PullBatches(self._nc, sub)
+        msgs: list[Msg] = []
+        while pull.take(self._batch, msgs) is not None:
+            pass  # a status queued before this fetch ended an earlier request
+        if not msgs:
+            await pull.request(1, expires_s=self._fetch_timeout_s)
+            await pull.collect(msgs, 1, self._fetch_timeout_s)
+            if not msgs:
+                raise TimeoutError
+        if len(msgs) < self._batch:
+            await pull.request(self._batch - len(msgs))
+            await pull.collect(msgs, self._batch, _TOP_UP_S)
         return msgs
 
     async def process(self, msgs: list[Msg]) -> None:
@@ -547,38 +563,21 @@ class EventConsumer:
         """Publish every item's message at once; mark those whose PubAck did not come."""
         if not items:
             return []
-        futures: list[asyncio.Future[Any]] = []
-        failures: list[BaseException] = []
+        messages: list[Outbound] = []
         for item in items:
             out = item.out
             assert out is not None
-            message_headers = dict(item.headers if item.headers is not None else headers)
-            message_headers[MSG_ID_HEADER] = out.msg_id
-            try:
-                futures.append(
-                    await self._js.publish_async(
-                        out.subject,
-                        out.payload,
-                        # No stall timeout: wait_for would cost a task per message, and
-                        # the acks of earlier publishes free the semaphore anyway.
-                        wait_stall=None,
-                        headers=message_headers,
-                    )
-                )
-            except Exception as exc:
-                futures.append(_failed(exc))
+            extra = item.headers if item.headers is not None else headers
+            message_headers = (
+                {**extra, MSG_ID_HEADER: out.msg_id} if extra else {MSG_ID_HEADER: out.msg_id}
+            )
+            messages.append((out.subject, out.payload, message_headers))
         sent = time.perf_counter()
-        await asyncio.wait(futures, timeout=self._hold_s)
+        results = await self._pubacks.publish(messages, self._hold_s)
         metrics.PUBLISH_SECONDS.observe(time.perf_counter() - sent)
-        for item, future in zip(items, futures, strict=True):
-            if not future.done():
-                future.cancel()
-                item.published = False
-                failures.append(TimeoutError("no PubAck in time"))
-            elif future.cancelled():
-                item.published = False
-                failures.append(asyncio.CancelledError())
-            elif (error := future.exception()) is not None:
+        failures: list[BaseException] = []
+        for item, error in zip(items, results, strict=True):
+            if error is not None:
                 item.published = False
                 failures.append(error)
         for item in items:
@@ -596,6 +595,13 @@ class OutputTooLargeError(ValueError):
 
 def _deliveries(msg: Msg) -> int:
     """How many times the server has delivered this message (1 the first time)."""
+    # The count is a token of the ack subject: `$JS.ACK.<stream>.<consumer>.<delivered>.`
+    # `<stream seq>.<consumer seq>.<time>.<pending>`, read here without building the
+    # metadata object; other forms (with a domain and account hash) go the long way.
+    tokens = (getattr(msg, "reply", None) or "").split(".")
+    if len(tokens) == _ACK_TOKENS and tokens[1] == "ACK":
+        with contextlib.suppress(ValueError):
+            return int(tokens[4])
     try:
         return int(msg.metadata.num_delivered)
     except Exception:  # not a JetStream message (cannot happen on a pull consumer)
@@ -605,12 +611,6 @@ def _deliveries(msg: Msg) -> int:
 def _subject_kind(subject: str) -> str:
     """The source kind named by an event's subject (`ttp.event.<kind>`), unparsed."""
     return subject.rpartition(".")[2]
-
-
-def _failed(error: BaseException) -> asyncio.Future[Any]:
-    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-    future.set_exception(error)
-    return future
 
 
 def _deadletter_id(msg: Msg) -> str:

@@ -10,18 +10,22 @@
 
 Both are strict JSON in valid UTF-8 whatever the event held: a value JSON cannot carry
 raises here (and the event is dead-lettered by the consumer) rather than being published.
-The tag message is built as plain data (not through the pydantic models) because it runs
-once per event on the hot path; a unit test checks it decodes as `EventTagged`.
+The tag message is built as plain data (not through the pydantic models) and encoded by
+msgspec because it runs once per event on the hot path; a unit test checks it decodes as
+`EventTagged`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
+
+import msgspec
 
 from ttp_core.contract import subjects
 from ttp_core.contract.events import (
@@ -42,6 +46,11 @@ from ttp_core.engine.tags import Tag
 
 TAGGED_TYPE: Final = EventTagged.event_type
 TAGGED_SCHEMA: Final = schema_id(TAGGED_TYPE)
+# `str` for what JSON has no type for, as `json.dumps(default=str)` did; the event's values
+# are JSON already, so only an engine defect could bring one.
+_ENCODER: Final = msgspec.json.Encoder(enc_hook=str)
+# Values msgspec writes exactly as the strict encoder does (floats: when finite).
+_FLAT: Final = frozenset({str, int, bool, type(None)})
 
 __all__ = [
     "DeadLetterReason",
@@ -98,15 +107,18 @@ def tagged_message(
 ) -> Outgoing:
     """The `ttp.tagged.<kind>` message of one event's tags (a CloudEvents envelope)."""
     kind: str = event["source_kind"]
+    source_id: str = event["source_id"]
     data = {
         "source_kind": kind,
-        "source_id": event["source_id"],
+        "source_id": source_id,
         "attacker_uuid": event.get("attacker_uuid"),
         "identity_uuid": event.get("identity_uuid"),
         "session_id": event.get("session_id"),
         "decky_id": event.get("decky_id"),
         "revision": revision,
-        "tags": [tag.as_dict() for tag in tags],
+        # Tag is a dataclass whose fields are the contract's tag fields, in order: msgspec
+        # writes it as that object directly (a unit test holds the two equal).
+        "tags": tags,
     }
     body = {
         "specversion": SPECVERSION,
@@ -114,20 +126,64 @@ def tagged_message(
         "source": source,
         "type": TAGGED_TYPE,
         "time": time,
-        "subject": event["source_id"],
+        "subject": source_id,
         "datacontenttype": "application/json",
         "dataschema": TAGGED_SCHEMA,
         "data": data,
     }
-    # allow_nan=False and a strict encode: NaN or a lone surrogate raise instead of going out
-    # as text no strict JSON reader accepts (the event parser already refuses or repairs
-    # both, so this only guards against a defect).
-    payload = json.dumps(
-        body, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=str
+    # Both raise on a lone surrogate (UnicodeEncodeError).
+    payload = _ENCODER.encode(body) if _plain_json(tags) else _strict_json(body)
+    return Outgoing(subjects.tagged(kind), payload, tagged_msg_id(kind, source_id))
+
+
+def _plain_json(tags: Sequence[Tag]) -> bool:
+    """Whether msgspec writes these tags as the strict encoder would: msgspec writes NaN and
+    Infinity as null, where strict JSON must refuse them, and writes some types JSON lacks
+    (tuples, dates, ...) in its own way rather than as `str` does. Evidence holds the
+    event's field values, so this is nearly always true at once."""
+    for tag in tags:
+        if not math.isfinite(tag.confidence):
+            return False
+        for value in tag.evidence.values():
+            kind = value.__class__
+            if kind not in _FLAT and not _plain_value(value):
+                return False
+    return True
+
+
+def _plain_value(root: Any) -> bool:
+    """Whether `root` is JSON data only (text keys, finite floats), walked without recursion."""
+    stack = [root]
+    while stack:
+        value = stack.pop()
+        kind = value.__class__
+        if kind is dict:
+            for key, item in value.items():
+                if key.__class__ is not str:
+                    return False
+                stack.append(item)
+        elif kind is list:
+            stack.extend(value)
+        elif kind is float:
+            if not math.isfinite(value):
+                return False
+        elif kind not in _FLAT:
+            return False
+    return True
+
+
+def _strict_json(body: dict[str, Any]) -> bytes:
+    """`body` as JSON, raising on NaN, Infinity or a lone surrogate instead of writing them."""
+    data = body["data"]
+    tags = [tag.as_dict() for tag in data["tags"]]
+    text = json.dumps(
+        {**body, "data": {**data, "tags": tags}},
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+        default=str,
     )
-    return Outgoing(
-        subjects.tagged(kind), payload.encode("utf-8"), tagged_msg_id(kind, event["source_id"])
-    )
+    return text.encode("utf-8")
 
 
 def deadletter_message(

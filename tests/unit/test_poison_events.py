@@ -13,12 +13,14 @@ import math
 from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
+from unittest import mock
 
 import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ttp_core.contract import events as contract_events
 from ttp_core.contract.events import (
     DeadLetterReason,
     MalformedEventError,
@@ -235,6 +237,33 @@ def test_a_batch_gives_each_event_what_it_gets_alone(raws: list[bytes], at: int)
     alone = [outcomes([raw])[0][0] for raw in batch]
     assert [outcome for outcome, _ in outcomes(batch)] == alone
     assert alone[min(at, len(raws))] == "tagged"
+
+
+def decision(raw: bytes) -> Any:
+    """What `parse_event` makes of `raw`: the event, or the refusal's reason, text and kind."""
+    try:
+        return parse_event(raw, MAX_EVENT_BYTES)
+    except MalformedEventError as error:
+        return (error.reason, str(error), error.deadletter_kind)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(events())
+def test_the_msgspec_decoder_decides_every_event_as_the_standard_one(raw: bytes) -> None:
+    fast = decision(raw)
+    with mock.patch.object(contract_events, "_DEEP_BRACKETS", 0):  # the standard path only
+        standard = decision(raw)
+    assert fast == standard
+    assert json.dumps(fast, sort_keys=True, default=str) == json.dumps(
+        standard, sort_keys=True, default=str
+    )  # also the same types: 1 stays an int, 1.0 a float
+
+
+def test_nesting_near_the_recursion_limit_takes_the_standard_decoder() -> None:
+    # msgspec would still decode this deep (a few levels past the standard decoder's limit);
+    # the standard decoder, as before, refuses it.
+    raw = raw_event().replace(b'"uname -a"', b"[" * 997 + b"]" * 997)
+    assert decision(raw)[0] is DeadLetterReason.BAD_JSON
 
 
 # --------------------------------------------------------------------------------------------

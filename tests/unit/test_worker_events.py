@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import pytest
 
-from ttp_core.contract.payloads import DeadLetter, EventTagged, decode
+from ttp_core.contract.payloads import DeadLetter, EventTagged, TagData, decode
 from ttp_core.engine.compiler import compile_rule
 from ttp_core.engine.index import RuleIndex
 from ttp_core.rules.model import Rule
@@ -119,6 +120,47 @@ def test_tagged_message_is_a_valid_event_tagged_with_the_golden_uuid() -> None:
     assert event.data.attacker_uuid == "att"
     assert [t.uuid for t in event.data.tags] == [t.uuid for t in tags]
     assert event.data.tags[0].evidence == {"command_text": "ls -la"}
+
+
+def test_each_tag_is_written_with_exactly_the_contract_fields() -> None:
+    # Tags go to msgspec as they are (dataclasses): what it writes must be the contract's
+    # tag object, field for field, whatever Tag holds.
+    tags = golden_index().evaluate(EVENT)
+    out = tagged_message(EVENT, tags, 17, "ttp-rulebus/worker/w1", cloudevents_time())
+    written = json.loads(out.payload)["data"]["tags"]
+    assert written == [tag.as_dict() for tag in tags]
+    assert [list(tag) for tag in written] == [list(TagData.model_fields)] * len(tags)
+
+
+@pytest.mark.parametrize(
+    "evidence",
+    [
+        {"n": 1.5, "t": 'é\u2028\x00"', "i": 2**80, "b": True, "z": None},
+        {"n": [1, 2.5, {"k": None, "l": [False]}]},
+        {"t": ("a", 1)},  # no JSON type: written as the strict encoder does
+    ],
+)
+def test_any_evidence_is_written_as_the_strict_encoder_writes_it(evidence: dict[str, Any]) -> None:
+    tags = golden_index().evaluate(EVENT)
+    tags[0].evidence = evidence
+    out = tagged_message(EVENT, tags, 17, "w", "2026-01-01T00:00:00Z")
+    strict = json.dumps(evidence, ensure_ascii=False, allow_nan=False, default=str)
+    assert json.loads(out.payload)["data"]["tags"][0]["evidence"] == json.loads(strict)
+
+
+@pytest.mark.parametrize(
+    "evidence",
+    [{"n": math.nan}, {"n": [1.0, math.inf]}, {"n": {"k": -math.inf}}, {"t": "x\ud800"}],
+)
+def test_a_tag_json_cannot_carry_raises_instead_of_being_written(evidence: dict[str, Any]) -> None:
+    tags = golden_index().evaluate(EVENT)
+    tags[0].evidence = evidence
+    with pytest.raises(ValueError):
+        tagged_message(EVENT, tags, 17, "w", "2026-01-01T00:00:00Z")
+    tags[0].evidence = {}
+    tags[0].confidence = math.nan
+    with pytest.raises(ValueError):
+        tagged_message(EVENT, tags, 17, "w", "2026-01-01T00:00:00Z")
 
 
 def test_tagged_event_id_depends_only_on_the_set_of_tag_uuids() -> None:

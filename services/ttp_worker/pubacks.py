@@ -1,0 +1,151 @@
+"""JetStream publishes of a whole batch at once, with their PubAcks matched here.
+
+nats-py's `js.publish_async` makes each message a request of its own: a semaphore wait, a
+future with a done callback, a random token and a JSON parse of every PubAck into a
+dataclass. A worker publishing a batch needs none of that per message: every message of a
+round goes out with the reply subject `<inbox>.<round>.<index>`, one subscription on
+`<inbox>.*.*` (under the connection's inbox prefix, which is all a role may subscribe to)
+reads the PubAcks, and the round is over when each message has its answer or the time is
+up. A PubAck arriving after its round gave up is ignored: the message is published again
+in a later round, with the same `Nats-Msg-Id`, so the stream keeps one copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Final
+
+import msgspec
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+
+_STATUS_HEADER: Final = "Status"
+_NO_RESPONDERS: Final = "503"
+
+
+class _ApiError(msgspec.Struct):
+    code: int = 0
+    err_code: int | None = None
+    description: str | None = None
+
+
+class _PubAck(msgspec.Struct):
+    """A PubAck (`stream`, `seq`, maybe `duplicate`) or a JetStream error; more is ignored."""
+
+    stream: str | None = None
+    seq: int | None = None
+    error: _ApiError | None = None
+
+
+_PUBACK: Final = msgspec.json.Decoder(_PubAck)
+
+Outbound = tuple[str, bytes, dict[str, str]]
+"""(subject, payload, headers) of one message."""
+
+
+class NoPubAckError(TimeoutError):
+    """The server did not answer a publish in time."""
+
+
+# A message of a round whose PubAck has not come (yet).
+_WAITING: Final = NoPubAckError("no PubAck in time")
+
+
+class _Round:
+    __slots__ = ("done", "remaining", "results")
+
+    def __init__(self, size: int, done: asyncio.Future[None]) -> None:
+        self.results: list[BaseException | None] = [_WAITING] * size
+        self.remaining = size
+        self.done = done
+
+    def settle(self, index: int, error: BaseException | None) -> None:
+        if self.results[index] is not _WAITING:
+            return  # answered already (a reply cannot come twice, but be sure)
+        self.results[index] = error
+        self.remaining -= 1
+        if self.remaining == 0 and not self.done.done():
+            self.done.set_result(None)
+
+
+class PubAckRounds:
+    """Publishes rounds of JetStream messages on one connection and collects their PubAcks."""
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self._sub: Subscription | None = None
+        self._prefix = ""
+        self._rounds: dict[str, _Round] = {}
+        self._next = 0
+
+    async def _subscribe(self) -> None:
+        # nats-py subscribes again after a reconnect, so one subscription lasts.
+        self._prefix = self._nc.new_inbox()
+        self._sub = await self._nc.subscribe(f"{self._prefix}.*.*", cb=self._on_reply)
+
+    async def publish(
+        self, messages: Sequence[Outbound], timeout: float
+    ) -> list[BaseException | None]:
+        """Publish every message; per message None once its PubAck said stored (or a
+        duplicate), else why not (an error from the server, or no answer within `timeout`).
+        """
+        if not messages:
+            return []
+        if self._sub is None:
+            await self._subscribe()
+        self._next += 1
+        name = str(self._next)
+        round_ = _Round(len(messages), asyncio.get_running_loop().create_future())
+        self._rounds[name] = round_
+        try:
+            reply_base = f"{self._prefix}.{name}."
+            publish = self._nc.publish
+            for index, (subject, payload, headers) in enumerate(messages):
+                try:
+                    await publish(subject, payload, reply=f"{reply_base}{index}", headers=headers)
+                except Exception as exc:
+                    round_.settle(index, exc)
+            if round_.remaining:
+                await asyncio.wait([round_.done], timeout=timeout)
+        finally:
+            del self._rounds[name]
+        results = round_.results
+        if round_.remaining:
+            for index, result in enumerate(results):
+                if result is _WAITING:
+                    results[index] = NoPubAckError("no PubAck in time")
+        return results
+
+    async def _on_reply(self, msg: Msg) -> None:
+        name, _, index_text = msg.subject[len(self._prefix) + 1 :].partition(".")
+        round_ = self._rounds.get(name)
+        if round_ is None:
+            return  # a round that gave up: its messages are published again
+        try:
+            index = int(index_text)
+        except ValueError:
+            return
+        if 0 <= index < len(round_.results):
+            round_.settle(index, _error_of(msg))
+
+
+def _error_of(msg: Msg) -> BaseException | None:
+    """None if `msg` is a PubAck, else the error it stands for."""
+    headers = msg.headers
+    if headers and headers.get(_STATUS_HEADER) == _NO_RESPONDERS:
+        return nats.js.errors.NoStreamResponseError()
+    try:
+        ack = _PUBACK.decode(msg.data)
+    except msgspec.DecodeError:
+        return nats.js.errors.APIError(description=f"not a PubAck: {msg.data[:200]!r}")
+    if ack.error is not None:
+        error = ack.error
+        return nats.js.errors.APIError(
+            code=error.code, description=error.description, err_code=error.err_code
+        )
+    if ack.stream is None or ack.seq is None:
+        return nats.js.errors.APIError(description=f"not a PubAck: {msg.data[:200]!r}")
+    return None
