@@ -53,6 +53,9 @@ What is measured (the load average is printed at the start of every section)
    (target <= 1 s at 10,000), from its JSON log the part before 'worker started' (imports,
    connect, streams) and the snapshot part (subscribe -> index built, and the build alone),
    and its resident memory once ready (VmRSS) and at its peak (VmHWM).
+   Where PYTHONDONTWRITEBYTECODE is set (a development environment), the workers keep their
+   compiled bytecode in the work directory, as the image ships it compiled; one more start
+   per size then shows the cost of compiling every module at start (not in the median).
 5. With `--profile` (py-spy, in the venv): one more single-worker throughput run with the
    worker started under `py-spy record`; CPU samples summarised by phase and by function.
    Sampling slows the worker, so that run's rate is not the figure of section 2.
@@ -68,6 +71,7 @@ import os
 import random
 import shutil
 import statistics
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -182,6 +186,9 @@ class WorkerProcess(ServiceProcess):
     ready_timeout_s: ClassVar[float] = READY_TIMEOUT_S
     ready_poll_s: ClassVar[float] = READY_POLL_S
     tail_lines: ClassVar[int] = 20
+    pycache: ClassVar[Path | None] = None
+    """Where the workers keep their compiled bytecode (see :func:`bytecode_env`); None: the
+    environment as this benchmark got it."""
 
     def __init__(
         self,
@@ -196,7 +203,7 @@ class WorkerProcess(ServiceProcess):
             WORKER_BIN,
             worker_id,
             workdir / f"worker-{worker_id}.log",
-            {**bus.env("worker"), "TTP_WORKER_ID": worker_id},
+            {**bus.env("worker"), "TTP_WORKER_ID": worker_id, **bytecode_env(self.pycache)},
             profile_to=profile_to,
         )
         self.worker_id = worker_id
@@ -211,6 +218,28 @@ class WorkerProcess(ServiceProcess):
         if self.profile_to is not None and target is not None:
             code = None  # py-spy's own exit code says nothing about the worker's
         return code, seconds
+
+
+def bytecode_env(pycache: Path | None) -> dict[str, str]:
+    """Environment of a worker that caches its compiled bytecode under `pycache`.
+
+    The image (deploy/Dockerfile) ships every module compiled: pip compiles what it installs.
+    A development environment run with PYTHONDONTWRITEBYTECODE=1 and a venv installed without
+    bytecode instead compiles every module at every start (about a second of CPU here), which
+    is no property of a deployed worker. The cache lives in this run's work directory.
+    """
+    if pycache is None:
+        return {}
+    return {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": str(pycache)}
+
+
+def compile_worker_bytecode(pycache: Path) -> float:
+    """Import what a worker imports once, filling `pycache`; seconds taken."""
+    started = time.perf_counter()
+    env = {**os.environ, **bytecode_env(pycache)}
+    code = "import ttp_worker.cli, ttp_worker.bootstrap, ttp_worker.settings"
+    subprocess.run([str(BIN_DIR / "python"), "-c", code], env=env, check=True)
+    return time.perf_counter() - started
 
 
 @dataclass(slots=True)
@@ -787,13 +816,27 @@ async def cold_starts(
     workdir: Path,
     cleanup: contextlib.ExitStack,
 ) -> dict[str, Any]:
-    """`starts` new workers one after the other over `size` rules; printed, and figures."""
+    """`starts` new workers one after the other over `size` rules; printed, and figures.
+
+    With a bytecode cache in use, one more start without it shows what compiling every
+    module costs (not in the median)."""
     colds = []
-    for n in range(starts):
-        cold = await cold_start(bus, session, f"cold{size}-{n}", workdir, cleanup)
-        colds.append(cold)
+    uncached: ColdStart | None = None
+    for n in range(starts + (WorkerProcess.pycache is not None)):
+        cache = WorkerProcess.pycache
+        if n == starts:
+            WorkerProcess.pycache = None
+        try:
+            cold = await cold_start(bus, session, f"cold{size}-{n}", workdir, cleanup)
+        finally:
+            WorkerProcess.pycache = cache
+        label = f"start {n + 1}"
+        if n == starts:
+            uncached, label = cold, "without the bytecode cache"
+        else:
+            colds.append(cold)
         print(
-            f"  start {n + 1}: /readyz 200 after {cold.ready_s * 1000:.0f} ms; "
+            f"  {label}: /readyz 200 after {cold.ready_s * 1000:.0f} ms; "
             f"'worker started' logged at {(cold.started_log_s or 0) * 1000:.0f} ms "
             f"(imports, connect, streams); snapshot subscribe -> index built "
             f"{cold.snapshot_since_subscribe_ms} ms, of which the build "
@@ -807,6 +850,8 @@ async def cold_starts(
         "ready_s_median": round(median, 3),
         "ready_s_max": round(max(c.ready_s for c in colds), 3),
     }
+    if uncached is not None:
+        out["without_bytecode_cache"] = uncached.figures()
     if size == TARGET_COLD_START_RULES:
         ok = median <= TARGET_COLD_START_S
         print(
@@ -1014,6 +1059,15 @@ async def run_all(
     print(roles_note(FLEET_BENCH_ROLES), flush=True)
     servers = {"postgres": pg.pid, "nats": bus.server.pid}
     section_s["servers_start"] = round(time.perf_counter() - started, 2)
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        WorkerProcess.pycache = workdir / "pycache"
+        compile_s = compile_worker_bytecode(WorkerProcess.pycache)
+        print(
+            f"PYTHONDONTWRITEBYTECODE is set here: the workers keep compiled bytecode under "
+            f"{WorkerProcess.pycache} (filled in {compile_s:.1f} s), as the image ships it "
+            f"compiled; section 4 also shows one start that compiles everything"
+        )
+    figures["worker_bytecode_cache"] = WorkerProcess.pycache is not None
 
     rules_dir = workdir / "rules"
     rules_dir.mkdir()
