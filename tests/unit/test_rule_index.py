@@ -5,11 +5,12 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ttp_core.engine.compiler import CompiledRule, compile_rule
-from ttp_core.engine.index import KindIndex, RuleIndex
+from ttp_core.engine.index import FilterShard, KindIndex, RuleIndex
 from ttp_core.engine.state import RuleState, StateKind
 from ttp_core.rules.model import Rule
 
@@ -212,9 +213,9 @@ def test_a_built_index_compiles_a_fields_filters_when_an_event_first_reads_it() 
             rule("B", {"field": "user", "contains": "b"}),
         ]
     )
-    assert index.pending_filters() == 2
+    assert index.pending_filters() == 4  # per field: its filter, and its set for long texts
     assert fired(index, "command", {"text": "a"}) == [("A", 1)]
-    assert index.pending_filters() == 1
+    assert index.pending_filters() == 3
     assert index.compile_filters() is True
     assert index.pending_filters() == 0
     assert fired(index, "command", {"user": "b", "text": "a"}) == [("A", 1), ("B", 1)]
@@ -232,7 +233,53 @@ def test_compiling_filters_ahead_gives_the_same_tags_as_compiling_them_on_use() 
 def test_compile_filters_with_no_time_left_compiles_nothing_and_says_so() -> None:
     index = RuleIndex.build([rule("A"), rule("B", kinds=("email",))])
     assert index.compile_filters(budget_s=0) is False
-    assert index.pending_filters() == 2
+    assert index.pending_filters() == 4
+
+
+# --- long texts ---------------------------------------------------------------------------
+
+LONG_TEXT_RULES = [
+    rule("ENDS", {"field": "text", "endswith": "tail"}),
+    rule("STARTS", {"field": "text", "startswith": "head"}),
+    rule("HAS", {"field": "text", "contains": "needle"}),
+    rule("DOLLAR", {"field": "text", "pattern": "wget [a-z]+$"}),
+    rule("WORD", {"field": "text", "pattern": "\\bchmod\\b"}),
+]
+
+
+@pytest.mark.parametrize("size", [100, 600, 5000, 9000, 40000])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("head {pad} needle {pad} tail", ["ENDS", "HAS", "STARTS"]),
+        ("{pad} tail {pad} head", []),
+        ("{pad} chmod {pad} wget abc", ["DOLLAR", "WORD"]),
+        ("{pad}chmodx wget abc {pad}", []),
+    ],
+)
+def test_texts_of_every_length_match_alike(size: int, text: str, expected: list[str]) -> None:
+    """Short texts (cached), a few KB (an RE2 set per shard) and longer ones (the filter)."""
+    pad = "x" * (size // 2)
+    index = RuleIndex.build(LONG_TEXT_RULES)
+    assert [r for r, _ in fired(index, "command", {"text": text.format(pad=pad)})] == expected
+
+
+def test_a_set_that_gives_no_answer_leaves_the_text_to_the_filter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class OutOfMemory:
+        def Match(self, data: bytes) -> None:
+            return None  # what RE2 answers when the set's DFA runs out of memory
+
+    monkeypatch.setattr(FilterShard, "pattern_set", property(lambda shard: OutOfMemory()))
+    index = RuleIndex.build(LONG_TEXT_RULES)
+    text = "head " + "x" * 3000 + " needle chmod wget abc"
+    assert [r for r, _ in fired(index, "command", {"text": text})] == [
+        "DOLLAR",
+        "HAS",
+        "STARTS",
+        "WORD",
+    ]
 
 
 # --- digests ----------------------------------------------------------------------------
