@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -134,6 +135,10 @@ class Master:
                 database.sqlalchemy_url(),
                 pool_size=4,
                 pool_pre_ping=True,
+                # Every rule and outbox row is a JSONB document: msgspec encodes and decodes
+                # them several times faster than the json module (same JSON).
+                json_serializer=msgspec.json.encode,
+                json_deserializer=msgspec.json.decode,
                 **database.engine_kwargs(),
             )
             self.nc = await connect(settings, "ttp-master")

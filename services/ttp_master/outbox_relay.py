@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,10 +18,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
+import msgspec
 import psycopg
 from pydantic import SecretStr
-from sqlalchemy import Text, bindparam, cast, func, literal, select, update
-from sqlalchemy.dialects.postgresql import aggregate_order_by
+from sqlalchemy import BigInteger, Text, any_, bindparam, cast, func, literal, select, update
+from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ttp_core.contract import subjects
@@ -58,7 +58,9 @@ def _windows(rows: Sequence[Any], depth: int) -> Iterator[list[Any]]:
 # The relay's statements, built once (constructing one costs more than executing it).
 _MARK_PUBLISHED: Final = (
     update(rule_event)
-    .where(rule_event.c.revision.in_(bindparam("revisions", expanding=True)))
+    # One array parameter, not one parameter per row: a 500-row batch is not a statement
+    # of 500 placeholders rendered again for every batch size.
+    .where(rule_event.c.revision == any_(bindparam("revisions", type_=ARRAY(BigInteger))))
     .values(published_at=func.now())
 )
 
@@ -119,8 +121,9 @@ class _RuleSet:
 
 def wire_form(row: Any) -> tuple[bytes, dict[str, str]]:
     """The body and headers an outbox row is published with, by the relay and by the
-    stream guard's repair alike, so a repaired message is the message the relay sent."""
-    payload = json.dumps(row.payload, separators=(",", ":")).encode()
+    stream guard's repair alike, so a repaired message is the message the relay sent.
+    Compact JSON, UTF-8 unescaped (msgspec: a few microseconds for a whole rule)."""
+    payload = msgspec.json.encode(row.payload)
     return payload, {str(k): str(v) for k, v in (row.headers or {}).items()}
 
 
