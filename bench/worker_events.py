@@ -1,25 +1,31 @@
-"""Benchmark of the worker's event path alone, in this process: CPU per event, and a profile.
+"""Benchmark of the worker's event path alone: CPU per event, and a profile.
 
 Run from the repository root:
 
-    .venv/bin/python -m bench.worker_events [--events N] [--runs K] [--loop uvloop]
-                                            [--profile out.prof]
+    .venv/bin/python -m bench.worker_events [--process] [--events N] [--runs K]
+                                            [--loop uvloop] [--profile FILE]
 
-It starts its own nats-server (the shipped accounts config, fresh passwords, a random port),
-creates the streams as the master role, loads the starter pack into an index in this process
-(no master, no rule stream), and for each run publishes N events as the producer role (the
-same events as `bench/fleet.py` section 2: the starter pack's `fire` examples, one in five a
-harmless command), then runs one `EventConsumer` logged in as the worker role, connected as
-`ttp-worker` connects, until the shared consumer has nothing pending and nothing
-unacknowledged.
+It starts its own nats-server (the shipped accounts config, fresh passwords, a random port)
+and creates the streams as the master role. No master runs: each run publishes N events as
+the producer role (the events of `bench/fleet.py` section 2: the starter pack's `fire`
+examples, one in five a harmless command), then tags them until the shared consumer has
+nothing pending and nothing unacknowledged. Two modes:
 
-Per run it prints events/s (wall clock, from the consumer's start to drained) and this
-process's CPU seconds per 6,000 events over the same span: the figure to compare under a
-noisy machine, since the nats-server's share of the cores does not count in it. With
-`--profile` the runs are recorded by cProfile and the top functions are printed; the profile
-slows the worker, so its rates are no figure. The last line of stdout is one JSON object.
+- in-process (default): one `EventConsumer` in this process, over an index of the starter
+  pack built here, logged in as the worker role and connected as `ttp-worker` connects.
+  `--profile FILE` records the runs with cProfile and prints the top functions.
+- `--process`: a real `ttp-worker` process per run (the worker role, every setting at its
+  default, bytecode cached as an installed image has it), whose rules this benchmark
+  publishes to TTP_RULES as the master role (the starter pack, as the master would). The
+  clock and the worker's CPU (from /proc) run from its `/readyz` 200 to drained.
+  `--profile FILE` runs each worker under py-spy (raw format, FILE.<run>) and prints where
+  its CPU went; sampling slows the worker, so those runs' rates are no figure.
 
-`bench/fleet.py` measures the same path with real worker processes (and 2 workers).
+Per run it prints events/s and the worker's CPU seconds per 6,000 events over the same span:
+the figure to compare on a noisy machine, since the nats-server's share of the cores does
+not count in it. The first run pays for warm-up; the figure is the median of the others.
+The last line of stdout is one JSON object. `bench/fleet.py` measures the same path with
+the master running and with 2 workers.
 """
 
 from __future__ import annotations
@@ -33,19 +39,40 @@ import json
 import os
 import pstats
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
-from bench.fleet import CONSUMER, fire_examples, make_events, publish_events, wait_drained
-from bench.master import STARTER_RULES, connect_as, machine_figures, start_nats
+import aiohttp
+from bench.fleet import (
+    CONSUMER,
+    WORKER_BIN,
+    fire_examples,
+    make_events,
+    print_profile,
+    publish_events,
+    summarise_profile,
+    wait_drained,
+)
+from bench.master import (
+    STARTER_RULES,
+    ServiceProcess,
+    connect_as,
+    cpu_seconds,
+    machine_figures,
+    start_nats,
+)
 from nats.aio.client import Client
 
+from ttp_core.contract import subjects
+from ttp_core.contract.payloads import MASTER_SOURCE, RuleReloaded, encode, envelope
 from ttp_core.engine.index import RuleIndex
-from ttp_core.rules.validator import RuleValidator
+from ttp_core.rules.validator import RuleReport, RuleValidator
 from ttp_runtime.nats import connect, ensure_configured_streams
 from ttp_worker.event_consumer import EventConsumer
 from ttp_worker.rulebook import Ruleset, evaluated_kinds
@@ -54,6 +81,7 @@ from ttp_worker.settings import WorkerSettings
 PER: Final = 6_000
 """CPU seconds are quoted per this many events (the quick fleet run's count)."""
 STOP_TIMEOUT_S: Final = 10.0
+POLL_S: Final = 0.005
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,8 +89,8 @@ class Run:
     events: int
     seconds: float
     cpu_s: float
-    tagged: int
-    dead_letters: int
+    tagged: int | None
+    """Tag messages (None: not known, for a worker process)."""
 
     @property
     def rate(self) -> float:
@@ -80,25 +108,47 @@ class Run:
             "cpu_s": round(self.cpu_s, 3),
             f"cpu_s_per_{PER}": round(self.cpu_per, 3),
             "tagged": self.tagged,
-            "dead_letters": self.dead_letters,
         }
 
 
-def starter_ruleset(rules_dir: Path = STARTER_RULES) -> Ruleset:
-    reports = RuleValidator().validate_tree(rules_dir)
-    compiled = [r.compiled for r in reports if r.ok and r.compiled is not None]
-    index = RuleIndex.build(compiled)
-    return Ruleset(index, 1, evaluated_kinds(index, {}))
+def starter_reports(rules_dir: Path = STARTER_RULES) -> list[RuleReport]:
+    return [r for r in RuleValidator().validate_tree(rules_dir) if r.ok and r.rule is not None]
 
 
-async def one_run(
+def starter_ruleset(reports: Sequence[RuleReport]) -> Ruleset:
+    index = RuleIndex.build(r.compiled for r in reports if r.compiled is not None)
+    return Ruleset(index, len(reports), evaluated_kinds(index, {}))
+
+
+async def publish_rules(master: Client, reports: Sequence[RuleReport]) -> None:
+    """The rules as the master publishes them to TTP_RULES (one revision each)."""
+    js = master.jetstream()
+    for revision, report in enumerate(reports, start=1):
+        rule = report.rule
+        assert rule is not None
+        data = RuleReloaded(
+            rule_id=rule.rule_id,
+            revision=revision,
+            rule_version=rule.rule_version,
+            content_sha256=report.content_sha256,
+            source_path=report.source,
+            rule=rule.normalised(),
+        )
+        event = envelope(data, source=MASTER_SOURCE, subject=rule.rule_id)
+        await js.publish(subjects.rule_reloaded(rule.rule_id), encode(event))
+
+
+# --------------------------------------------------------------------------------------------
+# In this process
+# --------------------------------------------------------------------------------------------
+
+
+async def run_in_process(
     worker_nc: Client,
-    producer: Client,
     ruleset: Ruleset,
-    events: Sequence[tuple[str, bytes]],
+    events_count: int,
     profiler: cProfile.Profile | None,
 ) -> Run:
-    await publish_events(producer, events)
     consumer = EventConsumer(
         worker_nc, worker_nc.jetstream(), lambda: ruleset, worker_id="bench", fetch_timeout_s=0.2
     )
@@ -107,58 +157,146 @@ async def one_run(
     if profiler is not None:
         profiler.enable()
     task = asyncio.create_task(consumer.run(stop))
-    while consumer.stats.processed < len(events) and not task.done():
-        await asyncio.sleep(0.005)
+    while consumer.stats.processed < events_count and not task.done():
+        await asyncio.sleep(POLL_S)
     drained = await wait_drained(worker_nc)
     cpu = time.process_time() - cpu0
     if profiler is not None:
         profiler.disable()
     stop.set()
     await asyncio.wait_for(task, STOP_TIMEOUT_S)
-    stats = consumer.stats
-    return Run(len(events), drained - wall0, cpu, stats.tagged, stats.dead_letters)
+    return Run(events_count, drained - wall0, cpu, consumer.stats.tagged)
+
+
+# --------------------------------------------------------------------------------------------
+# A worker process
+# --------------------------------------------------------------------------------------------
+
+
+class BenchWorker(ServiceProcess):
+    """One `ttp-worker` process logged in as the worker role, settings at their defaults."""
+
+    kind: ClassVar[str] = "worker"
+    ready_poll_s: ClassVar[float] = 0.01
+
+    def __init__(
+        self, env: dict[str, str], worker_id: str, workdir: Path, profile_to: Path | None
+    ) -> None:
+        super().__init__(
+            WORKER_BIN,
+            worker_id,
+            workdir / f"{worker_id}.log",
+            {**env, "TTP_WORKER_ID": worker_id, **bytecode_env(workdir)},
+            profile_to=profile_to,
+        )
+
+
+def bytecode_env(workdir: Path) -> dict[str, str]:
+    """Compiled bytecode cached (in the work directory), as an installed image ships it."""
+    return {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": str(workdir / "pycache")}
+
+
+def compile_bytecode(workdir: Path) -> None:
+    """Import what a worker imports once, so no run pays for compiling it."""
+    code = "import ttp_worker.cli, ttp_worker.bootstrap, msgspec, uvloop"
+    subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **bytecode_env(workdir)}, check=True
+    )
+
+
+async def run_process(
+    env: dict[str, str],
+    backlog: Client,
+    session: aiohttp.ClientSession,
+    events_count: int,
+    name: str,
+    workdir: Path,
+    profile_to: Path | None,
+) -> Run:
+    worker = BenchWorker(env, name, workdir, profile_to).start()
+    try:
+        ready = await worker._ready_at(session)
+        cpu0 = cpu_seconds(worker.pid)
+        drained = await wait_drained(backlog)
+        cpu = cpu_seconds(worker.pid) - cpu0
+    finally:
+        worker._terminate()
+    problems = worker.problems()
+    for line in problems[:5]:
+        print(f"  worker log: {line}")
+    return Run(events_count, drained - ready, cpu, None)
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    ruleset = starter_ruleset()
+    reports = starter_reports()
     examples = fire_examples(STARTER_RULES)
-    profiler = cProfile.Profile() if args.profile else None
+    profiler = cProfile.Profile() if args.profile and not args.process else None
     runs: list[Run] = []
+    profiles: list[Path] = []
     with contextlib.ExitStack() as cleanup:
         workdir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="ttp-bench-")))
         bus = start_nats(workdir, cleanup)
+        env = bus.env("worker")
+        ruleset = starter_ruleset(reports)
         settings = WorkerSettings(
-            **{k.removeprefix("TTP_").lower(): v for k, v in bus.env("worker").items()},
-            worker_id="bench",
+            **{k.removeprefix("TTP_").lower(): v for k, v in env.items()}, worker_id="bench"
         )
         master = await connect_as(bus, "master", "bench-streams")
         await ensure_configured_streams(master.jetstream(), settings)
+        if args.process:
+            await publish_rules(master, reports)
+            compile_bytecode(workdir)
         await master.close()
         producer = await connect_as(bus, "producer", "bench-events")
         worker_nc = await connect(settings, "ttp-worker-bench")
+        # The shared consumer exists before the first events, as in a running deployment
+        # (and so an absent consumer never reads as drained).
+        shape = EventConsumer(worker_nc, worker_nc.jetstream(), lambda: ruleset, worker_id="b")
+        binding = await worker_nc.jetstream().pull_subscribe(
+            subjects.wildcard(subjects.EVENT_PREFIX),
+            durable=CONSUMER,
+            stream=subjects.STREAM_EVENTS,
+            config=shape.consumer_config(),
+        )
+        await binding.unsubscribe()
+        session = aiohttp.ClientSession()
         try:
             for number in range(args.runs):
                 events, _ = make_events(examples, args.events, f"r{number}")
-                run = await one_run(worker_nc, producer, ruleset, events, profiler)
+                await publish_events(producer, events)
+                if args.process:
+                    profile_to = None
+                    if args.profile:
+                        profile_to = Path(f"{args.profile}.{number + 1}")
+                        profiles.append(profile_to)
+                    run = await run_process(
+                        env, worker_nc, session, len(events), f"b{number}", workdir, profile_to
+                    )
+                else:
+                    run = await run_in_process(worker_nc, ruleset, len(events), profiler)
                 runs.append(run)
                 print(
                     f"run {number + 1}: {run.events:,} events in {run.seconds:.3f} s ="
-                    f" {run.rate:,.0f} events/s; CPU {run.cpu_s:.3f} s"
-                    f" ({run.cpu_per:.3f} s per {PER:,} events); tagged {run.tagged:,},"
-                    f" dead letters {run.dead_letters}",
+                    f" {run.rate:,.0f} events/s; worker CPU {run.cpu_s:.3f} s"
+                    f" ({run.cpu_per:.3f} s per {PER:,} events)",
                     flush=True,
                 )
         finally:
+            await session.close()
             await producer.close()
             await worker_nc.close()
     figures: dict[str, Any] = {
         "bench": "worker_events",
         "machine": machine_figures(),
-        "loop": args.loop,
+        "mode": "process" if args.process else f"in-process ({args.loop})",
         "consumer": CONSUMER,
         "runs": [run.figures() for run in runs],
     }
-    # The first run pays for warm-up (imports, first binds); the median of the rest is the figure.
     steady = runs[1:] or runs
     figures["median_events_per_s"] = round(statistics.median(r.rate for r in steady))
     figures[f"median_cpu_s_per_{PER}"] = round(statistics.median(r.cpu_per for r in steady), 3)
@@ -168,22 +306,32 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(30)
         print(out.getvalue())
         figures["profile"] = str(args.profile)
+    for path in profiles[1:] or profiles:
+        if path.exists():
+            print(f"py-spy profile of {path}:")
+            summary = summarise_profile(path)
+            print_profile(summary, args.events)
+            figures.setdefault("profiles", {})[str(path)] = summary
     return figures
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Benchmark the worker's event path in-process.")
+    parser = argparse.ArgumentParser(description="Benchmark the worker's event path.")
+    parser.add_argument("--process", action="store_true", help="run a ttp-worker per run")
     parser.add_argument("--events", type=int, default=PER, help="events per run")
     parser.add_argument("--runs", type=int, default=4, help="runs (the first is warm-up)")
-    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
-    parser.add_argument("--profile", type=Path, help="record the runs with cProfile to this file")
+    parser.add_argument(
+        "--loop", choices=("asyncio", "uvloop"), default="asyncio", help="in-process loop"
+    )
+    parser.add_argument("--profile", type=Path, help="profile the runs to this file (prefix)")
     args = parser.parse_args(argv)
+    mode = "ttp-worker processes" if args.process else f"in-process, loop {args.loop}"
     print(
-        f"worker event path: {args.events:,} events x {args.runs} runs, loop {args.loop},"
+        f"worker event path ({mode}): {args.events:,} events x {args.runs} runs,"
         f" load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}",
         flush=True,
     )
-    if args.loop == "uvloop":
+    if args.loop == "uvloop" and not args.process:
         import uvloop
 
         figures = uvloop.run(bench(args))
@@ -191,7 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         figures = asyncio.run(bench(args))
     print(
         f"median of runs 2..: {figures['median_events_per_s']:,} events/s,"
-        f" {figures[f'median_cpu_s_per_{PER}']} CPU s per {PER:,} events"
+        f" {figures[f'median_cpu_s_per_{PER}']} worker CPU s per {PER:,} events"
     )
     print(json.dumps(figures, sort_keys=True))
     return 0
