@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ttp_core.engine.compiler import CompiledRule, compile_rule
-from ttp_core.engine.index import FilterShard, KindIndex, RuleIndex
+from ttp_core.engine.index import KindIndex, RuleIndex, ShardSet
 from ttp_core.engine.state import RuleState, StateKind
 from ttp_core.rules.model import Rule
 
@@ -93,6 +93,18 @@ def test_replacing_one_rule_recompiles_only_its_shard_of_a_busy_field() -> None:
     assert fired(new, "command", {"text": "word7x"}) == []
     assert fired(new, "command", {"text": "word399x"}) == [("R0399", 1)]
     assert new.digest() == RuleIndex.build([*rules[:7], changed, *rules[8:]]).digest()
+
+
+def test_replacing_one_rule_keeps_the_long_text_sets_of_the_other_shards() -> None:
+    rules = [rule(f"R{i:04d}", {"field": "text", "contains": f"word{i}x"}) for i in range(1200)]
+    old = RuleIndex.build(rules)
+    before = field_matchers(old, "command")["text"].sets
+    assert len(before) > 1
+    new = old.with_changes(upserts=[rule("R0007", {"field": "text", "contains": "z"}, version=2)])
+    after = field_matchers(new, "command")["text"].sets
+    assert [a is b for a, b in zip(before, after, strict=True)].count(False) == 1
+    long_text = "word1199x " + "y" * 2000 + " z"
+    assert fired(new, "command", {"text": long_text}) == [("R0007", 2), ("R1199", 1)]
 
 
 def test_the_old_index_keeps_evaluating_the_old_rule() -> None:
@@ -271,7 +283,10 @@ def test_a_set_that_gives_no_answer_leaves_the_text_to_the_filter(
         def Match(self, data: bytes) -> None:
             return None  # what RE2 answers when the set's DFA runs out of memory
 
-    monkeypatch.setattr(FilterShard, "pattern_set", property(lambda shard: OutOfMemory()))
+    def compile_out_of_memory(shard_set: ShardSet) -> None:
+        shard_set._set = OutOfMemory()
+
+    monkeypatch.setattr(ShardSet, "compile", compile_out_of_memory)
     index = RuleIndex.build(LONG_TEXT_RULES)
     text = "head " + "x" * 3000 + " needle chmod wget abc"
     assert [r for r, _ in fired(index, "command", {"text": text})] == [

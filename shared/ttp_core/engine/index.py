@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from itertools import islice
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import re2
 
@@ -49,10 +49,14 @@ SHARD_PATTERNS: Final = 64
 CACHE_ENTRIES: Final = 4096
 """Cached texts per field matcher; the cache starts over when full."""
 SET_TEXT_MAX: Final = 8192
-"""Longer uncached texts, up to this many UTF-8 bytes, are matched by one RE2 set pass per
-shard. A filter runs in full every pattern one of whose literal atoms occurs in the text,
-and on command lines of a few KB most patterns have a short atom that does (12 of the
-starter pack's 45 on a 4 KB `echo -ne` chain: ~85 us against ~8 us for the set)."""
+"""Longer uncached texts, up to this many UTF-8 bytes, are matched by RE2 sets (one pass
+per `SET_SHARDS` shards) rather than the filters. A filter runs in full every pattern one
+of whose literal atoms occurs in the text, and on command lines of a few KB most patterns
+have a short atom that does: 12 of the starter pack's 45 on a 4 KB `echo -ne` chain,
+~85 us, where one set pass takes ~8 us (at 1000 rules: ~110 us for one set per shard,
+~11 us for one set of the field's 489 patterns)."""
+SET_SHARDS: Final = 8
+"""Shards (about 512 patterns) per RE2 set: a rule change recompiles the set of its shard."""
 _SET_OPTIONS: Final = re2_options()
 _SET_OPTIONS.max_mem = 8 << 20  # a set that runs out of DFA memory gives up early (see below)
 
@@ -69,13 +73,12 @@ class FilterShard:
     compile, before it can serve, shards that its traffic may take minutes to reach.
     """
 
-    __slots__ = ("_matcher", "_set", "patterns", "targets")
+    __slots__ = ("_matcher", "patterns", "targets")
 
     def __init__(self, patterns: tuple[str, ...], targets: tuple[tuple[_Target, ...], ...]) -> None:
         self.patterns = patterns
         self.targets = targets
         self._matcher: Any = None
-        self._set: Any = None
 
     @classmethod
     def build(cls, entries: Iterable[tuple[str, _Target]]) -> FilterShard | None:
@@ -86,11 +89,12 @@ class FilterShard:
             return None
         return cls(tuple(by_regex), tuple(tuple(t) for t in by_regex.values()))
 
-    def pending(self, part: Literal["filter", "set"]) -> bool:
-        return (self._matcher if part == "filter" else self._set) is None
+    @property
+    def pending(self) -> bool:
+        return self._matcher is None
 
-    def compile(self, part: Literal["filter", "set"]) -> None:
-        _ = self.matcher if part == "filter" else self.pattern_set
+    def compile(self) -> None:
+        _ = self.matcher
 
     @property
     def matcher(self) -> Any:
@@ -105,34 +109,7 @@ class FilterShard:
             self._matcher = matcher
         return matcher
 
-    @property
-    def pattern_set(self) -> Any:
-        """An RE2 set of the shard's patterns plus a last one matching every text (compiled
-        on first use), or False if RE2 could not build it."""
-        pattern_set = self._set
-        if pattern_set is None:
-            try:
-                pattern_set = re2.Set.SearchSet(_SET_OPTIONS)
-                for regex in self.patterns:
-                    pattern_set.Add(regex)
-                pattern_set.Add(r"\z")
-                pattern_set.Compile()
-            except re2.error:
-                pattern_set = False
-            self._set = pattern_set
-        return pattern_set
-
     def lookup(self, data: bytes, text: str, into: set[_Target]) -> None:
-        if CACHED_TEXT_MAX < len(data) <= SET_TEXT_MAX and self.pattern_set:
-            found = self.pattern_set.Match(data)
-            # RE2 answers no match at all when the set's DFA ran out of memory: the last
-            # pattern matches every text, so only an answer holding it is a complete one.
-            if found:
-                last = len(self.patterns)
-                for i in found:
-                    if i != last:
-                        into.update(self.targets[i])
-                return
         matcher = self.matcher
         if len(text) <= MAX_MATCH_TEXT:
             found = matcher.Match(data)
@@ -146,6 +123,70 @@ class FilterShard:
         if found:
             for i in found:
                 into.update(self.targets[i])
+
+
+class ShardSet:
+    """One RE2 set over the patterns of up to SET_SHARDS consecutive shards of a field,
+    plus a last pattern that matches every text; compiled on first use."""
+
+    __slots__ = ("_set", "_targets", "shards")
+
+    def __init__(self, shards: tuple[FilterShard | None, ...]) -> None:
+        self.shards = shards
+        self._set: Any = None
+        self._targets: tuple[tuple[_Target, ...], ...] = ()
+
+    @property
+    def pending(self) -> bool:
+        return self._set is None
+
+    def compile(self) -> None:
+        """Compile the set now; if RE2 cannot build it, the shards' filters answer instead."""
+        if self._set is not None:
+            return
+        shards = [shard for shard in self.shards if shard is not None]
+        self._targets = tuple(t for shard in shards for t in shard.targets)
+        try:
+            pattern_set = re2.Set.SearchSet(_SET_OPTIONS)
+            for shard in shards:
+                for regex in shard.patterns:
+                    pattern_set.Add(regex)
+            pattern_set.Add(r"\z")
+            pattern_set.Compile()
+        except re2.error:
+            pattern_set = False
+        self._set = pattern_set
+
+    def lookup(self, data: bytes, text: str, into: set[_Target]) -> None:
+        if self._set is None:
+            self.compile()
+        found = self._set.Match(data) if self._set else None
+        # RE2 answers no match at all when the set's DFA ran out of memory: the last
+        # pattern matches every text, so only an answer holding it is a complete one.
+        if not found:
+            for shard in self.shards:
+                if shard is not None:
+                    shard.lookup(data, text, into)
+            return
+        targets = self._targets
+        last = len(targets)
+        for i in found:
+            if i != last:
+                into.update(targets[i])
+
+
+def _shard_sets(
+    shards: tuple[FilterShard | None, ...], old: tuple[ShardSet, ...] = ()
+) -> tuple[ShardSet, ...]:
+    """Sets over `shards`, SET_SHARDS at a time; each of `old` over the same shards is kept."""
+    sets = []
+    for number, start in enumerate(range(0, len(shards), SET_SHARDS)):
+        group = shards[start : start + SET_SHARDS]
+        kept = old[number] if number < len(old) else None
+        if kept is None or kept.shards != group:  # shards compare by identity
+            kept = ShardSet(group)
+        sets.append(kept)
+    return tuple(sets)
 
 
 def _shard_of(rule_id: str, shards: int) -> int:
@@ -189,6 +230,8 @@ class FieldMatcher:
     parts: tuple[str, ...]
     shards: tuple[FilterShard | None, ...]
     patterns: int
+    sets: tuple[ShardSet, ...] = ()
+    """Sets over the shards for texts of a few KB; () makes new ones (none compiled)."""
     cache: dict[str, Hits] = dataclass_field(default_factory=dict, compare=False, repr=False)
     """Results by text: honeypot traffic repeats itself (the same usernames, `uname -a`)."""
     head: str = dataclass_field(init=False, repr=False, compare=False)
@@ -196,6 +239,8 @@ class FieldMatcher:
     """For a two-part path (`headers.user-agent`): its parts, read without `resolve`."""
 
     def __post_init__(self) -> None:
+        if not self.sets:
+            object.__setattr__(self, "sets", _shard_sets(self.shards))
         object.__setattr__(self, "head", self.parts[0])
         object.__setattr__(self, "child", self.parts[1] if len(self.parts) == 2 else None)
 
@@ -225,7 +270,9 @@ class FieldMatcher:
             FilterShard.build(buckets[i]) if i in buckets else shard
             for i, shard in enumerate(self.shards)
         )
-        return FieldMatcher(self.field, self.parts, shards, patterns)
+        return FieldMatcher(
+            self.field, self.parts, shards, patterns, _shard_sets(shards, self.sets)
+        )
 
     def read(self, payload: Mapping[str, Any]) -> Any:
         """The field's value in `payload` (see `fields.resolve`), or MISSING."""
@@ -275,9 +322,13 @@ class FieldMatcher:
             text = text.encode("utf-8", "replace").decode("utf-8")
             data = text.encode("utf-8")
         found: set[_Target] = set()
-        for shard in self.shards:
-            if shard is not None:
-                shard.lookup(data, text, found)
+        if CACHED_TEXT_MAX < len(data) <= SET_TEXT_MAX:
+            for shard_set in self.sets:
+                shard_set.lookup(data, text, found)
+        else:
+            for shard in self.shards:
+                if shard is not None:
+                    shard.lookup(data, text, found)
         return Hits.of(found)
 
 
@@ -498,24 +549,24 @@ class RuleIndex:
         before or between batches). With `budget_s`, stops once that many seconds passed.
         """
         deadline = None if budget_s is None else time.perf_counter() + budget_s
-        for compiled in ("filter", "set"):
-            for shard in self._shards():
-                if shard.pending(compiled):
-                    if deadline is not None and time.perf_counter() >= deadline:
-                        return False
-                    shard.compile(compiled)
+        for part in self._compiled_parts():
+            if part.pending:
+                if deadline is not None and time.perf_counter() >= deadline:
+                    return False
+                part.compile()
         return True
 
     def pending_filters(self) -> int:
         """Filters and sets that will compile on first use (see `compile_filters`)."""
-        return sum(shard.pending(c) for shard in self._shards() for c in ("filter", "set"))
+        return sum(1 for part in self._compiled_parts() if part.pending)
 
-    def _shards(self) -> Iterator[FilterShard]:
-        for kind in self._kinds.values():
-            for matcher in kind.matchers:
-                for shard in matcher.shards:
-                    if shard is not None:
-                        yield shard
+    def _compiled_parts(self) -> Iterator[FilterShard | ShardSet]:
+        """Every field's filters, then every field's sets (a set is needed more rarely)."""
+        matchers = [matcher for kind in self._kinds.values() for matcher in kind.matchers]
+        for matcher in matchers:
+            yield from (shard for shard in matcher.shards if shard is not None)
+        for matcher in matchers:
+            yield from matcher.sets
 
     def rule(self, rule_id: str) -> CompiledRule | None:
         return self._rules.get(rule_id)
