@@ -55,7 +55,8 @@ What is measured (the load average is printed at the start of every section)
    and its resident memory once ready (VmRSS) and at its peak (VmHWM).
    Where PYTHONDONTWRITEBYTECODE is set (a development environment), the workers keep their
    compiled bytecode in the work directory, as the image ships it compiled; one more start
-   per size then shows the cost of compiling every module at start (not in the median).
+   per size runs in the environment as given (not in the median), which compiles at every
+   start whatever has no compiled copy.
 5. With `--profile` (py-spy, in the venv): one more single-worker throughput run with the
    worker started under `py-spy record`; CPU samples summarised by phase and by function.
    Sampling slows the worker, so that run's rate is not the figure of section 2.
@@ -832,7 +833,7 @@ async def cold_starts(
             WorkerProcess.pycache = cache
         label = f"start {n + 1}"
         if n == starts:
-            uncached, label = cold, "without the bytecode cache"
+            uncached, label = cold, "in the environment as given (no bytecode cache)"
         else:
             colds.append(cold)
         print(
@@ -1065,7 +1066,8 @@ async def run_all(
         print(
             f"PYTHONDONTWRITEBYTECODE is set here: the workers keep compiled bytecode under "
             f"{WorkerProcess.pycache} (filled in {compile_s:.1f} s), as the image ships it "
-            f"compiled; section 4 also shows one start that compiles everything"
+            f"compiled; section 4 also shows one start in the environment as given (no "
+            f"bytecode written: modules without a compiled copy compile at every start)"
         )
     figures["worker_bytecode_cache"] = WorkerProcess.pycache is not None
 

@@ -111,6 +111,10 @@ class StatusPublisher:
         except Exception as exc:
             _log.debug("worker status not published at once: %s", exc)
             self.changed()
+            return
+        # nats-py's flusher task writes the message to the socket; yielding once lets it run
+        # now, before the caller's logs and metrics.
+        await asyncio.sleep(0)
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
