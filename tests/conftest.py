@@ -22,6 +22,17 @@ afterwards; ``js_names`` gives unique JetStream stream names and subject prefixe
 Fault injection: the server handles have ``kill()`` / ``restart()`` when the suite launched the
 server itself; ``private_nats`` / ``private_postgres`` always give a test its own embedded
 server, whatever the ladder chose, so a test may crash it without disturbing others.
+
+Compiled modules are cached
+===========================
+
+The suite starts hundreds of Python processes (masters, workers, ``ttpctl``, the master's
+validation processes), and each imports pydantic, SQLAlchemy, nats-py and the services. Where
+``PYTHONDONTWRITEBYTECODE`` is set (container images often set it) and no ``.pyc`` exists yet (a
+fresh clone, or a venv installed without compiling), every one of them compiled all of that
+from source again: most of a master's start-up. The session therefore writes ``__pycache__``
+(git- and docker-ignored) for itself and every process it starts, so each module is compiled
+once. ``TTP_TEST_BYTECODE_CACHE=0`` keeps the environment's setting.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ import itertools
 import os
 import secrets
 import socket
+import sys
 import time
 import urllib.parse
 import uuid
@@ -43,6 +55,18 @@ from typing import Any, ClassVar, Literal
 import pytest
 
 Source = Literal["env", "testcontainers", "embedded"]
+
+
+def _cache_compiled_modules() -> None:
+    # Before the test modules import the services, so the session's own imports fill the
+    # cache that the processes it starts then read. Children inherit os.environ.
+    if os.environ.get("TTP_TEST_BYTECODE_CACHE", "").lower() in {"0", "false", "no", "off"}:
+        return
+    sys.dont_write_bytecode = False
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+
+
+_cache_compiled_modules()
 
 _DOCKER_PROBE_TIMEOUT_S = 1.0
 # What each session-scoped server turned out to be, for the terminal summary.
