@@ -147,9 +147,17 @@ class KindProgram:
 
     test: Predicate = dataclass_field(init=False, repr=False, compare=False)
     """The tree as nested closures: evaluating it is a few calls, not a walk."""
+    linear: tuple[tuple[int, LinearLeaf], ...] = dataclass_field(
+        init=False, repr=False, compare=False
+    )
+    """(leaf number, leaf) of the linear leaves, which the index's filters match."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "test", _predicate(self.tree, self.leaves, self.rule_id))
+        linear = tuple(
+            (n, leaf) for n, leaf in enumerate(self.leaves) if isinstance(leaf, LinearLeaf)
+        )
+        object.__setattr__(self, "linear", linear)
 
     def fires(self, payload: Mapping[str, Any], hits: LeafHits) -> bool:
         return self.test(payload, hits)

@@ -25,7 +25,7 @@ from typing import Any, Final
 
 import re2
 
-from ttp_core.engine.compiler import CompiledRule, KindProgram, LinearLeaf
+from ttp_core.engine.compiler import CompiledRule, KindProgram
 from ttp_core.engine.fields import MAX_MATCH_TEXT, MISSING, as_text, resolve, scalars
 from ttp_core.engine.patterns import re2_options
 from ttp_core.engine.state import ENABLED, RuleState, StateKind
@@ -61,8 +61,8 @@ _SET_OPTIONS: Final = re2_options()
 _SET_OPTIONS.max_mem = 8 << 20  # a set that runs out of DFA memory gives up early (see below)
 
 
-_Entries = dict[str, list[tuple[str, _Target]]]
-"""One field's linear leaves, by rule_id: (RE2 pattern, target)."""
+_Entries = dict[str, tuple[int, list[tuple[str, _Target]]]]
+"""One field's linear leaves, by rule_id: (the rule's shard key, [(RE2 pattern, target)])."""
 
 
 class FilterShard:
@@ -189,8 +189,9 @@ def _shard_sets(
     return tuple(sets)
 
 
-def _shard_of(rule_id: str, shards: int) -> int:
-    return zlib.crc32(rule_id.encode()) % shards
+def shard_key(rule_id: str) -> int:
+    """What places a rule's patterns in a field's shards: its key modulo their number."""
+    return zlib.crc32(rule_id.encode())
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,24 +247,24 @@ class FieldMatcher:
 
     @classmethod
     def build(cls, field: str, parts: tuple[str, ...], entries: _Entries) -> FieldMatcher:
-        patterns = sum(len(items) for items in entries.values())
+        patterns = sum(len(items) for _, items in entries.values())
         count = max(1, -(-patterns // SHARD_PATTERNS))
         buckets: list[list[tuple[str, _Target]]] = [[] for _ in range(count)]
-        for rule_id, items in entries.items():
-            buckets[_shard_of(rule_id, count)].extend(items)
+        for key, items in entries.values():
+            buckets[key % count].extend(items)
         return cls(field, parts, tuple(FilterShard.build(b) for b in buckets), patterns)
 
     def replaced(self, entries: _Entries, changed: set[str]) -> FieldMatcher:
         """This field with `entries` (all of it, as it now is), recompiling only the shards
         that hold a `changed` rule; a field that grew or shrank a lot is rebuilt whole."""
-        patterns = sum(len(items) for items in entries.values())
+        patterns = sum(len(items) for _, items in entries.values())
         count = len(self.shards)
         if patterns > 2 * count * SHARD_PATTERNS or patterns * 4 < count * SHARD_PATTERNS:
             return FieldMatcher.build(self.field, self.parts, entries)
-        dirty = {_shard_of(rule_id, count) for rule_id in changed}
+        dirty = {shard_key(rule_id) % count for rule_id in changed}
         buckets: dict[int, list[tuple[str, _Target]]] = {i: [] for i in dirty}
-        for rule_id, items in entries.items():
-            shard = _shard_of(rule_id, count)
+        for key, items in entries.values():
+            shard = key % count
             if shard in buckets:
                 buckets[shard].extend(items)
         shards = tuple(
@@ -424,7 +425,7 @@ class KindIndex:
 
 
 def _linear_fields(program: KindProgram) -> set[str]:
-    return {leaf.field for leaf in program.leaves if isinstance(leaf, LinearLeaf)}
+    return {leaf.field for _, leaf in program.linear}
 
 
 def _field_entries(
@@ -433,12 +434,21 @@ def _field_entries(
     entries: dict[str, _Entries] = {}
     parts: dict[str, tuple[str, ...]] = {}
     for program in programs:
-        for number, leaf in enumerate(program.leaves):
-            if isinstance(leaf, LinearLeaf) and (only is None or leaf.field in only):
-                entries.setdefault(leaf.field, {}).setdefault(program.rule_id, []).append(
-                    (leaf.regex, (program.rule_id, number, program.simple))
-                )
-                parts[leaf.field] = leaf.parts
+        rule_id, simple = program.rule_id, program.simple
+        key = -1
+        for number, leaf in program.linear:
+            field = leaf.field
+            if only is None or field in only:
+                if key < 0:
+                    key = shard_key(rule_id)
+                by_rule = entries.get(field)
+                if by_rule is None:
+                    by_rule = entries[field] = {}
+                    parts[field] = leaf.parts
+                own = by_rule.get(rule_id)
+                if own is None:
+                    own = by_rule[rule_id] = (key, [])
+                own[1].append((leaf.regex, (rule_id, number, simple)))
     return entries, parts
 
 
@@ -472,7 +482,7 @@ class RuleIndex:
         self._kinds = kinds
         self._lifters = lifters
         lifted: dict[str, list[CompiledRule]] = {}
-        for compiled in rules.values():
+        for compiled in rules.values() if lifters else ():
             if compiled.is_external and _lifter_name(compiled) in lifters:
                 for kind in compiled.kinds:
                     lifted.setdefault(kind, []).append(compiled)
