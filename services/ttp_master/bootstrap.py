@@ -206,6 +206,9 @@ class Master:
             on_batch=self._observe_relay,
             lock=publisher.lock,
         )
+        # Each commit's outbox rows go straight to the relay, which publishes them without
+        # waiting for the NOTIFY and reading them back.
+        repository.on_commit = relay.committed
         guard = StreamGuard(
             self.engine, js, publisher, publish_summary=relay.publish_ruleset_revision
         )

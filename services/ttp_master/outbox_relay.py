@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any, Final, Protocol
 
 import msgspec
@@ -35,6 +36,8 @@ from ttp_runtime.tracing import start_consumer_span, subject_template
 
 _log = logging.getLogger(__name__)
 
+
+_OWN_NOTIFIES_KEPT: Final = 4096
 
 PIPELINE_DEPTH = 64
 """Publishes awaited together. A window never holds two rows of one subject, so the
@@ -193,9 +196,46 @@ class OutboxRelay:
             .limit(batch_size)
         )
         self.caught_up = asyncio.Event()
+        self._handed: list[dict[str, Any]] = []
+        """Outbox rows committed by this process's repository, not published yet."""
+        self._upto = 0
+        """The newest revision this relay has published."""
+        self._epoch = 0
+        """Bumped whenever unpublished rows may exist that were not handed over (a failed
+        publish, rows written elsewhere): handed rows then go out only after a read."""
+        self._clean_epoch: int | None = None
+        """The epoch at the start of the last pass that left nothing unpublished."""
+        self._ours: set[int] = set()
+        """NOTIFY payloads of commits handed over, until their NOTIFY arrives."""
 
     def wake(self) -> None:
         self._wake.set()
+
+    def committed(self, rows: list[dict[str, Any]] | None, notified: int) -> None:
+        """The repository committed these outbox rows, in revision order (its `on_commit`),
+        or, with None, rows it did not gather: those are read back from the outbox.
+        `notified`: the revision the commit's NOTIFY carries."""
+        if len(self._ours) > _OWN_NOTIFIES_KEPT:
+            self._ours.clear()  # NOTIFYs went missing: theirs will only cost a read
+        self._ours.add(notified)
+        if rows is None:
+            self._epoch += 1
+            self._handed.clear()
+        elif self._clean_epoch == self._epoch:
+            self._handed.extend(rows)
+        # Otherwise they are read back: a startup reconcile's rows are not kept meanwhile.
+        self._wake.set()
+
+    def _is_known(self, payload: str) -> bool:
+        """True for the NOTIFY of a commit handed over already (`committed`). Any other
+        (the stream guard's, a deposed leader's last commit, or ours arriving before its
+        hand-over) may mean rows nobody handed over: the outbox is read back before any
+        handed row goes out again."""
+        if payload.isdigit() and int(payload) in self._ours:
+            self._ours.discard(int(payload))
+            return True
+        self._epoch += 1
+        return False
 
     def summary_changed(self) -> None:
         """The totals changed without an outbox row (a rejection cleared): republish them."""
@@ -238,43 +278,76 @@ class OutboxRelay:
             return await self._publish_pending()
 
     async def _publish_pending(self) -> int:
+        direct = self._take_direct()
+        if direct is not None:
+            # The rows the repository just committed, handed over: published before any
+            # database round trip, which is what a save's latency is made of.
+            return await self._relay(direct, None, drained=True)
+        epoch = self._epoch
         # One pooled connection for the pass: the select, the marking, the summary.
         async with self._engine.connect() as conn:
             rows = (await conn.execute(self._pending)).all()
             if not rows:
+                self._clean_epoch = epoch
                 # A backlog that was an exact multiple of the batch size ends here.
                 if self._summary_due:
                     await self._publish_summary(await self._summary(conn))
                     self._summary_due = False
                 return 0
-            published: list[int] = []
-            try:
-                for window in _windows(rows, PIPELINE_DEPTH):
-                    if not self._is_leader():
-                        break
-                    outcomes = await asyncio.gather(
-                        *(self._publish_row(row) for row in window), return_exceptions=True
-                    )
-                    published.extend(
-                        row.revision
-                        for row, outcome in zip(window, outcomes, strict=True)
-                        if not isinstance(outcome, BaseException)
-                    )
-                    for outcome in outcomes:
-                        if isinstance(outcome, BaseException):
-                            # Later windows wait: a failed row is retried before anything newer.
-                            raise outcome
-            except BaseException:
-                if published:
-                    await self._mark_published(conn, published)
-                raise
-            if not published:
-                return 0
-            self._summary_due = True
-            # The backlog is drained: one summary for all of it, not one per batch (each
-            # summary reads the rule set), read once the rows are marked.
             drained = len(rows) < self._batch_size
-            summary = await self._mark_published(conn, published, summarise=drained)
+            published = await self._relay(rows, conn, drained=drained)
+        if drained and published == len(rows):
+            # Everything committed before the select is out: what commits next may be
+            # published as it is handed over, unless something else wrote meanwhile.
+            self._clean_epoch = epoch
+        return published
+
+    def _take_direct(self) -> list[Any] | None:
+        """The handed-over rows not published yet, when they may go out without a read:
+        nothing older is left unpublished. Otherwise None (they are read back instead)."""
+        handed, self._handed = self._handed, []
+        fresh = [row for row in handed if row["revision"] > self._upto]
+        if not fresh or self._clean_epoch != self._epoch:
+            return None
+        return [SimpleNamespace(**row) for row in fresh]
+
+    async def _relay(
+        self, rows: Sequence[Any], conn: AsyncConnection | None, *, drained: bool
+    ) -> int:
+        """Publish `rows` (revision order) in windows, mark them published and, with
+        `drained`, publish the summary; `conn` None: a connection of its own for the marks."""
+        published: list[int] = []
+        try:
+            for window in _windows(rows, PIPELINE_DEPTH):
+                if not self._is_leader():
+                    break
+                outcomes = await asyncio.gather(
+                    *(self._publish_row(row) for row in window), return_exceptions=True
+                )
+                published.extend(
+                    row.revision
+                    for row, outcome in zip(window, outcomes, strict=True)
+                    if not isinstance(outcome, BaseException)
+                )
+                for outcome in outcomes:
+                    if isinstance(outcome, BaseException):
+                        # Later windows wait: a failed row is retried before anything newer.
+                        raise outcome
+        except BaseException:
+            self._epoch += 1  # rows are left behind: the next pass reads the outbox
+            if published:
+                self._upto = max(self._upto, *published)
+                await self._mark(conn, published)
+            raise
+        if len(published) < len(rows):
+            self._epoch += 1  # leadership lost midway: the rest stays for the next leader
+        if not published:
+            return 0
+        self._upto = max(self._upto, *published)
+        self._summary_due = True
+        # The backlog is drained: one summary for all of it, not one per batch (each
+        # summary reads the rule set), read once the rows are marked.
+        summary = await self._mark(conn, published, summarise=drained)
         if summary is not None:
             await self._publish_summary(summary)
             self._summary_due = False
@@ -284,6 +357,14 @@ class OutboxRelay:
         if self._on_batch is not None:
             self._on_batch(RelayBatch(len(published), published[-1], lag))
         return len(published)
+
+    async def _mark(
+        self, conn: AsyncConnection | None, revisions: list[int], *, summarise: bool = False
+    ) -> RulesetRevision | None:
+        if conn is not None:
+            return await self._mark_published(conn, revisions, summarise=summarise)
+        async with self._engine.connect() as own:
+            return await self._mark_published(own, revisions, summarise=summarise)
 
     async def _publish_row(self, row: Any) -> None:
         payload, headers = wire_form(row)
@@ -374,8 +455,9 @@ class OutboxRelay:
                     **self._database.psycopg_kwargs(),
                 ) as conn:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    async for _ in conn.notifies():
-                        self._wake.set()
+                    async for notify in conn.notifies():
+                        if not self._is_known(notify.payload):
+                            self._wake.set()
             except psycopg.Error as exc:
                 _log.debug("outbox LISTEN connection failed (polling meanwhile): %s", exc)
                 with contextlib.suppress(TimeoutError):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -217,6 +218,11 @@ class RuleRepository:
     def __init__(self, engine: AsyncEngine, fence: LeaderFence | None) -> None:
         self.engine = engine
         self.fence = fence
+        self.on_commit: Callable[[list[dict[str, Any]] | None, int], None] | None = None
+        """Called after each commit that wrote outbox rows, in commit (= revision) order,
+        with those rows (None when they were written without being gathered: the savepoint
+        path) and the revision its NOTIFY carries: the relay publishes them without reading
+        them back, and knows that NOTIFY for its own."""
         # Revisions are taken inside each transaction; one writer at a time makes commit
         # order equal revision order, so a later change of a rule never loses to an
         # earlier one that happened to commit last.
@@ -338,7 +344,10 @@ class RuleRepository:
                 # One row (an operator's change) is a plain execute, not an executemany.
                 await conn.execute(_INSERT_EVENT, outbox[0] if len(outbox) == 1 else outbox)
                 if not notify_now:
-                    await conn.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
+                    await conn.execute(_NOTIFY, {"revision": str(revisions[-1])})
+        if self.on_commit is not None and (isolate or outbox):
+            # Still under the write lock: the rows reach the relay in revision order.
+            self.on_commit(None if isolate else outbox, revisions[-1])
         return Applied(
             [r for r in revisions if r not in unused],
             now,
@@ -353,12 +362,18 @@ class RuleRepository:
         """Prove the leader lock is still held (else raise :class:`LeadershipLostError`)
         and take `count` revisions, in one statement; with `notify`, also queue the
         outbox NOTIFY (PostgreSQL sends it at commit, never on a rollback)."""
-        columns = [
-            _FENCE_HELD if self.fence is not None else "1",
-            _NEXT_REVISIONS if count else "ARRAY[]::bigint[]",
-        ]
+        held = _FENCE_HELD if self.fence is not None else "1"
+        taken = _NEXT_REVISIONS if count else "ARRAY[]::bigint[]"
         if notify:
-            columns.append(f"pg_notify('{NOTIFY_CHANNEL}', '')::text")
+            # The revisions are named once, in a subquery, so that the NOTIFY can carry the
+            # last of them: a relay handed the rows already (on_commit) need not read them.
+            query = (
+                f"SELECT held, revisions, pg_notify('{NOTIFY_CHANNEL}', "  # noqa: S608 - constants only
+                "coalesce((SELECT max(r) FROM unnest(revisions) AS r)::text, ''))::text "
+                f"FROM (SELECT {held} AS held, {taken} AS revisions) AS taken"
+            )
+        else:
+            query = f"SELECT {held}, {taken}"
         params: dict[str, int] = {}
         if self.fence is not None:
             key = self.fence.lock_key
@@ -369,7 +384,7 @@ class RuleRepository:
             }
         if count:
             params["n"] = count
-        row = (await conn.execute(text(f"SELECT {', '.join(columns)}"), params)).one()
+        row = (await conn.execute(text(query), params)).one()
         if not row[0]:
             raise LeadershipLostError("leader lock no longer held by this master; nothing written")
         return sorted(int(r) for r in row[1])
@@ -385,6 +400,7 @@ _FENCE_HELD = (
     "AND pid = :pid AND classid = :high AND objid = :low AND objsubid = 1)"
 )
 _NEXT_REVISIONS = "ARRAY(SELECT nextval('ttp_revision_seq') FROM generate_series(1, :n))"
+_NOTIFY = text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', :revision)")
 
 
 async def _write_state(
