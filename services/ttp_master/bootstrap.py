@@ -208,7 +208,7 @@ class Master:
         )
         # Each commit's outbox rows go straight to the relay, which publishes them without
         # waiting for the NOTIFY and reading them back.
-        repository.on_commit = relay.committed
+        relay.follow(repository)
         guard = StreamGuard(
             self.engine, js, publisher, publish_summary=relay.publish_ruleset_revision
         )

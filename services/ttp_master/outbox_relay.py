@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from ttp_core.contract import subjects
 from ttp_core.contract.payloads import MASTER_SOURCE, RulesetRevision, encode, envelope
 from ttp_core.rules.digest import ruleset_digest
-from ttp_master.db.repository import NOTIFY_CHANNEL
+from ttp_master.db.repository import NOTIFY_CHANNEL, RuleRepository
 from ttp_master.db.schema import rule, rule_event, rule_rejection, rule_state
 from ttp_master.db.target import DatabaseTarget
 from ttp_runtime.tracing import start_consumer_span, subject_template
@@ -206,18 +206,26 @@ class OutboxRelay:
         self._clean_epoch: int | None = None
         """The epoch at the start of the last pass that left nothing unpublished."""
         self._ours: set[int] = set()
-        """NOTIFY payloads of commits handed over, until their NOTIFY arrives."""
+        """NOTIFY payloads of this process's commits, until their NOTIFY arrives."""
 
     def wake(self) -> None:
         self._wake.set()
 
-    def committed(self, rows: list[dict[str, Any]] | None, notified: int) -> None:
-        """The repository committed these outbox rows, in revision order (its `on_commit`),
-        or, with None, rows it did not gather: those are read back from the outbox.
-        `notified`: the revision the commit's NOTIFY carries."""
+    def follow(self, repository: RuleRepository) -> None:
+        """Be handed the rows of each commit `repository` makes, and know its NOTIFYs."""
+        repository.on_commit = self.committed
+        repository.on_notify = self.notifying
+
+    def notifying(self, revision: int) -> None:
+        """A commit of this process's repository is under way; its NOTIFY will carry
+        `revision` (the repository's `on_notify`)."""
         if len(self._ours) > _OWN_NOTIFIES_KEPT:
             self._ours.clear()  # NOTIFYs went missing: theirs will only cost a read
-        self._ours.add(notified)
+        self._ours.add(revision)
+
+    def committed(self, rows: list[dict[str, Any]] | None) -> None:
+        """The repository committed these outbox rows, in revision order (its `on_commit`),
+        or, with None, rows it did not gather: those are read back from the outbox."""
         if rows is None:
             self._epoch += 1
             self._handed.clear()
@@ -227,10 +235,10 @@ class OutboxRelay:
         self._wake.set()
 
     def _is_known(self, payload: str) -> bool:
-        """True for the NOTIFY of a commit handed over already (`committed`). Any other
-        (the stream guard's, a deposed leader's last commit, or ours arriving before its
-        hand-over) may mean rows nobody handed over: the outbox is read back before any
-        handed row goes out again."""
+        """True for the NOTIFY of one of this process's commits (`notifying`), whose rows
+        are handed over. Any other (the stream guard's, a deposed leader's last commit) may
+        mean rows nobody hands over: the outbox is read back before any handed row goes
+        out again."""
         if payload.isdigit() and int(payload) in self._ours:
             self._ours.discard(int(payload))
             return True

@@ -86,7 +86,7 @@ async def relay_on(database_url: str) -> AsyncIterator[tuple[OutboxRelay, Record
 async def test_handed_rows_are_published_before_any_outbox_read(database_url: str) -> None:
     async with relay_on(database_url) as (relay, recorder, engine):
         repository = RuleRepository(engine, None)
-        repository.on_commit = relay.committed
+        relay.follow(repository)
         # Before the relay has once found the outbox empty, handed rows are not trusted.
         first = await repository.apply(ChangeSet(upserts=[_upsert("H0001")]), actor="t")
         assert await relay.publish_pending() == 1
@@ -104,7 +104,7 @@ async def test_handed_rows_are_published_before_any_outbox_read(database_url: st
 async def test_rows_written_elsewhere_are_read_back_in_revision_order(database_url: str) -> None:
     async with relay_on(database_url) as (relay, recorder, engine):
         repository = RuleRepository(engine, None)
-        repository.on_commit = relay.committed
+        relay.follow(repository)
         outsider = RuleRepository(engine, None)  # hands nothing over (the stream guard)
         stop = asyncio.Event()
         running = asyncio.create_task(relay.run(stop))
@@ -126,7 +126,7 @@ async def test_rows_written_elsewhere_are_read_back_in_revision_order(database_u
 async def test_a_failed_publish_is_retried_before_anything_newer(database_url: str) -> None:
     async with relay_on(database_url) as (relay, recorder, engine):
         repository = RuleRepository(engine, None)
-        repository.on_commit = relay.committed
+        relay.follow(repository)
         await repository.apply(ChangeSet(upserts=[_upsert("H0001")]), actor="t")
         assert await relay.publish_pending() == 1
         failing = await repository.apply(ChangeSet(upserts=[_upsert("H0002")]), actor="t")

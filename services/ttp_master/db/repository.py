@@ -218,11 +218,13 @@ class RuleRepository:
     def __init__(self, engine: AsyncEngine, fence: LeaderFence | None) -> None:
         self.engine = engine
         self.fence = fence
-        self.on_commit: Callable[[list[dict[str, Any]] | None, int], None] | None = None
+        self.on_commit: Callable[[list[dict[str, Any]] | None], None] | None = None
         """Called after each commit that wrote outbox rows, in commit (= revision) order,
         with those rows (None when they were written without being gathered: the savepoint
-        path) and the revision its NOTIFY carries: the relay publishes them without reading
-        them back, and knows that NOTIFY for its own."""
+        path): the relay publishes them without reading them back."""
+        self.on_notify: Callable[[int], None] | None = None
+        """Called with the revision a transaction's NOTIFY will carry, before its commit
+        (the NOTIFY may reach a listener before the commit returns here)."""
         # Revisions are taken inside each transaction; one writer at a time makes commit
         # order equal revision order, so a later change of a rule never loses to an
         # earlier one that happened to commit last.
@@ -314,6 +316,8 @@ class RuleRepository:
             revisions = await self._fence_and_revisions(
                 conn, changes.revisions_needed, notify=notify_now
             )
+            if revisions and self.on_notify is not None:
+                self.on_notify(revisions[-1])
             taken = iter(revisions)
             unused: set[int] = set()
             now = datetime.now(UTC)
@@ -347,7 +351,7 @@ class RuleRepository:
                     await conn.execute(_NOTIFY, {"revision": str(revisions[-1])})
         if self.on_commit is not None and (isolate or outbox):
             # Still under the write lock: the rows reach the relay in revision order.
-            self.on_commit(None if isolate else outbox, revisions[-1])
+            self.on_commit(None if isolate else outbox)
         return Applied(
             [r for r in revisions if r not in unused],
             now,
