@@ -34,6 +34,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
+from opentelemetry import trace
 from opentelemetry.trace import Span, StatusCode
 
 from ttp_core.contract import subjects
@@ -56,7 +57,7 @@ from ttp_worker.events import (
     parse_event,
     tagged_message,
 )
-from ttp_worker.pubacks import Outbound, PubAckRounds
+from ttp_worker.pubacks import Outbound, PubAckRounds, Round
 from ttp_worker.pull import PullBatches
 from ttp_worker.rulebook import Ruleset
 
@@ -98,6 +99,22 @@ class _Item:
     headers: dict[str, str] | None = None
     kind: str | None = None
     """The event's source kind once parsed."""
+    settled: bool = False
+    """Acked or nak'ed."""
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One fetched batch between evaluation and its last ack."""
+
+    items: list[_Item]
+    counts: Counter[tuple[str, str]]
+    span: Span
+    headers: dict[str, str]
+    waiting: list[_Item]
+    """The items with a message to publish."""
+    started: float
+    round: Round | None = None
 
 
 class EventConsumer:
@@ -139,6 +156,8 @@ class EventConsumer:
         self._on_batch = on_batch
         self._pubacks = PubAckRounds(nc)
         self._pull: PullBatches | None = None
+        # Batches evaluated and not finished yet (two at most: see `run`).
+        self._holding: list[_Batch] = []
         self._sub: Any = None
         # Bumped by `resubscribe`: a bind that was in flight when it was asked for is stale.
         self._binding = 0
@@ -210,6 +229,7 @@ class EventConsumer:
     async def run(self, stop: asyncio.Event) -> None:
         """Fetch, tag, publish, ack until `stop` is set; the batch in hand is finished first."""
         self._stop = stop
+        finishing: asyncio.Future[None] | None = None
         while not stop.is_set():
             try:
                 if self._sub is None:
@@ -237,14 +257,20 @@ class EventConsumer:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), _ERROR_PAUSE_S)
                 continue
-            if msgs:
-                # Not cancelled by `stop`: a batch in hand is always published and acked.
-                try:
-                    await self.process(msgs)
-                except Exception:
-                    # Not expected (each event is isolated); whatever was not acked is
-                    # redelivered after ack_wait: nothing is lost.
-                    _log.exception("event batch failed; unacked events will be redelivered")
+            if not msgs:
+                continue
+            # Not cancelled by `stop`: a batch in hand is always published and acked.
+            try:
+                batch = await self._start(msgs)
+            except Exception:
+                _log.exception("event batch failed; unacked events will be redelivered")
+                continue
+            # Pipelined: this batch's tags are stored by the server while the next batch is
+            # fetched and evaluated. At most two batches are in hand: the previous one must
+            # be finished before the next is taken.
+            await _finished(finishing)
+            finishing = asyncio.ensure_future(self._finish(batch))
+        await _finished(finishing)
         if self._sub is not None:
             await self._release_leftovers()
             with contextlib.suppress(Exception):
@@ -309,42 +335,66 @@ class EventConsumer:
         return msgs
 
     async def process(self, msgs: list[Msg]) -> None:
-        """Tag one batch: evaluate, publish concurrently, ack each after its publish."""
-        started = time.perf_counter()
-        with get_tracer().start_as_current_span(
+        """Tag one batch: evaluate, publish at once, ack each after its own PubAck."""
+        await self._finish(await self._start(msgs))
+
+    async def _start(self, msgs: list[Msg]) -> _Batch:
+        """Evaluate a batch and send its messages; `_finish` collects their PubAcks."""
+        span = get_tracer().start_span(
             "process ttp.event.{source_kind} batch",
             attributes={"messaging.batch.message_count": len(msgs)},
-        ) as span:
-            items, counts = self._evaluate(msgs)
-            headers = inject_headers()
+        )
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                items, counts = self._evaluate(msgs)
+                headers = inject_headers()
             waiting = [item for item in items if item.out is not None]
-            failed = await self._publish_until_done(waiting, headers)
-            await self._settle(items)
+            batch = _Batch(items, counts, span, headers, waiting, time.perf_counter())
+            batch.round = await self._send(waiting, headers)
+        except BaseException:
+            span.end()
+            raise
+        self._holding.append(batch)
+        return batch
+
+    async def _finish(self, batch: _Batch) -> None:
+        """Ack each event whose message was stored, retrying the others in place."""
+        try:
+            failed = await self._publish_until_done(batch)
             known = self._current().kinds
-            for (kind, outcome), count in counts.items():
+            for (kind, outcome), count in batch.counts.items():
                 # Kinds no rule applies to come from producers, not from us: one label for
                 # all of them keeps the metric's cardinality bounded by the rule set.
                 label = kind if kind in known else "other"
                 metrics.EVENTS.labels(label, outcome).inc(count)
-            span.set_attribute("ttp.publish_failures", failed)
-            if msgs:
-                with contextlib.suppress(Exception):
-                    metrics.CONSUMER_PENDING.set(msgs[-1].metadata.num_pending)
+            batch.span.set_attribute("ttp.publish_failures", failed)
+            with contextlib.suppress(Exception):
+                metrics.CONSUMER_PENDING.set(batch.items[-1].msg.metadata.num_pending)
+        finally:
+            batch.span.end()
+            self._holding.remove(batch)
         if self._on_batch is not None:
-            self._on_batch(len(msgs))
+            self._on_batch(len(batch.items))
         _log.debug(
             "event batch done",
-            extra={"events": len(msgs), "ms": round((time.perf_counter() - started) * 1000, 3)},
+            extra={
+                "events": len(batch.items),
+                "ms": round((time.perf_counter() - batch.started) * 1000, 3),
+            },
         )
 
-    async def _publish_until_done(self, items: list[_Item], headers: dict[str, str]) -> int:
-        """Publish the items' messages; retry the failed ones in place until the worker stops.
+    async def _publish_until_done(self, batch: _Batch) -> int:
+        """Collect the batch's PubAcks; retry the failed ones in place until the worker stops.
 
-        Between attempts each held event gets `in_progress` (its ack timer restarts, and the
-        server does not count it as a new delivery), so an outage of TTP_TAGS never pushes
-        events towards their delivery limit. Returns how many publishes failed in all.
+        Each event is acked as soon as its own message is stored (or right away when it has
+        none). Between attempts each held event gets `in_progress` (its ack timer restarts,
+        and the server does not count it as a new delivery), so an outage of TTP_TAGS never
+        pushes events towards their delivery limit; what is still unpublished when the
+        worker stops is given back (nak). Returns how many publishes failed in all.
         """
-        failures = await self._publish_all(items, headers)
+        assert batch.round is not None
+        failures = await self._collect(batch.waiting, batch.round)
+        await self._settle(batch.items, unpublished=False)
         failed = len(failures)
         attempt = 0
         while failures:
@@ -366,19 +416,33 @@ class EventConsumer:
                 await asyncio.wait_for(stop.wait(), pause)
             if stop.is_set():
                 break
-            pending = [item for item in items if not item.published]
+            pending = [item for item in batch.waiting if not item.published]
             for item in pending:
                 item.published = True
-            # Late deliveries waiting for the next fetch are held too: they would otherwise
-            # expire while this batch waits, and come back as one more delivery.
-            for msg in [*(item.msg for item in pending), *self._late_deliveries()]:
+            # Every other event held is kept too: those of the next batch in hand, and late
+            # deliveries waiting for the next fetch; they would otherwise expire while this
+            # batch waits, and come back as one more delivery.
+            for msg in [*(item.msg for item in pending), *self._held_elsewhere(batch)]:
                 with contextlib.suppress(Exception):
                     await msg.in_progress()
-            failures = await self._publish_all(pending, headers)
+            failures = await self._collect(pending, await self._send(pending, batch.headers))
+            await self._settle(pending, unpublished=False)
             failed += len(failures)
+        await self._settle(batch.items, unpublished=True)
         if attempt and not failures:
             _log.info("publishing succeeded after %d retries", attempt)
         return failed
+
+    def _held_elsewhere(self, batch: _Batch) -> list[Msg]:
+        """Unsettled events of the other batches in hand, and late deliveries."""
+        held = [
+            item.msg
+            for other in self._holding
+            if other is not batch
+            for item in other.items
+            if not item.settled
+        ]
+        return [*held, *self._late_deliveries()]
 
     def _late_deliveries(self) -> list[Msg]:
         """Events delivered after the last fetch returned, queued in nats-py for the next."""
@@ -386,10 +450,14 @@ class EventConsumer:
         queued = getattr(queue, "_queue", None) or ()
         return [msg for msg in list(queued) if getattr(msg, "reply", None)]
 
-    async def _settle(self, items: list[_Item]) -> None:
-        """Ack what was published; give back (nak) what was not, for another worker."""
+    async def _settle(self, items: list[_Item], *, unpublished: bool) -> None:
+        """Ack the published items not settled yet; with `unpublished`, give back (nak) the
+        others, for another worker. The acks go out together, in one write."""
         lost = 0
         for item in items:
+            if item.settled or (not item.published and not unpublished):
+                continue
+            item.settled = True
             try:
                 if item.published:
                     await item.msg.ack()
@@ -557,12 +625,8 @@ class EventConsumer:
         limit = getattr(self._nc, "max_payload", 0)
         return limit if isinstance(limit, int) and limit > 0 else _DEFAULT_MAX_PAYLOAD
 
-    async def _publish_all(
-        self, items: list[_Item], headers: dict[str, str]
-    ) -> list[BaseException]:
-        """Publish every item's message at once; mark those whose PubAck did not come."""
-        if not items:
-            return []
+    async def _send(self, items: list[_Item], headers: dict[str, str]) -> Round:
+        """Publish every item's message at once, each with its own `Nats-Msg-Id`."""
         messages: list[Outbound] = []
         for item in items:
             out = item.out
@@ -572,9 +636,15 @@ class EventConsumer:
                 {**extra, MSG_ID_HEADER: out.msg_id} if extra else {MSG_ID_HEADER: out.msg_id}
             )
             messages.append((out.subject, out.payload, message_headers))
-        sent = time.perf_counter()
-        results = await self._pubacks.publish(messages, self._hold_s)
-        metrics.PUBLISH_SECONDS.observe(time.perf_counter() - sent)
+        return await self._pubacks.send(messages)
+
+    async def _collect(self, items: list[_Item], round_: Round) -> list[BaseException]:
+        """Wait for a round's PubAcks; mark the items whose message was not stored."""
+        if not items:
+            return []
+        results = await self._pubacks.results(round_, self._hold_s)
+        answered = round_.answered_at or time.perf_counter()
+        metrics.PUBLISH_SECONDS.observe(answered - round_.sent_at)
         failures: list[BaseException] = []
         for item, error in zip(items, results, strict=True):
             if error is not None:
@@ -611,6 +681,18 @@ def _deliveries(msg: Msg) -> int:
 def _subject_kind(subject: str) -> str:
     """The source kind named by an event's subject (`ttp.event.<kind>`), unparsed."""
     return subject.rpartition(".")[2]
+
+
+async def _finished(batch: asyncio.Future[None] | None) -> None:
+    """Wait for a batch's `_finish`; its failure is logged, never raised."""
+    if batch is None:
+        return
+    try:
+        await batch
+    except Exception:
+        # Not expected (each event is isolated); whatever was not acked is redelivered
+        # after ack_wait: nothing is lost.
+        _log.exception("event batch failed; unacked events will be redelivered")
 
 
 def _deadletter_id(msg: Msg) -> str:

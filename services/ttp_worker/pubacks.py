@@ -13,6 +13,7 @@ in a later round, with the same `Nats-Msg-Id`, so the stream keeps one copy.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Final
 
@@ -54,21 +55,29 @@ class NoPubAckError(TimeoutError):
 _WAITING: Final = NoPubAckError("no PubAck in time")
 
 
-class _Round:
-    __slots__ = ("done", "remaining", "results")
+class Round:
+    """The publishes of one round and their answers as they come."""
 
-    def __init__(self, size: int, done: asyncio.Future[None]) -> None:
+    __slots__ = ("answered_at", "done", "name", "remaining", "results", "sent_at")
+
+    def __init__(self, name: str, size: int, done: asyncio.Future[None]) -> None:
+        self.name = name
         self.results: list[BaseException | None] = [_WAITING] * size
         self.remaining = size
         self.done = done
+        self.sent_at = time.perf_counter()
+        self.answered_at: float | None = None
+        """When the last answer came (None: not all did)."""
 
     def settle(self, index: int, error: BaseException | None) -> None:
         if self.results[index] is not _WAITING:
             return  # answered already (a reply cannot come twice, but be sure)
         self.results[index] = error
         self.remaining -= 1
-        if self.remaining == 0 and not self.done.done():
-            self.done.set_result(None)
+        if self.remaining == 0:
+            self.answered_at = time.perf_counter()
+            if not self.done.done():
+                self.done.set_result(None)
 
 
 class PubAckRounds:
@@ -78,7 +87,7 @@ class PubAckRounds:
         self._nc = nc
         self._sub: Subscription | None = None
         self._prefix = ""
-        self._rounds: dict[str, _Round] = {}
+        self._rounds: dict[str, Round] = {}
         self._next = 0
 
     async def _subscribe(self) -> None:
@@ -92,26 +101,37 @@ class PubAckRounds:
         """Publish every message; per message None once its PubAck said stored (or a
         duplicate), else why not (an error from the server, or no answer within `timeout`).
         """
-        if not messages:
-            return []
-        if self._sub is None:
+        return await self.results(await self.send(messages), timeout)
+
+    async def send(self, messages: Sequence[Outbound]) -> Round:
+        """Publish every message; their answers are collected from now on (see `results`)."""
+        if self._sub is None and messages:
             await self._subscribe()
         self._next += 1
         name = str(self._next)
-        round_ = _Round(len(messages), asyncio.get_running_loop().create_future())
+        round_ = Round(name, len(messages), asyncio.get_running_loop().create_future())
+        if not messages:
+            round_.done.set_result(None)
+            return round_
         self._rounds[name] = round_
+        reply_base = f"{self._prefix}.{name}."
+        publish = self._nc.publish
+        for index, (subject, payload, headers) in enumerate(messages):
+            try:
+                await publish(subject, payload, reply=f"{reply_base}{index}", headers=headers)
+            except Exception as exc:
+                round_.settle(index, exc)
+        return round_
+
+    async def results(self, round_: Round, timeout: float) -> list[BaseException | None]:
+        """Per message of a sent round: None once its PubAck said stored (or a duplicate),
+        else why not (an error from the server, or no answer within `timeout` from now).
+        Answers coming later are ignored."""
         try:
-            reply_base = f"{self._prefix}.{name}."
-            publish = self._nc.publish
-            for index, (subject, payload, headers) in enumerate(messages):
-                try:
-                    await publish(subject, payload, reply=f"{reply_base}{index}", headers=headers)
-                except Exception as exc:
-                    round_.settle(index, exc)
             if round_.remaining:
                 await asyncio.wait([round_.done], timeout=timeout)
         finally:
-            del self._rounds[name]
+            self._rounds.pop(round_.name, None)
         results = round_.results
         if round_.remaining:
             for index, result in enumerate(results):
