@@ -114,17 +114,15 @@ class Worker:
         state.applied_event.set()
         metrics.READY.set(1)
         metrics.REVISION.set(applied.ruleset.revision)
-        index = applied.ruleset.index
-        counts = index.counts() if self.status is None else self.status.counts(index)
+        ruleset = applied.ruleset
+        counts = ruleset.counts() if self.status is None else self.status.counts(ruleset)
         metrics.RULES.labels("total").set(counts["rules"])
         metrics.RULES.labels("active").set(counts["active"])
         metrics.RULES.labels("external").set(counts["external"])
 
     def _facts(self) -> StatusFacts:
-        ruleset = self.book.current
         return StatusFacts(
-            index=ruleset.index,
-            revision=ruleset.revision,
+            ruleset=self.book.current,
             ready=self.state.ready,
             events_processed=self.events.stats.processed if self.events is not None else 0,
             apply_latency_ms=self.state.last_apply_ms,

@@ -297,7 +297,7 @@ class RuleConsumer:
         metrics.RULE_MESSAGES.labels("applied").inc(len(changes))
         self.snapshots += 1
         self._failures = 0
-        counts = ruleset.index.counts()
+        counts = ruleset.counts()
         _log.info(
             "rule index built from the TTP_RULES snapshot",
             extra={

@@ -20,6 +20,7 @@ from ttp_core.contract import subjects
 from ttp_core.contract.payloads import WorkerStatus, encode, envelope, worker_source
 from ttp_core.engine.index import RuleIndex
 from ttp_runtime.tracing import inject_headers
+from ttp_worker.rulebook import Ruleset
 
 _log = logging.getLogger(__name__)
 
@@ -28,8 +29,7 @@ _log = logging.getLogger(__name__)
 class StatusFacts:
     """What a status message reports, read from the worker when it is sent."""
 
-    index: RuleIndex
-    revision: int
+    ruleset: Ruleset
     ready: bool
     events_processed: int
     apply_latency_ms: float | None
@@ -68,28 +68,28 @@ class StatusPublisher:
         self._digest = (index, value)
         return value
 
-    def counts(self, index: RuleIndex, *, fresh: bool = False) -> dict[str, int]:
-        """The index's rule counts, computed once per index unless `fresh` (an operator state
-        may expire, which changes the active count without a new index)."""
+    def counts(self, ruleset: Ruleset, *, fresh: bool = False) -> dict[str, int]:
+        """The ruleset's rule counts, computed once per index unless `fresh` (an operator
+        state may expire, which changes the active count without a new index)."""
         cached = self._counts
-        if not fresh and cached is not None and cached[0] is index:
+        if not fresh and cached is not None and cached[0] is ruleset.index:
             return cached[1]
-        value = index.counts()
-        self._counts = (index, value)
+        value = ruleset.counts()
+        self._counts = (ruleset.index, value)
         return value
 
     def build(self, *, fresh: bool = True) -> WorkerStatus:
         facts = self._facts()
-        counts = self.counts(facts.index, fresh=fresh)
+        counts = self.counts(facts.ruleset, fresh=fresh)
         return WorkerStatus(
             worker_id=self.worker_id,
-            revision=facts.revision,
+            revision=facts.ruleset.revision,
             rules=counts["rules"],
             active=counts["active"],
             external=counts["external"],
             ready=facts.ready,
             events_processed=facts.events_processed,
-            index_digest=self.digest(facts.index),
+            index_digest=self.digest(facts.ruleset.index),
             apply_latency_ms=facts.apply_latency_ms,
             status_interval_s=self._interval_s,
         )

@@ -292,3 +292,45 @@ def test_the_kinds_a_ruleset_evaluates_follow_every_change() -> None:
     book.apply([rdef("C", 5), rdef("C", 6, version=2)])
     assert book.current.kinds == evaluated_kinds(book.current.index, {})
     assert book.current.kinds == frozenset({"command"})
+
+
+def _external(rule_id: str, revision: int) -> RuleChange:
+    body = Rule.model_validate(
+        {
+            "rule_id": rule_id,
+            "rule_version": 1,
+            "name": rule_id.lower(),
+            "applies_to": ["command"],
+            "match": {"kind": "lifter:sigma"},
+            "emits": [{"tactic": "TA0002", "technique_id": "T1059", "confidence": 0}],
+        }
+    ).normalised()
+    data = RuleReloaded(
+        rule_id=rule_id,
+        revision=revision,
+        rule_version=1,
+        content_sha256=content_sha256(Rule.model_validate(body)),
+        source_path=f"{rule_id}.yaml",
+        rule=body,
+    )
+    raw = encode(envelope(data, source=MASTER_SOURCE, subject=rule_id))
+    return change(subjects.rule_reloaded(rule_id), raw)
+
+
+def test_ruleset_counts_equal_the_index_counts_through_every_change() -> None:
+    book = RuleBook()
+    book.load_snapshot([rdef("A", 1), rdef("B", 2), _external("X", 3), rstate("A", 4, "disabled")])
+    steps = [
+        [_external("Y", 5)],
+        [rdel("X", 6)],
+        [rstate("B", 7, "disabled"), rstate("Y", 8, "disabled")],
+        [rdef("X", 9)],  # an external rule becomes a built-in one
+        [rstate("A", 10, "enabled"), rdel("B", 11)],
+    ]
+    later = datetime(2101, 1, 1, tzinfo=UTC).timestamp()  # every state has expired by then
+    for changes in [[], *steps]:
+        book.apply(changes)
+        ruleset = book.current
+        for now in (None, later):
+            assert ruleset.counts(now) == ruleset.index.counts(now)
+    assert book.current.external == 1
