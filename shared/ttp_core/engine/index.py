@@ -383,9 +383,20 @@ class KindIndex:
     def fired(self, payload: Mapping[str, Any]) -> Sequence[str]:
         """Rule ids whose match tree holds for `payload`, in rule id order."""
         found: list[Hits] = []
+        # Matchers are in field name order, so `headers.cookie`, `headers.host`... follow
+        # each other and read `headers` once.
+        head: str | None = None
+        parent: Any = MISSING
         for matcher in self.matchers:
             value = payload.get(matcher.field, MISSING)
-            if value is MISSING and len(matcher.parts) > 1:
+            if value is MISSING and matcher.child is not None:
+                if matcher.head != head:
+                    head, parent = matcher.head, payload.get(matcher.head, MISSING)
+                if parent.__class__ is dict:
+                    value = parent.get(matcher.child, MISSING)
+                elif parent is not MISSING:
+                    value = matcher.read(payload)
+            elif value is MISSING and len(matcher.parts) > 2:
                 value = matcher.read(payload)
             if value.__class__ is str and len(value) <= CACHED_TEXT_MAX:
                 # The usual case inlined: one short text, most often already in the cache.
