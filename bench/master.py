@@ -31,8 +31,10 @@ What is measured
    back into the master, and adds this process's callback dispatch, both well under 1 ms).
    The CloudEvents `time` of the message is stamped by the master inside its write
    transaction (after the fence and revision queries), which splits each sample into
-   "save -> commit start" (inotify, debounce, validation, first queries) and "commit start
-   -> on NATS" (writes, commit, NOTIFY, outbox relay, publish). Also reported: save -> the
+   "save -> commit start" (inotify, validation, first queries; a rename into place is
+   handed out without the debounce, which only waits for files written in place) and
+   "commit start -> on NATS" (writes, commit, the rows handed to the outbox relay, publish).
+   Also reported: save -> the
    following `ttp.ruleset.revision`, which the relay publishes after marking the row
    published, and CPU per save of the master, PostgreSQL, NATS, this process and all other
    processes of the machine (a shared machine makes the figures noisy; this shows how much).
@@ -901,10 +903,10 @@ def print_series(result: SeriesResult, *, target: bool = True) -> None:
         f"max {f['max_ms']:.1f}"
     )
     print(
-        f"  of which save -> commit start (inotify + debounce + validate): median "
+        f"  of which save -> commit start (inotify, debounce of writes, validate): median "
         f"{f['save_to_commit_start_median_ms']:.1f} ms (p99 "
-        f"{f['save_to_commit_start_p99_ms']:.1f}); commit start -> on NATS (commit, NOTIFY, "
-        f"relay, publish): median {f['commit_start_to_nats_median_ms']:.1f} ms (p99 "
+        f"{f['save_to_commit_start_p99_ms']:.1f}); commit start -> on NATS (commit, hand-over "
+        f"to the relay, publish): median {f['commit_start_to_nats_median_ms']:.1f} ms (p99 "
         f"{f['commit_start_to_nats_p99_ms']:.1f})"
     )
     if "save_to_ruleset_revision_median_ms" in f:
