@@ -76,9 +76,15 @@ class Catalog:
         return known
 
     def update(self, rules: dict[str, KnownRule]) -> None:
-        """Record written rules; the path index is rebuilt on next use."""
+        """Record written rules, and their paths in the path index (kept, not rebuilt: a
+        save among 10,000 rules must not cost a pass over all of them). An entry left
+        stale (a rule moved away or deleted) is harmless: `owner_of` checks the rule."""
         self.rules.update(rules)
-        self._owners = None
+        owners = self._owners
+        if owners is not None:
+            for known in rules.values():
+                if not known.deleted:
+                    owners[known.source_path] = known.rule_id
 
 
 @dataclass(frozen=True, slots=True)
