@@ -71,6 +71,12 @@ async def refused(call: Any) -> None:
         await call
 
 
+async def all_refused(*calls: Any) -> None:
+    """Each of `calls` gets no answer. A refusal shows only as the client giving up, so the
+    calls wait out their timeouts side by side rather than one after another."""
+    await asyncio.gather(*(refused(call) for call in calls))
+
+
 async def rules_seq(nc: Client) -> int:
     """TTP_RULES' last sequence, as a consumer reads it."""
     return int((await nc.jetstream().stream_info(subjects.STREAM_RULES)).state.last_seq)
@@ -142,20 +148,20 @@ async def test_a_worker_cannot_forge_rules_change_state_or_destroy_streams(
             wjs = worker.jetstream(timeout=REFUSED_WITHIN_S)
             await worker.publish(subjects.rule_state(RULE), forged_bytes)
             await worker.publish(subjects.rule_reloaded(RULE), forged_bytes)
-            await refused(wjs.publish(subjects.rule_state(RULE), forged_bytes))
-            await refused(wjs.publish(subjects.RULESET_REVISION, forged_bytes))
             request = {"rule_id": RULE, "state": "enabled", "reason": "forged"}
-            await refused(
+            await all_refused(
+                wjs.publish(subjects.rule_state(RULE), forged_bytes),
+                wjs.publish(subjects.RULESET_REVISION, forged_bytes),
                 worker.request(
                     subjects.control("state.set"),
                     json.dumps(request).encode(),
                     timeout=REFUSED_WITHIN_S,
-                )
+                ),
+                wjs.purge_stream(subjects.STREAM_RULES),
+                wjs.delete_stream(subjects.STREAM_RULES),
+                wjs.delete_stream(subjects.STREAM_EVENTS),
+                wjs.add_stream(name="TTP_RULES_COPY", subjects=["ttp.copy.>"]),
             )
-            await refused(wjs.purge_stream(subjects.STREAM_RULES))
-            await refused(wjs.delete_stream(subjects.STREAM_RULES))
-            await refused(wjs.delete_stream(subjects.STREAM_EVENTS))
-            await refused(wjs.add_stream(name="TTP_RULES_COPY", subjects=["ttp.copy.>"]))
             await refusals_logged(
                 roles,
                 "worker",
@@ -273,9 +279,11 @@ async def test_a_producer_publishes_events_and_reads_nothing(
             for subject in tapped:
                 await producer.subscribe(subject, cb=sniff)
             pjs = producer.jetstream(timeout=REFUSED_WITHIN_S)
-            await refused(pjs.add_consumer(subjects.STREAM_TAGS, ConsumerConfig(name="sniff")))
-            await refused(pjs.stream_info(subjects.STREAM_TAGS))
-            await refused(pjs.get_last_msg(subjects.STREAM_RULES, subjects.RULESET_REVISION))
+            await all_refused(
+                pjs.add_consumer(subjects.STREAM_TAGS, ConsumerConfig(name="sniff")),
+                pjs.stream_info(subjects.STREAM_TAGS),
+                pjs.get_last_msg(subjects.STREAM_RULES, subjects.RULESET_REVISION),
+            )
             not_events = [
                 subjects.tagged("command"),
                 subjects.rule_state(RULE),
@@ -394,8 +402,9 @@ async def test_a_viewer_reaches_no_state_change_and_no_stream(
                         subjects.control(endpoint), json.dumps(request).encode(), timeout=5
                     )
             vjs = viewer.jetstream(timeout=REFUSED_WITHIN_S)
-            await refused(vjs.stream_info(subjects.STREAM_RULES))
-            await refused(vjs.delete_stream(subjects.STREAM_RULES))
+            await all_refused(
+                vjs.stream_info(subjects.STREAM_RULES), vjs.delete_stream(subjects.STREAM_RULES)
+            )
             await viewer.publish(subjects.rule_state(RULE), b"{}")
             await viewer.subscribe(subjects.wildcard(subjects.TAGGED_PREFIX))
             await refusals_logged(
