@@ -83,6 +83,8 @@ class DirectLeaf:
             test = self._pattern
         elif op in _COMPARISONS:
             test = self._compare
+        elif op == "equals" and isinstance(self.operand, bool):
+            test = self._is_operand  # `success: true`: only that very boolean equals it
         else:
             test = self._equals_any
         object.__setattr__(self, "test_scalar", test)
@@ -108,6 +110,9 @@ class DirectLeaf:
         number = as_number(scalar)
         # int or float, compared exactly (no float() overflow)
         return number is not None and _COMPARISONS[self.operator](number, self.operand)
+
+    def _is_operand(self, scalar: Any) -> bool:
+        return scalar is self.operand
 
     def _equals_any(self, scalar: Any) -> bool:
         candidates = self.operand if self.operator == "in" else (self.operand,)
