@@ -49,7 +49,7 @@ from ttp_runtime.tracing import (
     start_consumer_span,
     subject_template,
 )
-from ttp_worker import metrics
+from ttp_worker import metrics, wire
 from ttp_worker.events import (
     Outgoing,
     cloudevents_time,
@@ -453,20 +453,34 @@ class EventConsumer:
     async def _settle(self, items: list[_Item], *, unpublished: bool) -> None:
         """Ack the published items not settled yet; with `unpublished`, give back (nak) the
         others, for another worker. The acks go out together, in one write."""
-        lost = 0
+        acks: list[Msg] = []
+        naks: list[Msg] = []
         for item in items:
             if item.settled or (not item.published and not unpublished):
                 continue
             item.settled = True
+            (acks if item.published else naks).append(item.msg)
+        lost = 0
+        if acks and wire.ready(self._nc):
             try:
-                if item.published:
-                    await item.msg.ack()
-                else:
-                    await item.msg.nak(delay=_NAK_DELAY_S)
+                await wire.send(self._nc, (wire.empty_pub(msg.reply) for msg in acks))
             except Exception:
-                # The connection is gone: the server redelivers after ack_wait.
+                lost += len(acks)
+            for msg in acks:
+                msg._ackd = True
+        else:
+            for msg in acks:
+                try:
+                    await msg.ack()
+                except Exception:
+                    lost += 1
+        for msg in naks:
+            try:
+                await msg.nak(delay=_NAK_DELAY_S)
+            except Exception:
                 lost += 1
         if lost:
+            # The connection is gone: the server redelivers after ack_wait.
             _log.warning("could not ack or nak %d events; they will be redelivered", lost)
 
     def _evaluate(self, msgs: list[Msg]) -> tuple[list[_Item], Counter[tuple[str, str]]]:

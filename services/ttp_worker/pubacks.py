@@ -18,10 +18,13 @@ from collections.abc import Sequence
 from typing import Final
 
 import msgspec
+import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
+
+from ttp_worker import wire
 
 _STATUS_HEADER: Final = "Status"
 _NO_RESPONDERS: Final = "503"
@@ -115,11 +118,27 @@ class PubAckRounds:
             return round_
         self._rounds[name] = round_
         reply_base = f"{self._prefix}.{name}."
-        publish = self._nc.publish
+        nc = self._nc
+        if not wire.ready(nc):
+            # Reconnecting or stopping: nats-py buffers or refuses each message.
+            for index, (subject, payload, headers) in enumerate(messages):
+                reply = f"{reply_base}{index}"
+                try:
+                    await nc.publish(subject, payload, reply=reply, headers=headers)
+                except Exception as exc:
+                    round_.settle(index, exc)
+            return round_
+        limit = nc.max_payload
+        commands: list[bytes] = []
         for index, (subject, payload, headers) in enumerate(messages):
             try:
-                await publish(subject, payload, reply=f"{reply_base}{index}", headers=headers)
-            except Exception as exc:
+                commands.append(wire.hpub(subject, f"{reply_base}{index}", headers, payload, limit))
+            except nats.errors.MaxPayloadError as exc:
+                round_.settle(index, exc)
+        try:
+            await wire.send(nc, commands)
+        except Exception as exc:
+            for index in range(len(messages)):
                 round_.settle(index, exc)
         return round_
 

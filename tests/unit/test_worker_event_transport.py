@@ -13,6 +13,7 @@ import json
 from types import SimpleNamespace
 from typing import Any
 
+import nats.errors
 import nats.js.errors
 import pytest
 
@@ -25,7 +26,13 @@ from ttp_worker.pull import PullBatches
 
 
 class AnsweringNats:
-    """Publishes are answered according to their payload, on the next loop turn."""
+    """Publishes are answered according to their payload, on the next loop turn.
+
+    Not connected: every message goes through `publish`, as while nats-py reconnects.
+    """
+
+    is_connected = False
+    is_draining_pubs = False
 
     def __init__(self) -> None:
         self.cb: Any = None
@@ -112,6 +119,51 @@ async def test_an_empty_round_publishes_nothing() -> None:
     nc = AnsweringNats()
     assert await PubAckRounds(nc).publish([], 1.0) == []  # type: ignore[arg-type]
     assert nc.sent == [] and nc.subscribed == []
+
+
+class WritingNats(AnsweringNats):
+    """Connected: a round is written as protocol commands into the send buffer."""
+
+    is_connected = True
+    max_payload = 1200
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buffer: list[bytes] = []
+        self.flushes = 0
+
+    async def _send_command(self, data: bytes) -> None:
+        self.buffer.append(data)
+
+    async def _flush_pending(self) -> None:
+        self.flushes += 1
+
+
+async def test_a_connected_round_is_one_buffer_entry_of_hpub_commands() -> None:
+    nc = WritingNats()
+    rounds = PubAckRounds(nc)  # type: ignore[arg-type]
+    round_ = await rounds.send(
+        [
+            ("ttp.tagged.c", b'{"a":1}', {"Nats-Msg-Id": "id-0", "traceparent": "00-x\r\nX: y"}),
+            ("ttp.tagged.c", b"x" * 1200, {"Nats-Msg-Id": "id-1"}),  # over max_payload
+        ]
+    )
+    assert nc.sent == [] and nc.flushes == 1
+    [data] = nc.buffer
+    head = b"NATS/1.0\r\nNats-Msg-Id: id-0\r\ntraceparent: 00-x  X: y\r\n\r\n"
+    assert data == b'HPUB ttp.tagged.c _INBOX_worker.abc.1.0 %d %d\r\n%s{"a":1}\r\n' % (
+        len(head),
+        len(head) + 7,
+        head,
+    )
+    await nc.cb(
+        SimpleNamespace(
+            subject="_INBOX_worker.abc.1.0", data=b'{"stream":"T","seq":1}', headers=None
+        )
+    )
+    ok, too_large = await rounds.results(round_, 1.0)
+    assert ok is None
+    assert isinstance(too_large, nats.errors.MaxPayloadError)
 
 
 # --------------------------------------------------------------------------------------------
