@@ -49,7 +49,7 @@ RULE_SUBJECTS = (
 )
 _HEARTBEAT_S = 2.0
 _RETRY_S = 0.5
-_DECODE_SLICE = 256
+_DECODE_SLICE = 64
 """Snapshot messages decoded between two yields to the event loop: a 100,000-rule snapshot
 takes tens of seconds to decode, during which /livez, NATS pings and the consumer's
 heartbeats must still be served."""
@@ -325,16 +325,22 @@ class RuleConsumer:
 
 @contextlib.contextmanager
 def _collector_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a snapshot is decoded and built.
+    """No cyclic garbage collection while a snapshot is decoded and built; then everything
+    alive is frozen out of the collector's sight (:func:`gc.freeze`).
 
     Decoding allocates many young objects that all stay alive (the rules), so every
-    generation-0 pass is wasted work: 10-20 % of decoding 10,000 rules. The collector runs
-    again as usual right after (whatever else ran in the decode's yields is collected then).
+    generation-0 pass is wasted work: 10-20 % of decoding 10,000 rules. Re-enabling alone
+    would only defer the cost: the next full collection walks every rule (0.45 s at 10,000
+    rules, and again at every later full collection, stalling the tagging). The rules, like
+    the imported modules, live until the next snapshot, so they are frozen instead: a
+    replaced index is still freed by reference counting, and leaves only a few hundred
+    objects in cycles (measured: 358 for 2,000 rules), which stay frozen.
     """
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        gc.freeze()
         if enabled:
             gc.enable()
