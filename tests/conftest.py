@@ -15,7 +15,9 @@ the first rung of this ladder that works:
    ``TTP_TEST_DOCKER=0`` to skip this rung; images from ``TTP_TEST_NATS_IMAGE`` and
    ``TTP_TEST_POSTGRES_IMAGE``);
 3. a server process started by the suite from pip-installed binaries
-   (:mod:`ttp_runtime.embedded`), on free random ports with data in temporary directories.
+   (:mod:`ttp_runtime.embedded`), on free random ports with data in temporary directories;
+   every embedded PostgreSQL starts from a copy of one cluster, made by the session's only
+   ``initdb``.
 
 Per test: ``nats_url``; ``database_url`` / ``database_dsn`` name a fresh database dropped
 afterwards; ``js_names`` gives unique JetStream stream names and subject prefixes.
@@ -42,6 +44,7 @@ import contextlib
 import itertools
 import os
 import secrets
+import shutil
 import socket
 import sys
 import time
@@ -50,6 +53,7 @@ import uuid
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import pytest
@@ -263,12 +267,46 @@ def _start_embedded_nats() -> NatsServer:
     return NatsServer(source="embedded", url=server.url, embedded=server)
 
 
+# A cluster made by the session's one initdb and stopped cleanly. Every embedded PostgreSQL
+# starts from a copy of it: initdb took most of a private server's start, a copy a fraction.
+_postgres_template: Any = None
+
+
+def _postgres_cluster_template() -> Path:
+    """The template cluster's data directory (pgdata), made on first use."""
+    global _postgres_template  # noqa: PLW0603 (one initdb per session)
+    if _postgres_template is None:
+        from ttp_runtime.embedded import EmbeddedPostgres
+
+        template = EmbeddedPostgres()
+        try:
+            template.start()
+            template.stop()
+        except BaseException:
+            template.close()
+            raise
+        # Its temporary directory goes with the launcher's exit hook.
+        _postgres_template = template
+    pgdata: Path = _postgres_template.pgdata
+    return pgdata
+
+
+def _copy_cluster(template: Path, pgdata: Path) -> None:
+    shutil.copytree(template, pgdata, symlinks=True)
+    owner = template.stat()
+    if os.geteuid() == 0 and owner.st_uid != 0:
+        # Run as root, PostgreSQL runs as another account, which must own its files.
+        for path in [pgdata, *pgdata.rglob("*")]:
+            os.lchown(path, owner.st_uid, owner.st_gid)
+
+
 def _start_embedded_postgres() -> PostgresServer:
     from ttp_runtime.embedded import EmbeddedPostgres
 
     with contextlib.ExitStack() as guard:
         server = EmbeddedPostgres()
         guard.callback(server.close)
+        _copy_cluster(_postgres_cluster_template(), server.pgdata)
         server.start()
         guard.pop_all()
     return PostgresServer(source="embedded", url=server.url, embedded=server)
