@@ -212,18 +212,28 @@ async def run_process(
     name: str,
     workdir: Path,
     profile_to: Path | None,
+    workers: int = 1,
 ) -> Run:
-    worker = BenchWorker(env, name, workdir, profile_to).start()
+    """`workers` processes (the first profiled); the clock runs from the first `/readyz`."""
+    procs = [
+        BenchWorker(env, f"{name}-{n}", workdir, profile_to if n == 1 else None).start()
+        for n in range(1, workers + 1)
+    ]
     try:
-        ready = await worker._ready_at(session)
-        cpu0 = cpu_seconds(worker.pid)
+        readies = await asyncio.gather(*(proc._ready_at(session) for proc in procs))
+        ready = min(readies)
+        if workers > 1:
+            offsets = ", ".join(f"{(r - ready) * 1000:.0f}" for r in readies)
+            print(f"  /readyz 200 of each worker after the first: {offsets} ms")
+        cpu0 = [cpu_seconds(proc.pid) for proc in procs]
         drained = await wait_drained(backlog)
-        cpu = cpu_seconds(worker.pid) - cpu0
+        cpu = sum(cpu_seconds(proc.pid) - c for proc, c in zip(procs, cpu0, strict=True))
     finally:
-        worker._terminate()
-    problems = worker.problems()
-    for line in problems[:5]:
-        print(f"  worker log: {line}")
+        for proc in procs:
+            proc._terminate()
+    for proc in procs:
+        for line in proc.problems()[:5]:
+            print(f"  worker log: {line}")
     return Run(events_count, drained - ready, cpu, None)
 
 
@@ -275,7 +285,14 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                         profile_to = Path(f"{args.profile}.{number + 1}")
                         profiles.append(profile_to)
                     run = await run_process(
-                        env, worker_nc, session, len(events), f"b{number}", workdir, profile_to
+                        env,
+                        worker_nc,
+                        session,
+                        len(events),
+                        f"b{number}",
+                        workdir,
+                        profile_to,
+                        args.workers,
                     )
                 else:
                     run = await run_in_process(worker_nc, ruleset, len(events), profiler)
@@ -318,6 +335,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Benchmark the worker's event path.")
     parser.add_argument("--process", action="store_true", help="run a ttp-worker per run")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes (--process)")
     parser.add_argument("--events", type=int, default=PER, help="events per run")
     parser.add_argument("--runs", type=int, default=4, help="runs (the first is warm-up)")
     parser.add_argument(
