@@ -232,10 +232,11 @@ class CompiledRule:
     bounded_patterns: tuple[tuple[Path, str], ...]
     """(location in the rule, pattern) of each pattern on the bounded backtracking path."""
     attack_version: str
+    rule_id: str = dataclass_field(init=False)
+    """The rule's id: a field, not a property, as every index build reads it per rule."""
 
-    @property
-    def rule_id(self) -> str:
-        return self.rule.rule_id
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rule_id", self.rule.rule_id)
 
     @property
     def rule_version(self) -> int:
