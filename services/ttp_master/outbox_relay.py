@@ -283,7 +283,13 @@ class OutboxRelay:
     async def publish_pending(self) -> int:
         """Publish one batch of unpublished rows in revision order; returns how many."""
         async with self._lock:
-            return await self._publish_pending()
+            try:
+                return await self._publish_pending()
+            except BaseException:
+                # Whatever failed (a publish, the marking), rows may be left unpublished or
+                # unmarked: the next pass reads the outbox before anything is handed over.
+                self._epoch += 1
+                raise
 
     async def _publish_pending(self) -> int:
         direct = self._take_direct()
@@ -342,7 +348,6 @@ class OutboxRelay:
                         # Later windows wait: a failed row is retried before anything newer.
                         raise outcome
         except BaseException:
-            self._epoch += 1  # rows are left behind: the next pass reads the outbox
             if published:
                 self._upto = max(self._upto, *published)
                 await self._mark(conn, published)
