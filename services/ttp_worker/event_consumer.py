@@ -158,6 +158,8 @@ class EventConsumer:
         self._pull: PullBatches | None = None
         # Batches evaluated and not finished yet (two at most: see `run`).
         self._holding: list[_Batch] = []
+        # This batch's evaluate times, observed together at its end.
+        self._evaluate_times: list[float] = []
         self._sub: Any = None
         # Bumped by `resubscribe`: a bind that was in flight when it was asked for is stale.
         self._binding = 0
@@ -538,6 +540,8 @@ class EventConsumer:
                 stats.tagged += 1
                 stats.tags += len(tags)
                 tag_counts[kind] += len(tags)
+        metrics.observe_all(metrics.EVALUATE_SECONDS, self._evaluate_times)
+        self._evaluate_times.clear()
         for kind, count in tag_counts.items():
             metrics.TAGS.labels(kind).inc(count)
         return items, counts
@@ -570,7 +574,7 @@ class EventConsumer:
                     tags = index.evaluate(event)
             else:
                 tags = index.evaluate(event)
-            metrics.EVALUATE_SECONDS.observe(time.perf_counter() - t0)
+            self._evaluate_times.append(time.perf_counter() - t0)
             if not tags:
                 return "untagged", tags
             out = tagged_message(event, tags, ruleset.revision, self._source, now_text)

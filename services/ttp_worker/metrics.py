@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Sequence
+
 from prometheus_client import Counter, Gauge, Histogram
 
 _FAST = (0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1)
@@ -62,3 +65,28 @@ STREAM_FULL = Gauge(
     "1 while an output stream (TTP_TAGS, TTP_DEADLETTER) is at its limit; events are held.",
     ["stream"],
 )
+
+
+def observe_all(histogram: Histogram, amounts: Sequence[float]) -> None:
+    """`histogram.observe` of every amount, with one update per bucket rather than per amount.
+
+    A batch's per-event evaluate times go in here: `observe` takes a lock and walks the
+    buckets for each one, a few per cent of the event path. The result is the same (every
+    amount counted in its bucket and summed); prometheus_client's own layout is used when
+    it is the known one, else `observe` per amount.
+    """
+    buckets = getattr(histogram, "_buckets", None)
+    bounds = getattr(histogram, "_upper_bounds", None)
+    total = getattr(histogram, "_sum", None)
+    if buckets is None or bounds is None or total is None or len(buckets) != len(bounds):
+        for amount in amounts:
+            histogram.observe(amount)
+        return
+    counts = [0] * len(bounds)
+    for amount in amounts:
+        # The first bound at or above the amount, as `observe` finds it (+Inf is the last).
+        counts[bisect.bisect_left(bounds, amount)] += 1
+    for bucket, count in zip(buckets, counts, strict=True):
+        if count:
+            bucket.inc(count)
+    total.inc(sum(amounts))

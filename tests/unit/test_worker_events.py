@@ -7,6 +7,7 @@ import math
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, Histogram
 
 from ttp_core.contract.payloads import DeadLetter, EventTagged, TagData, decode
 from ttp_core.engine.compiler import compile_rule
@@ -22,6 +23,7 @@ from ttp_worker.events import (
     tagged_message,
     tagged_msg_id,
 )
+from ttp_worker.metrics import observe_all
 from ttp_worker.settings import WorkerSettings, default_worker_id
 
 GOLDEN_UUID = "9aa491e5-f03b-5d8f-9eb5-161becedcdd6"
@@ -215,3 +217,27 @@ def test_settings_defaults_and_worker_id_is_a_token(monkeypatch: Any) -> None:
     assert settings.worker_id == default_worker_id()
     with pytest.raises(ValueError):
         WorkerSettings(worker_id="a.b")
+
+
+def test_evaluate_times_observed_together_count_as_one_by_one() -> None:
+    registry = CollectorRegistry()
+    buckets = (0.00002, 0.0001, 0.001, 1)
+    one_by_one = Histogram("one", "x", buckets=buckets, registry=registry)
+    together = Histogram("two", "x", buckets=buckets, registry=registry)
+    amounts = [0.0, 0.00002, 0.000021, 0.0001, 0.0005, 1.0, 7.5, 0.00001] * 3
+    for amount in amounts:
+        one_by_one.observe(amount)
+    observe_all(together, amounts)
+
+    def samples(name: str) -> dict[tuple[str, str], float]:
+        return {
+            (s.name.removeprefix(name), s.labels.get("le", "")): s.value
+            for family in registry.collect()
+            if family.name == name
+            for s in family.samples
+            if not s.name.endswith("_created")
+        }
+
+    expected, got = samples("one"), samples("two")
+    assert got.pop(("_sum", "")) == pytest.approx(expected.pop(("_sum", "")))
+    assert got == expected
