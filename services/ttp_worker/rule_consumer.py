@@ -281,7 +281,9 @@ class RuleConsumer:
             get_tracer().start_as_current_span(
                 "apply ttp.rule snapshot", attributes={"ttp.messages": len(raw)}
             ),
-            _collector_paused(),
+            # Only at start: later, the event consumer runs during the decode's yields, and
+            # its garbage must stay collectable.
+            _collector_paused() if not self.ready.is_set() else contextlib.nullcontext(),
         ):
             changes: list[RuleChange] = []
             for number, (subject, data, stream_seq) in enumerate(raw, 1):
@@ -325,16 +327,16 @@ class RuleConsumer:
 
 @contextlib.contextmanager
 def _collector_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a snapshot is decoded and built; then everything
-    alive is frozen out of the collector's sight (:func:`gc.freeze`).
+    """No cyclic garbage collection while the first snapshot is decoded and built; then
+    everything alive is frozen out of the collector's sight (:func:`gc.freeze`).
 
     Decoding allocates many young objects that all stay alive (the rules), so every
     generation-0 pass is wasted work: 10-20 % of decoding 10,000 rules. Re-enabling alone
     would only defer the cost: the next full collection walks every rule (0.45 s at 10,000
     rules, and again at every later full collection, stalling the tagging). The rules, like
-    the imported modules, live until the next snapshot, so they are frozen instead: a
-    replaced index is still freed by reference counting, and leaves only a few hundred
-    objects in cycles (measured: 358 for 2,000 rules), which stay frozen.
+    the imported modules, live long, so they are frozen instead: a replaced index is still
+    freed by reference counting, and leaves only a few hundred objects in cycles (measured:
+    358 for 2,000 rules), which stay frozen.
     """
     enabled = gc.isenabled()
     gc.disable()
