@@ -2,9 +2,10 @@
 
 Unpublished `ttp_rule_event` rows are published in revision order, each with its
 `Nats-Msg-Id`, and marked published only after the PubAck; a crash anywhere in between
-republishes the same ids, which JetStream drops as duplicates. Woken by LISTEN/NOTIFY,
-with a poll as the fallback. After each batch the ruleset totals go out on
-`ttp.ruleset.revision`.
+republishes the same ids, which JetStream drops as duplicates. The rows of each commit of
+this process are handed over by its repository and published at once; rows written any
+other way are found by LISTEN/NOTIFY, with a poll as the fallback. After each batch the
+ruleset totals go out on `ttp.ruleset.revision`.
 """
 
 from __future__ import annotations

@@ -46,7 +46,13 @@ class MasterSettings(ServiceSettings):
     )
     rules_dir: Path = Field(default=Path("./rules"), description="Directory watched for rules.")
     debounce_ms: int = Field(
-        default=10, ge=0, le=5000, description="Quiet time that closes a batch of file events."
+        default=10,
+        ge=0,
+        le=5000,
+        description=(
+            "Quiet time that closes a batch of file events; a batch of files only renamed "
+            "into place (atomic saves, mv, a ConfigMap swap) is handed out without it."
+        ),
     )
     delete_grace_ms: int = Field(
         default=100,
