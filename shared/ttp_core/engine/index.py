@@ -1,10 +1,11 @@
 """The compiled, immutable rule index and event evaluation.
 
-Per source kind, every linear leaf reading the same field sits in one RE2 `Filter`
-(FilteredRE2): a literal-atom set picks candidate patterns and only those run, each
-with RE2's own fallback, so a match is never missed. A bare `re2.Set` was measured to
-return no match at all when its DFA runs out of memory on long inputs, which is why
-it is not used here.
+Per source kind, the linear leaves reading the same field sit in RE2 `Filter`s
+(FilteredRE2), sharded by rule: a literal-atom set picks candidate patterns and only
+those run, each with RE2's own fallback, so a match is never missed. Texts of a few KB
+go to RE2 sets instead (see `ShardSet`), whose last, always-matching pattern tells a
+complete answer from a DFA that ran out of memory (RE2 then reports no match at all);
+an incomplete answer falls back to the filters.
 
 Every change builds a new index that shares everything the change did not touch (other
 kinds, other fields of the same kind) and is published by swapping one reference, so a
