@@ -35,8 +35,11 @@ def hpub(
     Raises `nats.errors.MaxPayloadError` when headers and payload together exceed the
     server's limit, which the server would answer by closing the connection.
     """
-    block = "".join(f"{key}: {value.translate(_NO_NEWLINES)}\r\n" for key, value in headers.items())
-    head = f"NATS/1.0\r\n{block}\r\n".encode()
+    head_text = "NATS/1.0\r\n"
+    for key, value in headers.items():
+        line = value.translate(_NO_NEWLINES) if "\r" in value or "\n" in value else value
+        head_text += f"{key}: {line}\r\n"
+    head = f"{head_text}\r\n".encode()
     size = len(head)
     total = size + len(payload)
     if 0 < max_payload < total:
