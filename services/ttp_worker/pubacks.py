@@ -8,6 +8,10 @@ round goes out with the reply subject `<inbox>.<round>.<index>`, one subscriptio
 reads the PubAcks, and the round is over when each message has its answer or the time is
 up. A PubAck arriving after its round gave up is ignored: the message is published again
 in a later round, with the same `Nats-Msg-Id`, so the stream keeps one copy.
+
+The subscription has no callback: whoever waits for a round reads its queue (nats-py 2.x
+internals, pinned by the lock: `_pending_queue`, `_pending_size`), which spares a task
+switch and a coroutine per PubAck; answers to other rounds found there are settled too.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 import nats.errors
@@ -96,7 +100,7 @@ class PubAckRounds:
     async def _subscribe(self) -> None:
         # nats-py subscribes again after a reconnect, so one subscription lasts.
         self._prefix = self._nc.new_inbox()
-        self._sub = await self._nc.subscribe(f"{self._prefix}.*.*", cb=self._on_reply)
+        self._sub = await self._nc.subscribe(f"{self._prefix}.*.*")
 
     async def publish(
         self, messages: Sequence[Outbound], timeout: float
@@ -146,9 +150,15 @@ class PubAckRounds:
         """Per message of a sent round: None once its PubAck said stored (or a duplicate),
         else why not (an error from the server, or no answer within `timeout` from now).
         Answers coming later are ignored."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         try:
-            if round_.remaining:
-                await asyncio.wait([round_.done], timeout=timeout)
+            while True:
+                self._read_queued()
+                left = deadline - loop.time()
+                if not round_.remaining or left <= 0:
+                    break
+                await self._wait(round_, left)
         finally:
             self._rounds.pop(round_.name, None)
         results = round_.results
@@ -158,7 +168,35 @@ class PubAckRounds:
                     results[index] = NoPubAckError("no PubAck in time")
         return results
 
-    async def _on_reply(self, msg: Msg) -> None:
+    def _read_queued(self) -> None:
+        sub: Any = self._sub
+        if sub is None:
+            return
+        queue = sub._pending_queue
+        while not queue.empty():
+            msg = queue.get_nowait()
+            # nats-py counts queued bytes against the subscription's limit until read.
+            sub._pending_size -= len(msg.data)
+            self._on_reply(msg)
+
+    async def _wait(self, round_: Round, timeout: float) -> None:
+        """Until something is queued, the round is settled (by another waiter) or `timeout`."""
+        sub: Any = self._sub
+        queue: asyncio.Queue[Msg] = sub._pending_queue
+        getter = asyncio.ensure_future(queue.get())
+        waits: list[asyncio.Future[Any]] = [getter, round_.done]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if getter.done() and not getter.cancelled():
+                msg = getter.result()
+                sub._pending_size -= len(msg.data)
+                self._on_reply(msg)
+            else:
+                # A cancelled get leaves its message in the queue, for the next read.
+                getter.cancel()
+
+    def _on_reply(self, msg: Msg) -> None:
         name, _, index_text = msg.subject[len(self._prefix) + 1 :].partition(".")
         round_ = self._rounds.get(name)
         if round_ is None:

@@ -35,7 +35,7 @@ class AnsweringNats:
     is_draining_pubs = False
 
     def __init__(self) -> None:
-        self.cb: Any = None
+        self.sub = SimpleNamespace(_pending_queue=asyncio.Queue(), _pending_size=0)
         self.subscribed: list[str] = []
         self.sent: list[tuple[str, bytes, str, dict[str, str] | None]] = []
         self.held: list[Any] = []
@@ -43,10 +43,14 @@ class AnsweringNats:
     def new_inbox(self) -> str:
         return "_INBOX_worker.abc"
 
-    async def subscribe(self, subject: str, cb: Any) -> object:
+    async def subscribe(self, subject: str) -> SimpleNamespace:
         self.subscribed.append(subject)
-        self.cb = cb
-        return object()
+        return self.sub
+
+    def deliver(self, msg: SimpleNamespace) -> None:
+        """A reply arrives: nats-py queues it for the subscription."""
+        self.sub._pending_size += len(msg.data)
+        self.sub._pending_queue.put_nowait(msg)
 
     async def publish(
         self, subject: str, payload: bytes, reply: str, headers: dict[str, str] | None
@@ -71,7 +75,7 @@ class AnsweringNats:
         if payload in answers:
             data, headers_back = answers[payload]
             msg = SimpleNamespace(subject=reply, data=data, headers=headers_back)
-            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.cb(msg)))
+            asyncio.get_running_loop().call_soon(self.deliver, msg)
 
 
 async def test_a_round_reports_each_message_by_its_own_puback() -> None:
@@ -104,15 +108,29 @@ async def test_a_puback_after_its_round_gave_up_changes_nothing() -> None:
     while len(nc.held) < 2:
         await asyncio.sleep(0)
     # The first round's answer comes while the second round waits: it is not the second's.
-    await nc.cb(nc.held[0])
-    await nc.cb(SimpleNamespace(subject="_INBOX_worker.abc.x.y", data=b"{}", headers=None))
-    await nc.cb(SimpleNamespace(subject="_INBOX_worker.abc.2.7", data=b"{}", headers=None))
+    nc.deliver(nc.held[0])
+    nc.deliver(SimpleNamespace(subject="_INBOX_worker.abc.x.y", data=b"{}", headers=None))
+    nc.deliver(SimpleNamespace(subject="_INBOX_worker.abc.2.7", data=b"{}", headers=None))
     await asyncio.sleep(0)
     assert not again.done()
-    await nc.cb(nc.held[1])
+    nc.deliver(nc.held[1])
     assert await again == [None]
     replies = [reply for _, _, reply, _ in nc.sent]
     assert replies == ["_INBOX_worker.abc.1.0", "_INBOX_worker.abc.2.0"]
+    assert nc.sub._pending_size == 0 and nc.sub._pending_queue.empty()
+
+
+async def test_rounds_waited_for_together_each_get_their_answers() -> None:
+    nc = AnsweringNats()
+    rounds = PubAckRounds(nc)  # type: ignore[arg-type]
+    first = await rounds.send([("ttp.tagged.c", b"late", {}), ("ttp.tagged.c", b"ok", {})])
+    second = await rounds.send([("ttp.tagged.c", b"late", {})])
+    waits = asyncio.gather(rounds.results(first, 5.0), rounds.results(second, 5.0))
+    await asyncio.sleep(0.01)
+    # Both answers of the late ones come at once: whichever waiter reads them settles both.
+    nc.deliver(nc.held[1])
+    nc.deliver(nc.held[0])
+    assert await asyncio.wait_for(waits, 1.0) == [[None, None], [None]]
 
 
 async def test_an_empty_round_publishes_nothing() -> None:
@@ -156,7 +174,7 @@ async def test_a_connected_round_is_one_buffer_entry_of_hpub_commands() -> None:
         len(head) + 7,
         head,
     )
-    await nc.cb(
+    nc.deliver(
         SimpleNamespace(
             subject="_INBOX_worker.abc.1.0", data=b'{"stream":"T","seq":1}', headers=None
         )
