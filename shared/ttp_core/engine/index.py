@@ -30,7 +30,7 @@ from ttp_core.engine.compiler import CompiledRule, KindProgram
 from ttp_core.engine.fields import MAX_MATCH_TEXT, MISSING, as_text, resolve, scalars
 from ttp_core.engine.patterns import re2_options
 from ttp_core.engine.state import ENABLED, RuleState, StateKind
-from ttp_core.engine.tags import Tag, tag_uuid_after, tag_uuid_prefix
+from ttp_core.engine.tags import Tag, tag_uuid_head, tag_uuid_of
 from ttp_core.rules.digest import ruleset_digest
 from ttp_core.rules.model import Rule
 
@@ -337,7 +337,7 @@ class FieldMatcher:
 class KindIndex:
     """Programs of every built-in rule that applies to one source kind."""
 
-    __slots__ = ("_always", "_fields", "matchers", "programs")
+    __slots__ = ("_always", "_fields", "_reads", "matchers", "programs")
 
     def __init__(
         self, programs: Mapping[str, KindProgram], fields: Mapping[str, FieldMatcher]
@@ -345,6 +345,12 @@ class KindIndex:
         self.programs = dict(programs)
         self._fields = dict(fields)
         self.matchers = tuple(self._fields.values())
+        # What `fired` reads per matcher, unpacked once per event rather than loaded as
+        # attributes: the field, its first part and (for a two-part path, else None) its second,
+        # whether the path is longer, and the matcher's result cache (cleared, never replaced).
+        self._reads = tuple(
+            (m.field, m.head, m.child, len(m.parts) > 2, m.cache, m) for m in self.matchers
+        )
         self._always = tuple(sorted(rid for rid, p in self.programs.items() if not p.needs_hit))
 
     @classmethod
@@ -384,29 +390,35 @@ class KindIndex:
     def fired(self, payload: Mapping[str, Any]) -> Sequence[str]:
         """Rule ids whose match tree holds for `payload`, in rule id order."""
         found: list[Hits] = []
+        missing, no_hits, cached_max = MISSING, NO_HITS, CACHED_TEXT_MAX
         # Matchers are in field name order, so `headers.cookie`, `headers.host`... follow
         # each other and read `headers` once.
         head: str | None = None
-        parent: Any = MISSING
-        for matcher in self.matchers:
-            value = payload.get(matcher.field, MISSING)
-            if value is MISSING and matcher.child is not None:
-                if matcher.head != head:
-                    head, parent = matcher.head, payload.get(matcher.head, MISSING)
-                if parent.__class__ is dict:
-                    value = parent.get(matcher.child, MISSING)
-                elif parent is not MISSING:
+        parent: Any = missing
+        for field, parent_key, child, deep, cache, matcher in self._reads:
+            value = payload.get(field, missing)
+            if value is missing:
+                if child is not None:
+                    if parent_key != head:
+                        head, parent = parent_key, payload.get(parent_key, missing)
+                    if parent.__class__ is dict:
+                        value = parent.get(child, missing)
+                    elif parent is not missing:
+                        value = matcher.read(payload)
+                    else:
+                        continue
+                elif deep:
                     value = matcher.read(payload)
-            elif value is MISSING and len(matcher.parts) > 2:
-                value = matcher.read(payload)
-            if value.__class__ is str and len(value) <= CACHED_TEXT_MAX:
+                else:
+                    continue
+            if value.__class__ is str and len(value) <= cached_max:
                 # The usual case inlined: one short text, most often already in the cache.
-                hits = matcher.cache.get(value)
+                hits = cache.get(value)
                 if hits is None:
                     hits = matcher.match(value)
-                if hits is not NO_HITS:
+                if hits is not no_hits:
                     found.append(hits)
-            elif value is not MISSING:
+            elif value is not missing:
                 matcher.collect(value, found)
         always = self._always
         if len(found) == 1:
@@ -674,20 +686,33 @@ class RuleIndex:
     ) -> list[Tag]:
         tags: list[Tag] = []
         rules, states = self._rules, self._states
-        prefix = tag_uuid_prefix(kind, source_id)
-        # Rules citing the same evidence fields share one copy of it (per event).
-        evidence_of: dict[tuple[tuple[str, tuple[str, ...]], ...], dict[str, Any]] = {}
+        head = tag_uuid_head(kind, source_id)
+        # Rules citing the same evidence fields share one copy of it (per event); the map
+        # is made only once a second rule fires (most events fire one).
+        first_spec: Any = None
+        first_evidence: dict[str, Any] = {}
+        evidence_of: dict[tuple[tuple[str, tuple[str, ...]], ...], dict[str, Any]] | None = None
         for rule_id in fired:
             compiled = rules[rule_id]
-            state = states.get(rule_id)
+            state = states.get(rule_id) if states else None
             moment = 0.0
             if state is not None:
                 moment = time.time() if now is None else now
                 if state.effective(moment) is StateKind.DISABLED:
                     continue
-            evidence = evidence_of.get(compiled.evidence)
-            if evidence is None:
-                evidence = evidence_of[compiled.evidence] = _evidence(payload, compiled.evidence)
+            spec = compiled.evidence
+            if first_spec is None:
+                first_spec = spec
+                evidence = first_evidence = _evidence(payload, spec)
+            elif spec == first_spec:
+                evidence = first_evidence
+            else:
+                if evidence_of is None:
+                    evidence_of = {}
+                found = evidence_of.get(spec)
+                if found is None:
+                    found = evidence_of[spec] = _evidence(payload, spec)
+                evidence = found
             for emit in compiled.emits:
                 confidence = (
                     emit.confidence if state is None else state.apply(emit.confidence, moment)
@@ -697,7 +722,7 @@ class RuleIndex:
                     continue
                 tags.append(
                     Tag(
-                        tag_uuid_after(prefix, emit.uuid_suffix),
+                        tag_uuid_of(head + emit.uuid_suffix),
                         emit.rule_id,
                         emit.rule_version,
                         emit.tactic,
@@ -722,9 +747,13 @@ def _evidence(
 ) -> dict[str, Any]:
     evidence: dict[str, Any] = {}
     for name, parts in fields:
-        value = resolve(payload, name, parts)
+        value = payload.get(name, MISSING)
         if value is MISSING:
-            continue
+            if len(parts) == 1:
+                continue
+            value = resolve(payload, name, parts)
+            if value is MISSING:
+                continue
         if value.__class__ is str and len(value) <= MAX_EVIDENCE_TEXT:
             evidence[name] = value  # the usual case: a short text is its own bounded copy
         else:
