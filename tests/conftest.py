@@ -285,7 +285,6 @@ def _postgres_cluster_template() -> Path:
         except BaseException:
             template.close()
             raise
-        # Its temporary directory goes with the launcher's exit hook.
         _postgres_template = template
     pgdata: Path = _postgres_template.pgdata
     return pgdata
@@ -528,6 +527,12 @@ def private_postgres() -> Iterator[PostgresServer]:
         yield server
     finally:
         server.close()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Remove the template cluster (the launchers' exit hook would, a little later)."""
+    if _postgres_template is not None:
+        _postgres_template.close()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
