@@ -498,3 +498,71 @@ def test_disabled_external_rule_does_not_fire() -> None:
         lifters={"beacon": lambda r, e: True},
     )
     assert fired(index, "command", {}) == []
+
+
+# --- evidence objects ----------------------------------------------------------------------
+
+
+def evidence_rule(rule_id: str, fields: list[str]) -> CompiledRule:
+    return compile_rule(
+        Rule.model_validate(
+            {
+                "rule_id": rule_id,
+                "rule_version": 1,
+                "name": rule_id.lower(),
+                "applies_to": ["http_request"],
+                "match": {"field": "path", "contains": "/"},
+                "emits": [{"tactic": "TA0002", "technique_id": "T1059", "confidence": 0.9}],
+                "evidence_fields": fields,
+            }
+        )
+    )
+
+
+def evidence_of(payload: dict[str, Any], fields: list[str]) -> dict[str, Any]:
+    index = RuleIndex.build([evidence_rule("R1", fields)])
+    (tag,) = index.evaluate({"source_kind": "http_request", "source_id": "e", "payload": payload})
+    return tag.evidence
+
+
+def test_an_object_of_short_texts_is_copied_whole_into_the_evidence() -> None:
+    headers = {"host": "example.org", "user-agent": "curl/8.0", "accept": "*/*"}
+    evidence = evidence_of({"path": "/", "headers": headers}, ["headers"])
+    assert evidence == {"headers": headers}
+    assert list(evidence["headers"]) == list(headers)  # key order kept
+    assert evidence["headers"] is not headers  # a copy: the tag never aliases the event
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"a": "x" * 2000, "b": "y"}, {"a": "x" * 1024, "b": "y"}),
+        ({"k" * 2000: "v"}, {"k" * 1024: "v"}),
+        ({"n": 7, "list": ["a", 1]}, {"n": 7, "list": ["a", 1]}),
+        ({f"h{i}": "v" for i in range(40)}, {f"h{i}": "v" for i in range(32)}),
+    ],
+    ids=["long-value", "long-key", "not-text", "too-many-items"],
+)
+def test_an_object_with_long_or_other_items_is_bounded_item_by_item(
+    headers: dict[str, Any], expected: dict[str, Any]
+) -> None:
+    assert evidence_of({"path": "/", "headers": headers}, ["headers"]) == {"headers": expected}
+
+
+def test_rules_citing_the_same_or_other_evidence_fields_each_get_theirs() -> None:
+    payload = {"path": "/x", "method": "GET", "body": "b"}
+    index = RuleIndex.build(
+        [
+            evidence_rule("R1", ["path"]),
+            evidence_rule("R2", ["method"]),
+            evidence_rule("R3", ["path"]),
+            evidence_rule("R4", ["method", "body"]),
+        ]
+    )
+    tags = index.evaluate({"source_kind": "http_request", "source_id": "e", "payload": payload})
+    assert [(t.rule_id, t.evidence) for t in tags] == [
+        ("R1", {"path": "/x"}),
+        ("R2", {"method": "GET"}),
+        ("R3", {"path": "/x"}),
+        ("R4", {"method": "GET", "body": "b"}),
+    ]

@@ -769,6 +769,20 @@ def _bounded(value: Any, depth: int) -> Any:
         return value
     if depth <= 0:
         return _text(value)[:MAX_EVIDENCE_TEXT]
+    if value.__class__ is dict and len(value) <= MAX_EVIDENCE_ITEMS:
+        # The usual JSON object (HTTP headers): short text keys and values only. A copy in C
+        # and a check of it cost half of the item by item copy below, which gives the same.
+        plain = value.copy()
+        for k, v in plain.items():
+            if (
+                k.__class__ is not str
+                or v.__class__ is not str
+                or len(k) > MAX_EVIDENCE_TEXT
+                or len(v) > MAX_EVIDENCE_TEXT
+            ):
+                break
+        else:
+            return plain
     if isinstance(value, Mapping):
         copy: dict[str, Any] = {}
         for k, v in islice(value.items(), MAX_EVIDENCE_ITEMS):
