@@ -30,7 +30,7 @@ from ttp_core.engine.compiler import CompiledRule, KindProgram
 from ttp_core.engine.fields import MAX_MATCH_TEXT, MISSING, as_text, resolve, scalars
 from ttp_core.engine.patterns import re2_options
 from ttp_core.engine.state import ENABLED, RuleState, StateKind
-from ttp_core.engine.tags import Tag, tag_uuid_head, tag_uuid_of
+from ttp_core.engine.tags import Tag, tag_uuid_after, tag_uuid_prefix
 from ttp_core.rules.digest import ruleset_digest
 from ttp_core.rules.model import Rule
 
@@ -686,7 +686,7 @@ class RuleIndex:
     ) -> list[Tag]:
         tags: list[Tag] = []
         rules, states = self._rules, self._states
-        head = tag_uuid_head(kind, source_id)
+        prefix = tag_uuid_prefix(kind, source_id)
         # Rules citing the same evidence fields share one copy of it (per event); the map
         # is made only once a second rule fires (most events fire one).
         first_spec: Any = None
@@ -722,7 +722,7 @@ class RuleIndex:
                     continue
                 tags.append(
                     Tag(
-                        tag_uuid_of(head + emit.uuid_suffix),
+                        tag_uuid_after(prefix, emit.uuid_suffix),
                         emit.rule_id,
                         emit.rule_version,
                         emit.tactic,

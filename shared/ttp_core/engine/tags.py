@@ -15,28 +15,28 @@ _VARIANT: Final = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 def tag_uuid_from_name(name: str) -> str:
     """uuid5(TAG_NAMESPACE, name) as text: the value `uuid.uuid5` gives, at half the cost."""
-    return tag_uuid_of(name.encode("utf-8"))
+    return tag_uuid_after(_NAMESPACE_SHA1, name.encode("utf-8"))
 
 
-def tag_uuid_head(source_kind: str, source_id: str) -> bytes:
-    """The event's part of every tag name (`kind|source_id|`), as `tag_uuid_of` takes it.
+def tag_uuid_prefix(source_kind: str, source_id: str) -> Any:
+    """The uuid5 hash fed with the event's part of every tag name (`kind|source_id|`).
 
-    An event's tags differ only after it: the evaluation of one event encodes it once, and
-    each tag's name is this followed by its emit's `uuid_suffix`.
-    """
-    return f"{source_kind}|{source_id}|".encode()
-
-
-def tag_uuid_of(name: bytes) -> str:
-    """uuid5(TAG_NAMESPACE, name) as text, `name` being UTF-8.
-
-    Runs once per tag on the worker's hot path, hence the hand-rolled formatting: version
-    nibble 5 and the RFC 4122 variant bits are written straight into the hex text, with no
-    `uuid.UUID` in between. One update of the whole name on a copy of the namespace-fed
-    hash measured cheaper than continuing from a per-event hash fed with the event's part.
+    An event's tags differ only after that part, so the evaluation of one event feeds it
+    once and each tag continues from a `.copy()` of it (`tag_uuid_after`).
     """
     digest = _NAMESPACE_SHA1.copy()
-    digest.update(name)
+    digest.update(f"{source_kind}|{source_id}|".encode())
+    return digest
+
+
+def tag_uuid_after(prefix: Any, suffix: bytes) -> str:
+    """The tag uuid whose name is what `prefix` was fed, then `suffix` (UTF-8 text).
+
+    Runs once per tag on the worker's hot path, hence the hand-rolled formatting: version
+    nibble 5 and the RFC 4122 variant bits are written straight into the hex text.
+    """
+    digest = prefix.copy()
+    digest.update(suffix)
     x = digest.hexdigest()
     return f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{_VARIANT[x[16]]}{x[17:20]}-{x[20:32]}"
 
