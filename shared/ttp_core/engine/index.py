@@ -389,7 +389,9 @@ class KindIndex:
 
     def fired(self, payload: Mapping[str, Any]) -> Sequence[str]:
         """Rule ids whose match tree holds for `payload`, in rule id order."""
-        found: list[Hits] = []
+        # Made on the first hit only: most events hit nothing, and a list per event is an
+        # allocation the garbage collector counts.
+        found: list[Hits] | None = None
         missing, no_hits, cached_max = MISSING, NO_HITS, CACHED_TEXT_MAX
         # Matchers are in field name order, so `headers.cookie`, `headers.host`... follow
         # each other and read `headers` once.
@@ -417,21 +419,33 @@ class KindIndex:
                 if hits is None:
                     hits = matcher.match(value)
                 if hits is not no_hits:
-                    found.append(hits)
+                    if found is None:
+                        found = [hits]
+                    else:
+                        found.append(hits)
             elif value is not missing:
+                if found is None:
+                    found = []
                 matcher.collect(value, found)
+        if not found:
+            return self._decide([], payload) if self._always else ()
+        if len(found) == 1 and not self._always and not found[0].candidates:
+            return found[0].ordered  # the usual fire: rules whose one leaf matched
+        return self._decide(found, payload)
+
+    def _decide(self, found: list[Hits], payload: Mapping[str, Any]) -> list[str]:
+        """The rules that fire given the `found` hits: theirs, and those whose tree holds."""
         always = self._always
-        if len(found) == 1:
+        fired: set[str]
+        leaves: frozenset[tuple[str, int]]
+        candidates: frozenset[str]
+        if not found:
+            fired, leaves, candidates = set(), frozenset(), frozenset(always)
+        elif len(found) == 1:
             only = found[0]
-            if not only.candidates and not always:
-                return only.ordered
             fired = set(only.fired)
             leaves = only.leaves
             candidates = only.candidates.union(always) if always else only.candidates
-        elif not found:
-            if not always:
-                return ()
-            fired, leaves, candidates = set(), frozenset(), frozenset(always)
         else:
             fired = set()
             merged: set[tuple[str, int]] = set()
