@@ -229,8 +229,8 @@ async def run_process(
         drained = await wait_drained(backlog)
         cpu = sum(cpu_seconds(proc.pid) - c for proc, c in zip(procs, cpu0, strict=True))
     finally:
-        for proc in procs:
-            proc._terminate()
+        stops = [proc._terminate() for proc in procs]
+    print("  SIGTERM: " + ", ".join(f"exit {code} in {s:.2f} s" for code, s, _ in stops))
     for proc in procs:
         for line in proc.problems()[:5]:
             print(f"  worker log: {line}")

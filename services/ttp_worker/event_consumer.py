@@ -275,6 +275,7 @@ class EventConsumer:
             await _finished(finishing)
             finishing = asyncio.ensure_future(self._finish(batch))
         await _finished(finishing)
+        await self._pubacks.close()
         if self._sub is not None:
             await self._release_leftovers()
             with contextlib.suppress(Exception):
@@ -305,6 +306,7 @@ class EventConsumer:
             quiet = 0
             while not queue.empty():
                 msg = queue.get_nowait()
+                queue.task_done()
                 if not msg.reply:  # a pull status (no more messages, timeout): nothing to nak
                     continue
                 with contextlib.suppress(Exception):

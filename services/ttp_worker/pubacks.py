@@ -17,6 +17,7 @@ switch and a coroutine per PubAck; answers to other rounds found there are settl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from typing import Any, Final
@@ -175,9 +176,7 @@ class PubAckRounds:
         queue = sub._pending_queue
         while not queue.empty():
             msg = queue.get_nowait()
-            # nats-py counts queued bytes against the subscription's limit until read.
-            sub._pending_size -= len(msg.data)
-            self._on_reply(msg)
+            self._taken(sub, msg)
 
     async def _wait(self, round_: Round, timeout: float) -> None:
         """Until something is queued, the round is settled (by another waiter) or `timeout`."""
@@ -189,12 +188,24 @@ class PubAckRounds:
             await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
         finally:
             if getter.done() and not getter.cancelled():
-                msg = getter.result()
-                sub._pending_size -= len(msg.data)
-                self._on_reply(msg)
+                self._taken(sub, getter.result())
             else:
                 # A cancelled get leaves its message in the queue, for the next read.
                 getter.cancel()
+
+    def _taken(self, sub: Any, msg: Msg) -> None:
+        # nats-py counts queued bytes against the subscription's limit until read, and its
+        # drain (on shutdown) waits until every queued message was marked done.
+        sub._pending_size -= len(msg.data)
+        sub._pending_queue.task_done()
+        self._on_reply(msg)
+
+    async def close(self) -> None:
+        """Unsubscribe from the replies (rounds still waiting get no more answers)."""
+        sub, self._sub = self._sub, None
+        if sub is not None:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
 
     def _on_reply(self, msg: Msg) -> None:
         name, _, index_text = msg.subject[len(self._prefix) + 1 :].partition(".")

@@ -81,8 +81,10 @@ class PullBatches:
         return None
 
     def _accept(self, msg: Msg, into: list[Msg]) -> str | None:
-        # nats-py counts queued bytes against the subscription's limit until read.
+        # nats-py counts queued bytes against the subscription's limit until read, and its
+        # drain waits until every queued message was marked done.
         self._inner._pending_size -= len(msg.data)
+        self._queue.task_done()
         status = _status(msg)
         if status is None:
             into.append(msg)

@@ -118,6 +118,8 @@ async def test_a_puback_after_its_round_gave_up_changes_nothing() -> None:
     replies = [reply for _, _, reply, _ in nc.sent]
     assert replies == ["_INBOX_worker.abc.1.0", "_INBOX_worker.abc.2.0"]
     assert nc.sub._pending_size == 0 and nc.sub._pending_queue.empty()
+    # Every answer read is marked done: nats-py's drain on shutdown waits for that.
+    await asyncio.wait_for(nc.sub._pending_queue.join(), 1.0)
 
 
 async def test_rounds_waited_for_together_each_get_their_answers() -> None:
@@ -236,6 +238,7 @@ async def test_a_no_wait_request_collects_what_is_there_and_stops_at_its_404() -
     assert [m.data for m in msgs] == [b'{"n":0}', b'{"n":1}', b'{"n":2}']
     assert server.requests == [{"batch": 10, "no_wait": True}]
     assert server.sub._sub._pending_size == 0  # what was read no longer counts as pending
+    await asyncio.wait_for(server.sub._sub._pending_queue.join(), 1.0)  # and is marked done
 
 
 async def test_collect_stops_at_the_limit_and_leaves_the_rest_queued() -> None:
