@@ -24,6 +24,7 @@ from dataclasses import field as dataclass_field
 from itertools import islice
 from typing import Any, Final
 
+import msgspec
 import re2
 
 from ttp_core.engine.compiler import CompiledRule, KindProgram
@@ -195,8 +196,10 @@ def shard_key(rule_id: str) -> int:
     return zlib.crc32(rule_id.encode())
 
 
-@dataclass(frozen=True, slots=True)
-class Hits:
+# A msgspec struct, not a frozen dataclass: built on every uncached text (each long one), and
+# a frozen dataclass's __init__ sets each field through object.__setattr__. Not tracked by the
+# garbage collector (gc=False): it holds frozensets of strings only and is never in a cycle.
+class Hits(msgspec.Struct, frozen=True, gc=False):
     """What one text of one field matched, split the way `KindIndex.fired` consumes it."""
 
     fired: frozenset[str]
@@ -212,9 +215,17 @@ class Hits:
     def of(cls, targets: set[_Target]) -> Hits:
         if not targets:
             return NO_HITS
-        fired = frozenset(rule_id for rule_id, _, simple in targets if simple)
-        leaves = frozenset((rule_id, leaf) for rule_id, leaf, simple in targets if not simple)
-        return cls(fired, tuple(sorted(fired)), leaves, frozenset(r for r, _ in leaves))
+        # One plain loop: three generator expressions cost a frame each.
+        simple: list[str] = []
+        other: list[tuple[str, int]] = []
+        for rule_id, leaf, is_simple in targets:
+            if is_simple:
+                simple.append(rule_id)
+            else:
+                other.append((rule_id, leaf))
+        fired = frozenset(simple)
+        leaves = frozenset(other)
+        return cls(fired, tuple(sorted(fired)), leaves, frozenset([r for r, _ in other]))
 
 
 NO_HITS: Final = Hits(frozenset(), (), frozenset(), frozenset())
