@@ -156,8 +156,8 @@ class EventConsumer:
         self._on_batch = on_batch
         self._pubacks = PubAckRounds(nc)
         self._pull: PullBatches | None = None
-        self._backlog = False
-        """Whether the last fetch filled a whole batch."""
+        self._prefetching = False
+        """Whether a request for the next batch is out (the last fetch filled a batch)."""
         # Batches evaluated and not finished yet (two at most: see `run`).
         self._holding: list[_Batch] = []
         # This batch's evaluate times, observed together at its end.
@@ -322,32 +322,38 @@ class EventConsumer:
 
         One request for the whole batch would hold the first event until the batch fills or
         the request expires: a second of latency under a light load. Events delivered after
-        the previous batch was complete come first. After a full batch (a backlog) the
-        whole batch is asked for at once, which saves a round trip per batch; if that finds
-        nothing, the wait for one event follows.
+        the previous batch was complete come first. Under a backlog (the previous batch was
+        full) the next whole batch was already asked for when the previous one came in, so
+        the server sends it while that one is evaluated; if it finds nothing, the wait for
+        one event follows.
         """
         pull = self._pull
         if pull is None or pull.subscription is not sub:
             pull = self._pull = PullBatches(self._nc, sub)
+            self._prefetching = False
         msgs: list[Msg] = []
+        ended = False
         while pull.take(self._batch, msgs) is not None:
-            pass  # a status queued before this fetch ended an earlier request
+            ended = True  # a status ended a request: the prefetch, if one is out
         topped_up = False
-        if not msgs and self._backlog:
-            await pull.request(self._batch)
-            await pull.collect(msgs, self._batch, _TOP_UP_S)
+        if self._prefetching:
+            self._prefetching = False
             topped_up = True
+            if not ended:
+                await pull.collect(msgs, self._batch, _TOP_UP_S)
         if not msgs:
             await pull.request(1, expires_s=self._fetch_timeout_s)
             await pull.collect(msgs, 1, self._fetch_timeout_s)
             if not msgs:
-                self._backlog = False
                 raise TimeoutError
             topped_up = False
         if len(msgs) < self._batch and not topped_up:
             await pull.request(self._batch - len(msgs))
             await pull.collect(msgs, self._batch, _TOP_UP_S)
-        self._backlog = len(msgs) >= self._batch
+        if len(msgs) >= self._batch:
+            # A backlog: ask for the next batch now (at most one batch ahead).
+            await pull.request(self._batch)
+            self._prefetching = True
         return msgs
 
     async def process(self, msgs: list[Msg]) -> None:
