@@ -23,7 +23,7 @@ $(UV):
 
 # --locked: fail, rather than resolve anew, when pyproject.toml and uv.lock disagree.
 $(STAMP): pyproject.toml uv.lock | $(UV)
-	$(UV) sync --locked --extra dev --python $(PYTHON)
+	$(UV) sync --locked --compile-bytecode --extra dev --python $(PYTHON)
 	touch $(STAMP)
 
 install: $(STAMP)
