@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,16 +22,16 @@ from typing import Any, Final, Protocol
 import msgspec
 import psycopg
 from pydantic import SecretStr
-from sqlalchemy import BigInteger, Text, any_, bindparam, cast, func, literal, select, update
-from sqlalchemy.dialects.postgresql import ARRAY, aggregate_order_by
+from sqlalchemy import BigInteger, any_, bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ttp_core.contract import subjects
 from ttp_core.contract.payloads import MASTER_SOURCE, RulesetRevision, encode, envelope
-from ttp_core.rules.digest import ruleset_digest
 from ttp_master.db.repository import NOTIFY_CHANNEL, RuleRepository
-from ttp_master.db.schema import rule, rule_event, rule_rejection, rule_state
+from ttp_master.db.schema import rule_event, rule_rejection
 from ttp_master.db.target import DatabaseTarget
+from ttp_master.ruleset_ledger import RulesetLedger
 from ttp_runtime.tracing import start_consumer_span, subject_template
 
 _log = logging.getLogger(__name__)
@@ -69,58 +68,15 @@ _MARK_PUBLISHED: Final = (
 )
 
 
-def _rules_key() -> Any:
-    """A fingerprint of the live rules' (rule_id, content_sha256, is_external), computed by
-    PostgreSQL: an unchanged key means unchanged rule rows, so they need not be read again."""
-    r = rule.alias("rules_key_of")
-    line = r.c.rule_id + "|" + r.c.content_sha256 + "|" + cast(r.c.is_external, Text)
-    joined = func.string_agg(line, aggregate_order_by(literal("\n"), r.c.rule_id))
-    return (
-        select(func.md5(func.coalesce(joined, "")))
-        .where(r.c.deleted.is_(False))
-        .scalar_subquery()
-        .label("rules_key")
-    )
-
-
+# The summary's totals that are not the rule set's (`RulesetLedger` keeps that), in one
+# statement: the newest published revision and the rejected files.
 _SUMMARY_TOTALS: Final = select(
     select(func.max(rule_event.c.revision))
     .where(rule_event.c.jetstream, rule_event.c.published_at.is_not(None))
     .scalar_subquery()
     .label("revision"),
     select(func.count()).select_from(rule_rejection).scalar_subquery().label("rejected"),
-    _rules_key(),
 )
-_SUMMARY_RULES: Final = select(
-    rule.c.rule_id, rule.c.content_sha256, rule.c.is_external, _rules_key()
-).where(rule.c.deleted.is_(False))
-_SUMMARY_STATES: Final = select(
-    rule_state.c.rule_id, rule_state.c.state, rule_state.c.confidence_max, rule_state.c.expires_at
-)
-
-
-@dataclass(frozen=True, slots=True)
-class _RuleSet:
-    """What the summary needs of the live rules, with the key they were read under."""
-
-    key: str | None
-    """None for an empty rule set (then it is read again each time: nothing to save)."""
-    count: int
-    external: int
-    live_ids: frozenset[str]
-    """rule_ids of the live rules that are not external."""
-    digest_pairs: tuple[tuple[str, str], ...]
-    """(rule_id, content_sha256), sorted as the digest hashes them."""
-
-    @classmethod
-    def of(cls, rows: Sequence[Any]) -> _RuleSet:
-        return cls(
-            key=rows[0].rules_key if rows else None,
-            count=len(rows),
-            external=sum(1 for r in rows if r.is_external),
-            live_ids=frozenset(r.rule_id for r in rows if not r.is_external),
-            digest_pairs=tuple(sorted((r.rule_id, r.content_sha256) for r in rows)),
-        )
 
 
 def wire_form(row: Any) -> tuple[bytes, dict[str, str]]:
@@ -180,11 +136,12 @@ class OutboxRelay:
         self._on_batch = on_batch
         self._wake = asyncio.Event()
         self._summary_due = False
-        self._rules: _RuleSet | None = None
-        """The last rule-set read, reused while its key is unchanged."""
+        self._ledger = RulesetLedger()
+        """The rule set of the summary: read in full once, then only the rules published."""
         self._pending = (
             select(
                 rule_event.c.revision,
+                rule_event.c.rule_id,
                 rule_event.c.subject,
                 rule_event.c.msg_id,
                 rule_event.c.jetstream,
@@ -350,6 +307,7 @@ class OutboxRelay:
                         raise outcome
         except BaseException:
             if published:
+                self._ledger.touched(r.rule_id for r in rows if r.revision in set(published))
                 self._upto = max(self._upto, *published)
                 await self._mark(conn, published)
             raise
@@ -357,6 +315,9 @@ class OutboxRelay:
             self._epoch += 1  # leadership lost midway: the rest stays for the next leader
         if not published:
             return 0
+        done = set(published)
+        # Before the marking: a summary read by anyone after it sees these rules again.
+        self._ledger.touched(r.rule_id for r in rows if r.revision in done)
         self._upto = max(self._upto, *published)
         self._summary_due = True
         # The backlog is drained: one summary for all of it, not one per batch (each
@@ -365,7 +326,6 @@ class OutboxRelay:
         if summary is not None:
             await self._publish_summary(summary)
             self._summary_due = False
-        done = set(published)
         oldest = min(r.created_at for r in rows if r.revision in done)
         lag = max(0.0, (datetime.now(UTC) - oldest).total_seconds())
         if self._on_batch is not None:
@@ -406,40 +366,16 @@ class OutboxRelay:
 
     async def _summary(self, conn: AsyncConnection) -> RulesetRevision:
         totals = (await conn.execute(_SUMMARY_TOTALS)).one()
-        rules = self._rules
-        if rules is None or rules.key != totals.rules_key:
-            # The key comes with the rows (one statement, one snapshot), so it is theirs.
-            rows = (await conn.execute(_SUMMARY_RULES)).all()
-            rules = self._rules = _RuleSet.of(rows)
-        # Otherwise the rule set is as last read: only states and totals changed.
-        states = (await conn.execute(_SUMMARY_STATES)).all()
-        now = time.time()
-        disabled = sum(
-            1
-            for s in states
-            if s.state == "disabled"
-            and s.rule_id in rules.live_ids
-            and (s.expires_at is None or s.expires_at.timestamp() > now)
-        )
-        digest = ruleset_digest(
-            rules.digest_pairs,
-            (
-                (
-                    s.rule_id,
-                    s.state,
-                    s.confidence_max,
-                    s.expires_at.timestamp() if s.expires_at is not None else None,
-                )
-                for s in states
-            ),
-        )
+        await self._ledger.refresh(conn)
+        # No await from here on: the ledger is read as this refresh left it.
+        counts = self._ledger.counts()
         return RulesetRevision(
             revision=int(totals.revision or 0),
-            rules=rules.count,
-            active=len(rules.live_ids) - disabled,
-            external=rules.external,
+            rules=counts.rules,
+            active=counts.active,
+            external=counts.external,
             rejected=int(totals.rejected or 0),
-            digest=digest,
+            digest=self._ledger.digest(),
         )
 
     async def publish_ruleset_revision(self, msg_id_suffix: str = "") -> RulesetRevision:
