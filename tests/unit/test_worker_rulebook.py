@@ -334,3 +334,37 @@ def test_ruleset_counts_equal_the_index_counts_through_every_change() -> None:
         for now in (None, later):
             assert ruleset.counts(now) == ruleset.index.counts(now)
     assert book.current.external == 1
+
+
+def test_patterns_of_a_message_are_left_to_the_index_to_classify() -> None:
+    # The master checked the patterns; the worker does not compile them a second time. A
+    # backtracking-only one still runs (bounded); a forged one no engine accepts decodes and
+    # only its leaf never matches (the index logs it), the rest of the rule keeps working.
+    def with_match(rule_id: str, revision: int, match: dict[str, Any]) -> RuleChange:
+        raw = reloaded(rule_id, revision)
+        event = json.loads(raw)
+        event["data"]["rule"]["match"] = match
+        return change(subjects.rule_reloaded(rule_id), json.dumps(event).encode())
+
+    bounded = with_match("R1", 1, {"field": "command_text", "pattern": "foo(?=bar)"})
+    forged = with_match(
+        "R2",
+        2,
+        {
+            "any": [
+                {"field": "command_text", "pattern": "("},
+                {"field": "command_text", "contains": "ok"},
+            ]
+        },
+    )
+    assert bounded.compiled is not None and bounded.compiled.bounded_patterns == ()
+    book = RuleBook()
+    book.load_snapshot([bounded, forged])
+
+    def fired(text: str) -> list[str]:
+        event = {"source_kind": "command", "source_id": "e", "payload": {"command_text": text}}
+        return [tag.rule_id for tag in book.current.index.evaluate(event)]
+
+    assert fired("x foobar") == ["R1"]
+    assert fired("x foobaz (") == []
+    assert fired("ok foobar") == ["R1", "R2"]

@@ -252,15 +252,27 @@ class CompiledRule:
 
 
 def compile_rule(
-    rule: Rule, sha256: str | None = None, catalogue: AttackCatalogue | None = None
+    rule: Rule,
+    sha256: str | None = None,
+    catalogue: AttackCatalogue | None = None,
+    *,
+    check_patterns: bool = True,
 ) -> CompiledRule:
-    """Compile `rule`; raises `CompileError` locating the first problem."""
+    """Compile `rule`; raises `CompileError` locating the first problem.
+
+    `check_patterns=False` is for rules a validator already compiled with the check (a
+    worker reading the master's messages): patterns are not classified here, which is half
+    of a rule's compile. Each goes to its field's filter as a linear leaf, and the filter
+    classifies it when it compiles (see `index.FilterShard`): RE2 runs it, else the bounded
+    engine does, else (no engine accepts it) the leaf never matches and that is logged.
+    `bounded_patterns` is then empty: which patterns are bounded is not known here.
+    """
     catalogue = catalogue or load_catalogue()
     bounded: dict[Path, str] = {}
     programs: dict[str, KindProgram] = {}
     if not isinstance(rule.match, ExternalMatch):
         for kind in dict.fromkeys(rule.applies_to):
-            builder = _ProgramBuilder(rule.rule_id, kind, bounded)
+            builder = _ProgramBuilder(rule.rule_id, kind, bounded, check_patterns)
             tree = builder.node(rule.match, ("match",))
             leaves = tuple(builder.leaves)
             programs[kind] = KindProgram(
@@ -299,11 +311,14 @@ def compile_rule(
 
 
 class _ProgramBuilder:
-    def __init__(self, rule_id: str, kind: str, bounded: dict[Path, str]) -> None:
+    def __init__(
+        self, rule_id: str, kind: str, bounded: dict[Path, str], check_patterns: bool
+    ) -> None:
         self.rule_id = rule_id
         self.kind = kind
         self.leaves: list[MatchLeaf] = []
         self.bounded = bounded
+        self.check_patterns = check_patterns
 
     def node(self, node: AllOf | AnyOf | NotOf | Leaf, path: Path) -> Node:
         if isinstance(node, AllOf):
@@ -330,6 +345,8 @@ class _ProgramBuilder:
         if linear is not None:
             return LinearLeaf(field, parts, linear)
         if operator == "pattern":
+            if not self.check_patterns:
+                return LinearLeaf(field, parts, ("(?i)" if leaf.ignore_case else "") + operand)
             try:
                 check = check_pattern(operand)
             except PatternError as exc:

@@ -29,7 +29,7 @@ import re2
 
 from ttp_core.engine.compiler import CompiledRule, KindProgram
 from ttp_core.engine.fields import MAX_MATCH_TEXT, MISSING, as_text, resolve, scalars
-from ttp_core.engine.patterns import re2_options
+from ttp_core.engine.patterns import BoundedPattern, compile_bounded, re2_options
 from ttp_core.engine.state import ENABLED, RuleState, StateKind
 from ttp_core.engine.tags import Tag, tag_uuid_after, tag_uuid_prefix
 from ttp_core.rules.digest import ruleset_digest
@@ -73,14 +73,25 @@ class FilterShard:
     The filter compiles on first use (or in `RuleIndex.compile_filters`): building an
     index is then mostly Python bookkeeping, and a worker holding 100,000 rules does not
     compile, before it can serve, shards that its traffic may take minutes to reach.
+
+    Compiling also classifies patterns a rule compiled without the check brought
+    (`compile_rule(..., check_patterns=False)`): one RE2 refuses is searched by the bounded
+    backtracking engine on each text the filter sees; one no engine accepts (only a forged
+    rule message can hold it) never matches and is logged at ERROR and counted
+    (`unusable_patterns`), so no event fails because of it.
     """
 
-    __slots__ = ("_matcher", "patterns", "targets")
+    __slots__ = ("_bounded", "_found", "_matcher", "patterns", "refused", "targets")
 
     def __init__(self, patterns: tuple[str, ...], targets: tuple[tuple[_Target, ...], ...]) -> None:
         self.patterns = patterns
         self.targets = targets
         self._matcher: Any = None
+        self._found = targets
+        """Targets by filter index: `targets` without those of the refused patterns."""
+        self._bounded: tuple[tuple[BoundedPattern, tuple[_Target, ...]], ...] = ()
+        self.refused: frozenset[str] = frozenset()
+        """Patterns the filter did not take (set when it compiles)."""
 
     @classmethod
     def build(cls, entries: Iterable[tuple[str, _Target]]) -> FilterShard | None:
@@ -104,10 +115,26 @@ class FilterShard:
         matcher = self._matcher
         if matcher is None:
             matcher = re2.Filter()
-            for regex in self.patterns:
-                matcher.Add(regex, _OPTIONS)
+            found: list[tuple[_Target, ...]] = []
+            bounded: list[tuple[BoundedPattern, tuple[_Target, ...]]] = []
+            refused: list[str] = []
+            for regex, targets in zip(self.patterns, self.targets, strict=True):
+                try:
+                    matcher.Add(regex, _OPTIONS)
+                except Exception:  # re2.error; a forged text may not even encode
+                    refused.append(regex)
+                    fallback = _bounded_fallback(regex, targets)
+                    if fallback is not None:
+                        bounded.append((fallback, targets))
+                    continue
+                found.append(targets)
             matcher.Compile()
-            # Two threads racing here compile twice and keep either: both are the same filter.
+            if refused:
+                self._found = tuple(found)
+                self._bounded = tuple(bounded)
+                self.refused = frozenset(refused)
+            # Two threads racing here compile twice and keep either: both are the same filter
+            # (the attributes above are set before it, so a reader of it sees them).
             self._matcher = matcher
         return matcher
 
@@ -123,20 +150,59 @@ class FilterShard:
                 context = text[: MAX_MATCH_TEXT + 1]
                 found = [i for i in found if matcher.re(i).search(context, 0, MAX_MATCH_TEXT)]
         if found:
+            targets = self._found
             for i in found:
-                into.update(self.targets[i])
+                into.update(targets[i])
+        if self._bounded:
+            self.search_bounded(text, into)
+
+    def search_bounded(self, text: str, into: set[_Target]) -> None:
+        """Add the targets of the refused patterns the bounded engine finds in `text`."""
+        for pattern, targets in self._bounded:
+            if pattern.search(text):
+                into.update(targets)
+
+
+_unusable = 0
+
+
+def unusable_patterns() -> int:
+    """How many patterns this process found no engine for (each leaf never matches)."""
+    return _unusable
+
+
+def _bounded_fallback(regex: str, targets: tuple[_Target, ...]) -> BoundedPattern | None:
+    """The bounded pattern for a pattern RE2 refused, or None (logged) if none accepts it."""
+    global _unusable  # noqa: PLW0603 - a process-wide diagnostic count
+    try:
+        # A leaf's pattern reaches the filter as "(?i)" + pattern when it ignores case: the
+        # bounded engine reads that flag as `compile_bounded(pattern, True)` does.
+        return compile_bounded(regex)
+    except Exception as exc:  # PatternError, or anything a forged text may raise
+        _unusable += 1
+        _log.error(
+            "a rule pattern is accepted by no engine: its leaf never matches",
+            extra={
+                "pattern": regex[:200],
+                "rules": sorted({rule_id for rule_id, _, _ in targets}),
+                "error": str(exc)[:200],
+            },
+        )
+        return None
 
 
 class ShardSet:
     """One RE2 set over the patterns of up to SET_SHARDS consecutive shards of a field,
     plus a last pattern that matches every text; compiled on first use."""
 
-    __slots__ = ("_set", "_targets", "shards")
+    __slots__ = ("_bounded", "_set", "_targets", "shards")
 
     def __init__(self, shards: tuple[FilterShard | None, ...]) -> None:
         self.shards = shards
         self._set: Any = None
         self._targets: tuple[tuple[_Target, ...], ...] = ()
+        self._bounded: tuple[FilterShard, ...] = ()
+        """Shards with patterns RE2 refused: their bounded engine searches beside the set."""
 
     @property
     def pending(self) -> bool:
@@ -147,16 +213,30 @@ class ShardSet:
         if self._set is not None:
             return
         shards = [shard for shard in self.shards if shard is not None]
-        self._targets = tuple(t for shard in shards for t in shard.targets)
+        targets: list[tuple[_Target, ...]] = []
+        bounded: list[FilterShard] = []
         try:
             pattern_set = re2.Set.SearchSet(_SET_OPTIONS)
             for shard in shards:
-                for regex in shard.patterns:
-                    pattern_set.Add(regex)
+                for regex, shard_targets in zip(shard.patterns, shard.targets, strict=True):
+                    try:
+                        pattern_set.Add(regex)
+                    except Exception:
+                        # The shard's filter decides (compiling it if it has not): a pattern
+                        # it refused too is its bounded engine's; any other fails the set.
+                        shard.compile()
+                        if regex not in shard.refused:
+                            raise
+                        if not bounded or bounded[-1] is not shard:
+                            bounded.append(shard)
+                        continue
+                    targets.append(shard_targets)
             pattern_set.Add(r"\z")
             pattern_set.Compile()
-        except re2.error:
-            pattern_set = False
+        except Exception:
+            pattern_set, bounded = False, []
+        self._targets = tuple(targets)
+        self._bounded = tuple(bounded)
         self._set = pattern_set
 
     def lookup(self, data: bytes, text: str, into: set[_Target]) -> None:
@@ -175,6 +255,8 @@ class ShardSet:
         for i in found:
             if i != last:
                 into.update(targets[i])
+        for shard in self._bounded:
+            shard.search_bounded(text, into)
 
 
 def _shard_sets(
