@@ -40,34 +40,37 @@ def ruleset_digest(
 
 
 class _SortedLines:
-    """rule_id -> line, with the ids kept sorted (a change is a bisect, not a sort)."""
+    """Lines kept in rule_id order: a change is a bisect, and the joined lines one join."""
 
     __slots__ = ("ids", "lines")
 
     def __init__(self) -> None:
-        self.lines: dict[str, bytes] = {}
         self.ids: list[str] = []
+        self.lines: list[bytes] = []
+        """The line of `ids[i]` at `lines[i]`."""
 
     def put(self, rule_id: str, line: bytes) -> bool:
         """Set the line of `rule_id`; True if that changed anything."""
-        old = self.lines.get(rule_id)
-        if old == line:
-            return False
-        if old is None:
-            bisect.insort(self.ids, rule_id)
-        self.lines[rule_id] = line
+        i = bisect.bisect_left(self.ids, rule_id)
+        if i < len(self.ids) and self.ids[i] == rule_id:
+            if self.lines[i] == line:
+                return False
+            self.lines[i] = line
+            return True
+        self.ids.insert(i, rule_id)
+        self.lines.insert(i, line)
         return True
 
     def drop(self, rule_id: str) -> bool:
         """Remove `rule_id`; True if it was there."""
-        if self.lines.pop(rule_id, None) is None:
+        i = bisect.bisect_left(self.ids, rule_id)
+        if i == len(self.ids) or self.ids[i] != rule_id:
             return False
-        del self.ids[bisect.bisect_left(self.ids, rule_id)]
+        del self.ids[i], self.lines[i]
         return True
 
     def joined(self) -> bytes:
-        lines = self.lines
-        return b"".join([lines[rule_id] for rule_id in self.ids])
+        return b"".join(self.lines)
 
 
 class DigestLedger:
