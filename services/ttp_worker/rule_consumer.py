@@ -21,7 +21,7 @@ import contextlib
 import gc
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,10 +49,6 @@ RULE_SUBJECTS = (
 )
 _HEARTBEAT_S = 2.0
 _RETRY_S = 0.5
-_DECODE_SLICE = 64
-"""Snapshot messages decoded between two yields to the event loop: a 100,000-rule snapshot
-takes tens of seconds to decode, during which /livez, NATS pings and the consumer's
-heartbeats must still be served."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +67,10 @@ class _Generation:
     def __init__(self, number: int) -> None:
         self.number = number
         self.sub: Any = None
-        self.snapshot: list[tuple[str, bytes, int]] | None = []
+        self.snapshot: list[RuleChange] | None = []
+        """The snapshot's changes, decoded as they arrive; None once it is built."""
+        self.decode_seconds = 0.0
+        self.collector: _CollectorPause | None = None
         self.received = 0
         self.last_consumer_seq = 0
         self.last_stream_seq = 0
@@ -191,6 +190,9 @@ class RuleConsumer:
         generation = self._generation
         sub, generation.sub = generation.sub, None
         generation.snapshot = None
+        if generation.collector is not None:
+            generation.collector.end(freeze=False)  # a snapshot left unfinished
+            generation.collector = None
         if sub is not None and not self._nc.is_closed:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -213,9 +215,7 @@ class RuleConsumer:
         generation.last_stream_seq = stream_seq
         generation.received += 1
         if generation.snapshot is not None:
-            # Decoded all at once at the end: a quick callback keeps the flow-control replies,
-            # and so the delivery of the snapshot, fast.
-            generation.snapshot.append((msg.subject, msg.data, stream_seq))
+            self._snapshot_message(generation, msg.subject, msg.data, stream_seq)
             if meta.num_pending == 0:
                 await self._finish_snapshot(generation)
             return
@@ -273,34 +273,42 @@ class RuleConsumer:
             extra={"subject": subject, "stream_seq": stream_seq, "error": str(error)},
         )
 
+    def _snapshot_message(
+        self, generation: _Generation, subject: str, data: bytes, stream_seq: int
+    ) -> None:
+        """Decode a snapshot message as it arrives: decoding overlaps the delivery of the
+        rest, and the loop is free between messages (/livez, NATS pings, heartbeats). The
+        decode of one message (~70 us) keeps the callback quick enough for nats-py to send
+        the flow-control replies at once."""
+        if generation.collector is None and not self.ready.is_set():
+            # Only at start: later, the event consumer runs between messages, and its
+            # garbage must stay collectable.
+            generation.collector = _CollectorPause()
+        started = time.perf_counter()
+        try:
+            change = decode_rule_message(subject, data)
+        except RuleMessageError as exc:
+            # A resync would read the same message again: leave the rule out, loudly.
+            self._unprocessable(subject, stream_seq, exc)
+            change = None
+        if change is not None and generation.snapshot is not None:
+            generation.snapshot.append(change)
+        generation.decode_seconds += time.perf_counter() - started
+
     async def _finish_snapshot(self, generation: _Generation) -> None:
-        raw = generation.snapshot or []
+        changes = generation.snapshot or []
         generation.snapshot = None
         started = time.perf_counter()
-        with (
-            get_tracer().start_as_current_span(
-                "apply ttp.rule snapshot", attributes={"ttp.messages": len(raw)}
-            ),
-            # Only at start: later, the event consumer runs during the decode's yields, and
-            # its garbage must stay collectable.
-            _collector_paused() if not self.ready.is_set() else contextlib.nullcontext(),
+        with get_tracer().start_as_current_span(
+            "apply ttp.rule snapshot", attributes={"ttp.messages": len(changes)}
         ):
-            changes: list[RuleChange] = []
-            for number, (subject, data, stream_seq) in enumerate(raw, 1):
-                if number % _DECODE_SLICE == 0:
-                    await asyncio.sleep(0)
-                    if generation is not self._generation:
-                        return  # replaced meanwhile (a resync): its own snapshot follows
-                try:
-                    change = decode_rule_message(subject, data)
-                except RuleMessageError as exc:
-                    # A resync would read the same message again: leave the rule out, loudly.
-                    self._unprocessable(subject, stream_seq, exc)
-                    continue
-                if change is not None:
-                    changes.append(change)
-            ruleset = self.book.load_snapshot(changes)
-        seconds = time.perf_counter() - started
+            try:
+                ruleset = self.book.load_snapshot(changes)
+            finally:
+                if generation.collector is not None:
+                    generation.collector.end(freeze=True)
+                    generation.collector = None
+        seconds = generation.decode_seconds + time.perf_counter() - started
         self.ready.set()
         await self._on_applied(Applied(ruleset, len(changes), True, seconds))
         metrics.APPLY_SECONDS.labels("snapshot").observe(seconds)
@@ -325,8 +333,7 @@ class RuleConsumer:
         self.request_resync("gap")
 
 
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
+class _CollectorPause:
     """No cyclic garbage collection while the first snapshot is decoded and built; then
     everything alive is frozen out of the collector's sight (:func:`gc.freeze`).
 
@@ -336,13 +343,16 @@ def _collector_paused() -> Iterator[None]:
     rules, and again at every later full collection, stalling the tagging). The rules, like
     the imported modules, live long, so they are frozen instead: a replaced index is still
     freed by reference counting, and leaves only a few hundred objects in cycles (measured:
-    358 for 2,000 rules), which stay frozen.
+    358 for 2,000 rules), which stay frozen. A snapshot left unfinished (a resync) only
+    re-enables the collector.
     """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.freeze()
-        if enabled:
+
+    def __init__(self) -> None:
+        self._enabled = gc.isenabled()
+        gc.disable()
+
+    def end(self, *, freeze: bool) -> None:
+        if freeze:
+            gc.freeze()
+        if self._enabled:
             gc.enable()
