@@ -1,20 +1,16 @@
-"""The `ttpctl` command tree."""
+"""The `ttpctl` command tree.
+
+Each command's module is imported only when that command runs (see
+:mod:`ttpctl.lazy_group`): a CLI call pays for what it uses, not for NATS, aiohttp and the
+contract models of every other command.
+"""
 
 from __future__ import annotations
 
 import typer
 
-import ttpctl.rule_status_commands  # noqa: F401  (registers `rules list` and `rules show`)
-from ttpctl.audit_commands import audit
-from ttpctl.control_cli import control_help
-from ttpctl.dev_command import dev_command
 from ttpctl.env_file_option import EnvFileOption, load_env_file_option
-from ttpctl.events_commands import events_app
-from ttpctl.fleet_commands import fleet_app
-from ttpctl.rules_commands import rules_app
-from ttpctl.schema_commands import schema_app
-from ttpctl.state_commands import state_app
-from ttpctl.tags_commands import tags_app
+from ttpctl.lazy_group import LazyCommand, lazy_group
 
 app = typer.Typer(
     name="ttpctl",
@@ -24,6 +20,44 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=lazy_group(
+        {
+            "audit": LazyCommand(
+                "ttpctl.audit_commands:audit_app",
+                "Show the change log, oldest first: revision, time, rule, kind (reloaded, deleted,"
+                " rejected, state), actor and a summary. The actor is the NATS identity that made"
+                " the change, e.g. OPERATORS/operator, then whom it said it acted for (--as), e.g."
+                " (for alice).",
+                "audit",
+            ),
+            "dev": LazyCommand(
+                "ttpctl.dev_command:dev_app",
+                "Run NATS, PostgreSQL, the master and workers locally with a live status.",
+                "dev",
+            ),
+            "rules": LazyCommand(
+                "ttpctl.rules_group:rules_app",
+                "Validate and test rule files; list and show the rules the master serves.",
+            ),
+            "schema": LazyCommand(
+                "ttpctl.schema_commands:schema_app",
+                "The JSON Schemas of the public NATS contract.",
+            ),
+            "events": LazyCommand(
+                "ttpctl.events_commands:events_app", "Publish honeypot events to the bus."
+            ),
+            "tags": LazyCommand(
+                "ttpctl.tags_commands:tags_app", "Follow the ATT&CK tags workers publish."
+            ),
+            "state": LazyCommand(
+                "ttpctl.state_commands:state_app",
+                "Disable or clip a rule, or put it back to enabled, through the master.",
+            ),
+            "fleet": LazyCommand(
+                "ttpctl.fleet_commands:fleet_app", "The workers as the master sees them."
+            ),
+        }
+    ),
 )
 
 
@@ -31,16 +65,6 @@ app = typer.Typer(
 def global_options(env_file: EnvFileOption = None) -> None:
     # Runs before any command, so every setting a command reads already holds the file's.
     load_env_file_option(env_file)
-
-
-app.add_typer(rules_app, name="rules")
-app.add_typer(schema_app, name="schema")
-app.add_typer(events_app, name="events")
-app.add_typer(tags_app, name="tags")
-app.add_typer(state_app, name="state")
-app.add_typer(fleet_app, name="fleet")
-app.command("audit", help=control_help(audit))(audit)
-app.command("dev")(dev_command)
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
 """`ttpctl audit`: the master's change log (definitions, states, deletes, rejections), with
 who and why, oldest first.
 
-A single command (`ttpctl audit`, not a group): the app registers :func:`audit` with
-:func:`ttpctl.control_cli.control_help` as its help.
+A single command (`ttpctl audit`, not a group): :data:`audit_app` holds it, with
+:func:`ttpctl.control_cli.control_help` as its help, for the app to register.
 """
 
 from __future__ import annotations
@@ -12,17 +12,27 @@ from typing import Annotated
 import typer
 
 from ttp_core.contract.control import AuditRequest
-from ttpctl.control_cli import JsonOption, check_rule_id, console, fail_with, run_control
+from ttpctl.control_cli import (
+    JsonOption,
+    check_rule_id,
+    command,
+    console,
+    fail_with,
+    run_control,
+)
 from ttpctl.control_client import ControlClientError, build_request
 from ttpctl.control_output import audit_table, json_document
 from ttpctl.durations import parse_since
 from ttpctl.nats_session import NatsUrlOption
 
-__all__ = ["audit"]
+__all__ = ["audit", "audit_app"]
 
 _COMMAND = "audit"
 
+audit_app = typer.Typer()
 
+
+@command(audit_app, _COMMAND)
 def audit(
     rule: Annotated[
         str | None,

@@ -58,7 +58,7 @@ from ttp_runtime.nats_roles import (
 from ttp_runtime.settings import ServiceSettings
 from ttpctl.nats_session import NatsSessionError, open_nats
 
-__all__ = ["RefusalCounter", "dev_command"]
+__all__ = ["RefusalCounter", "dev_app", "dev_command"]
 
 _STOP_TIMEOUT_S = 10.0
 _DEMO_SOURCE = "ttp-rulebus/ttpctl-dev-demo"
@@ -235,6 +235,11 @@ def _demo_events() -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
+dev_app = typer.Typer()
+"""Holds `ttpctl dev`; the app registers the command from here when it is used."""
+
+
+@dev_app.command("dev")
 def dev_command(
     demo: Annotated[bool, typer.Option("--demo", help="Feed a sample of honeypot events.")] = False,
     workers: Annotated[int, typer.Option(min=1, max=16, help="Worker processes.")] = 2,

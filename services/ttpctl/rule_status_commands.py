@@ -1,7 +1,7 @@
 """`ttpctl rules list`, `rules status` and `rules show`: the rules the master serves, with
-their status and effective operator state. Registered on
-:data:`ttpctl.rules_commands.rules_app` next to the local `rules validate` / `rules test`
-(importing this module registers them).
+their status and effective operator state. :data:`rule_status_app` holds them;
+:mod:`ttpctl.rules_group` lists them in the `rules` group after the local `rules validate` /
+`rules test`.
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from ttp_core.contract.control import RuleShowRequest, RulesListRequest, RuleSta
 from ttpctl.control_cli import JsonOption, check_rule_id, command, console, run_control
 from ttpctl.control_output import json_document, rejection_lines, rule_detail_lines, rules_table
 from ttpctl.nats_session import NatsUrlOption
-from ttpctl.rules_commands import rules_app
 
-__all__ = ["list_rules", "rules_status", "show_rule"]
+__all__ = ["list_rules", "rule_status_app", "rules_status", "show_rule"]
+
+rule_status_app = typer.Typer()
 
 
-@command(rules_app, "list")
+@command(rule_status_app, "list")
 def list_rules(
     status: Annotated[
         RuleStatus | None,
@@ -56,7 +57,7 @@ def list_rules(
     raise typer.Exit(0)
 
 
-@command(rules_app, "show")
+@command(rule_status_app, "show")
 def show_rule(
     rule: Annotated[
         str, typer.Argument(metavar="RULE", help="The rule_id.", callback=check_rule_id)
@@ -77,7 +78,7 @@ def show_rule(
     raise typer.Exit(0)
 
 
-@command(rules_app, "status")
+@command(rule_status_app, "status")
 def rules_status(as_json: JsonOption = False, nats_url: NatsUrlOption = None) -> None:
     """What needs attention: counts by status, then every rule that is not plainly active
     (rejected files with their errors, external and deleted rules, non-default states).

@@ -1,7 +1,8 @@
 """`ttpctl rules validate` and `ttpctl rules test`: the rule author's checks.
 
-`rules list` and `rules show` (what the master serves) live in
-:mod:`ttpctl.rule_status_commands` and register on the same :data:`rules_app`.
+:data:`rules_app` holds them; `rules list`, `rules show` and `rules status` (what the master
+serves) live in :mod:`ttpctl.rule_status_commands`; :mod:`ttpctl.rules_group` puts them all
+in the `rules` group.
 """
 
 from __future__ import annotations
@@ -20,10 +21,7 @@ from ttp_core.rules.diagnostics import Diagnostic
 from ttp_core.rules.validator import RuleReport, RuleValidator
 from ttp_runtime.field_catalogue import load_field_catalogue
 
-rules_app = typer.Typer(
-    help="Validate and test rule files; list and show the rules the master serves.",
-    no_args_is_help=True,
-)
+rules_app = typer.Typer()
 
 PathArgument = Annotated[
     Path,
