@@ -340,7 +340,8 @@ class _ProgramBuilder:
                 "missing-field",
             )
         parts = split_path(field)
-        operator, operand = leaf.operator, leaf.operand
+        operator = leaf.operator
+        operand = leaf.operand_of(operator)  # `leaf.operand` would look for the operator again
         linear = _linear_regex(operator, operand, leaf.ignore_case)
         if linear is not None:
             return LinearLeaf(field, parts, linear)
