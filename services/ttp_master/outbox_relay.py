@@ -325,7 +325,8 @@ class OutboxRelay:
                         raise outcome
         except BaseException:
             if published:
-                self._ledger.touched(r.rule_id for r in rows if r.revision in set(published))
+                out = set(published)
+                self._ledger.touched(r.rule_id for r in rows if r.revision in out)
                 self._upto = max(self._upto, *published)
                 await self._mark(conn, published)
             raise
