@@ -75,6 +75,7 @@ _TOP_UP_S: Final = 0.02
 # Longest a stopping worker waits for late deliveries to release.
 _RELEASE_GRACE_S: Final = 2.0
 _ACK_TOKENS: Final = 9
+_ACK_PREFIX: Final = "$JS.ACK."
 
 
 @dataclass
@@ -576,39 +577,47 @@ class EventConsumer:
         ruleset = self._current()  # one reference per event: one whole index
         if kind not in ruleset.kinds:
             return "no_rules", []
-        index = ruleset.index
-        # An event that carries a trace context gets its own spans (consume, evaluate,
-        # tag publish) continuing the producer's trace; untraced events cost none.
-        traced = bool(msg.headers) and "traceparent" in (msg.headers or {})
-        consume = (
-            start_consumer_span(subject_template(msg.subject), msg.headers, subject=msg.subject)
-            if traced
-            else contextlib.nullcontext()
+        headers = msg.headers
+        if headers and "traceparent" in headers:
+            return self._tag_traced(item, event, ruleset, now_text, max_output)
+        # Untraced events (nearly all) cost no span and no context manager.
+        t0 = time.perf_counter()
+        tags = ruleset.index.evaluate(event)
+        self._evaluate_times.append(time.perf_counter() - t0)
+        if not tags:
+            return "untagged", tags
+        item.out = self._checked(
+            tagged_message(event, tags, ruleset.revision, self._source, now_text), max_output
         )
-        with consume:
+        return "tagged", tags
+
+    def _tag_traced(
+        self, item: _Item, event: dict[str, Any], ruleset: Ruleset, now_text: str, max_output: int
+    ) -> tuple[str, list[Tag]]:
+        """`_tag` of an event that carries a trace context: its own spans (consume,
+        evaluate, tag publish) continue the producer's trace."""
+        msg = item.msg
+        template = subject_template(msg.subject)
+        with start_consumer_span(template, msg.headers, subject=msg.subject):
             t0 = time.perf_counter()
-            if traced:
-                with get_tracer().start_as_current_span(
-                    f"evaluate {subject_template(msg.subject)}"
-                ):
-                    tags = index.evaluate(event)
-            else:
-                tags = index.evaluate(event)
+            with get_tracer().start_as_current_span(f"evaluate {template}"):
+                tags = ruleset.index.evaluate(event)
             self._evaluate_times.append(time.perf_counter() - t0)
             if not tags:
                 return "untagged", tags
             out = tagged_message(event, tags, ruleset.revision, self._source, now_text)
-            if len(out.payload) > max_output:
-                raise OutputTooLargeError(
-                    f"its tag message is {len(out.payload)} bytes, more than the"
-                    f" {max_output} the server accepts"
-                )
-            item.out = out
-            if traced:
-                item.span, item.headers = open_producer_span(
-                    subject_template(out.subject), out.subject
-                )
+            item.out = self._checked(out, max_output)
+            item.span, item.headers = open_producer_span(subject_template(out.subject), out.subject)
         return "tagged", tags
+
+    @staticmethod
+    def _checked(out: Outgoing, max_output: int) -> Outgoing:
+        if len(out.payload) > max_output:
+            raise OutputTooLargeError(
+                f"its tag message is {len(out.payload)} bytes, more than the"
+                f" {max_output} the server accepts"
+            )
+        return out
 
     def _evaluation_failed(
         self,
@@ -706,10 +715,12 @@ def _deliveries(msg: Msg) -> int:
     # The count is a token of the ack subject: `$JS.ACK.<stream>.<consumer>.<delivered>.`
     # `<stream seq>.<consumer seq>.<time>.<pending>`, read here without building the
     # metadata object; other forms (with a domain and account hash) go the long way.
-    tokens = (getattr(msg, "reply", None) or "").split(".")
-    if len(tokens) == _ACK_TOKENS and tokens[1] == "ACK":
-        with contextlib.suppress(ValueError):
-            return int(tokens[4])
+    reply = getattr(msg, "reply", None) or ""
+    if reply.count(".") == _ACK_TOKENS - 1 and reply.startswith(_ACK_PREFIX):
+        try:
+            return int(reply.split(".", 5)[4])
+        except ValueError:
+            pass
     try:
         return int(msg.metadata.num_delivered)
     except Exception:  # not a JetStream message (cannot happen on a pull consumer)
