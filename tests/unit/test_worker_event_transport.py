@@ -186,6 +186,70 @@ async def test_a_connected_round_is_one_buffer_entry_of_hpub_commands() -> None:
     assert isinstance(too_large, nats.errors.MaxPayloadError)
 
 
+class ParsingNats(WritingNats):
+    """A nats-py client's receiving side: the protocol parser hands each message to
+    `_process_msg` (subscription id, subject, reply, body, raw headers)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sub = SimpleNamespace(
+            _id=7, _received=0, _pending_queue=asyncio.Queue(), _pending_size=0
+        )
+        self.stats = {"in_msgs": 0, "in_bytes": 0}
+        self.passed_on: list[tuple[int, bytes]] = []
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        self.passed_on.append((sid, subject))
+
+    async def parsed(
+        self, sid: int, subject: str, data: bytes, headers: bytes | None = None
+    ) -> None:
+        await self._process_msg(sid, subject.encode(), b"", data, headers)
+
+
+async def test_pubacks_are_taken_from_the_parser_and_other_messages_passed_on() -> None:
+    nc = ParsingNats()
+    rounds = PubAckRounds(nc)  # type: ignore[arg-type]
+    round_ = await rounds.send([("ttp.tagged.c", b"m%d" % i, {}) for i in range(6)])
+    await nc.parsed(7, "_INBOX_worker.abc.1.0", b'{"stream":"TTP_TAGS","seq":1}')
+    await nc.parsed(7, "_INBOX_worker.abc.1.1", b'{"stream":"T","seq":1,"duplicate":true}')
+    full = b'{"error":{"code":503,"err_code":10077,"description":"maximum bytes exceeded"}}'
+    await nc.parsed(7, "_INBOX_worker.abc.1.2", full)
+    await nc.parsed(7, "_INBOX_worker.abc.1.3", b"", b"NATS/1.0 503\r\n\r\n")
+    await nc.parsed(7, "_INBOX_worker.abc.1.4", b"<html>")
+    await nc.parsed(7, "_INBOX_worker.abc.1.x", b"{}")  # no such index: ignored
+    await nc.parsed(7, "_INBOX_worker.abc.9.5", b"{}")  # no such round: ignored
+    await nc.parsed(3, "ttp.event.c", b"{}")  # another subscription's: nats-py's as before
+    results = await rounds.results(round_, 0.05)
+    assert results[0] is None and results[1] is None
+    assert isinstance(results[2], nats.js.errors.APIError) and results[2].err_code == 10077
+    assert isinstance(results[3], nats.js.errors.NoStreamResponseError)
+    assert isinstance(results[4], nats.js.errors.APIError)
+    assert isinstance(results[5], NoPubAckError)
+    assert nc.passed_on == [(3, b"ttp.event.c")]
+    assert nc.sub._pending_queue.empty() and nc.sub._pending_size == 0
+    assert nc.stats["in_msgs"] == 7 and nc.sub._received == 7
+    # Closed: the client's own handling is back, for every subscription.
+    await rounds.close()
+    await nc.parsed(7, "_INBOX_worker.abc.2.0", b"{}")
+    assert nc.passed_on[-1] == (7, b"_INBOX_worker.abc.2.0")
+
+
+async def test_a_round_waiting_before_its_pubacks_are_parsed_gets_them() -> None:
+    nc = ParsingNats()
+    rounds = PubAckRounds(nc)  # type: ignore[arg-type]
+    round_ = await rounds.send([("ttp.tagged.c", b"a", {}), ("ttp.tagged.c", b"b", {})])
+    waiting = asyncio.ensure_future(rounds.results(round_, 5.0))
+    await asyncio.sleep(0.01)
+    await nc.parsed(7, "_INBOX_worker.abc.1.1", b'{"stream":"T","seq":2}')
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    await nc.parsed(7, "_INBOX_worker.abc.1.0", b'{"stream":"T","seq":1}')
+    assert await asyncio.wait_for(waiting, 1.0) == [None, None]
+
+
 # --------------------------------------------------------------------------------------------
 # Pull batches
 # --------------------------------------------------------------------------------------------
