@@ -44,6 +44,7 @@ from psycopg.rows import dict_row
 from harness.nats_roles import RoleNats
 from ttp_core.contract import subjects
 from ttp_core.rules.validator import RuleValidator
+from ttp_master.db.repository import RuleUpsert
 
 REPO = Path(__file__).resolve().parents[2]
 STARTER_RULES = REPO / "rules"
@@ -92,6 +93,24 @@ def with_version(text: str, version: int) -> str:
     )
     assert replaced == 1
     return changed
+
+
+def rule_upsert(rule_id: str, version: int = 1) -> RuleUpsert:
+    """Starter rule R0001 as `rule_id` at `version`, validated, as the repository takes it."""
+    text = with_version(rule_text("R0001", as_id=rule_id), version)
+    report = RuleValidator().validate_bytes(text.encode(), f"{rule_id}.yaml", stem=rule_id)
+    assert report.ok and report.compiled is not None, report.errors
+    compiled = report.compiled
+    return RuleUpsert(
+        rule_id=rule_id,
+        rule_version=compiled.rule_version,
+        name=compiled.rule.name,
+        content_sha256=compiled.content_sha256,
+        definition=compiled.rule.normalised(),
+        yaml_text=text,
+        source_path=f"{rule_id}.yaml",
+        is_external=compiled.is_external,
+    )
 
 
 def cosmetic_variant(text: str) -> str:

@@ -31,6 +31,7 @@ from harness.master import (
     query,
     rule_events,
     rule_text,
+    rule_upsert,
     running_master,
     starter_ids,
     stream_last,
@@ -291,26 +292,6 @@ async def test_rules_directory_missing_at_start_deletes_nothing(
     assert events["R0023"].data["rule_version"] == 2
 
 
-def _upsert(rule_id: str, version: int = 1) -> Any:
-    from ttp_core.rules.validator import RuleValidator
-    from ttp_master.db.repository import RuleUpsert
-
-    text = with_version(rule_text("R0001", as_id=rule_id), version)
-    report = RuleValidator().validate_bytes(text.encode(), f"{rule_id}.yaml", stem=rule_id)
-    assert report.ok and report.compiled is not None, report.errors
-    compiled = report.compiled
-    return RuleUpsert(
-        rule_id=rule_id,
-        rule_version=compiled.rule_version,
-        name=compiled.rule.name,
-        content_sha256=compiled.content_sha256,
-        definition=compiled.rule.normalised(),
-        yaml_text=text,
-        source_path=f"{rule_id}.yaml",
-        is_external=compiled.is_external,
-    )
-
-
 async def test_repair_never_overwrites_a_newer_publish(
     private_nats: Any, database_url: str, database_dsn: str
 ) -> None:
@@ -348,7 +329,7 @@ async def test_repair_never_overwrites_a_newer_publish(
             )
             repository = RuleRepository(engine, None)
             ids = [f"B{i:04d}" for i in range(300)]
-            await repository.apply(ChangeSet(upserts=[_upsert(r) for r in ids]), actor="test")
+            await repository.apply(ChangeSet(upserts=[rule_upsert(r) for r in ids]), actor="test")
             while await relay.publish_pending():
                 pass
 
@@ -356,7 +337,7 @@ async def test_repair_never_overwrites_a_newer_publish(
             await ensure_streams(js, 1, 3600, 1 << 30, 3600)
             # The newest change of the rule the rebuild republishes last, not yet published.
             (newest,) = await repository.apply(
-                ChangeSet(upserts=[_upsert(ids[-1], version=2)]), actor="test"
+                ChangeSet(upserts=[rule_upsert(ids[-1], version=2)]), actor="test"
             )
 
             async def rebuild() -> int:

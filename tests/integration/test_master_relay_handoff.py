@@ -16,28 +16,10 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from harness.master import rule_text, wait_until, with_version
-from ttp_core.rules.validator import RuleValidator
+from harness.master import rule_upsert, wait_until
 from ttp_master.db.migrate import upgrade_to_head
-from ttp_master.db.repository import NOTIFY_CHANNEL, ChangeSet, RuleRepository, RuleUpsert
+from ttp_master.db.repository import NOTIFY_CHANNEL, ChangeSet, RuleRepository
 from ttp_master.outbox_relay import OutboxRelay
-
-
-def _upsert(rule_id: str, version: int = 1) -> RuleUpsert:
-    text_ = with_version(rule_text("R0001", as_id=rule_id), version)
-    report = RuleValidator().validate_bytes(text_.encode(), f"{rule_id}.yaml", stem=rule_id)
-    assert report.ok and report.compiled is not None, report.errors
-    compiled = report.compiled
-    return RuleUpsert(
-        rule_id=rule_id,
-        rule_version=compiled.rule_version,
-        name=compiled.rule.name,
-        content_sha256=compiled.content_sha256,
-        definition=compiled.rule.normalised(),
-        yaml_text=text_,
-        source_path=f"{rule_id}.yaml",
-        is_external=compiled.is_external,
-    )
 
 
 @dataclass
@@ -88,12 +70,12 @@ async def test_handed_rows_are_published_before_any_outbox_read(database_url: st
         repository = RuleRepository(engine, None)
         relay.follow(repository)
         # Before the relay has once found the outbox empty, handed rows are not trusted.
-        first = await repository.apply(ChangeSet(upserts=[_upsert("H0001")]), actor="t")
+        first = await repository.apply(ChangeSet(upserts=[rule_upsert("H0001")]), actor="t")
         assert await relay.publish_pending() == 1
         assert recorder.published == [(first[0], 1)]
 
         second = await repository.apply(
-            ChangeSet(upserts=[_upsert("H0002"), _upsert("H0001", version=2)]), actor="t"
+            ChangeSet(upserts=[rule_upsert("H0002"), rule_upsert("H0001", version=2)]), actor="t"
         )
         reads = len(recorder.reads)
         assert await relay.publish_pending() == 2
@@ -109,12 +91,12 @@ async def test_rows_written_elsewhere_are_read_back_in_revision_order(database_u
         stop = asyncio.Event()
         running = asyncio.create_task(relay.run(stop))
         try:
-            mine = await repository.apply(ChangeSet(upserts=[_upsert("H0001")]), actor="t")
+            mine = await repository.apply(ChangeSet(upserts=[rule_upsert("H0001")]), actor="t")
             await wait_until(_published(recorder, mine), "the first change to be published")
-            theirs = await outsider.apply(ChangeSet(upserts=[_upsert("H0002")]), actor="t")
+            theirs = await outsider.apply(ChangeSet(upserts=[rule_upsert("H0002")]), actor="t")
             async with engine.begin() as conn:  # the guard's NOTIFY names no revision
                 await conn.execute(text(f"NOTIFY {NOTIFY_CHANNEL}"))
-            later = await repository.apply(ChangeSet(upserts=[_upsert("H0003")]), actor="t")
+            later = await repository.apply(ChangeSet(upserts=[rule_upsert("H0003")]), actor="t")
             await wait_until(_published(recorder, mine + theirs + later), "every change")
         finally:
             stop.set()
@@ -127,9 +109,9 @@ async def test_a_failed_publish_is_retried_before_anything_newer(database_url: s
     async with relay_on(database_url) as (relay, recorder, engine):
         repository = RuleRepository(engine, None)
         relay.follow(repository)
-        await repository.apply(ChangeSet(upserts=[_upsert("H0001")]), actor="t")
+        await repository.apply(ChangeSet(upserts=[rule_upsert("H0001")]), actor="t")
         assert await relay.publish_pending() == 1
-        failing = await repository.apply(ChangeSet(upserts=[_upsert("H0002")]), actor="t")
+        failing = await repository.apply(ChangeSet(upserts=[rule_upsert("H0002")]), actor="t")
         recorder.fail_once.add(f"ttp-rev-{failing[0]}")
         try:
             await relay.publish_pending()
@@ -137,7 +119,7 @@ async def test_a_failed_publish_is_retried_before_anything_newer(database_url: s
             pass
         else:
             raise AssertionError("the failed publish was not reported")
-        newer = await repository.apply(ChangeSet(upserts=[_upsert("H0003")]), actor="t")
+        newer = await repository.apply(ChangeSet(upserts=[rule_upsert("H0003")]), actor="t")
         while await relay.publish_pending():
             pass
     assert recorder.revisions()[1:] == failing + newer
