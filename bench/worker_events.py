@@ -91,6 +91,9 @@ class Run:
     cpu_s: float
     tagged: int | None
     """Tag messages (None: not known, for a worker process)."""
+    messages: dict[str, int] | None = None
+    """Messages the worker's connection sent and received over the run (in-process only):
+    the server's work per event grows with them."""
 
     @property
     def rate(self) -> float:
@@ -108,6 +111,7 @@ class Run:
             "cpu_s": round(self.cpu_s, 3),
             f"cpu_s_per_{PER}": round(self.cpu_per, 3),
             "tagged": self.tagged,
+            "messages": self.messages,
         }
 
 
@@ -153,6 +157,7 @@ async def run_in_process(
         worker_nc, worker_nc.jetstream(), lambda: ruleset, worker_id="bench", fetch_timeout_s=0.2
     )
     stop = asyncio.Event()
+    sent0, received0 = worker_nc.stats["out_msgs"], worker_nc.stats["in_msgs"]
     cpu0, wall0 = time.process_time(), time.perf_counter()
     if profiler is not None:
         profiler.enable()
@@ -165,7 +170,12 @@ async def run_in_process(
         profiler.disable()
     stop.set()
     await asyncio.wait_for(task, STOP_TIMEOUT_S)
-    return Run(events_count, drained - wall0, cpu, consumer.stats.tagged)
+    # The bench's own drain polls (consumer info requests) are on the same connection.
+    messages = {
+        "sent": worker_nc.stats["out_msgs"] - sent0,
+        "received": worker_nc.stats["in_msgs"] - received0,
+    }
+    return Run(events_count, drained - wall0, cpu, consumer.stats.tagged, messages)
 
 
 # --------------------------------------------------------------------------------------------
@@ -303,6 +313,15 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     f" ({run.cpu_per:.3f} s per {PER:,} events)",
                     flush=True,
                 )
+                if run.messages is not None:
+                    print(
+                        "  worker connection, per event: "
+                        + ", ".join(
+                            f"{count / run.events:.3f} {name}"
+                            for name, count in run.messages.items()
+                        ),
+                        flush=True,
+                    )
         finally:
             await session.close()
             await producer.close()

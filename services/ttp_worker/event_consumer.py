@@ -486,7 +486,7 @@ class EventConsumer:
         lost = 0
         if acks and wire.ready(self._nc):
             try:
-                await wire.send(self._nc, (wire.empty_pub(msg.reply) for msg in acks))
+                await wire.send(self._nc, [wire.empty_pub(msg.reply) for msg in acks])
             except Exception:
                 lost += len(acks)
             for msg in acks:

@@ -12,7 +12,7 @@ caller uses `Client.publish`, which knows how to buffer or refuse.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Final
 
 import nats.errors
@@ -59,9 +59,17 @@ def empty_pub(subject: str) -> bytes:
     return b"PUB %s 0\r\n\r\n" % subject.encode()
 
 
-async def send(nc: Client, commands: Iterable[bytes]) -> None:
-    """Append the commands to the send buffer as one entry and ask for a flush."""
+async def send(nc: Client, commands: Sequence[bytes]) -> None:
+    """Append the commands to the send buffer as one entry and ask for a flush.
+
+    Each command counts in the client's `out_msgs` (and its bytes in `out_bytes`), as a
+    `Client.publish` would, so the connection's statistics still say what it sent.
+    """
     data = b"".join(commands)
     if data:
         await nc._send_command(data)
         await nc._flush_pending()
+        stats = getattr(nc, "stats", None)
+        if isinstance(stats, dict):
+            stats["out_msgs"] = stats.get("out_msgs", 0) + len(commands)
+            stats["out_bytes"] = stats.get("out_bytes", 0) + len(data)

@@ -195,7 +195,7 @@ class ParsingNats(WritingNats):
         self.sub = SimpleNamespace(
             _id=7, _received=0, _pending_queue=asyncio.Queue(), _pending_size=0
         )
-        self.stats = {"in_msgs": 0, "in_bytes": 0}
+        self.stats = {"in_msgs": 0, "in_bytes": 0, "out_msgs": 0, "out_bytes": 0}
         self.passed_on: list[tuple[int, bytes]] = []
 
     async def _process_msg(
@@ -231,6 +231,7 @@ async def test_pubacks_are_taken_from_the_parser_and_other_messages_passed_on() 
     assert nc.passed_on == [(3, b"ttp.event.c")]
     assert nc.sub._pending_queue.empty() and nc.sub._pending_size == 0
     assert nc.stats["in_msgs"] == 7 and nc.sub._received == 7
+    assert nc.stats["out_msgs"] == 6  # the round's publishes, written past Client.publish
     # Closed: the client's own handling is back, for every subscription.
     await rounds.close()
     await nc.parsed(7, "_INBOX_worker.abc.2.0", b"{}")
