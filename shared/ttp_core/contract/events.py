@@ -142,7 +142,8 @@ def parse_event(raw: bytes, max_bytes: int) -> dict[str, Any]:
         raise MalformedEventError(
             DeadLetterReason.OVERSIZE, f"{len(raw)} bytes is more than the {max_bytes} allowed"
         )
-    if raw.count(b"[") + raw.count(b"{") < _DEEP_BRACKETS:
+    # Fewer bytes than that many brackets cannot hold them: most events skip the count.
+    if len(raw) < _DEEP_BRACKETS or raw.count(b"[") + raw.count(b"{") < _DEEP_BRACKETS:
         try:
             obj = _FAST_DECODER.decode(raw)
         except (msgspec.DecodeError, RecursionError):
