@@ -9,13 +9,9 @@ reads the PubAcks, and the round is over when each message has its answer or the
 up. A PubAck arriving after its round gave up is ignored: the message is published again
 in a later round, with the same `Nats-Msg-Id`, so the stream keeps one copy.
 
-The subscription has no callback. On a nats-py client, its PubAcks are taken straight from
-the protocol parser (the client's `_process_msg` is wrapped for this subscription's id), so
-none becomes a `Msg` in a queue: a PubAck is a few bytes to match to its round, and nats-py's
-message object, header parse and queue cost more than that. Elsewhere (a client without
-those internals) whoever waits for a round reads the subscription's queue (`_pending_queue`,
-`_pending_size`); answers to other rounds found there are settled too. Both are nats-py 2.x
-internals, pinned by the lock.
+The subscription has no callback: whoever waits for a round reads its queue (nats-py 2.x
+internals, pinned by the lock: `_pending_queue`, `_pending_size`), which spares a task
+switch and a coroutine per PubAck; answers to other rounds found there are settled too.
 """
 
 from __future__ import annotations
@@ -101,41 +97,11 @@ class PubAckRounds:
         self._prefix = ""
         self._rounds: dict[str, Round] = {}
         self._next = 0
-        # (client, the wrapper installed, what it wraps) while PubAcks come from the parser.
-        self._restore: tuple[Any, Any, Any] | None = None
 
     async def _subscribe(self) -> None:
-        # nats-py subscribes again after a reconnect (same id), so one subscription lasts.
+        # nats-py subscribes again after a reconnect, so one subscription lasts.
         self._prefix = self._nc.new_inbox()
         self._sub = await self._nc.subscribe(f"{self._prefix}.*.*")
-        self._take_from_parser()
-
-    def _take_from_parser(self) -> None:
-        """Settle this subscription's PubAcks as the parser reads them (see the module)."""
-        nc: Any = self._nc
-        sub: Any = self._sub
-        process = getattr(nc, "_process_msg", None)
-        sid = getattr(sub, "_id", None)
-        stats = getattr(nc, "stats", None)
-        if process is None or not isinstance(sid, int) or not isinstance(stats, dict):
-            return
-        skip = len(self._prefix) + 1
-        counted: Any = sub
-
-        async def process_msg(
-            msg_sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
-        ) -> None:
-            if msg_sid != sid or self._sub is not sub:
-                await process(msg_sid, subject, reply, data, headers)
-                return
-            stats["in_msgs"] += 1
-            stats["in_bytes"] += len(data)
-            counted._received += 1
-            name, _, index = subject[skip:].partition(b".")
-            self._settle(name.decode(), index, _raw_error_of(data, headers))
-
-        nc._process_msg = process_msg
-        self._restore = (nc, process_msg, process)
 
     async def publish(
         self, messages: Sequence[Outbound], timeout: float
@@ -237,21 +203,12 @@ class PubAckRounds:
     async def close(self) -> None:
         """Unsubscribe from the replies (rounds still waiting get no more answers)."""
         sub, self._sub = self._sub, None
-        restore, self._restore = self._restore, None
-        if restore is not None:
-            nc, installed, wrapped = restore
-            # Only if nothing wrapped it since; otherwise the wrapper passes everything on.
-            if nc.__dict__.get("_process_msg") is installed:
-                nc._process_msg = wrapped
         if sub is not None:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
     def _on_reply(self, msg: Msg) -> None:
         name, _, index_text = msg.subject[len(self._prefix) + 1 :].partition(".")
-        self._settle(name, index_text, _error_of(msg))
-
-    def _settle(self, name: str, index_text: str | bytes, error: BaseException | None) -> None:
         round_ = self._rounds.get(name)
         if round_ is None:
             return  # a round that gave up: its messages are published again
@@ -260,7 +217,7 @@ class PubAckRounds:
         except ValueError:
             return
         if 0 <= index < len(round_.results):
-            round_.settle(index, error)
+            round_.settle(index, _error_of(msg))
 
 
 def _error_of(msg: Msg) -> BaseException | None:
@@ -268,32 +225,15 @@ def _error_of(msg: Msg) -> BaseException | None:
     headers = msg.headers
     if headers and headers.get(_STATUS_HEADER) == _NO_RESPONDERS:
         return nats.js.errors.NoStreamResponseError()
-    return _body_error_of(msg.data)
-
-
-def _raw_error_of(data: bytes, headers: bytes | None) -> BaseException | None:
-    """`_error_of` of a reply as the parser hands it over (headers unparsed).
-
-    A PubAck has no headers; a reply with some is a status (`NATS/1.0 503` when no stream
-    listens on the subject) or something else that is no PubAck either.
-    """
-    if headers:
-        status = headers.split(b"\r\n", 1)[0].split()
-        if len(status) >= 2 and status[1] == _NO_RESPONDERS.encode():
-            return nats.js.errors.NoStreamResponseError()
-    return _body_error_of(data)
-
-
-def _body_error_of(data: bytes) -> BaseException | None:
     try:
-        ack = _PUBACK.decode(data)
+        ack = _PUBACK.decode(msg.data)
     except msgspec.DecodeError:
-        return nats.js.errors.APIError(description=f"not a PubAck: {data[:200]!r}")
+        return nats.js.errors.APIError(description=f"not a PubAck: {msg.data[:200]!r}")
     if ack.error is not None:
         error = ack.error
         return nats.js.errors.APIError(
             code=error.code, description=error.description, err_code=error.err_code
         )
     if ack.stream is None or ack.seq is None:
-        return nats.js.errors.APIError(description=f"not a PubAck: {data[:200]!r}")
+        return nats.js.errors.APIError(description=f"not a PubAck: {msg.data[:200]!r}")
     return None
