@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from ttp_core.engine.index import unusable_patterns
+
 _FAST = (0.00002, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 1)
 _APPLY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -65,6 +67,13 @@ STREAM_FULL = Gauge(
     "1 while an output stream (TTP_TAGS, TTP_DEADLETTER) is at its limit; events are held.",
     ["stream"],
 )
+
+UNUSABLE_PATTERNS = Gauge(
+    "ttp_worker_unusable_patterns",
+    "Rule patterns no engine accepts (only a forged rule message carries one); each such leaf "
+    "never matches.",
+)
+UNUSABLE_PATTERNS.set_function(unusable_patterns)
 
 
 def observe_all(histogram: Histogram, amounts: Sequence[float]) -> None:

@@ -131,3 +131,12 @@ def test_a_pattern_no_engine_accepts_never_matches_and_is_logged(
             assert [t for t in tags if t != "R0"] == fired(without, {"cmd": text})
     assert unusable_patterns() == before + 1
     assert any("accepted by no engine" in r.getMessage() for r in caplog.records)
+
+
+def test_the_worker_exports_the_unusable_pattern_count() -> None:
+    from prometheus_client import REGISTRY
+
+    from ttp_worker import metrics
+
+    assert metrics.UNUSABLE_PATTERNS is not None
+    assert REGISTRY.get_sample_value("ttp_worker_unusable_patterns") == unusable_patterns()
