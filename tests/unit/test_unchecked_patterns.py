@@ -138,5 +138,9 @@ def test_the_worker_exports_the_unusable_pattern_count() -> None:
 
     from ttp_worker import metrics
 
+    bad = rule("R0", {"field": "cmd", "pattern": "(unbalanced"})
+    index = RuleIndex.build([compile_rule(bad, check_patterns=False)])
+    before = unusable_patterns()
+    assert fired(index, {"cmd": "(unbalanced"}) == []  # the filter compiles: one unusable
     assert metrics.UNUSABLE_PATTERNS is not None
-    assert REGISTRY.get_sample_value("ttp_worker_unusable_patterns") == unusable_patterns()
+    assert REGISTRY.get_sample_value("ttp_worker_unusable_patterns") == before + 1
