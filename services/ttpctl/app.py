@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import typer
 
-from ttpctl.deferred_import import defer_import
 from ttpctl.env_file_option import EnvFileOption, load_env_file_option
 from ttpctl.lazy_group import LazyCommand, lazy_group
 
@@ -70,6 +69,4 @@ def global_options(env_file: EnvFileOption = None) -> None:
 
 def main() -> None:
     """Console-script entry point; exit codes: 0 ok, 1 findings, 2 usage."""
-    # Only nats-py's websocket transport uses aiohttp; a ws:// URL still imports it, on use.
-    defer_import("aiohttp")
     app()

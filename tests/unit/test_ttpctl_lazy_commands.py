@@ -1,8 +1,7 @@
 """ttpctl imports a command's module only when that command is used, and that changes nothing
 a user sees: the help listings (built from each lazy command's summary) are the ones the
 loaded commands give, unknown commands still get suggestions, and a local command such as
-`rules validate` runs without importing the NATS client or the control modules, and a NATS
-command without aiohttp unless its URL is ws://.
+`rules validate` runs without importing the NATS client or the control modules.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ import pytest
 from typer.testing import CliRunner
 
 from ttpctl.app import app
-from ttpctl.deferred_import import defer_import
 from ttpctl.lazy_group import LazyCommand
 
 REPO = Path(__file__).resolve().parents[2]
@@ -80,7 +78,7 @@ def _modules_after(argv: list[str]) -> tuple[int, set[str]]:
     return int(code), set(modules)
 
 
-NATS_SIDE = {"nats", "aiohttp.client", "ttpctl.control_client", "ttpctl.nats_session"}
+NATS_SIDE = {"nats", "aiohttp", "ttpctl.control_client", "ttpctl.nats_session"}
 
 
 def test_rules_validate_imports_nothing_of_the_nats_side() -> None:
@@ -98,27 +96,3 @@ def test_help_imports_no_command_module() -> None:
     }
     assert not commands
     assert not modules & NATS_SIDE
-
-
-def test_a_nats_command_does_not_import_aiohttp_until_a_websocket_needs_it() -> None:
-    refused = ["state", "show", "--nats-url", "nats://127.0.0.1:1"]
-    code, modules = _modules_after(refused)
-    assert code == 4
-    assert "nats" in modules
-    assert "aiohttp.client" not in modules
-    # nats-py's websocket transport is aiohttp's: a ws:// URL still gets it, when connecting.
-    code, modules = _modules_after(["state", "show", "--nats-url", "ws://127.0.0.1:1"])
-    assert code == 4
-    assert "aiohttp.client" in modules
-
-
-def test_a_deferred_module_is_imported_on_first_use(monkeypatch: pytest.MonkeyPatch) -> None:
-    name = "colorsys"  # small, stdlib, imported by nothing here
-    monkeypatch.delitem(sys.modules, name, raising=False)
-    defer_import(name)
-    deferred = sys.modules[name]
-    assert deferred.rgb_to_hsv(1.0, 0.0, 0.0) == (0.0, 1.0, 1.0)
-    assert sys.modules[name] is not deferred
-    assert sys.modules[name].__spec__ is not None
-    defer_import(name)  # already imported: left as it is
-    assert sys.modules[name] is not deferred
