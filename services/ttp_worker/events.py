@@ -36,6 +36,7 @@ from ttp_core.contract.events import (
 )
 from ttp_core.contract.payloads import (
     SPECVERSION,
+    CloudEvent,
     DeadLetter,
     EventTagged,
     encode,
@@ -52,16 +53,7 @@ _ENCODER: Final = msgspec.json.Encoder(enc_hook=str)
 # Values msgspec writes exactly as the strict encoder does (floats: when finite).
 _FLAT: Final = frozenset({str, int, bool, type(None)})
 # The envelope's attributes in the order the contract lists them (and the dict path writes).
-_ENVELOPE_ORDER: Final = (
-    "specversion",
-    "id",
-    "source",
-    "type",
-    "time",
-    "subject",
-    "datacontenttype",
-    "dataschema",
-)
+_ENVELOPE_ORDER: Final = tuple(name for name in CloudEvent.model_fields if name != "data")
 
 __all__ = [
     "DeadLetterReason",

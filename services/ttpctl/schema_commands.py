@@ -40,17 +40,7 @@ ControlPart = Literal["request", "reply"]
 CONTROL_PARTS: Final[tuple[ControlPart, ...]] = ("request", "reply")
 
 # Every CloudEvents attribute our producers set; all are always present in a message.
-_ENVELOPE_REQUIRED: Final = (
-    "specversion",
-    "id",
-    "source",
-    "type",
-    "time",
-    "subject",
-    "datacontenttype",
-    "dataschema",
-    "data",
-)
+_ENVELOPE_REQUIRED: Final = tuple(CloudEvent.model_fields)
 
 schema_app = typer.Typer(help="The JSON Schemas of the public NATS contract.", no_args_is_help=True)
 
