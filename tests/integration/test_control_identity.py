@@ -238,6 +238,9 @@ def _term() -> LeaderTerm:
 async def _serving(nc: Client) -> ControlService:
     control = ControlService(nc, FleetTracker())  # verified identities: the default
     await control.serve_leader(_term())
+    # The test's requests come over another connection: its own round trip on this one
+    # makes sure the server holds the service's subscriptions before the first of them.
+    await nc.flush(timeout=5)
     return control
 
 
