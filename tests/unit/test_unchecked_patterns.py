@@ -1,7 +1,8 @@
 """Rules compiled without the pattern check (`compile_rule(..., check_patterns=False)`, how a
-worker compiles the master's rule messages) match exactly as checked ones: the index's
-filters classify each pattern when they compile (RE2, else the bounded engine), and a
-pattern no engine accepts only makes its leaf never match."""
+worker compiles the master's rule messages) match exactly as checked ones. A pattern with a
+backtracking construct is still checked and takes the rule tree's bounded path; one the
+cheap scan clears goes to the filters, which classify it when they compile (RE2, else the
+bounded engine); a pattern no engine accepts only makes its leaf never match."""
 
 from __future__ import annotations
 
@@ -41,6 +42,9 @@ MATCHES: list[dict[str, Any]] = [
     {"field": "cmd", "pattern": "^x+$"},
     {"field": "cmd", "pattern": "(?i)ÉCOLE"},
     {"field": "cmd", "pattern": "foo\\b", "ignore_case": True},
+    # RE2 refuses the repeat count, the scan sees no backtracking construct: the filter's
+    # bounded fallback runs it.
+    {"any": [{"field": "cmd", "pattern": "(?:ab){1001}"}, {"field": "cmd", "contains": "qq"}]},
 ]
 
 CAP = BACKTRACK_MAX_INPUT
@@ -61,6 +65,8 @@ TEXTS: list[Any] = [
     "y" * 2000 + " abab foobar AAX",  # a set's length: matched by the RE2 sets
     "a" * 30_000 + "!",
     "x" * (MAX_MATCH_TEXT - 3) + "FOO bar",
+    "ab" * 1001,
+    "ab" * 1000,
     ["y", "xx foobar"],
     12345,
 ]
@@ -103,16 +109,27 @@ def test_unchecked_rules_fire_alike_with_filters_compiled_first() -> None:
         assert fired(unchecked, {"cmd": text}) == fired(checked, {"cmd": text}), text
 
 
-def test_an_unchecked_pattern_is_a_linear_leaf_and_not_flagged() -> None:
-    compiled = compile_rule(
-        rule("R1", {"field": "cmd", "pattern": "foo(?=bar)"}), check_patterns=False
-    )
+@pytest.mark.parametrize(
+    "pattern", ["foo(?=bar)", "(?<!x)y", "(\\w)\\1", "a++b", "(?>ab)c", "x\\Z", "\\bA\\K"]
+)
+def test_an_unchecked_backtracking_pattern_is_checked_and_flagged(pattern: str) -> None:
+    # As on the master: it is searched only for rules its other leaves leave in play, not
+    # on every text of its field beside the filter.
+    compiled = compile_rule(rule("R1", {"field": "cmd", "pattern": pattern}), check_patterns=False)
+    assert compiled.bounded_patterns == ((("match", "pattern"), pattern),)
+    (leaf,) = compiled.programs["command"].leaves
+    assert not isinstance(leaf, LinearLeaf)
+
+
+@pytest.mark.parametrize("pattern", ["dev/tcp", "(?i:w)get\\s+", "(?P<n>a)+\\d{2}", "\\(?#x"])
+def test_an_unchecked_linear_pattern_is_a_filter_leaf_without_a_check(pattern: str) -> None:
+    compiled = compile_rule(rule("R1", {"field": "cmd", "pattern": pattern}), check_patterns=False)
     assert compiled.bounded_patterns == ()
     (leaf,) = compiled.programs["command"].leaves
-    assert isinstance(leaf, LinearLeaf) and leaf.regex == "foo(?=bar)"
+    assert isinstance(leaf, LinearLeaf) and leaf.regex == pattern
 
 
-@pytest.mark.parametrize("pattern", ["(", "a{2,1}", "[z-a]", "x**"])
+@pytest.mark.parametrize("pattern", ["(", "a{2,1}", "[z-a]", "x**", "(?<=a+", "x{2}++"])
 def test_a_pattern_no_engine_accepts_never_matches_and_is_logged(
     pattern: str, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -18,7 +18,13 @@ import re2
 
 from ttp_core.attack import AttackCatalogue, load_catalogue
 from ttp_core.engine.fields import MISSING, as_number, as_text, resolve, scalars, split_path
-from ttp_core.engine.patterns import BoundedPattern, PatternError, check_pattern, compile_bounded
+from ttp_core.engine.patterns import (
+    BoundedPattern,
+    PatternError,
+    check_pattern,
+    compile_bounded,
+    may_need_backtracking,
+)
 from ttp_core.rules.canonical import content_sha256
 from ttp_core.rules.model import DEFAULT_FIELDS, AllOf, AnyOf, ExternalMatch, Leaf, NotOf, Rule
 
@@ -261,11 +267,13 @@ def compile_rule(
     """Compile `rule`; raises `CompileError` locating the first problem.
 
     `check_patterns=False` is for rules a validator already compiled with the check (a
-    worker reading the master's messages): patterns are not classified here, which is half
-    of a rule's compile. Each goes to its field's filter as a linear leaf, and the filter
-    classifies it when it compiles (see `index.FilterShard`): RE2 runs it, else the bounded
-    engine does, else (no engine accepts it) the leaf never matches and that is logged.
-    `bounded_patterns` is then empty: which patterns are bounded is not known here.
+    worker reading the master's messages): only patterns a cheap scan cannot clear of
+    backtracking constructs (`may_need_backtracking`) are checked with RE2 here, which is
+    half of a rule's compile otherwise; a bounded one then takes the rule tree's path, as
+    with the check. The rest go to their field's filter as linear leaves, and the filter
+    classifies each when it compiles (see `index.FilterShard`): RE2 runs it, else the
+    bounded engine does, else (no engine accepts it) the leaf never matches and that is
+    logged.
     """
     catalogue = catalogue or load_catalogue()
     bounded: dict[Path, str] = {}
@@ -346,14 +354,17 @@ class _ProgramBuilder:
         if linear is not None:
             return LinearLeaf(field, parts, linear)
         if operator == "pattern":
-            if not self.check_patterns:
-                return LinearLeaf(field, parts, ("(?i)" if leaf.ignore_case else "") + operand)
+            prefix = "(?i)" if leaf.ignore_case else ""
+            if not self.check_patterns and not may_need_backtracking(operand):
+                return LinearLeaf(field, parts, prefix + operand)
             try:
                 check = check_pattern(operand)
             except PatternError as exc:
+                if not self.check_patterns:
+                    # Only a forged message holds it: the filter logs it, and it never matches.
+                    return LinearLeaf(field, parts, prefix + operand)
                 raise CompileError((*path, "pattern"), str(exc), "regex-invalid") from None
             if check.linear:
-                prefix = "(?i)" if leaf.ignore_case else ""
                 return LinearLeaf(field, parts, prefix + operand)
             self.bounded[(*path, "pattern")] = operand
             return DirectLeaf(

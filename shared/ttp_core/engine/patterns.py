@@ -7,6 +7,7 @@ with a hard time limit and a cap on the input it sees, and is reported as a warn
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -87,6 +88,33 @@ def check_pattern(pattern: str) -> PatternCheck:
     except (regex.error, ValueError, OverflowError, RecursionError) as exc:
         raise PatternError(f"invalid regular expression: {exc}") from None
     return PatternCheck(linear=False, re2_error=reason)
+
+
+_BACKTRACKING_HINT: Final = re.compile(
+    r"\\(.)"  # an escape, read as a unit so `\(?` is not taken for a group
+    r"|\(\?(?!:|P<|[imsU-]+[:)])"  # a group RE2 lacks: lookaround, (?>, (?(, (?P=, (?R...
+    r"|[*+?}]\+",  # a possessive quantifier
+    re.DOTALL,
+)
+_RE2_ESCAPE_LETTERS: Final = frozenset("dDsSwWbBAzpPxnrtfvaQE")
+"""Letters RE2 reads after a backslash; another letter or a digit (a backreference, `\\Z`,
+`\\G`, `\\K`, `\\k<name>`, `\\u`...) may be an escape only a backtracking engine takes."""
+
+
+def may_need_backtracking(pattern: str) -> bool:
+    """False when `pattern` has none of the constructs RE2 refuses and a backtracking
+    engine accepts (lookaround, backreferences, atomic groups, possessive quantifiers,
+    conditionals, escapes RE2 lacks); True when it may have one.
+
+    A cheap scan, conservative by design (it does not parse character classes): a True
+    costs a full `check_pattern`, and a pattern it clears that RE2 still refuses is caught
+    by the filter that compiles it.
+    """
+    for found in _BACKTRACKING_HINT.finditer(pattern):
+        escaped = found.group(1)
+        if escaped is None or (escaped.isalnum() and escaped not in _RE2_ESCAPE_LETTERS):
+            return True
+    return False
 
 
 def compile_bounded(pattern: str, ignore_case: bool = False) -> BoundedPattern:
