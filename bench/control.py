@@ -114,10 +114,10 @@ from ttp_core.contract.control import (
     StateSetRequest,
 )
 from ttp_core.rules.validator import iter_rule_files
+from ttp_runtime.control_client import ControlClient
 from ttp_runtime.embedded import EmbeddedPostgres
 from ttp_runtime.nats_roles import Role
 from ttp_runtime.settings import ServiceSettings
-from ttpctl.control_client import ControlClient
 from ttpctl.nats_session import open_nats
 
 if TYPE_CHECKING:  # annotations only; bench/master.py starts the server (start_nats)
@@ -565,7 +565,7 @@ async def run_all(
         "bench": "control",
         "quick": args.quick,
         "machine": machine_figures(),
-        "client": "ttpctl.control_client.ControlClient, as the operator role",
+        "client": "ttp_runtime.control_client.ControlClient, as the operator role",
         "nats_roles": CONTROL_BENCH_ROLES,
     }
     section_s: dict[str, float] = {}

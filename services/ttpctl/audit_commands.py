@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from ttp_core.contract.control import AuditRequest
+from ttp_runtime.control_client import ControlClientError, build_request
 from ttpctl.control_cli import (
     JsonOption,
     check_rule_id,
@@ -20,7 +21,6 @@ from ttpctl.control_cli import (
     fail_with,
     run_control,
 )
-from ttpctl.control_client import ControlClientError, build_request
 from ttpctl.control_output import audit_table, json_document
 from ttpctl.durations import parse_since
 from ttpctl.nats_session import NatsUrlOption

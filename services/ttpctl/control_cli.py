@@ -16,8 +16,9 @@ from rich.console import Console
 
 from ttp_core.contract import subjects
 from ttp_core.contract.control import ErrorCode
-from ttpctl.control_client import EXIT_CODES_HELP, ControlClient, ControlClientError, ExitCode
+from ttp_runtime.control_client import ControlClient, ControlClientError
 from ttpctl.durations import parse_duration
+from ttpctl.exit_codes import EXIT_CODES_HELP, ExitCode, exit_code_for
 from ttpctl.nats_session import NatsSessionError, fail, open_nats
 
 __all__ = [
@@ -82,8 +83,8 @@ def fail_with(command: str, error: ControlClientError) -> NoReturn:
     exit code of its error code; a refusal of the caller's identity says so and how to act
     as another role."""
     if error.code is ErrorCode.FORBIDDEN:
-        fail(command, f"forbidden: {error}{_FORBIDDEN_HINT}", int(error.exit_code))
-    fail(command, f"error: {error}", int(error.exit_code))
+        fail(command, f"forbidden: {error}{_FORBIDDEN_HINT}", int(exit_code_for(error.code)))
+    fail(command, f"error: {error}", int(exit_code_for(error.code)))
 
 
 def check_rule_id(value: str) -> str:

@@ -12,8 +12,8 @@ from typing import Annotated, Final
 import typer
 
 from ttp_core.contract.control import ErrorCode, FleetInfo
+from ttp_runtime.control_client import ControlClient, ControlClientError
 from ttpctl.control_cli import JsonOption, command, console, option_duration, run_control
-from ttpctl.control_client import ControlClient, ControlClientError
 from ttpctl.control_output import (
     FleetVerdict,
     fleet_header,

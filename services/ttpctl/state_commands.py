@@ -19,6 +19,7 @@ from ttp_core.contract.control import (
     StateList,
     StateSetRequest,
 )
+from ttp_runtime.control_client import ControlClientError, build_request
 from ttpctl.control_cli import (
     JsonOption,
     check_rule_id,
@@ -28,7 +29,6 @@ from ttpctl.control_cli import (
     option_duration,
     run_control,
 )
-from ttpctl.control_client import ControlClientError, build_request
 from ttpctl.control_output import json_document, state_changed_text, states_table
 from ttpctl.durations import parse_instant
 from ttpctl.nats_session import NatsUrlOption

@@ -30,7 +30,7 @@ from harness.processes import fleet_matches, master_summary, until
 from harness.tcp_proxy import proxy_to, via
 from ttp_core.contract import subjects
 from ttp_core.contract.control import StateSetRequest
-from ttpctl.control_client import ControlClient, ControlClientError
+from ttp_runtime.control_client import ControlClient, ControlClientError
 
 # --------------------------------------------------------------------------------------------
 # Scenario: kill -9 of the master during rule edits

@@ -35,7 +35,7 @@ from harness.chaos import (
 from harness.master import query, starter_pack_in, with_version
 from harness.probes import http_metric
 from harness.processes import master_summary, until
-from ttpctl.control_client import ControlClient
+from ttp_runtime.control_client import ControlClient
 
 _LIVE_AND_DELETED = (
     "SELECT count(*) FILTER (WHERE NOT deleted) AS live,"

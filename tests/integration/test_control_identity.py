@@ -47,10 +47,11 @@ from ttp_core.contract.payloads import RulesetRevision
 from ttp_master.caller_identity import REQUEST_INFO_HEADER
 from ttp_master.control_service import ControlService, LeaderTerm
 from ttp_master.fleet_tracker import FleetTracker
+from ttp_runtime.control_client import no_responders_message
 from ttp_runtime.embedded import EmbeddedNats
 from ttp_runtime.nats_roles import Role
 from ttpctl.app import app
-from ttpctl.control_client import ExitCode, no_responders_message
+from ttpctl.exit_codes import ExitCode
 
 RULES = starter_ids(3)
 UNKNOWN_RULE = "ZZ-NOT-A-RULE"
@@ -237,10 +238,9 @@ def _term() -> LeaderTerm:
 
 async def _serving(nc: Client) -> ControlService:
     control = ControlService(nc, FleetTracker())  # verified identities: the default
+    # Once this returns the server holds the service's subscriptions, so the test's requests
+    # over another connection reach them.
     await control.serve_leader(_term())
-    # The test's requests come over another connection: its own round trip on this one
-    # makes sure the server holds the service's subscriptions before the first of them.
-    await nc.flush(timeout=5)
     return control
 
 

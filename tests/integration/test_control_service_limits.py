@@ -34,7 +34,8 @@ from ttp_master.control_service import ControlService, LeaderTerm
 from ttp_master.db.migrate import upgrade_to_head
 from ttp_master.db.queries import ControlQueries
 from ttp_master.fleet_tracker import FleetTracker
-from ttpctl.control_client import ControlClient, ControlClientError, ExitCode
+from ttp_runtime.control_client import ControlClient, ControlClientError
+from ttpctl.exit_codes import ExitCode
 
 CAP = 5
 FLOOD = 40

@@ -49,8 +49,9 @@ from ttp_core.contract.control import (
     WorkerView,
 )
 from ttp_core.contract.payloads import RejectionError
+from ttp_runtime.control_client import ControlClient, ControlClientError, no_responders_message
 from ttpctl.app import app
-from ttpctl.control_client import ControlClient, ControlClientError, no_responders_message
+from ttpctl.exit_codes import exit_code_for
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -235,7 +236,7 @@ async def test_an_error_reply_raises_with_code_message_and_field(
     assert caught.value.code is ErrorCode.UNKNOWN_RULE
     assert caught.value.message == "no rule 'R9'"
     assert caught.value.field == "rule_id"
-    assert caught.value.exit_code == 3
+    assert exit_code_for(caught.value.code) == 3
 
 
 async def test_an_error_known_only_from_the_micro_headers(
@@ -250,7 +251,7 @@ async def test_an_error_known_only_from_the_micro_headers(
     peer.answers[Endpoint.REVISION] = Canned(b"", headers)
     with pytest.raises(ControlClientError) as caught:
         await client.revision()
-    assert (caught.value.code, caught.value.exit_code) == (ErrorCode.FORBIDDEN, 5)
+    assert (caught.value.code, exit_code_for(caught.value.code)) == (ErrorCode.FORBIDDEN, 5)
 
 
 async def test_an_unreadable_reply_is_an_internal_error(
@@ -275,7 +276,7 @@ async def test_no_responders_is_unavailable(client: ControlClient) -> None:
     # NATS cannot tell "no master" from "not routed for this identity": the message says both.
     assert "ttp.ctl.audit" in caught.value.message
     assert "viewer cannot set or clear state" in caught.value.message
-    assert caught.value.exit_code == 4
+    assert exit_code_for(caught.value.code) == 4
 
 
 async def test_silence_is_unavailable_after_the_timeout(

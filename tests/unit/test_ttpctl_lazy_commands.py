@@ -78,7 +78,7 @@ def _modules_after(argv: list[str]) -> tuple[int, set[str]]:
     return int(code), set(modules)
 
 
-NATS_SIDE = {"nats", "aiohttp", "ttpctl.control_client", "ttpctl.nats_session"}
+NATS_SIDE = {"nats", "aiohttp", "ttp_runtime.control_client", "ttpctl.nats_session"}
 
 
 def test_rules_validate_imports_nothing_of_the_nats_side() -> None:

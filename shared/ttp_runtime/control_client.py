@@ -2,15 +2,13 @@
 
 :class:`ControlClient` sends a request model of :mod:`ttp_core.contract.control` as JSON
 and returns the endpoint's result model, or raises :class:`ControlClientError` carrying the
-error code of the reply (or ``unavailable`` when no master answered). This module is also the
-one place that maps those codes to the exit codes of the ``ttpctl`` control commands
-(:class:`ExitCode`, :func:`exit_code_for`).
+error code of the reply (or ``unavailable`` when no master answered). ttpctl and the web
+console both call the master through it.
 """
 
 from __future__ import annotations
 
 import json
-from enum import IntEnum
 from typing import Any, Final, TypeVar
 
 import nats.errors
@@ -47,9 +45,8 @@ __all__ = [
     "DEFAULT_REQUEST_TIMEOUT_S",
     "ControlClient",
     "ControlClientError",
-    "ExitCode",
     "build_request",
-    "exit_code_for",
+    "decode_reply",
     "no_responders_message",
 ]
 
@@ -67,44 +64,6 @@ _CODE_OF_STATUS: Final = {
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
-class ExitCode(IntEnum):
-    """Exit codes of the ttpctl control commands (state, rules list/show, fleet, audit)."""
-
-    OK = 0
-    """The command did what was asked."""
-    NEGATIVE = 1
-    """The answer is no: the fleet is not converged, or a wait timed out."""
-    USAGE = 2
-    """Bad usage or a request the master refused as invalid (``bad_request``)."""
-    UNKNOWN_RULE = 3
-    """The master knows no such rule (``unknown_rule``)."""
-    UNAVAILABLE = 4
-    """No usable answer: NATS unreachable, no master (or no route to it for this identity),
-    not the leader, the master busy (retry), or a master failure."""
-    FORBIDDEN = 5
-    """The caller's NATS identity may not do this (``forbidden``): a viewer changing state,
-    an operator forcing an unknown rule, or an identity the master cannot verify."""
-
-
-_EXIT_CODES: Final = {
-    ErrorCode.BAD_REQUEST: ExitCode.USAGE,
-    ErrorCode.UNKNOWN_RULE: ExitCode.UNKNOWN_RULE,
-    ErrorCode.NOT_LEADER: ExitCode.UNAVAILABLE,
-    ErrorCode.UNAVAILABLE: ExitCode.UNAVAILABLE,
-    ErrorCode.BUSY: ExitCode.UNAVAILABLE,
-    ErrorCode.INTERNAL: ExitCode.UNAVAILABLE,
-    ErrorCode.FORBIDDEN: ExitCode.FORBIDDEN,
-}
-
-EXIT_CODES_HELP: Final = (
-    "Exit codes: 0 success; 1 negative answer (not converged, wait timed out); 2 usage"
-    " error or request refused as invalid; 3 unknown rule; 4 NATS or the master unavailable"
-    " (no master, not the leader, master busy: retry, master failure); 5 forbidden: your NATS"
-    " identity may not do this."
-)
-"""The exit-code paragraph every control command's help ends with."""
-
-
 def no_responders_message(subject: str) -> str:
     """What "no responders" means for a control request on ``subject``.
 
@@ -117,11 +76,6 @@ def no_responders_message(subject: str) -> str:
     )
 
 
-def exit_code_for(code: ErrorCode) -> ExitCode:
-    """The exit code for an error code of the control protocol."""
-    return _EXIT_CODES.get(code, ExitCode.UNAVAILABLE)
-
-
 class ControlClientError(Exception):
     """The control request failed: an error reply, or no (readable) reply at all."""
 
@@ -130,10 +84,6 @@ class ControlClientError(Exception):
         self.code = code
         self.message = message
         self.field = field
-
-    @property
-    def exit_code(self) -> ExitCode:
-        return exit_code_for(self.code)
 
     def __str__(self) -> str:
         return self.message if self.field is None else f"{self.message} (field: {self.field})"
