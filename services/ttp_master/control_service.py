@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import nats.errors
 import pydantic
 import sqlalchemy.exc
 from nats.aio.client import Client
@@ -90,8 +91,37 @@ DEFAULT_MAX_CONCURRENT: Final = 32
 REFUSAL_LOG_WINDOW_S: Final = 60.0
 """One log line per distinct refusal per window: a caller retrying in a loop cannot flood
 the log."""
+REGISTER_ATTEMPTS: Final = 3
+"""Round trips tried to confirm that the NATS server holds a new service's subscriptions."""
+REGISTER_FLUSH_TIMEOUT_S: Final = 5
+"""Longest wait for one of those round trips."""
 _LEADER_GROUP: Final = "ttp-ctl-leader"
 _STANDBY_GROUP: Final = "ttp-ctl-standby"
+
+
+async def flush_subscriptions(nc: Client, timeout: int) -> None:
+    """Return once the server has handled every command written on `nc` so far, the
+    subscriptions of :meth:`Client.subscribe` included; raise when it does not answer.
+
+    `Client.flush` alone does not promise that: nats-py writes its PING straight to the
+    socket, while the SUB commands of `subscribe` wait in the client's pending buffer until
+    its flusher task writes them. The PONG can then come back before the server has read the
+    SUBs, and a request another connection sends at once finds no responders. Handing the
+    flusher a future of our own first (it resolves it once everything pending before it is
+    written) puts the PING behind the SUBs; the server answers a connection's commands in
+    order. A client without those internals gets a plain flush twice, which is likely but
+    not certain to be enough: the first one's wait normally lets its flusher write the SUBs."""
+    flush_queue = getattr(nc, "_flush_queue", None)
+    if isinstance(flush_queue, asyncio.Queue) and nc.is_connected:
+        written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await asyncio.wait_for(flush_queue.put(written), timeout)
+        try:
+            await asyncio.wait_for(asyncio.shield(written), timeout)
+        except TimeoutError:
+            raise nats.errors.FlushTimeoutError() from None
+    else:
+        await nc.flush(timeout=timeout)
+    await nc.flush(timeout=timeout)
 
 
 class ControlRequestError(Exception):
@@ -451,15 +481,43 @@ class ControlService:
                     queue_group=group,
                 )
             )
-        # The server has the new subscriptions once this round trip returns.
-        with contextlib.suppress(Exception):
-            await self._nc.flush(timeout=5)
+        await self._confirm_subscriptions(role, service.id)
         if role == "leader":
             self._leader_since = time.monotonic()
         old, self._service = self._service, service
         _log.info("control service serving", extra={"role": role, "service_id": service.id})
         self._announce_identity_mode()
         await self._retire(old)
+
+    async def _confirm_subscriptions(self, role: str, service_id: str) -> None:
+        """Return once the NATS server holds the new service's subscriptions, so that a
+        request from any other connection reaches them; retried, each failure logged.
+
+        Unconfirmed after every attempt (NATS unreachable), the service is kept all the
+        same: nats-py subscribes its subscriptions again when it reconnects, and the old
+        service is retired only after the new one's subscriptions in this connection's
+        command order, which the server follows, so there is never a moment without
+        responders on the server this connection reaches."""
+        for attempt in range(1, REGISTER_ATTEMPTS + 1):
+            try:
+                await flush_subscriptions(self._nc, REGISTER_FLUSH_TIMEOUT_S)
+                return
+            except Exception as exc:
+                _log.warning(
+                    "the NATS server has not confirmed the control service's subscriptions",
+                    extra={
+                        "role": role,
+                        "service_id": service_id,
+                        "attempt": attempt,
+                        "attempts": REGISTER_ATTEMPTS,
+                        "error": f"{type(exc).__name__}: {exc}",
+                    },
+                )
+        _log.error(
+            "control service subscriptions unconfirmed: requests may find no responders "
+            "until the NATS connection is re-established",
+            extra={"role": role, "service_id": service_id},
+        )
 
     def _dispatcher(self, endpoint: Endpoint, role: str) -> Callable[[Request], Awaitable[None]]:
         as_standby = role == "standby"
