@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +33,7 @@ from ttp_master.expiry_scheduler import ExpiryScheduler
 from ttp_master.fleet_tracker import FleetTracker
 from ttp_master.leader import LeaderLock
 from ttp_master.mass_delete_guard import MassDeleteGuard, Verdict
-from ttp_master.outbox_relay import OutboxRelay, RelayBatch
+from ttp_master.outbox_relay import OutboxRelay, RelayBatch, StreamMessage
 from ttp_master.rule_sync import RuleSync, SyncResult
 from ttp_master.settings import MasterSettings
 from ttp_master.stream_guard import StreamGuard
@@ -43,7 +43,15 @@ from ttp_master.watcher import DirectoryWatcher, WatchBatch
 from ttp_runtime.field_catalogue import load_field_catalogue
 from ttp_runtime.health import HealthServer
 from ttp_runtime.logging import configure_logging
-from ttp_runtime.nats import connect, drain, ensure_configured_streams, publish_js
+from ttp_runtime.nats import (
+    DEFAULT_PUBLISH_TIMEOUT_S,
+    MSG_ID_HEADER,
+    connect,
+    drain,
+    ensure_configured_streams,
+    publish_js,
+)
+from ttp_runtime.pubacks import PubAckRounds
 from ttp_runtime.service import run_until_signalled
 from ttp_runtime.tracing import configure_tracing, get_tracer, inject_headers
 
@@ -61,12 +69,22 @@ class NatsPublisher:
     def __init__(self, nc: Client, js: JetStreamContext) -> None:
         self._nc = nc
         self._js = js
+        self._rounds = PubAckRounds(nc)
         self.lock = asyncio.Lock()
 
     async def publish_stream(
         self, subject: str, payload: bytes, msg_id: str, headers: dict[str, str]
     ) -> None:
         await publish_js(self._js, subject, payload, msg_id, headers)
+
+    async def publish_stream_many(
+        self, messages: Sequence[StreamMessage]
+    ) -> list[BaseException | None]:
+        outbound = [
+            (subject, payload, {**headers, MSG_ID_HEADER: msg_id})
+            for subject, payload, msg_id, headers in messages
+        ]
+        return await self._rounds.publish(outbound, DEFAULT_PUBLISH_TIMEOUT_S)
 
     async def publish_core(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
         await self._nc.publish(subject, payload, headers=inject_headers(headers))

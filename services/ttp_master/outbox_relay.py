@@ -22,6 +22,8 @@ from typing import Any, Final, Protocol
 
 import msgspec
 import psycopg
+from opentelemetry.trace import Span, StatusCode
+from opentelemetry.util.types import AttributeValue
 from pydantic import SecretStr
 from sqlalchemy import BigInteger, any_, bindparam, func, select, update
 from sqlalchemy.dialects.postgresql import ARRAY
@@ -33,7 +35,13 @@ from ttp_master.db.repository import NOTIFY_CHANNEL, RuleRepository
 from ttp_master.db.schema import rule_event, rule_rejection
 from ttp_master.db.target import DatabaseTarget
 from ttp_master.ruleset_ledger import RulesetLedger
-from ttp_runtime.tracing import start_consumer_span, subject_template
+from ttp_runtime.tracing import (
+    MESSAGING_MESSAGE_ID,
+    inject_headers,
+    start_consumer_span,
+    start_producer_span,
+    subject_template,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -99,6 +107,22 @@ def _relay_span(rows: Sequence[Any], headers: dict[str, str]) -> AbstractContext
     )
 
 
+def _publish_span(rows: Sequence[Any]) -> AbstractContextManager[Span]:
+    """The PRODUCER span of publishing `rows` (one trace's rows of a window): named by the
+    subject template they share, with the concrete subject and message id when there is one
+    row, and the row count."""
+    templates = {subject_template(row.subject) for row in rows}
+    template = templates.pop() if len(templates) == 1 else "ttp.rule"
+    if len(rows) == 1:
+        row = rows[0]
+        attributes: dict[str, AttributeValue] = {
+            _BATCH_COUNT: 1,
+            MESSAGING_MESSAGE_ID: row.msg_id,
+        }
+        return start_producer_span(template, row.subject, attributes)
+    return start_producer_span(template, None, {_BATCH_COUNT: len(rows)})
+
+
 def wire_form(row: Any) -> tuple[bytes, dict[str, str]]:
     """The body and headers an outbox row is published with, by the relay and by the
     stream guard's repair alike, so a repaired message is the message the relay sent.
@@ -107,12 +131,23 @@ def wire_form(row: Any) -> tuple[bytes, dict[str, str]]:
     return payload, {str(k): str(v) for k, v in (row.headers or {}).items()}
 
 
+StreamMessage = tuple[str, bytes, str, dict[str, str]]
+"""(subject, payload, Nats-Msg-Id, headers) of one JetStream message."""
+
+
 class EventPublisher(Protocol):
     """Where the relay sends messages: JetStream (acked) or core NATS."""
 
     async def publish_stream(
         self, subject: str, payload: bytes, msg_id: str, headers: dict[str, str]
     ) -> None: ...
+
+    async def publish_stream_many(
+        self, messages: Sequence[StreamMessage]
+    ) -> list[BaseException | None]:
+        """Publish every message at once; per message, in order, None once its PubAck said
+        stored (or a duplicate), else why not."""
+        ...
 
     async def publish_core(self, subject: str, payload: bytes, headers: dict[str, str]) -> None: ...
 
@@ -362,9 +397,11 @@ class OutboxRelay:
     async def _publish_window(self, window: list[Any]) -> list[BaseException | None]:
         """Publish a window's rows together; each row's outcome (None: published), in order.
 
-        One relay span per trace the rows continue (a change batch's rows share its trace),
-        not one per row: at a cold start of 10,000 rules, a span per message was the relay's
-        largest cost of its own. Each publish's own span is a child of its group's."""
+        Per trace the rows continue (a change batch's rows share its trace) one relay span
+        and, inside it, one PRODUCER span whose context every message of the group carries;
+        the group's JetStream rows go out as one round of publishes whose PubAcks are
+        matched by reply subject. At a cold start of 10,000 rules a span and a request per
+        message were the relay's largest costs of its own."""
         groups: dict[str | None, list[int]] = {}
         wire = [wire_form(row) for row in window]
         for i, (_, headers) in enumerate(wire):
@@ -373,22 +410,35 @@ class OutboxRelay:
 
         async def group(members: list[int]) -> None:
             rows = [window[i] for i in members]
-            with _relay_span(rows, wire[members[0]][1]):
-                results = await asyncio.gather(
-                    *(self._publish_row(window[i], *wire[i]) for i in members),
-                    return_exceptions=True,
-                )
-            for i, result in zip(members, results, strict=True):
-                outcomes[i] = result if isinstance(result, BaseException) else None
+            with _relay_span(rows, wire[members[0]][1]), _publish_span(rows) as span:
+                # The publish span's context replaces the change batch's in every message.
+                carrier = inject_headers()
+                stream = [i for i in members if window[i].jetstream]
+                messages = [
+                    (window[i].subject, wire[i][0], window[i].msg_id, {**wire[i][1], **carrier})
+                    for i in stream
+                ]
+                try:
+                    results = await self._publisher.publish_stream_many(messages)
+                except Exception as exc:
+                    results = [exc] * len(messages)
+                for i, result in zip(stream, results, strict=True):
+                    outcomes[i] = result
+                for i in members:
+                    if not window[i].jetstream:
+                        try:
+                            await self._publisher.publish_core(
+                                window[i].subject, wire[i][0], {**wire[i][1], **carrier}
+                            )
+                        except Exception as exc:
+                            outcomes[i] = exc
+                failed = [error for i in members if (error := outcomes[i]) is not None]
+                if failed:
+                    span.record_exception(failed[0])
+                    span.set_status(StatusCode.ERROR, f"{len(failed)} of {len(rows)} not published")
 
         await asyncio.gather(*(group(members) for members in groups.values()))
         return outcomes
-
-    async def _publish_row(self, row: Any, payload: bytes, headers: dict[str, str]) -> None:
-        if row.jetstream:
-            await self._publisher.publish_stream(row.subject, payload, row.msg_id, headers)
-        else:
-            await self._publisher.publish_core(row.subject, payload, headers)
 
     async def _mark_published(
         self, conn: AsyncConnection, revisions: list[int], *, summarise: bool = False

@@ -41,7 +41,9 @@ from ttp_core.contract import subjects
 from ttp_core.contract.events import DeadLetterReason, MalformedEventError
 from ttp_core.contract.payloads import worker_source
 from ttp_core.engine.tags import Tag
+from ttp_runtime import nats_wire as wire
 from ttp_runtime.nats import MSG_ID_HEADER
+from ttp_runtime.pubacks import Outbound, PubAckRounds, Round
 from ttp_runtime.tracing import (
     get_tracer,
     inject_headers,
@@ -49,7 +51,7 @@ from ttp_runtime.tracing import (
     start_consumer_span,
     subject_template,
 )
-from ttp_worker import metrics, wire
+from ttp_worker import metrics
 from ttp_worker.events import (
     Outgoing,
     cloudevents_time,
@@ -57,7 +59,6 @@ from ttp_worker.events import (
     parse_event,
     tagged_message,
 )
-from ttp_worker.pubacks import Outbound, PubAckRounds, Round
 from ttp_worker.pull import PullBatches
 from ttp_worker.rulebook import Ruleset
 

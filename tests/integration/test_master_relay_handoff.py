@@ -8,7 +8,7 @@ statements the relay ran before publishing are both visible.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +39,19 @@ class Recorder:
             raise OSError("NATS went away")
         if not msg_id.startswith("ttp-ruleset-"):
             self.published.append((int(msg_id.removeprefix("ttp-rev-")), len(self.reads)))
+
+    async def publish_stream_many(
+        self, messages: Sequence[tuple[str, bytes, str, dict[str, str]]]
+    ) -> list[BaseException | None]:
+        outcomes: list[BaseException | None] = []
+        for message in messages:
+            try:
+                await self.publish_stream(*message)
+            except Exception as exc:
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+        return outcomes
 
     async def publish_core(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
         raise AssertionError("no rejection is written here")

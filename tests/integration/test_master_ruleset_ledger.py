@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,6 +39,19 @@ class Summaries:
     ) -> None:
         if msg_id.startswith("ttp-ruleset-"):
             self.seen.append(msgspec.json.decode(payload)["data"])
+
+    async def publish_stream_many(
+        self, messages: Sequence[tuple[str, bytes, str, dict[str, str]]]
+    ) -> list[BaseException | None]:
+        outcomes: list[BaseException | None] = []
+        for message in messages:
+            try:
+                await self.publish_stream(*message)
+            except Exception as exc:
+                outcomes.append(exc)
+            else:
+                outcomes.append(None)
+        return outcomes
 
     async def publish_core(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
         pass

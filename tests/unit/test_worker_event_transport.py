@@ -17,7 +17,7 @@ import nats.errors
 import nats.js.errors
 import pytest
 
-from ttp_worker.pubacks import NoPubAckError, PubAckRounds
+from ttp_runtime.pubacks import NoPubAckError, PubAckRounds
 from ttp_worker.pull import PullBatches
 
 # --------------------------------------------------------------------------------------------

@@ -2,12 +2,13 @@
 
 `Client.publish` costs several microseconds a message (subject checks by regular
 expression, a header loop with a regular expression per key, a coroutine per call), more
-than the rest of a tag's way out. The worker's subjects, reply subjects and header values
-are its own (subjects from validated tokens, ids from hashes, trace context from
-OpenTelemetry), so a batch is written as `HPUB`/`PUB` commands in one buffer entry and one
-flush request (nats-py 2.x internals, pinned by the lock: `_send_command`,
-`_flush_pending`). While the connection is not up (reconnecting, draining, closed) the
-caller uses `Client.publish`, which knows how to buffer or refuse.
+than the rest of a tag's way out. The callers' subjects, reply subjects and header keys
+are their own (subjects built from validated tokens, ids from hashes or revisions, trace
+context from OpenTelemetry; header values lose line breaks as in nats-py), so a batch is
+written as `HPUB`/`PUB` commands in one buffer entry and one flush request (nats-py 2.x
+internals, pinned by the lock: `_send_command`, `_flush_pending`). While the connection is
+not up (reconnecting, draining, closed) the caller uses `Client.publish`, which knows how
+to buffer or refuse.
 """
 
 from __future__ import annotations

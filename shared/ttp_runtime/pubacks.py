@@ -1,13 +1,14 @@
 """JetStream publishes of a whole batch at once, with their PubAcks matched here.
 
-nats-py's `js.publish_async` makes each message a request of its own: a semaphore wait, a
-future with a done callback, a random token and a JSON parse of every PubAck into a
-dataclass. A worker publishing a batch needs none of that per message: every message of a
-round goes out with the reply subject `<inbox>.<round>.<index>`, one subscription on
-`<inbox>.*.*` (under the connection's inbox prefix, which is all a role may subscribe to)
-reads the PubAcks, and the round is over when each message has its answer or the time is
-up. A PubAck arriving after its round gave up is ignored: the message is published again
-in a later round, with the same `Nats-Msg-Id`, so the stream keeps one copy.
+nats-py's `js.publish` makes each message a request of its own: a semaphore wait, a future
+with a done callback, a random token and a JSON parse of every PubAck into a dataclass. A
+process publishing a batch (the worker's tags, the master's outbox relay) needs none of
+that per message: every message of a round goes out with the reply subject
+`<inbox>.<round>.<index>`, one subscription on `<inbox>.*.*` (under the connection's inbox
+prefix, which is all a role may subscribe to) reads the PubAcks, and the round is over when
+each message has its answer or the time is up. A PubAck arriving after its round gave up is
+ignored: the message is published again in a later round, with the same `Nats-Msg-Id`, so
+the stream keeps one copy.
 
 The subscription has no callback: whoever waits for a round reads its queue (nats-py 2.x
 internals, pinned by the lock: `_pending_queue`, `_pending_size`), which spares a task
@@ -29,7 +30,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 
-from ttp_worker import wire
+from ttp_runtime import nats_wire as wire
 
 _STATUS_HEADER: Final = "Status"
 _NO_RESPONDERS: Final = "503"
