@@ -74,6 +74,7 @@ import asyncio
 import contextlib
 import copy
 import ctypes
+import dataclasses
 import functools
 import json
 import os
@@ -1552,62 +1553,65 @@ async def run_all(
 
     async with aiohttp.ClientSession() as session:
         # ---------------------------------------------------------------- 1. latency
-        section(f"1. save-to-PubAck latency ({settings.edits} saves per series)")
-        started = time.perf_counter()
-        rules_dir = workdir / "latency-rules"
-        shutil.copytree(STARTER_RULES, rules_dir)
-        candidates = list(iter_rule_files(rules_dir))
-        target = next((p for p in candidates if p.stem == "R0010"), candidates[0])
-        print(
-            f"{len(candidates)} starter rules; editing {target.relative_to(rules_dir)} "
-            f"(temp file + os.replace); {settings.warmup} warm-up saves not counted",
-            flush=True,
-        )
-        nats_a = start_nats(workdir / "nats-latency", cleanup)
-        pg.ensure_database("bench_latency")
-        series: list[SeriesResult] = []
-        first_edit = 0
-        # Every latency series runs against the same servers, rules and edit target.
-        series_on = functools.partial(
-            latency_series,
-            bus=nats_a,
-            database_url=pg.url_for("bench_latency"),
-            rules_dir=rules_dir,
-            target=target,
-            edits=settings.edits,
-            warmup=settings.warmup,
-            workdir=workdir,
-            session=session,
-            cleanup=cleanup,
-            server_pids={"postgres": pg.pid, "nats": nats_a.server.pid},
-        )
-        for debounce in (DEFAULT_DEBOUNCE_MS, FAST_DEBOUNCE_MS):
-            result = await series_on(debounce_ms=debounce, first_edit=first_edit)
-            first_edit += settings.warmup + settings.edits
-            print_series(result)
-            series.append(result)
         profiled_series: SeriesResult | None = None
         latency_raw = workdir / "latency.pyspy.txt"
-        if args.profile:
-            print(f"(profiling one more series, debounce {FAST_DEBOUNCE_MS} ms, under py-spy)")
-            log_all_statements(pg, "bench_latency")
-            profiled_series = await series_on(
-                debounce_ms=FAST_DEBOUNCE_MS, first_edit=first_edit, profile_to=latency_raw
-            )
-        violations["latency"] = report_violations(nats_a, "latency")
-        nats_a.server.close()
-        slow, fast = series[0].figures(), series[1].figures()
-        latency: dict[str, Any] = {f"debounce_{s.debounce_ms}ms": s.figures() for s in series}
-        if "median_ms" in slow and "median_ms" in fast:
-            saved = slow["median_ms"] - fast["median_ms"]
-            latency["median_saved_by_lower_debounce_ms"] = round(saved, 3)
+        if args.reconcile_only:
+            print("(save latency: not measured with --reconcile-only)")
+        else:
+            section(f"1. save-to-PubAck latency ({settings.edits} saves per series)")
+            started = time.perf_counter()
+            rules_dir = workdir / "latency-rules"
+            shutil.copytree(STARTER_RULES, rules_dir)
+            candidates = list(iter_rule_files(rules_dir))
+            target = next((p for p in candidates if p.stem == "R0010"), candidates[0])
             print(
-                f"lowering the debounce {DEFAULT_DEBOUNCE_MS} -> {FAST_DEBOUNCE_MS} ms saves "
-                f"{saved:.1f} ms at the median (of {DEFAULT_DEBOUNCE_MS - FAST_DEBOUNCE_MS} ms "
-                "configured)"
+                f"{len(candidates)} starter rules; editing {target.relative_to(rules_dir)} "
+                f"(temp file + os.replace); {settings.warmup} warm-up saves not counted",
+                flush=True,
             )
-        figures["latency"] = latency
-        section_s["latency"] = round(time.perf_counter() - started, 2)
+            nats_a = start_nats(workdir / "nats-latency", cleanup)
+            pg.ensure_database("bench_latency")
+            series: list[SeriesResult] = []
+            first_edit = 0
+            # Every latency series runs against the same servers, rules and edit target.
+            series_on = functools.partial(
+                latency_series,
+                bus=nats_a,
+                database_url=pg.url_for("bench_latency"),
+                rules_dir=rules_dir,
+                target=target,
+                edits=settings.edits,
+                warmup=settings.warmup,
+                workdir=workdir,
+                session=session,
+                cleanup=cleanup,
+                server_pids={"postgres": pg.pid, "nats": nats_a.server.pid},
+            )
+            for debounce in (DEFAULT_DEBOUNCE_MS, FAST_DEBOUNCE_MS):
+                result = await series_on(debounce_ms=debounce, first_edit=first_edit)
+                first_edit += settings.warmup + settings.edits
+                print_series(result)
+                series.append(result)
+            if args.profile:
+                print(f"(profiling one more series, debounce {FAST_DEBOUNCE_MS} ms, under py-spy)")
+                log_all_statements(pg, "bench_latency")
+                profiled_series = await series_on(
+                    debounce_ms=FAST_DEBOUNCE_MS, first_edit=first_edit, profile_to=latency_raw
+                )
+            violations["latency"] = report_violations(nats_a, "latency")
+            nats_a.server.close()
+            slow, fast = series[0].figures(), series[1].figures()
+            latency: dict[str, Any] = {f"debounce_{s.debounce_ms}ms": s.figures() for s in series}
+            if "median_ms" in slow and "median_ms" in fast:
+                saved = slow["median_ms"] - fast["median_ms"]
+                latency["median_saved_by_lower_debounce_ms"] = round(saved, 3)
+                print(
+                    f"lowering the debounce {DEFAULT_DEBOUNCE_MS} -> {FAST_DEBOUNCE_MS} ms saves "
+                    f"{saved:.1f} ms at the median (of {DEFAULT_DEBOUNCE_MS - FAST_DEBOUNCE_MS} ms "
+                    "configured)"
+                )
+            figures["latency"] = latency
+            section_s["latency"] = round(time.perf_counter() - started, 2)
 
         # ---------------------------------------------------------------- 2. reconcile
         section(f"2. startup reconcile of {settings.rules:,} new rules")
@@ -1813,8 +1817,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--keep", action="store_true", help="keep the work directory (logs, rules, profile)"
     )
+    parser.add_argument(
+        "--reconcile-only",
+        action="store_true",
+        help="only the cold start (startup reconcile) section, and the profile of it",
+    )
+    parser.add_argument(
+        "--rules",
+        type=int,
+        default=None,
+        help="rules of the cold start (default 10,000; quick 2,000)",
+    )
     args = parser.parse_args(argv)
     settings = Settings.for_mode(args.quick)
+    if args.rules is not None:
+        settings = dataclasses.replace(settings, rules=args.rules)
     if not MASTER_BIN.is_file():
         print(f"{MASTER_BIN} not found: install the project into this environment")
         return 2
