@@ -49,6 +49,8 @@ RULE_SUBJECTS = (
 )
 _HEARTBEAT_S = 2.0
 _RETRY_S = 0.5
+_THREADED_BUILD_MIN = 1_000
+"""Snapshots of fewer changes build inline: their build is shorter than a probe's patience."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,7 @@ class RuleConsumer:
         self._resync = asyncio.Event()
         self._resync_reason = "start"
         self._failures = 0
+        self._building = asyncio.Lock()
         self.ready = asyncio.Event()
         """Set once the first snapshot is applied; stays set across resyncs."""
         self.snapshots = 0
@@ -217,7 +220,7 @@ class RuleConsumer:
         if generation.snapshot is not None:
             self._snapshot_message(generation, msg.subject, msg.data, stream_seq)
             if meta.num_pending == 0:
-                await self._finish_snapshot(generation)
+                await self._finish_snapshot(generation, in_callback=True)
             return
         started = time.perf_counter()
         with start_consumer_span(
@@ -295,7 +298,15 @@ class RuleConsumer:
             generation.snapshot.append(change)
         generation.decode_seconds += time.perf_counter() - started
 
-    async def _finish_snapshot(self, generation: _Generation) -> None:
+    async def _finish_snapshot(self, generation: _Generation, *, in_callback: bool = False) -> None:
+        """Build the snapshot's index and install it.
+
+        A big snapshot is built in a thread, so the loop keeps answering /livez, NATS pings
+        and heartbeats meanwhile (the build takes seconds at 100,000 rules). Only from this
+        consumer's message callback: nats-py awaits it before handing over the next message,
+        so no live change is applied to the index being replaced. From anywhere else (the
+        empty stream at subscribe) the build runs inline and nothing interleaves.
+        """
         changes = generation.snapshot or []
         generation.snapshot = None
         started = time.perf_counter()
@@ -303,7 +314,17 @@ class RuleConsumer:
             "apply ttp.rule snapshot", attributes={"ttp.messages": len(changes)}
         ):
             try:
-                ruleset = self.book.load_snapshot(changes)
+                if in_callback and len(changes) >= _THREADED_BUILD_MIN:
+                    # One build at a time: a resync may start a generation meanwhile.
+                    async with self._building:
+                        built = await asyncio.to_thread(self.book.build_snapshot, changes)
+                        if generation is not self._generation or generation.sub is None:
+                            # Replaced while building: the new generation builds its own
+                            # snapshot, and the book keeps what it holds.
+                            return
+                        ruleset = self.book.install(built)
+                else:
+                    ruleset = self.book.load_snapshot(changes)
             finally:
                 if generation.collector is not None:
                     generation.collector.end(freeze=True)

@@ -271,6 +271,16 @@ def _state_change(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class BuiltSnapshot:
+    """A snapshot's ruleset with the revisions and kind counts that go with it, built but not
+    yet installed (:meth:`RuleBook.build_snapshot`)."""
+
+    ruleset: Ruleset
+    revisions: dict[ChangeKind, dict[str, int]]
+    kinds: Counter[str]
+
+
 class RuleBook:
     """The worker's rules: the current ruleset and the revisions held per rule."""
 
@@ -299,6 +309,14 @@ class RuleBook:
 
         Of several changes for the same (kind, rule) the newest revision wins.
         """
+        return self.install(self.build_snapshot(changes))
+
+    def build_snapshot(self, changes: Iterable[RuleChange]) -> BuiltSnapshot:
+        """The index of a snapshot, built without touching what this book holds.
+
+        Safe to run in another thread while the book serves its current ruleset: nothing
+        here is shared with it but the (read-only) lifters. :meth:`install` swaps it in.
+        """
         newest: dict[tuple[ChangeKind, str], RuleChange] = {}
         for change in changes:
             key = (change.kind, change.rule_id)
@@ -317,10 +335,16 @@ class RuleBook:
             if change.state is not None:
                 states[rule_id] = change.state
         index = RuleIndex.build(compiled, states, self._lifters)
-        self._revisions = revisions
-        self._kinds = _kind_counts(index.rules.values(), self._lifters)
+        kinds = _kind_counts(index.rules.values(), self._lifters)
         external = sum(1 for c in index.rules.values() if c.is_external)
-        self.current = Ruleset(index, top, frozenset(self._kinds), external)
+        return BuiltSnapshot(Ruleset(index, top, frozenset(kinds), external), revisions, kinds)
+
+    def install(self, built: BuiltSnapshot) -> Ruleset:
+        """Make a built snapshot the current ruleset (one swap) and its revisions the held
+        ones, replacing everything held before."""
+        self._revisions = built.revisions
+        self._kinds = built.kinds
+        self.current = built.ruleset
         return self.current
 
     def apply(self, changes: Iterable[RuleChange]) -> list[RuleChange]:
