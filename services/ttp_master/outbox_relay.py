@@ -49,7 +49,7 @@ _log = logging.getLogger(__name__)
 _OWN_NOTIFIES_KEPT: Final = 4096
 _BATCH_COUNT: Final = "messaging.batch.message_count"
 
-PIPELINE_DEPTH = 64
+PIPELINE_DEPTH = 256
 """Publishes awaited together. A window never holds two rows of one subject, so the
 stream's last message per subject is always the newest revision, even if one fails."""
 
