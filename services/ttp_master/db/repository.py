@@ -13,7 +13,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import Row, bindparam, delete, func, select, text, update
+from sqlalchemy import (
+    ARRAY,
+    Row,
+    Table,
+    Text,
+    TextClause,
+    bindparam,
+    delete,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -235,6 +248,14 @@ class RuleRepository:
         # order equal revision order, so a later change of a rule never loses to an
         # earlier one that happened to commit last.
         self._write_lock = asyncio.Lock()
+        # One change (a saved file, an operator's state change) is one statement in its own
+        # implicit transaction: no BEGIN and COMMIT round trips.
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        held = _FENCE_HELD if fence is not None else "1"
+        self._save_statement = _single_save_statement(held)
+        self._state_statements = {
+            deleted: _single_state_statement(held, deleted=deleted) for deleted in (False, True)
+        }
 
     async def load_catalog(self) -> Catalog:
         catalog = Catalog()
@@ -290,6 +311,10 @@ class RuleRepository:
 
     async def _apply(self, changes: ChangeSet, actor: str, headers: dict[str, str]) -> Applied:
         try:
+            if _is_single_save(changes):
+                return await self._write_single_save(changes, actor, headers)
+            if _is_single_state_write(changes):
+                return await self._write_single_state(changes.state_writes[0], headers)
             return await self._write(changes, actor, headers, isolate=False)
         except Exception as exc:
             if not (changes.file_changes and is_refusal(exc)):
@@ -366,6 +391,75 @@ class RuleRepository:
             files.rule_revisions,
         )
 
+    async def _write_single_save(
+        self, changes: ChangeSet, actor: str, headers: dict[str, str]
+    ) -> Applied:
+        """One file's upsert (and the rejections it clears): the revision, then one fenced
+        statement that writes the rule row and its outbox row and queues the NOTIFY."""
+        up = changes.upserts[0]
+        now = datetime.now(UTC)
+        async with self._autocommit.connect() as conn:
+            revision = await self._next_revision(conn)
+            files = _FileWrites(conn, now, headers, actor)
+            files.upsert(up, revision)
+            write = files.pending[0]
+            assert write.params is not None
+            params = {f"r_{name}": value for name, value in write.params.items()}
+            params |= {f"e_{name}": value for name, value in write.outbox.items()}
+            params |= self._fence_params()
+            params |= {"cleared": list(changes.cleared_rejections), "notify": str(revision)}
+            if self.on_notify is not None:
+                self.on_notify(revision)
+            held = (await conn.execute(self._save_statement, params)).scalar_one()
+        if not held:
+            raise LeadershipLostError("leader lock no longer held by this master; nothing written")
+        if self.on_commit is not None:
+            self.on_commit([write.outbox])
+        return Applied([revision], now, rule_revisions={up.rule_id: revision})
+
+    async def _write_single_state(self, write: StateWrite, headers: dict[str, str]) -> Applied:
+        """One operator state change: the revision, then one fenced statement that writes
+        (or, for `enabled`, deletes) the state row and its outbox row and queues the
+        NOTIFY; it returns the stored row."""
+        now = datetime.now(UTC)
+        outbox: list[dict[str, Any]] = []
+        async with self._autocommit.connect() as conn:
+            revision = await self._next_revision(conn)
+            states = _StateWrites(conn, now, headers, outbox, set(), {})
+            states.queue_write(write, revision)
+            deleted = write.state == "enabled"
+            params = {f"e_{name}": value for name, value in outbox[0].items()}
+            params |= {
+                f"s_{name}": value for name, value in _state_row(write, revision, now).items()
+            }
+            params |= self._fence_params()
+            params["notify"] = str(revision)
+            if self.on_notify is not None:
+                self.on_notify(revision)
+            row = (await conn.execute(self._state_statements[deleted], params)).one()
+        if not row.held:
+            raise LeadershipLostError("leader lock no longer held by this master; nothing written")
+        if self.on_commit is not None:
+            self.on_commit(outbox)
+        written = {} if deleted else {write.rule_id: row}
+        return Applied([revision], now, written)
+
+    async def _next_revision(self, conn: AsyncConnection) -> int:
+        # Taken outside the write's transaction (a sequence is not transactional anyway):
+        # the write lock still makes commit order equal revision order, and a write the
+        # fence refuses leaves a gap, as a rolled-back transaction always has.
+        return int((await conn.execute(_NEXT_REVISION)).scalar_one())
+
+    def _fence_params(self) -> dict[str, int]:
+        if self.fence is None:
+            return {}
+        key = self.fence.lock_key
+        return {
+            "pid": self.fence.backend_pid,
+            "high": (key >> 32) & 0xFFFFFFFF,
+            "low": key & 0xFFFFFFFF,
+        }
+
     async def _fence_and_revisions(
         self, conn: AsyncConnection, count: int, *, notify: bool
     ) -> list[int]:
@@ -384,14 +478,7 @@ class RuleRepository:
             )
         else:
             query = f"SELECT {held}, {taken}"
-        params: dict[str, int] = {}
-        if self.fence is not None:
-            key = self.fence.lock_key
-            params |= {
-                "pid": self.fence.backend_pid,
-                "high": (key >> 32) & 0xFFFFFFFF,
-                "low": key & 0xFFFFFFFF,
-            }
+        params = self._fence_params()
         if count:
             params["n"] = count
         row = (await conn.execute(text(query), params)).one()
@@ -411,16 +498,103 @@ _FENCE_HELD = (
 )
 _NEXT_REVISIONS = "ARRAY(SELECT nextval('ttp_revision_seq') FROM generate_series(1, :n))"
 _NOTIFY = text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', :revision)")
+_NEXT_REVISION = text("SELECT nextval('ttp_revision_seq')")
 
 
-async def _write_state(
-    conn: AsyncConnection, write: StateWrite, revision: int, now: datetime
-) -> Row[Any] | None:
-    """Write the state; returns the row as stored (None: `enabled` removed it)."""
-    if write.state == "enabled":
-        await conn.execute(_DELETE_STATE, {"rule_id": write.rule_id})
-        return None
-    values = {
+def _is_single_save(changes: ChangeSet) -> bool:
+    return (
+        len(changes.upserts) == 1
+        and not changes.deletes
+        and not changes.rejections
+        and not changes.state_reverts
+        and not changes.state_writes
+    )
+
+
+def _is_single_state_write(changes: ChangeSet) -> bool:
+    return (
+        len(changes.state_writes) == 1
+        and changes.revisions_needed == 1
+        and not changes.cleared_rejections
+    )
+
+
+def _typed_values(table: Table, prefix: str) -> tuple[str, str, list[Any]]:
+    """`table`'s column list, a select list of its parameters (`prefix` + column name, each
+    cast to the column's type) and their bind parameters (the columns' types: JSONB
+    values go through the engine's serializer)."""
+    dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+    names = [c.name for c in table.columns]
+    casts = [f"CAST(:{prefix}{c.name} AS {c.type.compile(dialect=dialect)})" for c in table.columns]
+    binds = [bindparam(f"{prefix}{c.name}", type_=c.type) for c in table.columns]
+    return ", ".join(names), ", ".join(casts), binds
+
+
+def _fenced_insert(
+    table: Table, prefix: str, conflict: str | None, kept: tuple[str, ...]
+) -> tuple[str, list[Any]]:
+    """`INSERT INTO table ... SELECT <parameters> FROM fence WHERE held`, as an upsert on
+    `conflict` (every column but `kept` updated) when given."""
+    names, casts, binds = _typed_values(table, prefix)
+    sql = f"INSERT INTO {table.name} ({names}) SELECT {casts} FROM fence WHERE held"  # noqa: S608 - metadata names only
+    if conflict is not None:
+        updated = ", ".join(
+            f"{c.name} = excluded.{c.name}" for c in table.columns if c.name not in kept
+        )
+        sql += f" ON CONFLICT ({conflict}) DO UPDATE SET {updated}"
+    return sql, binds
+
+
+_FENCE_CTE = "fence AS (SELECT {held} > 0 AS held)"
+_NOTIFY_IF_HELD = (
+    f"CASE WHEN fence.held THEN pg_notify('{NOTIFY_CHANNEL}', :notify)::text END AS notified"
+)
+
+
+def _single_save_statement(held: str) -> TextClause:
+    """One saved file, in one statement: the fence, the rule row, the rejection rows it
+    clears, its outbox row and the NOTIFY (sent at commit). Nothing is written unless the
+    fence holds; the statement returns whether it held."""
+    rule_sql, rule_binds = _fenced_insert(rule, "r_", "rule_id", ("rule_id", "created_at"))
+    event_sql, event_binds = _fenced_insert(rule_event, "e_", None, ())
+    sql = (
+        f"WITH {_FENCE_CTE.format(held=held)}, "  # noqa: S608 - metadata names, constants
+        f"rule_row AS ({rule_sql} RETURNING 1), "
+        "cleared AS (DELETE FROM ttp_rule_rejection WHERE source_path = ANY(:cleared) "
+        "AND (SELECT held FROM fence) RETURNING 1), "
+        f"outbox AS ({event_sql} RETURNING 1) "
+        f"SELECT fence.held, {_NOTIFY_IF_HELD} FROM fence"
+    )
+    return text(sql).bindparams(*rule_binds, *event_binds, bindparam("cleared", type_=ARRAY(Text)))
+
+
+def _single_state_statement(held: str, *, deleted: bool) -> TextClause:
+    """One operator state change, in one statement: the fence, the state row (removed for
+    `enabled`), its outbox row and the NOTIFY (sent at commit); it returns whether the
+    fence held and the state row as stored."""
+    event_sql, event_binds = _fenced_insert(rule_event, "e_", None, ())
+    columns = ", ".join(f"state_row.{c.name}" for c in rule_state.columns)
+    if deleted:
+        state_sql = (
+            "DELETE FROM ttp_rule_state WHERE rule_id = :s_rule_id AND (SELECT held FROM fence) "
+            "RETURNING *"
+        )
+        binds = [bindparam("s_rule_id", type_=rule_state.c.rule_id.type)]
+    else:
+        state_sql, binds = _fenced_insert(rule_state, "s_", "rule_id", ("rule_id",))
+        state_sql += " RETURNING *"
+    sql = (
+        f"WITH {_FENCE_CTE.format(held=held)}, "  # noqa: S608 - metadata names, constants
+        f"state_row AS ({state_sql}), "
+        f"outbox AS ({event_sql} RETURNING 1) "
+        f"SELECT fence.held, {_NOTIFY_IF_HELD}, {columns} "
+        "FROM fence LEFT JOIN state_row ON true"
+    )
+    return text(sql).bindparams(*binds, *event_binds)
+
+
+def _state_row(write: StateWrite, revision: int, now: datetime) -> dict[str, Any]:
+    return {
         "rule_id": write.rule_id,
         "state": write.state,
         "confidence_max": write.confidence_max,
@@ -431,7 +605,16 @@ async def _write_state(
         "revision": revision,
         "on_behalf_of": write.on_behalf_of,
     }
-    return (await conn.execute(_UPSERT_STATE, values)).one()
+
+
+async def _write_state(
+    conn: AsyncConnection, write: StateWrite, revision: int, now: datetime
+) -> Row[Any] | None:
+    """Write the state; returns the row as stored (None: `enabled` removed it)."""
+    if write.state == "enabled":
+        await conn.execute(_DELETE_STATE, {"rule_id": write.rule_id})
+        return None
+    return (await conn.execute(_UPSERT_STATE, _state_row(write, revision, now))).one()
 
 
 def _state_statements() -> tuple[Any, Any]:
@@ -566,6 +749,10 @@ class _StateWrites:
             self.written[write.rule_id] = stored
         else:
             self.written.pop(write.rule_id, None)
+        self.queue_write(write, revision)
+
+    def queue_write(self, write: StateWrite, revision: int) -> None:
+        """Queue the outbox row of an operator's state change (its row is the caller's)."""
         state = RuleStateChanged(
             rule_id=write.rule_id,
             revision=revision,
