@@ -2,7 +2,7 @@
 
 Run from the repository root:
 
-    .venv/bin/python -m bench.fleet [--quick] [--profile] [--keep]
+    .venv/bin/python -m bench.fleet [--quick] [--profile] [--keep] [--cold-only]
 
 It starts its own NATS (JetStream) and PostgreSQL servers from `ttp_runtime.embedded` on
 random free ports (never the machine's 4222/5432), one `ttp-master` and several `ttp-worker`
@@ -56,7 +56,10 @@ What is measured (the load average is printed at the start of every section)
    Where PYTHONDONTWRITEBYTECODE is set (a development environment), the workers keep their
    compiled bytecode in the work directory, as the image ships it compiled; one more start
    per size runs in the environment as given (not in the median), which compiles at every
-   start whatever has no compiled copy.
+   start whatever has no compiled copy. Each start also reports the CPU time the worker used
+   until ready (less noisy than the wall time on a loaded machine). `--cold-only` runs this
+   section alone, against NATS only: the streams are created as the master role with their
+   default settings, then the rules are seeded as above.
 5. With `--profile` (py-spy, in the venv): one more single-worker throughput run with the
    worker started under `py-spy record`; CPU samples summarised by phase and by function.
    Sampling slows the worker, so that run's rate is not the figure of section 2.
@@ -121,7 +124,9 @@ from nats.aio.msg import Msg
 from ttp_core.contract import subjects
 from ttp_core.rules.validator import iter_rule_files
 from ttp_runtime.embedded import EmbeddedPostgres
+from ttp_runtime.nats import ensure_configured_streams
 from ttp_runtime.nats_roles import Role
+from ttp_runtime.settings import ServiceSettings
 
 if TYPE_CHECKING:  # annotations only; bench/master.py starts the server (start_nats)
     from harness.nats_roles import RoleNats
@@ -772,6 +777,9 @@ async def seed_rules(
 @dataclass(slots=True)
 class ColdStart:
     ready_s: float
+    cpu_s: float
+    """CPU seconds (user + system) the worker used until its first /readyz 200: unlike the
+    wall time, barely moved by the machine's other load."""
     started_log_s: float | None
     snapshot_since_subscribe_ms: float | None
     build_ms: float | None
@@ -783,6 +791,7 @@ class ColdStart:
     def figures(self) -> dict[str, Any]:
         return {
             "ready_s": round(self.ready_s, 3),
+            "cpu_s_when_ready": round(self.cpu_s, 3),
             "rss_mib_when_ready": self.rss_mib,
             "peak_rss_mib": self.peak_rss_mib,
             "process_start_to_worker_started_log_s": None
@@ -811,6 +820,7 @@ async def cold_start(
     proc.start()
     cleanup.callback(proc.stop)
     ready_at = await proc.wait_ready(session)
+    cpu = cpu_seconds(proc.pid)
     rss, peak = status_kib(proc.pid, "VmRSS"), status_kib(proc.pid, "VmHWM")
     # The worker answers /readyz as soon as its index is live; its log line about the build
     # can follow a moment later.
@@ -832,6 +842,7 @@ async def cold_start(
     )
     return ColdStart(
         ready_at - proc.started,
+        cpu,
         started_log,
         None if built is None else built.get("since_subscribe_ms"),
         None if built is None else built.get("build_ms"),
@@ -871,7 +882,8 @@ async def cold_starts(
         else:
             colds.append(cold)
         print(
-            f"  {label}: /readyz 200 after {cold.ready_s * 1000:.0f} ms; "
+            f"  {label}: /readyz 200 after {cold.ready_s * 1000:.0f} ms "
+            f"({cold.cpu_s * 1000:.0f} ms CPU); "
             f"'worker started' logged at {(cold.started_log_s or 0) * 1000:.0f} ms "
             f"(imports, connect, streams); snapshot subscribe -> index built "
             f"{cold.snapshot_since_subscribe_ms} ms, of which the build "
@@ -883,6 +895,7 @@ async def cold_starts(
         "rules": size,
         "runs": [c.figures() for c in colds],
         "ready_s_median": round(median, 3),
+        "cpu_s_when_ready_median": round(statistics.median(c.cpu_s for c in colds), 3),
         "ready_s_max": round(max(c.ready_s for c in colds), 3),
     }
     if uncached is not None:
@@ -1066,6 +1079,72 @@ class Fleet:
         return stops
 
 
+def use_bytecode_cache(workdir: Path) -> bool:
+    """Where PYTHONDONTWRITEBYTECODE is set, give the workers a bytecode cache (printed);
+    whether they have one."""
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        WorkerProcess.pycache = workdir / "pycache"
+        compile_s = compile_worker_bytecode(WorkerProcess.pycache)
+        print(
+            f"PYTHONDONTWRITEBYTECODE is set here: the workers keep compiled bytecode under "
+            f"{WorkerProcess.pycache} (filled in {compile_s:.1f} s), as the image ships it "
+            f"compiled; section 4 also shows one start in the environment as given (no "
+            f"bytecode written: modules without a compiled copy compile at every start)"
+        )
+    return WorkerProcess.pycache is not None
+
+
+async def run_cold_only(
+    args: argparse.Namespace, settings: Settings, cleanup: contextlib.ExitStack, workdir: Path
+) -> dict[str, Any]:
+    """Section 4 alone: NATS only (no PostgreSQL, no master). The streams are created as
+    the master role with every setting at its default, as a master would, then the rule
+    messages are seeded and the workers started as in the full run."""
+    figures: dict[str, Any] = {
+        "bench": "fleet",
+        "cold_only": True,
+        "quick": args.quick,
+        "machine": machine_figures(),
+    }
+    section_s: dict[str, float] = {}
+    started = time.perf_counter()
+    bus = start_nats(workdir / "nats", cleanup)
+    print(f"NATS on {bus.url}", flush=True)
+    nc = await connect_as(bus, "master", "bench-fleet-streams")
+    try:
+        await ensure_configured_streams(nc.jetstream(), ServiceSettings())
+    finally:
+        await nc.close()
+    section_s["servers_start"] = round(time.perf_counter() - started, 2)
+    figures["worker_bytecode_cache"] = use_bytecode_cache(workdir)
+    templates = load_templates(STARTER_RULES)
+    loads: dict[str, list[float]] = {}
+    figures["cold_start"] = {}
+    started = time.perf_counter()
+    held = 0
+    async with aiohttp.ClientSession() as session:
+        for size in settings.cold_sets:
+            section(f"4. cold start of a worker with {size:,} rules in TTP_RULES")
+            loads[f"cold_start_{size}"] = print_load()
+            seeding = await seed_rules(bus, templates, held, size - held, held + 1)
+            held = size
+            print(
+                f"{seeding.published:,} rule messages published straight into TTP_RULES as "
+                f"the master role, in the master's form, in {seeding.seconds:.1f} s; "
+                f"{held:,} rules in TTP_RULES"
+            )
+            starts = settings.cold_starts if size <= TARGET_COLD_START_RULES else 1
+            cold = await cold_starts(bus, session, size, starts, workdir, cleanup)
+            cold["seeded"] = {"published": seeding.published, "seconds": round(seeding.seconds, 2)}
+            figures["cold_start"][str(size)] = cold
+    section_s["cold_start"] = round(time.perf_counter() - started, 2)
+    figures["nats_violations"] = report_violations(bus, "the whole run")
+    figures["section_s"] = section_s
+    loads["end"] = print_load()
+    figures["loadavg"] = loads
+    return figures
+
+
 async def run_all(
     args: argparse.Namespace, settings: Settings, cleanup: contextlib.ExitStack, workdir: Path
 ) -> dict[str, Any]:
@@ -1094,16 +1173,7 @@ async def run_all(
     print(roles_note(FLEET_BENCH_ROLES), flush=True)
     servers = {"postgres": pg.pid, "nats": bus.server.pid}
     section_s["servers_start"] = round(time.perf_counter() - started, 2)
-    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
-        WorkerProcess.pycache = workdir / "pycache"
-        compile_s = compile_worker_bytecode(WorkerProcess.pycache)
-        print(
-            f"PYTHONDONTWRITEBYTECODE is set here: the workers keep compiled bytecode under "
-            f"{WorkerProcess.pycache} (filled in {compile_s:.1f} s), as the image ships it "
-            f"compiled; section 4 also shows one start in the environment as given (no "
-            f"bytecode written: modules without a compiled copy compile at every start)"
-        )
-    figures["worker_bytecode_cache"] = WorkerProcess.pycache is not None
+    figures["worker_bytecode_cache"] = use_bytecode_cache(workdir)
 
     rules_dir = workdir / "rules"
     rules_dir.mkdir()
@@ -1296,6 +1366,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--keep", action="store_true", help="keep the work directory (logs, rules, profile)"
     )
+    parser.add_argument(
+        "--cold-only",
+        action="store_true",
+        help="only section 4 (cold starts), with NATS alone: no PostgreSQL, no master",
+    )
     args = parser.parse_args(argv)
     settings = Settings.for_mode(args.quick)
     for binary in (WORKER_BIN, BIN_DIR / "ttp-master"):
@@ -1306,7 +1381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args,
         title="ttp-worker fleet benchmark",
         slug="fleet",
-        run=lambda cleanup, workdir: run_all(args, settings, cleanup, workdir),
+        run=lambda cleanup, workdir: (run_cold_only if args.cold_only else run_all)(
+            args, settings, cleanup, workdir
+        ),
     )
 
 
