@@ -86,6 +86,10 @@ class NatsPublisher:
         ]
         return await self._rounds.publish(outbound, DEFAULT_PUBLISH_TIMEOUT_S)
 
+    async def close(self) -> None:
+        """Stop reading PubAcks (before the connection drains)."""
+        await self._rounds.close()
+
     async def publish_core(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
         await self._nc.publish(subject, payload, headers=inject_headers(headers))
 
@@ -195,6 +199,9 @@ class Master:
             await leader.release()
             await self.control.stop()
             await fleet.stop()
+            # Its reply subscription has no reader any more: PubAcks left in it would hold
+            # the drain up until its timeout.
+            await publisher.close()
             await drain(self.nc)
             await health.stop()
             await self.engine.dispose()
