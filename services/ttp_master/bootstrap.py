@@ -421,6 +421,10 @@ class Master:
                 _log.exception("stream check failed; retrying")
 
     async def _track_caught_up(self, relay: OutboxRelay, stop: asyncio.Event) -> None:
+        assert self.control is not None
+        # Not ready before the NATS server holds the leader's control service: whoever sees
+        # ready may send a state change at once.
+        await self.control.leading.wait()
         self.state.publishing = relay.caught_up
         await relay.caught_up.wait()
         _log.info("master is leader and caught up")

@@ -401,6 +401,10 @@ class ControlService:
         """Who may call what; verified identities only unless configured otherwise."""
         self._refusals = RepeatThrottle(REFUSAL_LOG_WINDOW_S)
         self.instance = socket.gethostname()
+        self.leading = asyncio.Event()
+        """Set once the leader service is registered (its subscriptions confirmed by the
+        NATS server, or given up on after every attempt, which is logged); cleared when
+        the process serves as a standby again or stops."""
 
     @property
     def role(self) -> str:
@@ -436,6 +440,7 @@ class ControlService:
             _log.error(unauthenticated_server_refusal())
 
     async def serve_standby(self) -> None:
+        self.leading.clear()
         self._handlers = None
         self._leader_since = float("inf")
         await self._register("standby")
@@ -446,6 +451,7 @@ class ControlService:
 
     async def stop(self) -> None:
         """Unregister; requests in flight are finished (a standby's pending refusal too)."""
+        self.leading.clear()
         service, self._service = self._service, None
         await self._retire(service)
 
@@ -484,6 +490,7 @@ class ControlService:
         await self._confirm_subscriptions(role, service.id)
         if role == "leader":
             self._leader_since = time.monotonic()
+            self.leading.set()
         old, self._service = self._service, service
         _log.info("control service serving", extra={"role": role, "service_id": service.id})
         self._announce_identity_mode()
