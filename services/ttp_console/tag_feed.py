@@ -46,6 +46,7 @@ class TagFeed:
             name="tag-feed",
             batch=batch,
         )
+        store.progress_source = lambda: self._reader.progress
 
     def _from_window_start(self) -> ConsumerConfig:
         return ConsumerConfig(
