@@ -21,9 +21,10 @@ _MAX_NAME_CHARS: Final = 256
 _MESSAGES: Final = {
     LoginOutcome.WRONG: "Wrong user or password.",
     LoginOutcome.THROTTLED: "Too many failed attempts: wait a few minutes, then try again.",
+    LoginOutcome.BUSY: "Too many logins at once: try again in a moment.",
     LoginOutcome.UNAVAILABLE: "Logging in is not possible right now.",
 }
-_STATUS: Final = {LoginOutcome.WRONG: 401, LoginOutcome.THROTTLED: 429}
+_STATUS: Final = {LoginOutcome.WRONG: 401, LoginOutcome.THROTTLED: 429, LoginOutcome.BUSY: 503}
 
 
 def _authenticator(request: Request) -> Authenticator:

@@ -43,9 +43,11 @@ _log = logging.getLogger(__name__)
 
 PUBLIC_PATHS: Final = frozenset({"/login", "/logout"})
 PUBLIC_PREFIXES: Final = ("/static/",)
-# Argon2 takes 64 MiB and tens of milliseconds per check: a login flood must not take all
-# the memory or every core (the same threads serve nothing else of the event loop).
-_CONCURRENT_CHECKS: Final = 2
+# One argon2 check takes 64 MiB and about 0.2 s of CPU (argon2-cffi's defaults): a login
+# flood must not take the memory or the cores the pages and the feeds need. Checks run one
+# at a time, and past a short queue further attempts are turned away at once.
+_CONCURRENT_CHECKS: Final = 1
+_MAX_WAITING_CHECKS: Final = 16
 _LOG_WINDOW_S: Final = 60.0
 
 
@@ -55,6 +57,7 @@ class LoginOutcome(enum.Enum):
     OK = "ok"
     WRONG = "wrong"
     THROTTLED = "throttled"
+    BUSY = "busy"
     UNAVAILABLE = "unavailable"
 
 
@@ -76,6 +79,7 @@ class Authenticator:
         self.throttle = throttle
         self.max_age_s = max_age_s
         self._checks: asyncio.Semaphore | None = None
+        self._waiting = 0
         self._refusals = RepeatThrottle(_LOG_WINDOW_S)
 
     @classmethod
@@ -128,11 +132,17 @@ class Authenticator:
             return LoginOutcome.THROTTLED
         if self._checks is None:
             self._checks = asyncio.Semaphore(_CONCURRENT_CHECKS)
-        async with self._checks:
-            # Again: failures recorded while this attempt waited count too.
-            if self.throttle.blocked(name, address):
-                return LoginOutcome.THROTTLED
-            user = await run_in_threadpool(users.verify, name, password)
+        if self._waiting >= _MAX_WAITING_CHECKS:
+            return LoginOutcome.BUSY
+        self._waiting += 1
+        try:
+            async with self._checks:
+                # Again: failures recorded while this attempt waited count too.
+                if self.throttle.blocked(name, address):
+                    return LoginOutcome.THROTTLED
+                user = await run_in_threadpool(users.verify, name, password)
+        finally:
+            self._waiting -= 1
         if user is None:
             self.throttle.failed(name, address)
             return LoginOutcome.WRONG
