@@ -1,0 +1,210 @@
+"""Live tags: a page with a filter form, and its Server-Sent Events stream.
+
+Each open stream is one :class:`~ttp_console.tag_store.Subscription` of the tag store with a
+bounded queue: a browser that reads slowly loses rows (the stream tells it how many in a
+``dropped`` event) and never holds up ingestion. Heartbeat comments keep proxies from closing
+an idle stream; a stream ends after :data:`MAX_STREAM_S` (the browser's EventSource
+reconnects by itself) and at once when :func:`close_live_streams` is called at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+from starlette.applications import Starlette
+from starlette.datastructures import QueryParams
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
+
+from ttp_console.pages.common import Formatter, console, render
+from ttp_console.tag_store import LiveFilter, TagRecord, TooManySubscribersError
+from ttp_core.attack.catalogue import AttackCatalogue
+from ttp_core.contract import subjects
+
+__all__ = ["LiveStreams", "close_live_streams", "live_filter", "live_page", "live_stream"]
+
+HEARTBEAT_S: Final = 15.0
+MAX_STREAM_S: Final = 30 * 60.0
+QUEUE_CAPACITY: Final = 500
+"""Rows held for one browser between two writes; more are dropped and counted."""
+MAX_EVIDENCE_VALUE: Final = 300
+_TECHNIQUE: Final = re.compile(r"T\d{4}(?:\.\d{3})?")
+MAX_ATTACKER_ID: Final = 128
+
+
+class LiveStreams:
+    """The open streams of one app, so shutdown can end them all at once."""
+
+    def __init__(self) -> None:
+        self.closing = False
+        self._wakers: set[asyncio.Event] = set()
+
+    def add(self, waker: asyncio.Event) -> None:
+        self._wakers.add(waker)
+
+    def discard(self, waker: asyncio.Event) -> None:
+        self._wakers.discard(waker)
+
+    def __len__(self) -> int:
+        return len(self._wakers)
+
+    def close(self) -> None:
+        self.closing = True
+        for waker in self._wakers:
+            waker.set()
+
+
+def live_streams(app: Starlette) -> LiveStreams:
+    streams = getattr(app.state, "ttp_console_live_streams", None)
+    if not isinstance(streams, LiveStreams):
+        streams = LiveStreams()
+        app.state.ttp_console_live_streams = streams
+    return streams
+
+
+def close_live_streams(app: Starlette) -> None:
+    """End every open live stream of ``app`` now (call at shutdown, before the server
+    waits for its connections to finish)."""
+    live_streams(app).close()
+
+
+def live_filter(params: QueryParams) -> tuple[LiveFilter, list[str]]:
+    """The filter the query asks for, and what was ignored because it is not valid."""
+    ignored = []
+
+    def value(name: str) -> str | None:
+        text = params.get(name, "").strip()
+        return text or None
+
+    technique = value("technique")
+    if technique is not None:
+        technique = technique.upper()
+        if _TECHNIQUE.fullmatch(technique) is None:
+            ignored.append("technique")
+            technique = None
+    rule_id = value("rule")
+    if rule_id is not None and not subjects.is_token(rule_id):
+        ignored.append("rule")
+        rule_id = None
+    kind = value("kind")
+    if kind is not None and not subjects.is_token(kind):
+        ignored.append("kind")
+        kind = None
+    attacker = value("attacker")
+    if attacker is not None and len(attacker) > MAX_ATTACKER_ID:
+        ignored.append("attacker")
+        attacker = None
+    return LiveFilter(technique, rule_id, kind, attacker), ignored
+
+
+def record_json(record: TagRecord, catalogue: AttackCatalogue, fmt: Formatter) -> dict[str, Any]:
+    """One row of the live table (what live.js shows; it writes text, never HTML)."""
+    technique = catalogue.technique(record.technique)
+    return {
+        "time": fmt.utc(record.time),
+        "technique": record.technique,
+        "technique_name": technique.name if technique else "",
+        "tactic": record.tactic,
+        "rule_id": record.rule_id,
+        "rule_version": record.rule_version,
+        "confidence": round(record.confidence, 3),
+        "source_kind": record.source_kind,
+        "source_id": record.source_id,
+        "attacker_uuid": record.attacker_uuid,
+        "evidence": [
+            [name, text[:MAX_EVIDENCE_VALUE]] for name, text in record.evidence_items()[:16]
+        ],
+    }
+
+
+def _initial(request: Request, live: LiveFilter) -> list[TagRecord]:
+    """The latest matching tags the store holds, so the table does not start empty."""
+    store = console(request).tags
+    if live.technique is not None:
+        found = store.latest_for_technique(live.technique)
+    elif live.rule_id is not None:
+        found = store.latest_for_rule(live.rule_id)
+    else:
+        return []
+    return [r for r in found if live.matches(r)]
+
+
+async def live_page(request: Request) -> Response:
+    """``/live``: the filter form and the table that ``static/live.js`` fills."""
+    live, ignored = live_filter(request.query_params)
+    return render(
+        request,
+        "live.html",
+        {
+            "filter": live,
+            "ignored": ignored,
+            "initial": _initial(request, live),
+            "query": str(request.query_params),
+        },
+        active_nav="live",
+    )
+
+
+def _event(name: str, data: object) -> str:
+    # json.dumps escapes newlines, so one data line carries the whole value.
+    return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+async def live_stream(request: Request) -> Response:
+    """``/live/stream?technique=&rule=&kind=&attacker=``: ``text/event-stream`` of ``tag``
+    events (JSON rows), ``dropped`` events ({"count": n}) and heartbeat comments."""
+    context = console(request)
+    live, _ignored = live_filter(request.query_params)
+    streams = live_streams(request.app)
+    if streams.closing:
+        return PlainTextResponse("The console is shutting down.", status_code=503)
+    try:
+        subscription = context.tags.subscribe(live, capacity=QUEUE_CAPACITY)
+    except TooManySubscribersError:
+        return PlainTextResponse(
+            "Too many live tag viewers at once; try again later.",
+            status_code=503,
+            headers={"Retry-After": "30"},
+        )
+    waker = asyncio.Event()
+    subscription.on_ready = waker.set
+    streams.add(waker)
+    fmt = Formatter(0.0)
+    catalogue = context.catalogue
+
+    async def events() -> AsyncIterator[str]:
+        loop = asyncio.get_running_loop()
+        ends_at = loop.time() + MAX_STREAM_S
+        try:
+            yield "retry: 5000\n: connected\n\n"
+            while not streams.closing:
+                left = ends_at - loop.time()
+                if left <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(waker.wait(), min(HEARTBEAT_S, left))
+                except TimeoutError:
+                    yield ": heartbeat\n\n"
+                    continue
+                waker.clear()
+                if streams.closing:
+                    break
+                records, dropped = subscription.take()
+                if dropped:
+                    yield _event("dropped", {"count": dropped})
+                if records:
+                    yield "".join(_event("tag", record_json(r, catalogue, fmt)) for r in records)
+            yield _event("bye", {"reason": "closing" if streams.closing else "renew"})
+        finally:
+            context.tags.unsubscribe(subscription)
+            streams.discard(waker)
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )

