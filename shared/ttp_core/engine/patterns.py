@@ -91,14 +91,10 @@ def check_pattern(pattern: str) -> PatternCheck:
 
 
 _BACKTRACKING_HINT: Final = re.compile(
-    r"\\(.)"  # an escape, read as a unit so `\(?` is not taken for a group
+    r"\\[^\W_dDsSwWbBAzpPxnrtfvaQE]"  # an escape RE2 lacks: \1, \Z, \G, \K, \k<..>, \u...
     r"|\(\?(?!:|P<|[imsU-]+[:)])"  # a group RE2 lacks: lookaround, (?>, (?(, (?P=, (?R...
-    r"|[*+?}]\+",  # a possessive quantifier
-    re.DOTALL,
+    r"|[*+?}]\+"  # a possessive quantifier
 )
-_RE2_ESCAPE_LETTERS: Final = frozenset("dDsSwWbBAzpPxnrtfvaQE")
-"""Letters RE2 reads after a backslash; another letter or a digit (a backreference, `\\Z`,
-`\\G`, `\\K`, `\\k<name>`, `\\u`...) may be an escape only a backtracking engine takes."""
 
 
 def may_need_backtracking(pattern: str) -> bool:
@@ -106,15 +102,12 @@ def may_need_backtracking(pattern: str) -> bool:
     engine accepts (lookaround, backreferences, atomic groups, possessive quantifiers,
     conditionals, escapes RE2 lacks); True when it may have one.
 
-    A cheap scan, conservative by design (it does not parse character classes): a True
-    costs a full `check_pattern`, and a pattern it clears that RE2 still refuses is caught
-    by the filter that compiles it.
+    One regular-expression search (a worker runs it on every pattern it loads), conservative
+    by design: it reads every position, escaped or not, and no character class, so `\\(?`
+    or `\\\\k` also answer True, which only costs a full `check_pattern`. A pattern it clears
+    that RE2 still refuses is caught by the filter that compiles it.
     """
-    for found in _BACKTRACKING_HINT.finditer(pattern):
-        escaped = found.group(1)
-        if escaped is None or (escaped.isalnum() and escaped not in _RE2_ESCAPE_LETTERS):
-            return True
-    return False
+    return _BACKTRACKING_HINT.search(pattern) is not None
 
 
 def compile_bounded(pattern: str, ignore_case: bool = False) -> BoundedPattern:
