@@ -1,0 +1,134 @@
+"""Pure helpers of the console's pages: error excerpts, durations, heat, fleet rates, filters."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from starlette.datastructures import QueryParams
+
+from ttp_console.pages.common import confidence_level, duration, heat_level
+from ttp_console.pages.fleet import FleetRates
+from ttp_console.pages.live import live_filter
+from ttp_console.pages.rules import excerpt, parse_duration
+from ttp_core.contract.control import FleetInfo, WorkerView
+from ttp_core.contract.payloads import RejectionError
+
+TEXT = "rule_id: R1\nname: x\nemits:\n  - technique_id: T99\n    confidence: 0.5\n"
+
+
+def test_an_excerpt_shows_the_lines_around_the_error_and_a_caret_under_its_column() -> None:
+    [item] = excerpt(TEXT, [RejectionError(line=4, column=19, message="bad id")])
+    assert [(n, marked) for n, _text, marked in item.lines] == [
+        (2, False),
+        (3, False),
+        (4, True),
+        (5, False),
+    ]
+    assert item.caret == " " * 18 + "^"
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "column"),
+    [(None, 1, 1), ("", 1, 1), (TEXT, 0, 1), (TEXT, 99, 1), (TEXT, -5, -5)],
+)
+def test_an_excerpt_of_an_unknown_text_or_line_is_the_error_alone(
+    text: str | None, line: int, column: int
+) -> None:
+    [item] = excerpt(text, [RejectionError(line=line, column=column, message="m")])
+    assert item.lines == []
+    assert item.caret is None
+
+
+def test_an_excerpt_cuts_huge_lines_and_skips_a_caret_beyond_them() -> None:
+    [item] = excerpt("x" * 100_000, [RejectionError(line=1, column=50_000, message="m")])
+    assert len(item.lines[0][1]) == 300
+    assert item.caret is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", None),
+        ("  ", None),
+        ("30m", timedelta(minutes=30)),
+        ("2h", timedelta(hours=2)),
+        ("1d12h", timedelta(days=1, hours=12)),
+        ("1D 2H 3M", timedelta(days=1, hours=2, minutes=3)),
+    ],
+)
+def test_durations(text: str, expected: timedelta | None) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["soon", "0m", "-1h", "400d", "1h30", "9" * 50, "1s"])
+def test_bad_durations_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_heat_is_logarithmic_against_the_largest_value() -> None:
+    assert heat_level(0, 100) == 0
+    assert heat_level(100, 100) == 5
+    assert heat_level(1, 1_000_000) == 1
+    assert 1 < heat_level(1000, 1_000_000) < 5
+    assert heat_level(5, 0) == 0
+    assert [confidence_level(c) for c in (0, 0.1, 0.2, 0.21, 0.85, 1.0)] == [0, 1, 1, 2, 5, 5]
+
+
+def test_durations_read_as_the_two_largest_units() -> None:
+    assert duration(3 * 86400 + 4 * 3600 + 5) == "3d 4h"
+    assert duration(125) == "2m 5s"
+    assert duration(9) == "9s"
+
+
+def _fleet(**events: int) -> FleetInfo:
+    now = datetime.now(UTC)
+    return FleetInfo(
+        revision=3,
+        digest="d",
+        status_interval_s=5.0,
+        converged=True,
+        workers=[
+            WorkerView(
+                worker_id=worker_id,
+                revision=3,
+                ready=True,
+                lag=0,
+                rules=1,
+                active=1,
+                external=0,
+                events_processed=count,
+                last_seen=now,
+                age_s=0.0,
+                gone=False,
+            )
+            for worker_id, count in events.items()
+        ],
+    )
+
+
+def test_fleet_rates_come_from_successive_polls() -> None:
+    rates = FleetRates()
+    assert rates.update(_fleet(w1=100, w2=0), now=10.0) == {"w1": None, "w2": None}
+    assert rates.update(_fleet(w1=600, w2=50), now=15.0) == {"w1": 100.0, "w2": 10.0}
+    # A poll less than a second later keeps the last rate instead of a noisy one.
+    assert rates.update(_fleet(w1=700, w2=50), now=15.2) == {"w1": 100.0, "w2": 10.0}
+    # A counter that went down is a restarted worker; a gone worker is forgotten.
+    assert rates.update(_fleet(w1=5), now=20.0) == {"w1": None}
+
+
+def test_live_filters_ignore_what_is_not_valid() -> None:
+    live, ignored = live_filter(
+        QueryParams("technique=t1059.004&rule=R1&kind=ssh&attacker=" + "a" * 200)
+    )
+    assert (live.technique, live.rule_id, live.source_kind, live.attacker_uuid) == (
+        "T1059.004",
+        "R1",
+        "ssh",
+        None,
+    )
+    assert ignored == ["attacker"]
+    live, ignored = live_filter(QueryParams("technique=<x>&rule=a.b&kind=a%20b"))
+    assert live == type(live)()
+    assert ignored == ["technique", "rule", "kind"]
