@@ -23,6 +23,7 @@ import pytest
 
 from ttp_core.contract import subjects
 from ttp_core.contract.payloads import RulesetRevision
+from ttp_master import control_service
 from ttp_master.caller_identity import IdentityPolicy
 from ttp_master.control_service import ControlService, LeaderTerm
 from ttp_master.fleet_tracker import FleetTracker
@@ -43,6 +44,10 @@ class PingGate:
         self._held = bytearray()
         self._holding = False
         self.pings_seen = 0
+        self.release_at_ping = True
+        """False: once holding, hold every later byte, PINGs too (a server that stopped
+        answering after the first PING), until `thaw`."""
+        self._to_server_writer: asyncio.StreamWriter | None = None
 
     @property
     def url(self) -> str:
@@ -71,7 +76,17 @@ class PingGate:
             task = asyncio.create_task(pump)
             self._tasks.add(task)
 
+    async def thaw(self) -> None:
+        """Stop freezing and disarm: what was held goes to the server now."""
+        self.armed = False
+        held, self._holding = bytes(self._held), False
+        self._held.clear()
+        if held and self._to_server_writer is not None:
+            self._to_server_writer.write(held)
+            await self._to_server_writer.drain()
+
     async def _to_server(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._to_server_writer = writer
         while data := await reader.read(65536):
             writer.write(self._pass(data))
             await writer.drain()
@@ -86,6 +101,8 @@ class PingGate:
         out = bytearray()
         while (at := data.find(_PING)) >= 0:
             self.pings_seen += 1
+            if self._holding and not self.release_at_ping:
+                break
             before, data = data[:at], data[at + len(_PING) :]
             if self._holding:
                 self._held += before
@@ -162,3 +179,42 @@ async def test_a_request_right_after_serve_leader_reaches_the_leader(
         await control.stop()
         await service_nc.close()
         await client.close()
+
+
+async def test_unconfirmed_subscriptions_are_retried_logged_and_served_once_nats_answers(
+    gate: PingGate, nats_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: Any
+) -> None:
+    monkeypatch.setattr(control_service, "REGISTER_FLUSH_TIMEOUT_S", 1)
+    term = LeaderTerm(repository=None, queries=None, scheduler=None, summary=_summary)  # type: ignore[arg-type]
+    service_nc = await nats.connect(gate.url, ping_interval=3600)
+    client = await nats.connect(nats_url)
+    control = ControlService(
+        service_nc, FleetTracker(), identity=IdentityPolicy(require_verified=False)
+    )
+    try:
+        # The micro service's own first round trip is answered; nothing after it is.
+        gate.release_at_ping = False
+        gate.armed = True
+        with caplog.at_level(logging.WARNING, logger="ttp_master.control_service"):
+            await control.serve_leader(term)
+        unconfirmed = [r for r in caplog.records if "not confirmed" in r.getMessage()]
+        assert [r.attempt for r in unconfirmed] == [1, 2, 3]  # type: ignore[attr-defined]
+        assert any(
+            r.levelno == logging.ERROR and "unconfirmed" in r.getMessage() for r in caplog.records
+        )
+        assert control.role == "leader" and control.leading.is_set()
+
+        # The subscriptions were kept: once the server reads them, the leader answers.
+        await gate.thaw()
+        await control_service.flush_subscriptions(service_nc, 5)
+        reply = await client.request(subjects.control("revision"), b"{}", timeout=10)
+        assert b'"revision":5' in reply.data
+    finally:
+        await gate.thaw()
+        await control.stop()
+        await service_nc.close()
+        await client.close()
+
+
+async def _summary() -> RulesetRevision:
+    return RulesetRevision(revision=5, rules=0, active=0, external=0, rejected=0, digest="d")
