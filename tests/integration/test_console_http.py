@@ -488,3 +488,39 @@ async def test_oversized_and_unreadable_bodies_are_refused(
             assert response.status == 400
         async with http.get("/t/whoami") as response:
             assert response.status == 200
+
+
+async def test_the_pages_state_controls_refuse_viewers_and_forgeries(
+    serve: ServeFactory, tmp_path: Path
+) -> None:
+    # Refused before the page would call the master (this console has no NATS at all).
+    served = await serve(console_users_file=_users_file(tmp_path / "users.txt"))
+    form = {"action": "disable", "reason": "noisy", "duration": "1h"}
+    for path in ("/rules/r-1/state", "/rules/r-1/state/clear"):
+        async with served.client() as http:
+            assert (await _login(http, "victor", PASSWORDS["victor"])).status == 303
+            async with http.get("/t/missing") as response:
+                token = _TOKEN.findall(await response.text())[0]
+            async with http.post(path, data={**form, "csrf_token": token}) as response:
+                assert response.status == 403
+        async with served.client() as http:
+            assert (await _login(http, "alice", PASSWORDS["alice"])).status == 303
+            async with http.post(path, data=form, allow_redirects=False) as response:
+                assert response.status == 403
+            async with http.post(
+                path, data={**form, "csrf_token": "forged"}, allow_redirects=False
+            ) as response:
+                assert response.status == 403
+
+
+async def test_headers_on_the_pages_scripts(serve: ServeFactory, tmp_path: Path) -> None:
+    served = await serve(console_users_file=_users_file(tmp_path / "users.txt"))
+    static = Path(__file__).parents[2] / "services" / "ttp_console" / "static"
+    names = sorted(p.name for p in static.iterdir() if p.suffix in {".js", ".css"})
+    assert "console.css" in names
+    async with served.client() as http:
+        for name in names:
+            async with http.get(f"/static/{name}") as response:
+                assert response.status == 200
+                assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+                assert response.headers["X-Content-Type-Options"] == "nosniff"
