@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-import nats.errors
-import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
@@ -35,6 +35,25 @@ INACTIVE_THRESHOLD_S: Final = 300.0
 FETCH_TIMEOUT_S: Final = 1.0
 RETRY_MIN_S: Final = 0.2
 RETRY_MAX_S: Final = 5.0
+_STATUS: Final = "Status"
+_HEARTBEAT: Final = "100"
+
+
+def _ack_metadata(reply: str) -> tuple[int | None, int | None]:
+    """(stream sequence, messages pending) from a delivery's ``$JS.ACK`` reply subject.
+
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>``,
+    or the newer form with a domain and an account hash after ``$JS.ACK`` (12+ tokens).
+    """
+    tokens = reply.split(".")
+    try:
+        if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+            return int(tokens[5]), int(tokens[8])
+        if len(tokens) >= 12 and tokens[0] == "$JS" and tokens[1] == "ACK":
+            return int(tokens[7]), int(tokens[10])
+    except ValueError:
+        pass
+    return None, None
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,57 +188,81 @@ class StreamReader:
                 config = self.resume_config()
 
     async def _open(self, config: ConsumerConfig) -> None:
+        config.name = f"ttp-console-{uuid.uuid4().hex}"
         config.ack_policy = AckPolicy.NONE
         config.inactive_threshold = INACTIVE_THRESHOLD_S
         config.filter_subject = self.filter_subject
         config.mem_storage = True
         config.num_replicas = 1
-        self._sub = await self._js.pull_subscribe(
-            self.filter_subject, stream=self.stream, config=config
-        )
+        info = await self._js.add_consumer(self.stream, config=config)
         self._consumer = config.name
-        info = await self._js.consumer_info(self.stream, config.name or "")
         self._pending = info.num_pending
         if not info.num_pending:
             self._caught_up.set()
 
     async def _read(self) -> None:
-        idle_checks = 0
+        """Pull requests of ``batch`` messages answered on one inbox subscription.
+
+        nats-py's ``fetch`` waits for each message of a batch with a task and a timer of its
+        own, several times the cost of the message; here each delivery is handed over from
+        the subscription's callback, and the next request goes out once a batch is complete
+        or the server ended the request (no messages before it expired).
+        """
+        consumer = self._consumer or ""
+        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{consumer}"
+        request = json.dumps(
+            {"batch": self.batch, "expires": int(FETCH_TIMEOUT_S * 1_000_000_000)}
+        ).encode()
+        ended = asyncio.Event()
+        received = 0
+
+        async def on_message(msg: Msg) -> None:
+            nonlocal received
+            if not msg.data and msg.headers and _STATUS in msg.headers:
+                if msg.headers[_STATUS] != _HEARTBEAT:
+                    ended.set()  # no messages (404), expired (408), or a conflict (409)
+                return
+            received += 1
+            self._take(msg.subject, msg.reply, msg.data)
+            if received >= self.batch:
+                ended.set()
+
+        self._sub = await self._nc.subscribe(self._nc.new_inbox(), cb=on_message)
+        idle_rounds = 0
         while not self._stopping.is_set():
-            try:
-                msgs: list[Msg] = await self._sub.fetch(self.batch, timeout=FETCH_TIMEOUT_S)
-            except nats.errors.TimeoutError:
+            ended.clear()
+            received = 0
+            await self._nc.publish(next_subject, request, reply=self._sub.subject)
+            with contextlib.suppress(TimeoutError):
+                # A request lost to a reconnect is never answered: ask again after this.
+                await asyncio.wait_for(ended.wait(), FETCH_TIMEOUT_S + 1.0)
+            if received:
+                idle_rounds = 0
+            else:
                 # Nothing new: the consumer may also be gone (server restarted, or removed
                 # while we were cut off), which a pull does not report; ask now and then.
-                idle_checks += 1
-                if idle_checks % 3 == 0:
-                    info = await self._js.consumer_info(self.stream, self._consumer or "")
+                idle_rounds += 1
+                if idle_rounds % 3 == 0:
+                    info = await self._js.consumer_info(self.stream, consumer)
                     self._pending = info.num_pending
-                    if not info.num_pending:
-                        self._caught_up.set()
-                continue
-            idle_checks = 0
-            for msg in msgs:
-                self._take(msg)
             if self._pending == 0:
                 self._caught_up.set()
             # Let page requests in between batches, however many are waiting.
             await asyncio.sleep(0)
 
-    def _take(self, msg: Msg) -> None:
-        try:
-            meta = msg.metadata
-        except Exception:  # not a JetStream delivery (a status that slipped through)
-            return
-        self._last_sequence = meta.sequence.stream
-        self._pending = meta.num_pending
+    def _take(self, subject: str, reply: str, data: bytes) -> None:
+        sequence, pending = _ack_metadata(reply)
+        if sequence is None:
+            return  # not a JetStream delivery
+        self._last_sequence = sequence
+        self._pending = pending
         self._loaded += 1
         try:
-            self._handle(msg.subject, msg.data)
+            self._handle(subject, data)
         except Exception:
             # The handlers count what they cannot use; one that raises is a bug, not a
             # reason to stop reading.
-            _log.exception("%s: handling %s failed", self.name, msg.subject)
+            _log.exception("%s: handling %s failed", self.name, subject)
 
     async def _drop_consumer(self) -> None:
         sub, self._sub = self._sub, None

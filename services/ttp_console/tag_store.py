@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Final, Protocol
+from typing import Final, NamedTuple, Protocol
 
 import msgspec
 import pydantic
@@ -225,9 +225,11 @@ def _decode_lax(raw: bytes) -> _Decoded | None:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class TagRecord:
-    """One tag as the pages show it (identifiers capped, evidence as capped JSON text)."""
+class TagRecord(NamedTuple):
+    """One tag as the pages show it (identifiers capped, evidence as capped JSON text).
+
+    A named tuple: a million of them are made while a week of tags loads, and a tuple is
+    the cheapest immutable record to build."""
 
     time: float
     source_kind: str
@@ -450,6 +452,7 @@ class TagStore:
         self._minute_floor = -1
         self._hour_floor = -1
         self._window_cache: dict[Window, tuple[tuple[int, int], dict[str, TechniqueCount]]] = {}
+        self._tokens: dict[str, bool] = {}
         self.progress_source: Callable[[], FeedStatus] | None = None
         """Set by the feed that fills the store, so pages can say whether it is still loading."""
 
@@ -481,7 +484,7 @@ class TagStore:
         if len(tags) > MAX_TAGS_PER_MESSAGE:
             self._dropped[DropReason.TOO_MANY_TAGS] += len(tags) - MAX_TAGS_PER_MESSAGE
             tags = tags[:MAX_TAGS_PER_MESSAGE]
-        kind = message.source_kind if subjects.is_token(message.source_kind) else "?"
+        kind = message.source_kind if self._is_token(message.source_kind) else "?"
         source_id = _cut(message.source_id)
         attacker_id = message.attacker_uuid
         if attacker_id is not None and len(attacker_id) > MAX_ID_CHARS:
@@ -496,7 +499,7 @@ class TagStore:
             if not (0.0 <= confidence <= 1.0):  # also refuses NaN
                 self._dropped[DropReason.BAD_CONFIDENCE] += 1
                 continue
-            if not subjects.is_token(rule_id):
+            if not self._is_token(rule_id):
                 self._dropped[DropReason.BAD_RULE_ID] += 1
                 continue
             truncated = len(evidence) > self.max_evidence_chars
@@ -521,25 +524,24 @@ class TagStore:
                 self._newest = when
         return counted
 
+    def _is_token(self, value: str) -> bool:
+        """:func:`subjects.is_token`, remembered: a handful of rule ids and kinds repeat in
+        millions of tags (the memo is emptied at 4,096 entries, so forged ids cannot grow
+        it)."""
+        known = self._tokens.get(value)
+        if known is None:
+            if len(self._tokens) >= 4096:
+                self._tokens.clear()
+            known = self._tokens[value] = subjects.is_token(value)
+        return known
+
     def _count(self, record: TagRecord) -> None:
         self._tags += 1
         technique, confidence, when = record.technique, record.confidence, record.time
         minute = int(when // MINUTE_S)
-        for buckets, index in (
-            (self._minutes, minute if minute >= self._minute_floor else None),
-            (self._hours, int(when // HOUR_S)),
-        ):
-            if index is None:  # older than the hour window: in the hour buckets only
-                continue
-            bucket = buckets.get(index)
-            if bucket is None:
-                bucket = buckets[index] = {}
-            entry = bucket.get(technique)
-            if entry is None:
-                bucket[technique] = [1, confidence]
-            else:
-                entry[0] += 1
-                entry[1] = max(entry[1], confidence)
+        if minute >= self._minute_floor:  # else older than the hour window: hours only
+            _add(self._minutes, minute, technique, confidence)
+        _add(self._hours, int(when // HOUR_S), technique, confidence)
         latest = self._by_technique.get(technique)
         if latest is None:
             latest = self._by_technique[technique] = deque(maxlen=self.latest_per_key)
@@ -713,6 +715,20 @@ class TagStore:
 
     def subscriptions(self) -> Iterator[Subscription]:
         return iter(tuple(self._subscribers))
+
+
+def _add(
+    buckets: dict[int, dict[str, list[float]]], index: int, technique: str, confidence: float
+) -> None:
+    bucket = buckets.get(index)
+    if bucket is None:
+        bucket = buckets[index] = {}
+    entry = bucket.get(technique)
+    if entry is None:
+        bucket[technique] = [1, confidence]
+    else:
+        entry[0] += 1
+        entry[1] = max(entry[1], confidence)
 
 
 def rollup(counts: dict[str, TechniqueCount], parents: Iterable[str]) -> dict[str, TechniqueCount]:
