@@ -45,6 +45,7 @@ def test_a_trusted_peer_names_the_user_and_the_operator_list_gives_the_role() ->
     assert identity.user("127.0.0.1", "u2", "OPS@example.org") == ConsoleUser(
         "u2", "operator", "OPS@example.org"
     )
+    assert identity.user("127.0.0.1", "x" * 128, None) == ConsoleUser("x" * 128, "viewer")
     # An email alone names the user.
     assert identity.user("127.0.0.1", None, "a@example.org") == ConsoleUser(
         "a@example.org", "viewer", "a@example.org"
@@ -58,7 +59,7 @@ def test_a_trusted_peer_names_the_user_and_the_operator_list_gives_the_role() ->
         ("127.0.0.1", None, None, "no usable"),
         ("127.0.0.1", "", "", "no usable"),
         ("127.0.0.1", "two words", None, "no usable"),
-        ("127.0.0.1", "x" * 300, None, "no usable"),
+        ("127.0.0.1", "x" * 129, None, "no usable"),
         ("127.0.0.1", "line\nbreak", None, "no usable"),
         ("127.0.0.1", "caf\u00e9", None, "no usable"),
     ],

@@ -23,9 +23,10 @@ __all__ = ["EMAIL_HEADER", "USER_HEADER", "ProxyIdentity", "ProxyRefusal"]
 
 USER_HEADER: Final = "x-forwarded-user"
 EMAIL_HEADER: Final = "x-forwarded-email"
-# Printable, no spaces or controls, bounded: what an identity provider's subject or an
-# email looks like, and nothing that could forge a log line or a page.
-_IDENTITY: Final = re.compile(r"[!-~]{1,256}")
+# Printable ASCII, no spaces or controls: what an identity provider's subject or an email
+# looks like, and nothing that could forge a log line or a page. At most 128 characters, the
+# longest acting-for user the master stores.
+_IDENTITY: Final = re.compile(r"[!-~]{1,128}")
 
 
 @dataclass(frozen=True, slots=True)
