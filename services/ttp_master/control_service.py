@@ -489,16 +489,21 @@ class ControlService:
 
     async def _register(self, role: str) -> None:
         group = _LEADER_GROUP if role == "leader" else _STANDBY_GROUP
-        service = await add_service(
-            self._nc,
-            ServiceConfig(
-                name=SERVICE_NAME,
-                version=SERVICE_VERSION,
-                description="ttp-rulebus operator control: rule state, status, audit, fleet",
-                metadata={"role": role, "host": self.instance},
-                queue_group=group,
-            ),
-        )
+        try:
+            service = await add_service(
+                self._nc,
+                ServiceConfig(
+                    name=SERVICE_NAME,
+                    version=SERVICE_VERSION,
+                    description="ttp-rulebus operator control: rule state, status, audit, fleet",
+                    metadata={"role": role, "host": self.instance},
+                    queue_group=group,
+                ),
+            )
+        except nats.errors.FlushTimeoutError:
+            # The micro library's own flush timed out: same hazard as ours.
+            _keep_pongs_paired(self._nc)
+            raise
         for endpoint in Endpoint:
             await service.add_endpoint(
                 EndpointConfig(

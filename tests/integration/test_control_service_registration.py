@@ -44,6 +44,8 @@ class PingGate:
         self._held = bytearray()
         self._holding = False
         self.pings_seen = 0
+        self.hold_from_start = False
+        """True: once armed, hold from the first byte on, not from the first PING."""
         self.release_at_ping = True
         """False: once holding, hold every later byte, PINGs too (a server that stopped
         answering after the first PING), until `thaw`."""
@@ -78,7 +80,7 @@ class PingGate:
 
     async def thaw(self) -> None:
         """Stop freezing and disarm: what was held goes to the server now."""
-        self.armed = False
+        self.armed = self.hold_from_start = False
         held, self._holding = bytes(self._held), False
         self._held.clear()
         if held and self._to_server_writer is not None:
@@ -99,6 +101,8 @@ class PingGate:
             self._held.clear()
             return out
         out = bytearray()
+        if self.hold_from_start:
+            self._holding = True
         while (at := data.find(_PING)) >= 0:
             self.pings_seen += 1
             if self._holding and not self.release_at_ping:
@@ -218,3 +222,29 @@ async def test_unconfirmed_subscriptions_are_retried_logged_and_served_once_nats
 
 async def _summary() -> RulesetRevision:
     return RulesetRevision(revision=5, rules=0, active=0, external=0, rejected=0, digest="d")
+
+
+async def test_a_registration_that_times_out_leaves_the_connection_reading(
+    gate: PingGate, nats_url: str
+) -> None:
+    # The micro library's own round trip is never answered (it waits nats-py's 10 s).
+    term = LeaderTerm(repository=None, queries=None, scheduler=None, summary=_summary)  # type: ignore[arg-type]
+    service_nc = await nats.connect(gate.url, ping_interval=3600)
+    control = ControlService(
+        service_nc, FleetTracker(), identity=IdentityPolicy(require_verified=False)
+    )
+    try:
+        gate.release_at_ping = False
+        gate.armed = True
+        gate.hold_from_start = True
+        with pytest.raises(nats.errors.FlushTimeoutError):
+            await control.serve_leader(term)
+        assert not control.leading.is_set()
+
+        # Once the server answers, the late PONG is taken and the client reads on.
+        await gate.thaw()
+        await control_service.flush_subscriptions(service_nc, 5)
+    finally:
+        await gate.thaw()
+        await control.stop()
+        await service_nc.close()
