@@ -32,10 +32,23 @@ MIN_PASSWORD_CHARS: Final = 8
 
 def run_console() -> None:
     """Run the console configured by the environment; exits with its exit code."""
+    import pydantic
+
     from ttp_console.bootstrap import run
     from ttp_console.settings import ConsoleSettings
 
-    sys.exit(run(ConsoleSettings()))
+    try:
+        settings = ConsoleSettings()
+    except pydantic.ValidationError as exc:
+        # One line per wrong variable instead of a traceback: the fix is in the environment.
+        for error in exc.errors():
+            where = "TTP_" + "_".join(str(part) for part in error["loc"][:1]).upper()
+            message = str(error["msg"]).removeprefix("Value error, ")
+            print(
+                f"ttp-console: {where if error['loc'] else 'settings'}: {message}", file=sys.stderr
+            )
+        sys.exit(2)
+    sys.exit(run(settings))
 
 
 def _read_password(from_stdin: bool) -> str:

@@ -143,3 +143,23 @@ def test_help_does_not_start_the_console(monkeypatch: pytest.MonkeyPatch) -> Non
     code, out, _ = _run("--help")
     assert code == 0
     assert "users" in out
+
+
+def test_wrong_settings_are_named_without_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TTP_CONSOLE_PORT", "99999")
+    with pytest.raises(SystemExit) as stopped:
+        cli.main([])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert err == "ttp-console: TTP_CONSOLE_PORT: Input should be less than or equal to 65535\n"
+
+    monkeypatch.delenv("TTP_CONSOLE_PORT")
+    monkeypatch.setenv("TTP_CONSOLE_AUTH", "proxy")
+    with pytest.raises(SystemExit) as stopped:
+        cli.main([])
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert "TTP_CONSOLE_AUTH=proxy needs TTP_CONSOLE_TRUSTED_PROXIES" in err
+    assert "Traceback" not in err
