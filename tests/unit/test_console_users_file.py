@@ -175,3 +175,28 @@ def test_fingerprint_changes_with_role_and_hash() -> None:
     assert not LocalUsers.same_fingerprint(other, fingerprint)
     assert not LocalUsers.same_fingerprint(user, None)
     assert not LocalUsers.same_fingerprint(user, 12)
+
+
+class CountingHasher(PasswordHasher):
+    def __init__(self) -> None:
+        super().__init__(time_cost=1, memory_cost=1024, parallelism=1)
+        self.checked: list[str] = []
+
+    def verify(self, hash: str | bytes, password: str | bytes) -> bool:
+        self.checked.append(hash if isinstance(hash, str) else hash.decode())
+        return super().verify(hash, password)
+
+
+def test_an_unknown_name_costs_one_check_of_a_dummy_hash_of_the_same_parameters(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "users.txt"
+    hasher = CountingHasher()
+    write_users(path, {"bob": LocalUser("bob", "viewer", hasher.hash("correct horse"))})
+    users = LocalUsers(path, hasher)
+    assert users.verify("nobody", "correct horse") is None
+    assert users.verify("bob", "wrong") is None
+    dummy, real = hasher.checked
+    assert dummy != real
+    # Same algorithm and cost, so the same work: only the salt and hash differ.
+    assert dummy.rsplit("$", 2)[0] == real.rsplit("$", 2)[0]
