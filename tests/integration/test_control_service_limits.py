@@ -35,7 +35,7 @@ from ttp_master.db.migrate import upgrade_to_head
 from ttp_master.db.queries import ControlQueries
 from ttp_master.fleet_tracker import FleetTracker
 from ttp_runtime.control_client import ControlClient, ControlClientError
-from ttpctl.exit_codes import ExitCode
+from ttpctl.exit_codes import ExitCode, exit_code_for
 
 CAP = 5
 FLOOD = 40
@@ -137,7 +137,7 @@ async def test_a_flood_runs_at_most_the_cap_and_every_other_request_is_told_busy
     assert len(served) == CAP
     assert len(busy) == FLOOD - CAP
     assert {b.code for b in busy} == {ErrorCode.BUSY}
-    assert {b.exit_code for b in busy} == {ExitCode.UNAVAILABLE}
+    assert {exit_code_for(b.code) for b in busy} == {ExitCode.UNAVAILABLE}
     assert all("retry" in b.message and "TTP_CONTROL_MAX_CONCURRENT" in b.message for b in busy)
     # The slots are free again.
     assert isinstance(await ctl.state_get(StateGetRequest()), StateList)
@@ -181,7 +181,7 @@ async def test_an_unexpected_failure_answers_a_correlation_id_that_the_log_has_t
     with pytest.raises(ControlClientError) as caught:
         await ControlClient(rig.client).state_get(StateGetRequest(rule_id="R0001"))
     assert caught.value.code is ErrorCode.INTERNAL
-    assert caught.value.exit_code is ExitCode.UNAVAILABLE
+    assert exit_code_for(caught.value.code) is ExitCode.UNAVAILABLE
     assert re.fullmatch(r"internal error; correlation id [0-9a-f]{32}", str(caught.value))
 
 
