@@ -47,7 +47,13 @@ app = typer.Typer(
                 "ttpctl.events_commands:events_app", "Publish honeypot events to the bus."
             ),
             "tags": LazyCommand(
-                "ttpctl.tags_commands:tags_app", "Follow the ATT&CK tags workers publish."
+                "ttpctl.tags_commands:tags_app",
+                "Follow the ATT&CK tags workers publish, or count them into a Navigator layer.",
+            ),
+            "coverage": LazyCommand(
+                "ttpctl.coverage_commands:coverage_app",
+                "Which ATT&CK techniques the rules in force cover, read from TTP_RULES.",
+                "coverage",
             ),
             "state": LazyCommand(
                 "ttpctl.state_commands:state_app",

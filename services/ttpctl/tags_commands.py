@@ -1,9 +1,15 @@
-"""`ttpctl tags tail`: follow the ATT&CK tags the workers publish on TTP_TAGS.
+"""`ttpctl tags tail` and `ttpctl tags layer`: the ATT&CK tags the workers publish on TTP_TAGS.
 
 An ephemeral ordered consumer (no state left on the server, nothing to acknowledge) reads
 ``ttp.tagged.*`` (or one kind's subject), from now on by default, or from a point in the
-past. Each message is decoded with the contract's models, filtered, and printed as readable
-lines or, with ``--json``, as one JSON object per line.
+past. Each message is decoded with the contract's models.
+
+- ``tail`` filters the messages and prints them as readable lines or, with ``--json``, as
+  one JSON object per line.
+- ``layer`` reads the tags stored since a point in the past up to the stream's end when it
+  starts, counts them per technique (only counts are kept, so memory does not grow with
+  the window) and writes an ATT&CK Navigator layer
+  (:func:`ttp_core.attack.navigator.observed_layer`).
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ import os
 import re
 import signal
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated, Final
 
 import typer
@@ -24,14 +32,20 @@ from nats.aio.msg import Msg
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from pydantic import ValidationError
 
+from ttp_core.attack import AttackCatalogue, load_catalogue
+from ttp_core.attack.navigator import ObservedEntry, observed_layer
 from ttp_core.contract import subjects
 from ttp_core.contract.payloads import CloudEvent, EventTagged, TagData, decode
-from ttpctl.durations import parse_since
+from ttpctl.durations import parse_duration, parse_since
+from ttpctl.layer_file import write_layer
 from ttpctl.nats_session import NatsSessionError, NatsUrlOption, fail, open_nats, require_stream
 
-__all__ = ["TagFilter", "tags_app"]
+__all__ = ["TagFilter", "TagTally", "tags_app"]
 
-tags_app = typer.Typer(help="Follow the ATT&CK tags workers publish.", no_args_is_help=True)
+tags_app = typer.Typer(
+    help="Follow the ATT&CK tags workers publish, or count them into a Navigator layer.",
+    no_args_is_help=True,
+)
 
 _COMMAND: Final = "tags tail"
 _TECHNIQUE: Final = re.compile(r"T\d{4}(?:\.\d{3})?", re.IGNORECASE)
@@ -312,4 +326,266 @@ def tail(
         fail(_COMMAND, str(exc))
     except KeyboardInterrupt:
         pass
+    raise typer.Exit(0)
+
+
+# --------------------------------------------------------------------------------------------
+# The layer
+# --------------------------------------------------------------------------------------------
+
+_LAYER_COMMAND: Final = "tags layer"
+_LAYER_GENERATOR: Final = "ttpctl tags layer"
+# Distinct technique ids the catalogue does not know that are counted one by one; a forged
+# stream could name millions, whose tags are then only added up.
+_MAX_UNKNOWN_KEYS: Final = 1024
+# Undecodable messages described on stderr one by one; the rest are only counted.
+_MAX_SKIP_NOTES: Final = 10
+_PROGRESS_EVERY_S: Final = 2.0
+# No message for this long while the consumer says more are pending: the read is stuck.
+_IDLE_TIMEOUT_S: Final = 15.0
+
+_TechniqueKey = tuple[str, str | None]
+
+
+@dataclass(slots=True)
+class _Count:
+    tags: int = 0
+    best_confidence: float = 0.0
+
+
+@dataclass
+class TagTally:
+    """Tags counted per (technique, sub-technique), in memory bounded by the catalogue.
+
+    Every technique the catalogue knows gets its own count (a sub-technique only under its
+    own parent's id); other ids get one until :data:`_MAX_UNKNOWN_KEYS` of them are held, and
+    the tags of any further one are only added to :attr:`overflow`.
+    """
+
+    catalogue: AttackCatalogue
+    counts: dict[_TechniqueKey, _Count] = field(default_factory=dict)
+    unknown_keys: int = 0
+    overflow: int = 0
+
+    def add(self, tag: TagData) -> None:
+        """Count one tag."""
+        technique, sub = tag.technique_id, tag.sub_technique_id or None
+        key = (technique, sub)
+        count = self.counts.get(key)
+        if count is None:
+            known = self.catalogue.technique(sub or technique) is not None and (
+                sub is None or sub.startswith(technique + ".")
+            )
+            if not known:
+                if self.unknown_keys >= _MAX_UNKNOWN_KEYS:
+                    self.overflow += 1
+                    return
+                self.unknown_keys += 1
+            count = self.counts[key] = _Count()
+        count.tags += 1
+        # max keeps its first argument against a NaN: a NaN confidence counts as none.
+        count.best_confidence = max(count.best_confidence, tag.confidence)
+
+    @property
+    def tags(self) -> int:
+        """Tags counted one by one (all but :attr:`overflow`)."""
+        return sum(count.tags for count in self.counts.values())
+
+    def entries(self) -> list[ObservedEntry]:
+        """The counts as the layer builder takes them."""
+        return [
+            ObservedEntry(technique, sub, count.tags, count.best_confidence)
+            for (technique, sub), count in self.counts.items()
+        ]
+
+
+@dataclass
+class _Read:
+    tally: TagTally
+    messages: int = 0
+    skipped: int = 0
+
+
+def _skip(read: _Read, msg: Msg, exc: ValidationError) -> None:
+    read.skipped += 1
+    if read.skipped <= _MAX_SKIP_NOTES:
+        typer.echo(
+            f"ttpctl {_LAYER_COMMAND}: skipped message{_sequence(msg)} on {msg.subject}:"
+            f" not a valid {EventTagged.event_type} message ({_first_error(exc)})",
+            err=True,
+        )
+
+
+def _progress(read: _Read, pending: int) -> None:
+    typer.echo(
+        f"ttpctl {_LAYER_COMMAND}: read {read.messages:,} messages, {pending:,} to go",
+        err=True,
+    )
+
+
+class _Counter:
+    """The subscription's callback: counts each delivered message until the end of the read.
+
+    A callback, not ``next_msg`` in a loop: nats-py runs a callback straight from the
+    subscription's queue, where ``next_msg`` starts a task and a timer per message, which
+    costs more than decoding and counting the tag message.
+    """
+
+    def __init__(self, read: _Read, end_sequence: int) -> None:
+        self.read = read
+        self.end_sequence = end_sequence
+        self.pending = 0
+        self.last_seen = time.monotonic()
+        self.done = asyncio.get_running_loop().create_future()
+
+    async def on_message(self, msg: Msg) -> None:
+        """Count one message; the last one of the read ends it."""
+        if self.done.done():
+            return  # delivered before the unsubscribe took effect
+        try:
+            self._count(msg)
+        except Exception as exc:  # nats-py would only log it: end the read with it instead
+            self.done.set_exception(exc)
+
+    def _count(self, msg: Msg) -> None:
+        read = self.read
+        read.messages += 1
+        self.last_seen = time.monotonic()
+        try:
+            message = decode(msg.data, EventTagged)
+        except ValidationError as exc:
+            _skip(read, msg, exc)
+        else:
+            for tag in message.data.tags:
+                read.tally.add(tag)
+        meta = msg.metadata
+        self.pending = meta.num_pending
+        if meta.num_pending == 0 or meta.sequence.stream >= self.end_sequence:
+            self.done.set_result(None)
+
+
+async def _count_tags(url: str | None, start: datetime, kind: str | None, read: _Read) -> None:
+    """Count every tag stored since ``start`` up to the last message the stream held when
+    the read began (later ones belong to the next layer)."""
+    async with open_nats(url, name="ttpctl-tags-layer") as session:
+        info = await require_stream(session.js, subjects.STREAM_TAGS)
+        counter = _Counter(read, info.state.last_seq)
+        subject = subjects.tagged(kind) if kind else subjects.wildcard(subjects.TAGGED_PREFIX)
+        sub = await session.js.subscribe(
+            subject,
+            stream=subjects.STREAM_TAGS,
+            cb=counter.on_message,
+            ordered_consumer=True,
+            deliver_policy=DeliverPolicy.BY_START_TIME,
+            config=ConsumerConfig(opt_start_time=start),
+        )
+        try:
+            consumer = await sub.consumer_info()
+            if consumer.num_pending == 0 and not (
+                consumer.delivered and consumer.delivered.consumer_seq
+            ):
+                return
+            counter.pending = consumer.num_pending or 0
+            while not counter.done.done():
+                await asyncio.wait({counter.done}, timeout=_PROGRESS_EVERY_S)
+                if counter.done.done():
+                    counter.done.result()  # what stopped the callback, if anything did
+                    break
+                if time.monotonic() - counter.last_seen > _IDLE_TIMEOUT_S:
+                    raise NatsSessionError(
+                        f"TTP_TAGS delivered nothing for {_IDLE_TIMEOUT_S:g} s while tags"
+                        " were still pending"
+                    )
+                _progress(read, counter.pending)
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+
+def _window_label(since: str) -> str:
+    """``24h`` for a duration as typed, ``since <UTC time>`` for an instant."""
+    try:
+        parse_duration(since)
+    except ValueError:
+        return f"since {parse_since(since).strftime('%Y-%m-%dT%H:%M:%SZ')}"
+    return since.strip().lower()
+
+
+@tags_app.command("layer")
+def layer(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FILE", help="Where to write the layer ('-' for stdout).", show_default=False
+        ),
+    ],
+    since: Annotated[
+        str,
+        typer.Option(
+            "--since",
+            help="Count the tags stored since this long ago (30m, 24h, 7d) or since an ISO"
+            " 8601 time with an offset (2026-12-01T08:00:00Z).",
+        ),
+    ] = "24h",
+    kind: Annotated[
+        str | None,
+        typer.Option("--kind", "-k", help="Only events of this source_kind (e.g. command)."),
+    ] = None,
+    nats_url: NatsUrlOption = None,
+) -> None:
+    """Count the tags stored since --since into an ATT&CK Navigator layer (format 4.5).
+
+    A technique's score is its number of tags in the window (the gradient runs up to the
+    largest count); its comment gives the count, the window and the best confidence.
+    Techniques ATT&CK does not list are left out and counted in the layer's metadata.
+    Progress goes to stderr during a long read. Needs only read access to TTP_TAGS (the
+    consumer role). Exit 0; 2 when NATS or TTP_TAGS is missing or FILE cannot be written.
+    """
+    if kind is not None and not subjects.is_token(kind):
+        raise typer.BadParameter(
+            f"{kind!r} is not a source_kind ([A-Za-z0-9_-]{{1,64}})", param_hint="--kind"
+        )
+    try:
+        start = parse_since(since)
+        window = _window_label(since)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--since") from None
+    catalogue = load_catalogue()
+    read = _Read(TagTally(catalogue))
+    try:
+        asyncio.run(_count_tags(nats_url, start, kind, read))
+    except NatsSessionError as exc:
+        fail(_LAYER_COMMAND, str(exc))
+    end = datetime.now(UTC)
+    tally = read.tally
+    extra = [
+        ("window start", start.strftime("%Y-%m-%dT%H:%M:%SZ")),
+        ("window end", end.strftime("%Y-%m-%dT%H:%M:%SZ")),
+        ("source kind", kind or "all"),
+        ("messages read", str(read.messages)),
+        ("undecodable messages skipped", str(read.skipped)),
+    ]
+    if tally.overflow:
+        extra.append(("tags of further unknown technique ids (left out)", str(tally.overflow)))
+    document = observed_layer(
+        tally.entries(),
+        catalogue,
+        window_label=window,
+        generator=_LAYER_GENERATOR,
+        generated_at=end,
+        extra_metadata=extra,
+    )
+    try:
+        write_layer(file, document)
+    except OSError as exc:
+        fail(_LAYER_COMMAND, f"cannot write {file}: {exc.strerror or exc}")
+    observed = len({entry["techniqueID"] for entry in document["techniques"]})
+    tags = tally.tags + tally.overflow
+    where = "the layer" if str(file) == "-" else str(file)
+    note = (
+        f"wrote {where}: {observed} techniques observed in {tags} tags of {read.messages} messages"
+    )
+    if read.skipped:
+        note += f" ({read.skipped} undecodable messages skipped)"
+    typer.echo(f"ttpctl {_LAYER_COMMAND}: {note}.", err=True)
     raise typer.Exit(0)
