@@ -280,10 +280,14 @@ async def read_rules(url: str | None) -> _Snapshot:
 # --------------------------------------------------------------------------------------------
 
 
-def _summary(coverage: Coverage, techniques: int, catalogue: AttackCatalogue) -> str:
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def _summary(coverage: Coverage, techniques: int, skipped: int, catalogue: AttackCatalogue) -> str:
     parts = [
-        f"{techniques} techniques covered by {len(coverage.rules)} rules in force"
-        f" (ATT&CK {catalogue.version}, ruleset revision {coverage.revision})"
+        f"{_count(techniques, 'technique')} covered by {_count(len(coverage.rules), 'rule')}"
+        f" in force (ATT&CK {catalogue.version}, ruleset revision {coverage.revision})"
     ]
     left = [
         (len(coverage.disabled), "disabled"),
@@ -293,9 +297,11 @@ def _summary(coverage: Coverage, techniques: int, catalogue: AttackCatalogue) ->
     ]
     shown = [f"{count} {what}" for count, what in left if count]
     if coverage.clipped:
-        parts.append(f"{len(coverage.clipped)} clipped rules count with their clipped confidence")
+        parts.append(f"{_count(len(coverage.clipped), 'clipped rule')} at the clipped confidence")
     if shown:
         parts.append("left out: " + ", ".join(shown))
+    if skipped:
+        parts.append(f"{_count(skipped, 'rule message')} skipped as unreadable (see above)")
     return "; ".join(parts) + "."
 
 
@@ -410,7 +416,7 @@ def coverage(
         except OSError as exc:
             fail(_COMMAND, f"cannot write {layer}: {exc.strerror or exc}")
         where = "the layer" if str(layer) == "-" else str(layer)
-        _note(f"wrote {where}: {_summary(result, len(rows), catalogue)}")
+        _note(f"wrote {where}: {_summary(result, len(rows), snapshot.skipped, catalogue)}")
         raise typer.Exit(0)
     if as_json:
         typer.echo(
@@ -420,7 +426,7 @@ def coverage(
     out = console()
     if rows:
         out.print(_table(rows))
-    out.print(_summary(result, len(rows), catalogue))
+    out.print(_summary(result, len(rows), snapshot.skipped, catalogue))
     if unknown:
         out.print(f"{unknown} emits name a technique ATT&CK {catalogue.version} does not list.")
     raise typer.Exit(0)

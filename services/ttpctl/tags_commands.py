@@ -502,6 +502,10 @@ async def _count_tags(url: str | None, start: datetime, kind: str | None, read: 
                 await sub.unsubscribe()
 
 
+def _plural(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def _window_label(since: str) -> str:
     """``24h`` for a duration as typed, ``since <UTC time>`` for an instant."""
     try:
@@ -583,9 +587,10 @@ def layer(
     tags = tally.tags + tally.overflow
     where = "the layer" if str(file) == "-" else str(file)
     note = (
-        f"wrote {where}: {observed} techniques observed in {tags} tags of {read.messages} messages"
+        f"wrote {where}: {_plural(observed, 'technique')} observed in {_plural(tags, 'tag')}"
+        f" of {_plural(read.messages, 'message')}"
     )
     if read.skipped:
-        note += f" ({read.skipped} undecodable messages skipped)"
+        note += f" ({_plural(read.skipped, 'undecodable message')} skipped)"
     typer.echo(f"ttpctl {_LAYER_COMMAND}: {note}.", err=True)
     raise typer.Exit(0)

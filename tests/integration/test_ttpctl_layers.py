@@ -198,7 +198,10 @@ def test_coverage_table_json_and_external_rules(bus: RoleNats) -> None:
     assert lines[1].split()[0:2] == ["T1059.004", "execution"]
     assert lines[1].split()[-2:] == ["R0001,R0002", "0.90"]
     assert lines[-1].startswith("3 techniques covered by 3 rules in force (ATT&CK 18.1,")
-    assert "left out: 1 disabled, 1 external, 1 deleted" in lines[-1]
+    assert lines[-1].endswith(
+        "; 1 clipped rule at the clipped confidence; left out: 1 disabled, 1 external,"
+        " 1 deleted; 1 rule message skipped as unreadable (see above)."
+    )
 
     assert as_json.exit_code == 0, as_json.output
     document = json.loads(as_json.stdout)
@@ -325,7 +328,7 @@ def test_tags_layer_counts_the_window(
     assert any(progress.fullmatch(n) for n in notes)
     assert notes[-1] == (
         f"ttpctl tags layer: wrote {target}: 2 techniques observed in 6 tags of 6 messages"
-        " (1 undecodable messages skipped)."
+        " (1 undecodable message skipped)."
     )
 
 
