@@ -4,14 +4,18 @@ rules as the workers apply them now (state, clip, expiry, deletes, external rule
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+from harness.navigator_layers import check_layer
 from ttp_core.attack import load_catalogue
-from ttp_core.attack.navigator import CoverageEntry
+from ttp_core.attack.navigator import CoverageEntry, coverage_layer
 from ttp_core.contract.payloads import RuleReloaded, RuleStateChanged
+from ttp_core.rules.validator import RuleValidator
 from ttpctl.coverage_commands import RuleRecord, covered_techniques, rule_coverage
 
 NOW = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
+RULES_DIR = Path(__file__).resolve().parents[2] / "rules"
 
 
 def definition(
@@ -181,3 +185,31 @@ def test_table_rows_are_keyed_like_the_layer() -> None:
     ]
     assert rows[0].tactics == ("execution",)
     assert rows[1].tactics[0] == "initial-access"
+
+
+def test_the_shipped_rule_pack_as_the_master_publishes_it_covers_every_emit() -> None:
+    records = {}
+    emits = 0
+    for report in RuleValidator().validate_tree(RULES_DIR):
+        assert report.rule is not None, report.errors
+        rule = report.rule
+        emits += sum(1 for emit in rule.emits if emit.confidence > 0)
+        records[rule.rule_id] = RuleRecord(
+            RuleReloaded(
+                rule_id=rule.rule_id,
+                revision=1,
+                rule_version=rule.rule_version,
+                content_sha256=report.content_sha256,
+                source_path=f"{rule.rule_id}.yaml",
+                rule=rule.normalised(),
+            )
+        )
+
+    coverage = rule_coverage(records, NOW, include_external=True)
+
+    assert coverage.unreadable == []
+    assert len(coverage.entries) == emits
+    catalogue = load_catalogue()
+    _rows, unknown = covered_techniques(coverage.entries, catalogue)
+    assert unknown == 0
+    check_layer(coverage_layer(coverage.entries, catalogue), catalogue)
