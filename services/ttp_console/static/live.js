@@ -11,7 +11,7 @@
 
   function say(text) { status.textContent = text; }
   function summary() {
-    var text = received + " tags received";
+    var text = received + (received === 1 ? " tag" : " tags") + " received";
     if (dropped) { text += ", " + dropped + " not shown (the browser fell behind)"; }
     say(text);
   }
