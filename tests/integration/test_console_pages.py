@@ -252,8 +252,9 @@ async def test_the_rules_page_shows_a_rejected_file_with_its_located_error_and_l
         await get(http, "/rules/NOPE", status=404)
 
     assert 'Rejected <span class="count">1</span>' in rules
-    location = re.search(r'<span class="mono location">(\d+):(\d+)</span>', rules)
+    location = re.search(r'<span class="mono location">R9000\.yaml:(\d+):(\d+)</span>', rules)
     assert location is not None
+    assert location.group(0) in rule  # the rule page locates it the same way
     line = int(location.group(1))
     assert REJECTED_RULE.splitlines()[line - 1].strip() in rules  # the offending line
     assert 'class="line-error"' in rules
