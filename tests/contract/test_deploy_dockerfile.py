@@ -6,11 +6,14 @@ stage, the final stage only copies the virtual environment), pinned base images 
 tools installed in the final stage, the Python environment variables and OCI labels set.
 ``.dockerignore`` is evaluated with Docker's rules (last match wins, ``!`` re-includes): it
 must keep .venv and .git out and let in every file the Dockerfile copies. The health check
-script is run against a local HTTP server.
+script is run against a local HTTP server. The builder starts every program of the project, and
+the console's templates and static files reach the image (package data in the wheel, in the
+build context, and compared with the sources after the install).
 """
 
 from __future__ import annotations
 
+import fnmatch
 import http.server
 import json
 import re
@@ -18,9 +21,11 @@ import shlex
 import subprocess
 import sys
 import threading
+import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -332,3 +337,74 @@ def test_healthcheck_script_reports_the_probe_status(probe_port: int) -> None:
     closed_port = server.server_address[1]
     server.server_close()
     assert run("/livez", str(closed_port)) == 1  # nothing listening
+
+
+# --------------------------------------------------------------------------------------------
+# Every program, and the package data the console serves
+# --------------------------------------------------------------------------------------------
+
+
+def project() -> dict[str, Any]:
+    with (REPO / "pyproject.toml").open("rb") as handle:
+        return tomllib.load(handle)
+
+
+def test_the_builder_starts_every_program_of_the_project(
+    dockerfile: tuple[dict[str, str], list[Stage]],
+) -> None:
+    _, stages = dockerfile
+    runs = " ".join(r.arguments for r in stages[0].all("RUN"))
+    scripts = set(project()["project"]["scripts"])
+    assert {"ttp-master", "ttp-worker", "ttpctl", "ttp-console"} <= scripts
+    for script in scripts:
+        # A program that cannot even print its help (a missing module) fails the build.
+        assert f"/opt/ttp-rulebus/bin/{script} --help" in runs, f"{script} is never started"
+    header = DOCKERFILE.read_text(encoding="utf-8").split("\nARG ", 1)[0]
+    for script in scripts:
+        assert f"ttp-rulebus:dev {script}" in header, f"the header shows no way to run {script}"
+
+
+def test_the_console_templates_and_static_files_are_shipped(
+    dockerfile: tuple[dict[str, str], list[Stage]],
+) -> None:
+    # pyproject's package data puts them into the wheel...
+    package_data: dict[str, list[str]] = project()["tool"]["setuptools"]["package-data"]
+    console = REPO / "services" / "ttp_console"
+    assets = sorted(
+        path.relative_to(console).as_posix()
+        for folder in ("templates", "static")
+        for path in (console / folder).rglob("*")
+        if path.is_file()
+    )
+    assert any(a.endswith(".html") for a in assets) and any(a.endswith(".css") for a in assets)
+    for asset in assets:
+        assert any(
+            fnmatch.fnmatch(asset, pattern) and asset.count("/") == pattern.count("/")
+            for pattern in package_data["ttp_console"]
+        ), f"{asset} is left out of the wheel: add it to ttp_console's package-data"
+    # ...the build context has them...
+    rules = ignore_rules(DOCKERIGNORE.read_text(encoding="utf-8"))
+    for asset in assets:
+        assert not excluded(f"services/ttp_console/{asset}", rules), asset
+    # ...and the builder fails unless the installed package holds exactly the sources' files.
+    _, stages = dockerfile
+    runs = " ".join(r.arguments for r in stages[0].all("RUN"))
+    assert "find ttp_console/templates ttp_console/static -type f" in runs
+    assert "| diff /tmp/console-data -" in runs
+    # Runtime data of the other packages: every non-Python file but documentation ships.
+    for package_dir in (*(REPO / "services").iterdir(), *(REPO / "shared").iterdir()):
+        if not (package_dir / "__init__.py").is_file():
+            continue
+        patterns = package_data.get(package_dir.name, [])
+        for path in package_dir.rglob("*"):
+            relative = path.relative_to(package_dir).as_posix()
+            if (
+                not path.is_file()
+                or path.suffix in {".py", ".pyc", ".md"}
+                or "__pycache__" in relative
+            ):
+                continue
+            assert any(
+                fnmatch.fnmatch(relative, p) and relative.count("/") == p.count("/")
+                for p in patterns
+            ), f"{package_dir.name}/{relative} is left out of the wheel"
