@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from argon2 import PasswordHasher
 
+from harness.nats_roles import RoleNats
 from ttp_console.auth.headers import CONTENT_SECURITY_POLICY
 from ttp_console.auth.users_file import LocalUser, write_users
 from ttp_runtime.nats import connect, drain, ensure_configured_streams
@@ -62,14 +62,14 @@ class ConsoleProcess:
         raise AssertionError(f"no {message_start!r} in the console's log:\n{self.log()}")
 
 
-@pytest.fixture
-def console_process(private_nats: Any, tmp_path: Path) -> Iterator[ConsoleProcess]:
+@contextlib.contextmanager
+def running_console(tmp_path: Path, **env: str) -> Iterator[ConsoleProcess]:
+    """`ttp-console` with an operator `olga`, logging to ``console.log``; killed at the end."""
     users = tmp_path / "users.txt"
     hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
     write_users(users, {"olga": LocalUser("olga", "operator", hasher.hash(PASSWORD))})
-    env = {
+    full_env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("TTP_")},
-        "TTP_NATS_URL": private_nats.url,
         "TTP_HTTP_HOST": "127.0.0.1",
         "TTP_HTTP_PORT": "0",
         "TTP_CONSOLE_HOST": "127.0.0.1",
@@ -77,14 +77,14 @@ def console_process(private_nats: Any, tmp_path: Path) -> Iterator[ConsoleProces
         "TTP_CONSOLE_USERS_FILE": str(users),
         "TTP_CONSOLE_COOKIE_SECURE": "false",
         "TTP_LOG_FORMAT": "json",
+        **env,
     }
     log = tmp_path / "console.log"
-    asyncio.run(_make_streams(private_nats.url))
     with log.open("ab") as out:
         # `python -m` rather than the console script: the same entry point (cli.main).
         proc = subprocess.Popen(
             [sys.executable, "-m", "ttp_console.cli"],
-            env=env,
+            env=full_env,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -97,8 +97,7 @@ def console_process(private_nats: Any, tmp_path: Path) -> Iterator[ConsoleProces
             proc.wait(10)
 
 
-async def _make_streams(url: str) -> None:
-    settings = ServiceSettings(nats_url=url)
+async def _make_streams(settings: ServiceSettings) -> None:
     nc = await connect(settings, "test-streams")
     try:
         await ensure_configured_streams(nc.jetstream(), settings)
@@ -106,51 +105,67 @@ async def _make_streams(url: str) -> None:
         await drain(nc)
 
 
-async def test_console_runs_serves_and_stops_on_sigterm(console_process: ConsoleProcess) -> None:
-    started = await console_process.wait_record("console started")
-    url = str(started["url"]).rstrip("/")
-    health = await console_process.wait_record("health server listening")
-    health_url = f"http://127.0.0.1:{health['port']}"
-    assert any(
-        "TTP_CONSOLE_SESSION_SECRET is not set" in str(r.get("message"))
-        for r in console_process.records()
-    )
+async def _until_ready(http: aiohttp.ClientSession, console: ConsoleProcess) -> None:
+    health = await console.wait_record("health server listening")
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        async with http.get(f"http://127.0.0.1:{health['port']}/readyz") as response:
+            if response.status == 200:
+                return
+            reason = await response.text()
+        assert time.monotonic() < deadline, f"never ready: {reason}\n{console.log()}"
+        await asyncio.sleep(0.1)
 
-    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
-        deadline = time.monotonic() + TIMEOUT_S
-        while True:
-            async with http.get(f"{health_url}/readyz") as response:
-                if response.status == 200:
-                    break
-                reason = await response.text()
-            assert time.monotonic() < deadline, f"never ready: {reason}"
-            await asyncio.sleep(0.1)
 
-        async with http.get(f"{url}/", allow_redirects=False) as response:
-            assert response.status == 303
-            assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
-        async with http.get(f"{url}/login") as response:
-            match = _TOKEN.search(await response.text())
-        assert match is not None
-        form = {"username": "olga", "password": PASSWORD, "csrf_token": match.group(1)}
-        async with http.post(f"{url}/login", data=form, allow_redirects=False) as response:
-            assert response.status == 303
+async def _stop(console: ConsoleProcess) -> None:
+    console.proc.send_signal(signal.SIGTERM)
+    code = await asyncio.get_running_loop().run_in_executor(None, console.proc.wait, 10)
+    assert code == 0, console.log()
+    assert any(r.get("message") == "console stopped" for r in console.records())
 
-        # A live-tag stream stays open until the console ends it at shutdown.
-        stream = await http.get(f"{url}/live/stream", timeout=aiohttp.ClientTimeout(total=20))
-        assert stream.status == 200
-        assert await stream.content.readline()
 
-        stopping = time.monotonic()
-        console_process.proc.send_signal(signal.SIGTERM)
-        # The console ends the stream (end of body, or the connection closed under it).
-        with contextlib.suppress(aiohttp.ClientError):
-            while await stream.content.readline():
-                pass
-        stream.release()
+async def test_console_runs_serves_and_stops_on_sigterm(private_nats: Any, tmp_path: Path) -> None:
+    await _make_streams(ServiceSettings(nats_url=private_nats.url))
+    with running_console(tmp_path, TTP_NATS_URL=private_nats.url) as console:
+        started = await console.wait_record("console started")
+        url = str(started["url"]).rstrip("/")
+        assert any(
+            "TTP_CONSOLE_SESSION_SECRET is not set" in str(r.get("message"))
+            for r in console.records()
+        )
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            await _until_ready(http, console)
+            async with http.get(f"{url}/", allow_redirects=False) as response:
+                assert response.status == 303
+                assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+            async with http.get(f"{url}/login") as response:
+                match = _TOKEN.search(await response.text())
+            assert match is not None
+            form = {"username": "olga", "password": PASSWORD, "csrf_token": match.group(1)}
+            async with http.post(f"{url}/login", data=form, allow_redirects=False) as response:
+                assert response.status == 303
 
-    loop = asyncio.get_running_loop()
-    code = await loop.run_in_executor(None, console_process.proc.wait, 10)
-    assert code == 0, console_process.log()
-    assert time.monotonic() - stopping < 10
-    assert any(r.get("message") == "console stopped" for r in console_process.records())
+            # A live-tag stream stays open until the console ends it at shutdown.
+            stream = await http.get(f"{url}/live/stream", timeout=aiohttp.ClientTimeout(total=20))
+            assert stream.status == 200
+            assert await stream.content.readline()
+            stopping = asyncio.ensure_future(_stop(console))
+            # The console ends the stream (end of body, or the connection closed under it).
+            with contextlib.suppress(aiohttp.ClientError):
+                while await stream.content.readline():
+                    pass
+            stream.release()
+            await stopping
+
+
+async def test_console_runs_as_its_nats_role(roles: RoleNats, tmp_path: Path) -> None:
+    # The streams are the master's to make; the console only reads them, under its grants
+    # (the `roles` fixture fails the test on any permission violation).
+    await _make_streams(roles.credentials["master"].client_settings(roles.url))
+    with running_console(tmp_path, **roles.env("console")) as console:
+        started = await console.wait_record("console started")
+        async with aiohttp.ClientSession() as http:
+            await _until_ready(http, console)
+            async with http.get(f"{started['url']}login") as response:
+                assert response.status == 200
+        await _stop(console)
