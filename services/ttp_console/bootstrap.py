@@ -233,10 +233,21 @@ async def _first(*awaitables: Any) -> None:
                 future.cancel()
 
 
+class _NoColourCopy(logging.Filter):
+    """Drops uvicorn's ``color_message`` (the message again, with terminal colour codes),
+    which the JSON log format would otherwise print as an extra field."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.__dict__.pop("color_message", None)
+        return True
+
+
 def run(settings: ConsoleSettings | None = None) -> int:
     """Run the console until SIGTERM/SIGINT; returns the process exit code."""
     settings = settings or ConsoleSettings()
     configure_logging(settings.log_format, settings.log_level)
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).addFilter(_NoColourCopy())
     configure_tracing("ttp-console")
     console = Console(settings)
     return run_until_signalled(
