@@ -2,8 +2,9 @@
 
 The tests play the worker (tag messages on TTP_TAGS, as the ``worker`` role) and the master
 (rule definitions and states on TTP_RULES, as the ``master`` role, which also creates the
-streams). The feeds read as the read-only ``consumer`` role, whose grants on TTP_TAGS and
-TTP_RULES are the ones the console needs; at the end no role was refused anything.
+streams). The feeds read as the console's own ``console`` role (the read-only ``consumer``
+role where the accounts config has no console role yet); at the end no role was refused
+anything.
 """
 
 from __future__ import annotations
@@ -35,11 +36,13 @@ from ttp_core.contract.payloads import (
     worker_source,
 )
 from ttp_runtime.nats import MSG_ID_HEADER, ensure_streams
-from ttp_runtime.nats_roles import Role
+from ttp_runtime.nats_roles import ROLES, Role
 
 HOUR_S = 3600.0
 TIMEOUT_S = 30.0
-READER_ROLE: Role = "consumer"
+# The console's own role where the shipped accounts config has it, else the read-only
+# consumer role, whose grants on the two streams cover the feeds' reads.
+READER_ROLE: Role = next((role for role in ROLES if role == "console"), "consumer")
 
 
 @pytest.fixture

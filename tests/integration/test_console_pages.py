@@ -10,6 +10,7 @@ play the worker: tag messages published on TTP_TAGS.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -25,7 +26,8 @@ import pytest
 from nats.aio.client import Client
 from starlette.applications import Starlette
 
-from harness.master import install, master_settings, running_master
+from harness.master import install, master_role_settings, master_settings, running_master
+from harness.nats_roles import role_nats
 from ttp_console.app import console_templates, create_app
 from ttp_console.bootstrap import ConsoleServer, bind_socket, console_url, server_config
 from ttp_console.context import ConsoleContext
@@ -38,9 +40,12 @@ from ttp_core.attack.catalogue import load_catalogue
 from ttp_core.contract import subjects
 from ttp_core.contract.payloads import EventTagged, TagData, encode, envelope, worker_source
 from ttp_runtime.control_client import ControlClient
-from ttp_runtime.nats import MSG_ID_HEADER
+from ttp_runtime.nats import MSG_ID_HEADER, ensure_streams
+from ttp_runtime.nats_roles import ROLES, Role
 
 TIMEOUT_S = 30.0
+# The console's own NATS role, where the shipped accounts config has it.
+CONSOLE_ROLE: Role | None = next((role for role in ROLES if role == "console"), None)
 OPERATOR = "olga"
 VIEWER = "victor"
 HOSTILE = '<script>alert("x")</script>'
@@ -66,6 +71,9 @@ class World:
     store: TagStore
     rules: RuleFeed
     nc: Client
+    """The console's own connection."""
+    publisher: Client
+    """Plays the worker: publishes tag messages."""
 
     def client(self, user: str) -> aiohttp.ClientSession:
         return aiohttp.ClientSession(
@@ -83,55 +91,95 @@ async def eventually(check: Callable[[], Any], what: str) -> None:
         await asyncio.sleep(0.05)
 
 
+@contextlib.asynccontextmanager
+async def serve_console(nc: Client, publisher: Client) -> AsyncIterator[World]:
+    """The console wired as the bootstrap wires it on ``nc``, served by uvicorn on a free
+    port."""
+    catalogue = load_catalogue()
+    store = TagStore(catalogue)
+    rule_feed = RuleFeed(nc)
+    tag_feed = TagFeed(nc, store)
+    settings = ConsoleSettings(
+        console_auth="proxy",
+        console_trusted_proxies=["127.0.0.1/32"],
+        console_operators=[OPERATOR],
+        console_session_secret="s" * 40,
+        console_cookie_secure=False,
+    )
+    context = ConsoleContext(
+        settings=settings,
+        control=ControlClient(nc, timeout_s=2.0),
+        tags=store,
+        rules=rule_feed,
+        catalogue=catalogue,
+        templates=console_templates(),
+    )
+    app = create_app(context)
+    rule_feed.start()
+    tag_feed.start()
+    sock = bind_socket("127.0.0.1", 0)
+    server = ConsoleServer(server_config(app, settings))
+    serving = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            assert not serving.done(), serving
+            await asyncio.sleep(0.01)
+        assert await rule_feed.wait_caught_up(TIMEOUT_S)
+        assert await tag_feed.wait_caught_up(TIMEOUT_S)
+        url = console_url(sock, "127.0.0.1").rstrip("/")
+        yield World(url, app, store, rule_feed, nc, publisher)
+    finally:
+        close_live_streams(app)
+        server.should_exit = True
+        await asyncio.wait_for(serving, 10)
+        await tag_feed.stop()
+        await rule_feed.stop()
+
+
+@contextlib.asynccontextmanager
+async def plain_clients(url: str) -> AsyncIterator[tuple[Client, Client]]:
+    console_nc = await nats.connect(url, max_reconnect_attempts=-1)
+    publisher = await nats.connect(url, max_reconnect_attempts=-1)
+    try:
+        yield console_nc, publisher
+    finally:
+        await publisher.close()
+        await console_nc.close()
+
+
 @pytest.fixture
-async def world(private_nats: Any, database_url: str, tmp_path: Path) -> AsyncIterator[World]:
+async def world(
+    request: pytest.FixtureRequest, database_url: str, tmp_path: Path
+) -> AsyncIterator[World]:
+    """A master on two starter rules and a rejected file, and the console beside it.
+
+    With the shipped accounts' ``console`` role, as deployed: the master verifies callers and
+    the console connects as its own role (the worker role publishes the tags). Without it,
+    an open server and a master serving unverified callers."""
     rules_dir = tmp_path / "rules"
     rules_dir.mkdir()
     install(rules_dir, ["R0019", "R0020"])
     (rules_dir / "R9000.yaml").write_text(REJECTED_RULE)
-    async with running_master(master_settings(private_nats.url, database_url, rules_dir)):
-        nc = await nats.connect(private_nats.url, max_reconnect_attempts=-1)
-        catalogue = load_catalogue()
-        store = TagStore(catalogue)
-        rule_feed = RuleFeed(nc)
-        tag_feed = TagFeed(nc, store)
-        settings = ConsoleSettings(
-            nats_url=private_nats.url,
-            console_auth="proxy",
-            console_trusted_proxies=["127.0.0.1/32"],
-            console_operators=[OPERATOR],
-            console_session_secret="s" * 40,
-            console_cookie_secure=False,
-        )
-        context = ConsoleContext(
-            settings=settings,
-            control=ControlClient(nc),
-            tags=store,
-            rules=rule_feed,
-            catalogue=catalogue,
-            templates=console_templates(),
-        )
-        app = create_app(context)
-        rule_feed.start()
-        tag_feed.start()
-        sock = bind_socket("127.0.0.1", 0)
-        server = ConsoleServer(server_config(app, settings))
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
-        try:
-            while not server.started:
-                assert not serving.done(), serving
-                await asyncio.sleep(0.01)
-            assert await rule_feed.wait_caught_up(TIMEOUT_S)
-            assert await tag_feed.wait_caught_up(TIMEOUT_S)
-            await eventually(lambda: len(rule_feed.definitions()) == 2, "the starter rules")
-            yield World(console_url(sock, "127.0.0.1").rstrip("/"), app, store, rule_feed, nc)
-        finally:
-            close_live_streams(app)
-            server.should_exit = True
-            await asyncio.wait_for(serving, 10)
-            await tag_feed.stop()
-            await rule_feed.stop()
-            await nc.close()
+    if CONSOLE_ROLE is not None:
+        with role_nats(tmp_path) as roles:
+            async with (
+                running_master(master_role_settings(roles, database_url, rules_dir)),
+                roles.client(CONSOLE_ROLE) as console_nc,
+                roles.client("worker") as publisher,
+                serve_console(console_nc, publisher) as served,
+            ):
+                await eventually(lambda: len(served.rules.definitions()) == 2, "the rules")
+                yield served
+            assert roles.unexpected_violations() == []
+        return
+    url = request.getfixturevalue("private_nats").url
+    async with (
+        running_master(master_settings(url, database_url, rules_dir)),
+        plain_clients(url) as (console_nc, publisher),
+        serve_console(console_nc, publisher) as served,
+    ):
+        await eventually(lambda: len(served.rules.definitions()) == 2, "the starter rules")
+        yield served
 
 
 def tag(
@@ -200,7 +248,9 @@ async def post(
 async def test_the_matrix_shows_observed_and_covered_heat_without_inline_styles(
     world: World,
 ) -> None:
-    await publish_tags(world.nc, tag("T1059", "T1059.004"), tag("T1105", None, confidence=0.9))
+    await publish_tags(
+        world.publisher, tag("T1059", "T1059.004"), tag("T1105", None, confidence=0.9)
+    )
     await eventually(lambda: world.store.stats().tags == 2, "the tags")
 
     async with world.client(VIEWER) as http:
@@ -225,7 +275,7 @@ async def test_the_matrix_shows_observed_and_covered_heat_without_inline_styles(
 async def test_the_inspector_shows_the_rules_and_the_evidence_of_the_latest_tags(
     world: World,
 ) -> None:
-    await publish_tags(world.nc, tag("T1059", "T1059.004"))
+    await publish_tags(world.publisher, tag("T1059", "T1059.004"))
     await eventually(lambda: world.store.stats().tags == 1, "the tag")
 
     async with world.client(VIEWER) as http:
@@ -268,9 +318,9 @@ async def test_the_rules_page_shows_a_rejected_file_with_its_located_error_and_l
 async def test_the_attacker_page_lists_techniques_with_counts_and_highest_confidence(
     world: World,
 ) -> None:
-    await publish_tags(world.nc, tag("T1059", "T1059.004", confidence=0.4))
-    await publish_tags(world.nc, tag("T1059", "T1059.004", confidence=0.8))
-    await publish_tags(world.nc, tag("T1105", None), attacker="someone-else")
+    await publish_tags(world.publisher, tag("T1059", "T1059.004", confidence=0.4))
+    await publish_tags(world.publisher, tag("T1059", "T1059.004", confidence=0.8))
+    await publish_tags(world.publisher, tag("T1105", None), attacker="someone-else")
     await eventually(lambda: world.store.stats().tags == 3, "the tags")
 
     async with world.client(VIEWER) as http:
@@ -297,7 +347,7 @@ async def test_the_fleet_page_says_whether_the_fleet_converged(world: World) -> 
 
 
 async def test_the_layer_downloads_are_navigator_layers(world: World) -> None:
-    await publish_tags(world.nc, tag("T1059", "T1059.004"))
+    await publish_tags(world.publisher, tag("T1059", "T1059.004"))
     await eventually(lambda: world.store.stats().tags == 1, "the tag")
     async with world.client(VIEWER) as http:
         async with http.get("/layers/coverage.json") as response:
@@ -421,8 +471,8 @@ async def test_live_tags_stream_only_what_the_filter_asks_for_and_close_at_shutd
             assert response.headers["Content-Type"].startswith("text/event-stream")
             assert (await response.content.readline()).startswith(b"retry:")
             await eventually(lambda: world.store.stats().subscribers == 1, "the subscriber")
-            await publish_tags(world.nc, tag("T1059", "T1059.004"))
-            await publish_tags(world.nc, tag("T1105", None, confidence=0.9), kind="ssh")
+            await publish_tags(world.publisher, tag("T1059", "T1059.004"))
+            await publish_tags(world.publisher, tag("T1105", None, confidence=0.9), kind="ssh")
             [(name, row)] = await _events(response, 1)
             assert name == "tag"
             assert (row["technique"], row["source_kind"], row["confidence"]) == (
@@ -437,3 +487,37 @@ async def test_live_tags_stream_only_what_the_filter_asks_for_and_close_at_shutd
             assert name == "bye"
             assert (await response.content.read()).strip() == b""  # the stream ended
     await eventually(lambda: world.store.stats().subscribers == 0, "the subscriber to leave")
+
+
+# --------------------------------------------------------------------------------------------
+# No master
+# --------------------------------------------------------------------------------------------
+
+
+async def _streams_only(url: str) -> None:
+    nc = await nats.connect(url)
+    try:
+        await ensure_streams(nc.jetstream(), 1, 3600.0, -1, 3600.0)
+    finally:
+        await nc.close()
+
+
+async def test_without_a_master_the_pages_say_so_and_the_tag_pages_still_work(
+    private_nats: Any,
+) -> None:
+    await _streams_only(private_nats.url)
+    async with (
+        plain_clients(private_nats.url) as (console_nc, publisher),
+        serve_console(console_nc, publisher) as served,
+        served.client(OPERATOR) as http,
+    ):
+        for path in ("/rules", "/rules/R0019", "/fleet", "/fleet/fragment"):
+            page = await get(http, path, status=503)
+            assert "The master did not answer" in page
+            assert "no master is serving" in page
+        token = await csrf_token(http, "/")
+        await post(http, "/rules/R0019/state", {"action": "disable", "reason": "x"}, token)
+        assert "R0019 was not changed: no master is serving" in await get(http, "/")
+        await get(http, "/")
+        await get(http, "/techniques/T1059")
+        await get(http, "/live")
