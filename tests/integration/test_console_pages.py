@@ -389,6 +389,8 @@ async def test_an_operator_disables_and_clears_a_rule_acting_for_themselves(
         rules = await get(http, "/rules")
         assert "too noisy" in rules
         assert "<strong>olga</strong>" in rules  # on whose behalf
+        # Who set it: the console's identity as the NATS server authenticated it.
+        assert ("CONSOLE/console" if CONSOLE_ROLE else "unverified") in rules
         assert "R0019" not in {c.rule_id for c in world.rules.coverage()}
 
         response = await post(http, "/rules/R0019/state/clear", {"reason": "calm"}, token)
