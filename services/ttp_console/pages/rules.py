@@ -40,6 +40,9 @@ __all__ = [
 
 MAX_REJECTED_SHOWN: Final = 25
 """Rejected files whose text is fetched (``rules.show``) for the offending lines."""
+SHOW_CONCURRENCY: Final = 4
+"""``rules.show`` requests of one page in flight at once: the master answers ``busy`` beyond
+its cap of concurrent requests, which every client shares."""
 CONTEXT_LINES: Final = 2
 MAX_LINE_CHARS: Final = 300
 AUDIT_LIMIT: Final = 200
@@ -143,12 +146,14 @@ async def _rejected_texts(request: Request, rejected: list[RuleSummary]) -> dict
     """The file text of each rejected rule the master can show (a file without a readable
     rule id is listed under its path, which ``rules.show`` cannot take)."""
     control = console(request).control
+    slots = asyncio.Semaphore(SHOW_CONCURRENCY)
 
     async def text(rule_id: str) -> tuple[str, str | None]:
-        try:
-            detail = await control.rules_show(RuleShowRequest(rule_id=rule_id))
-        except ControlClientError:
-            return rule_id, None
+        async with slots:
+            try:
+                detail = await control.rules_show(RuleShowRequest(rule_id=rule_id))
+            except ControlClientError:
+                return rule_id, None
         return rule_id, detail.yaml_text
 
     found = await asyncio.gather(
