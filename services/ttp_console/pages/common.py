@@ -139,13 +139,15 @@ def render(
     *,
     active_nav: str | None = None,
     status_code: int = 200,
+    fragment: bool = False,
 ) -> Response:
     """``template`` with ``values``, the page's flash message, a :class:`Formatter` (``fmt``)
-    and the catalogue."""
+    and the catalogue. A ``fragment`` (part of a page, fetched by a script) leaves the flash
+    message for the next whole page."""
     context = console(request)
     data = {
         "active_nav": active_nav,
-        "flash": pop_flash(request),
+        "flash": None if fragment else pop_flash(request),
         "fmt": Formatter(time.time()),
         "catalogue": context.catalogue,
         **values,

@@ -95,4 +95,4 @@ async def fleet_page(request: Request) -> Response:
 async def fleet_fragment(request: Request) -> Response:
     """``/fleet/fragment``: the banner and table alone, for the page's periodic refresh."""
     values, status = await _fleet_values(request)
-    return render(request, "fleet_fragment.html", values, status_code=status)
+    return render(request, "fleet_fragment.html", values, status_code=status, fragment=True)
