@@ -5,7 +5,8 @@ The people's accounts (OPERATORS, VIEWERS, ADMIN in `ttp_runtime/nats_accounts.c
 request with a `Nats-Request-Info` header (JSON: `acc`, `user`, ...) naming the account and
 user it authenticated, and replaces any copy the client sent. The caller's actor is
 `<ACCOUNT>/<user>`; its role comes from the account (TTP_CONTROL_ACCOUNT_ROLES). A request
-body's `actor` is only a note of whom the caller acts for (`on_behalf_of`).
+body's `actor` names the person the caller acts for (`on_behalf_of`); only the console role,
+which logs its users in itself, may send one.
 
 The header proves nothing on a server that does not authenticate its clients (anyone may
 publish on `ttp.ctl.>` with a header of their choosing), so in verified mode
@@ -57,6 +58,9 @@ class Role(StrEnum):
     """Reads: state.get, rules.*, revision, audit, fleet."""
     OPERATOR = "operator"
     """Also state.set and state.clear (without `force`)."""
+    CONSOLE = "console"
+    """The web console: an operator's endpoints, and it alone may name the user it acts for
+    (the request's `actor`). Never `force`: a console user is an operator at most."""
     ADMIN = "admin"
     """Also `force` (a state for a rule the master does not know)."""
 
@@ -64,10 +68,13 @@ class Role(StrEnum):
 DEFAULT_ACCOUNT_ROLES: Final[Mapping[str, Role]] = {
     "OPERATORS": Role.OPERATOR,
     "VIEWERS": Role.VIEWER,
+    "CONSOLE": Role.CONSOLE,
     "ADMIN": Role.ADMIN,
 }
 
-_RANK: Final = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.ADMIN: 2}
+# The console ranks with operators: it changes states for the users it logged in as
+# operators (it refuses its viewers itself), and no console user may force.
+_RANK: Final = {Role.VIEWER: 0, Role.OPERATOR: 1, Role.CONSOLE: 1, Role.ADMIN: 2}
 _WRITES: Final = frozenset({Endpoint.STATE_SET, Endpoint.STATE_CLEAR})
 _SECURITY_DOC: Final = "docs/security.md"
 
@@ -95,6 +102,20 @@ class Caller:
             raise ForbiddenError(
                 f"{self.actor} has the {self.role} role, which may not call {endpoint.value}: "
                 "only operators and admins change rule state"
+            )
+
+    def check_acting_for(self) -> None:
+        """Raise :class:`ForbiddenError` unless the caller may name whom it acts for.
+
+        Only the console's verified identity may: it authenticates its own users, and the
+        audit shows its identity as the actor and the user as `on_behalf_of`. From anyone
+        else a name would be an unproven claim beside the actor, so it is refused rather
+        than recorded."""
+        if not (self.verified and self.role is Role.CONSOLE):
+            raise ForbiddenError(
+                f"{self.actor} has the {self.role} role: only the console role may name a "
+                "user it acts for (actor); send the request without it, the audit records "
+                "your own identity"
             )
 
     def check_force(self) -> None:

@@ -17,7 +17,8 @@ never carries the exception's text, which may name tables, queries or hosts.
 Who calls is the NATS server's word, not the client's: the leader takes the caller's identity
 and role from the `Nats-Request-Info` header the server stamps on each request
 (:mod:`ttp_master.caller_identity`), refuses what that role may not do with `forbidden`, and
-records the identity as the actor; the request's own `actor` is only kept as `on_behalf_of`.
+records the identity as the actor. A request's own `actor` (the user the console acts for) is
+kept as `on_behalf_of`, and only from the console role: from any other it is `forbidden`.
 """
 
 from __future__ import annotations
@@ -211,6 +212,7 @@ class ControlHandlers:
 
     async def state_set(self, request: StateSetRequest, caller: Caller) -> StateChanged:
         term = self._term
+        _check_acting_for(request.actor, caller)
         if request.force:
             try:
                 caller.check_force()
@@ -251,6 +253,7 @@ class ControlHandlers:
 
     async def state_clear(self, request: StateClearRequest, caller: Caller) -> StateChanged:
         term = self._term
+        _check_acting_for(request.actor, caller)
         current, known = await term.queries.state_and_known(request.rule_id)
         if current.revision is None:  # no row: already the default
             if not known:
@@ -347,6 +350,16 @@ class ControlHandlers:
     async def fleet(self, _: object, __: Caller) -> BaseModel:
         summary = await self._term.summary()
         return self._fleet.view(summary.revision, summary.digest)
+
+
+def _check_acting_for(actor: str | None, caller: Caller) -> None:
+    """A request naming whom it acts for is refused `forbidden` unless the console sent it."""
+    if actor is None:
+        return
+    try:
+        caller.check_acting_for()
+    except ForbiddenError as refusal:
+        raise ControlRequestError(ErrorCode.FORBIDDEN, str(refusal), "actor") from None
 
 
 def parse_request(endpoint: Endpoint, raw: bytes) -> Any:

@@ -10,12 +10,17 @@ from pydantic import Field, SecretStr
 from ttp_master.db.target import DatabaseTarget
 from ttp_runtime.settings import ServiceSettings
 
-ControlRole = Literal["viewer", "operator", "admin"]
+ControlRole = Literal["viewer", "operator", "console", "admin"]
 
 
 def _default_account_roles() -> dict[str, ControlRole]:
     """The accounts of ttp_runtime/nats_accounts.conf that call the control service."""
-    return {"OPERATORS": "operator", "VIEWERS": "viewer", "ADMIN": "admin"}
+    return {
+        "OPERATORS": "operator",
+        "VIEWERS": "viewer",
+        "CONSOLE": "console",
+        "ADMIN": "admin",
+    }
 
 
 class MasterSettings(ServiceSettings):
@@ -103,7 +108,7 @@ class MasterSettings(ServiceSettings):
         default_factory=_default_account_roles,
         description=(
             "Role of each NATS account calling the control service (JSON object, account -> "
-            "viewer, operator or admin); a caller of any other account is refused."
+            "viewer, operator, console or admin); a caller of any other account is refused."
         ),
     )
     control_require_verified_identity: bool = Field(

@@ -26,8 +26,8 @@ app = typer.Typer(
                 "ttpctl.audit_commands:audit_app",
                 "Show the change log, oldest first: revision, time, rule, kind (reloaded, deleted,"
                 " rejected, state), actor and a summary. The actor is the NATS identity that made"
-                " the change, e.g. OPERATORS/operator, then whom it said it acted for (--as), e.g."
-                " (for alice).",
+                " the change, e.g. OPERATORS/operator or CONSOLE/console, then the user the"
+                " console acted for, e.g. (for alice).",
                 "audit",
             ),
             "dev": LazyCommand(

@@ -56,7 +56,8 @@ def audit(
 ) -> None:
     """Show the change log, oldest first: revision, time, rule, kind (reloaded, deleted,
     rejected, state), actor and a summary. The actor is the NATS identity that made the change,
-    e.g. OPERATORS/operator, then whom it said it acted for (--as), e.g. (for alice)."""
+    e.g. OPERATORS/operator or CONSOLE/console, then the user the console acted for, e.g.
+    (for alice)."""
     if rule is not None:
         check_rule_id(rule)
     start = None

@@ -73,8 +73,8 @@ def console() -> Console:
 
 
 _FORBIDDEN_HINT: Final = (
-    " (the master acts on the NATS identity the server authenticated, not on --as: connect"
-    " as a role that may do this, e.g. with --env-file <data-dir>/credentials/<role>.env)"
+    " (the master acts on the NATS identity the server authenticated: connect as a role"
+    " that may do this, e.g. with --env-file <data-dir>/credentials/<role>.env)"
 )
 
 

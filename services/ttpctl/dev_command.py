@@ -9,7 +9,8 @@ The embedded NATS runs the shipped accounts config (``ttp_runtime/nats_accounts.
 docs/security.md), so every process connects as its role: the master as ``master``, workers as
 ``worker``, the demo feed as ``producer`` and the live status as ``consumer``. Each role's
 settings are in ``<data-dir>/credentials/<role>.env`` (mode 0600), made once per data
-directory and reused by later runs, so a shell using them keeps working across restarts.
+directory and reused by later runs, so a shell using them keeps working across restarts; the
+web console runs with ``console.env`` (its own account and ``_INBOX_console`` inbox).
 """
 
 from __future__ import annotations

@@ -6,9 +6,8 @@ request, send it and print the answer.
 
 from __future__ import annotations
 
-import getpass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Final
+from typing import Annotated
 
 import typer
 
@@ -33,37 +32,16 @@ from ttpctl.control_output import json_document, state_changed_text, states_tabl
 from ttpctl.durations import parse_instant
 from ttpctl.nats_session import NatsUrlOption
 
-__all__ = ["default_actor", "state_app"]
+__all__ = ["state_app"]
 
 state_app = typer.Typer(
     help="Disable or clip a rule, or put it back to enabled, through the master.",
     no_args_is_help=True,
 )
 
-_UNKNOWN_ACTOR: Final = "unknown"
-
 RuleArgument = Annotated[
     str, typer.Argument(metavar="RULE", help="The rule_id.", callback=check_rule_id)
 ]
-ActorOption = Annotated[
-    str | None,
-    typer.Option(
-        "--as",
-        help=(
-            "Whom you act for: a note recorded in the audit beside your NATS identity, which"
-            " the server authenticates and the master records as the actor. Default: the OS"
-            " user."
-        ),
-    ),
-]
-
-
-def default_actor() -> str:
-    """The OS user name, or ``unknown`` when the system cannot tell."""
-    try:
-        return getpass.getuser() or _UNKNOWN_ACTOR
-    except Exception:  # OSError, KeyError or ImportError depending on platform and version
-        return _UNKNOWN_ACTOR
 
 
 def _expiry(for_: str | None, until: str | None, now: datetime) -> datetime | None:
@@ -117,7 +95,6 @@ def set_state(
             show_default=False,
         ),
     ] = None,
-    actor: ActorOption = None,
     force: Annotated[
         bool,
         typer.Option(
@@ -147,7 +124,6 @@ def set_state(
             confidence_max=clip,
             expires_at=expires_at,
             reason=reason,
-            actor=actor if actor is not None else default_actor(),
             force=force,
         )
     except ControlClientError as exc:
@@ -163,7 +139,6 @@ def clear_state(
         str | None,
         typer.Option("--reason", help="Why (recorded in the audit).", show_default=False),
     ] = None,
-    actor: ActorOption = None,
     as_json: JsonOption = False,
     nats_url: NatsUrlOption = None,
 ) -> None:
@@ -174,7 +149,6 @@ def clear_state(
             StateClearRequest,
             rule_id=rule,
             reason=reason,
-            actor=actor if actor is not None else default_actor(),
         )
     except ControlClientError as exc:
         fail_with(name, exc)

@@ -37,7 +37,7 @@ __all__ = [
     "write_credential_files",
 ]
 
-Role = Literal["master", "worker", "producer", "consumer", "operator", "viewer", "admin"]
+Role = Literal["master", "worker", "producer", "consumer", "operator", "viewer", "console", "admin"]
 ROLES: Final[tuple[Role, ...]] = get_args(Role)
 
 ACCOUNTS_CONFIG: Final = Path(__file__).with_name("nats_accounts.conf")
@@ -50,6 +50,7 @@ ACCOUNT_OF: Final[Mapping[Role, str]] = {
     "consumer": "RULEBUS",
     "operator": "OPERATORS",
     "viewer": "VIEWERS",
+    "console": "CONSOLE",
     "admin": "ADMIN",
 }
 """The account each role's user lives in, as ``nats_accounts.conf`` declares it."""

@@ -176,9 +176,7 @@ async def postgres_outage(
 
             async def ask_for_state(rule_id: str) -> None:
                 asked = time.monotonic()
-                request = StateSetRequest(
-                    rule_id=rule_id, state="disabled", reason="chaos: outage", actor="chaos"
-                )
+                request = StateSetRequest(rule_id=rule_id, state="disabled", reason="chaos: outage")
                 try:
                     await client.state_set(request)
                     code, message = "ok", ""
@@ -218,7 +216,6 @@ async def postgres_outage(
                     rule_id=sorted(rule_files(rules))[0],
                     state="disabled",
                     reason="chaos: after the outage",
-                    actor="chaos",
                 )
             )
             state_after_s = time.monotonic() - after

@@ -3,8 +3,11 @@ shipped accounts config, a real master (in-process, connected as the `master` ro
 identities required) and ttpctl connected as operator, viewer and admin.
 
 - the audit's actor, the state's `set_by` and the published `set_by` are `<ACCOUNT>/<user>`
-  as the server authenticated the caller; `--as` is kept only as `on_behalf_of`;
-- a client forging `Nats-Request-Info` (claiming ADMIN/admin) is overwritten by the server;
+  as the server authenticated the caller;
+- only the console role may name the user it acts for (`actor`, kept as `on_behalf_of`);
+  from any other role such a request is refused `forbidden`;
+- a client forging `Nats-Request-Info` (claiming ADMIN/admin or CONSOLE/console) is
+  overwritten by the server;
 - a viewer reads everything but its state changes find no route at the server;
 - only an admin may force a state for a rule the master does not know;
 - a request without the header, and every request on a server that authenticates nobody,
@@ -111,9 +114,9 @@ def _stripped(text: str) -> str:
     return " ".join(text.split())
 
 
-async def test_the_actor_is_the_servers_identity_and_as_only_a_note(world: World) -> None:
+async def test_the_actor_is_the_servers_identity(world: World) -> None:
     first, second = RULES[0], RULES[1]
-    # A NATS client of the operator role, no actor at all: the nats CLI's way.
+    # A NATS client of the operator role: the nats CLI's way.
     reply = await world.request(
         "operator", "state.set", {"rule_id": first, "state": "disabled", "reason": "noisy"}
     )
@@ -121,45 +124,111 @@ async def test_the_actor_is_the_servers_identity_and_as_only_a_note(world: World
     changed = StateChanged.model_validate(reply.result)
     assert (changed.state.set_by, changed.state.on_behalf_of) == ("OPERATORS/operator", None)
 
-    # ttpctl with --as: the name is a note beside the verified actor, never the actor.
     result = await world.ttpctl(
-        "operator", "state", "set", second, "--clip", "0.5", "--reason", "tuning", "--as", "alice"
+        "operator", "state", "set", second, "--clip", "0.5", "--reason", "tuning"
     )
     assert result.exit_code == 0, result.output
     (event,) = await world.state_events(second)
-    assert (event["actor"], event["on_behalf_of"]) == ("OPERATORS/operator", "alice")
+    assert (event["actor"], event["on_behalf_of"]) == ("OPERATORS/operator", None)
     assert event["payload"]["data"]["set_by"] == "OPERATORS/operator"  # what is published
     (row,) = await query(world.dsn, "SELECT * FROM ttp_rule_state WHERE rule_id = %s", second)
-    assert (row["set_by"], row["on_behalf_of"]) == ("OPERATORS/operator", "alice")
+    assert (row["set_by"], row["on_behalf_of"]) == ("OPERATORS/operator", None)
 
-    shown = await world.ttpctl("operator", "state", "show", second)
-    assert shown.exit_code == 0, shown.output
-    assert "OPERATORS/operator (for alice)" in shown.stdout
-    audit = await world.ttpctl("operator", "audit", second, "--json")
-    assert audit.exit_code == 0, audit.output
-    (entry,) = [e for e in json.loads(audit.stdout)["entries"] if e["kind"] == "state"]
-    assert (entry["actor"], entry["on_behalf_of"]) == ("OPERATORS/operator", "alice")
-    table = await world.ttpctl("operator", "audit", second)
-    assert "OPERATORS/operator (for alice)" in table.stdout
-
-    cleared = await world.ttpctl("operator", "state", "clear", second, "--as", "bob")
+    cleared = await world.ttpctl("operator", "state", "clear", second)
     assert cleared.exit_code == 0, cleared.output
     events = await world.state_events(second)
     assert [(e["actor"], e["on_behalf_of"]) for e in events] == [
-        ("OPERATORS/operator", "alice"),
-        ("OPERATORS/operator", "bob"),
+        ("OPERATORS/operator", None),
+        ("OPERATORS/operator", None),
     ]
-    assert all(e["payload"]["data"]["set_by"] == "OPERATORS/operator" for e in events)
+
+
+async def test_the_console_acts_for_its_user_and_the_audit_names_both(world: World) -> None:
+    rule_id = RULES[1]
+    body = {"rule_id": rule_id, "state": "clipped", "confidence_max": 0.5, "reason": "tuning"}
+    reply = await world.request("console", "state.set", {**body, "actor": "alice"})
+    assert reply.ok, reply.error
+    changed = StateChanged.model_validate(reply.result)
+    assert (changed.state.set_by, changed.state.on_behalf_of) == ("CONSOLE/console", "alice")
+    (event,) = await world.state_events(rule_id)
+    assert (event["actor"], event["on_behalf_of"]) == ("CONSOLE/console", "alice")
+    assert event["payload"]["data"]["set_by"] == "CONSOLE/console"  # what is published
+    (row,) = await query(world.dsn, "SELECT * FROM ttp_rule_state WHERE rule_id = %s", rule_id)
+    assert (row["set_by"], row["on_behalf_of"]) == ("CONSOLE/console", "alice")
+
+    shown = await world.ttpctl("operator", "state", "show", rule_id)
+    assert shown.exit_code == 0, shown.output
+    assert "CONSOLE/console (for alice)" in shown.stdout
+    audit = await world.ttpctl("viewer", "audit", rule_id, "--json")
+    assert audit.exit_code == 0, audit.output
+    (entry,) = [e for e in json.loads(audit.stdout)["entries"] if e["kind"] == "state"]
+    assert (entry["actor"], entry["on_behalf_of"]) == ("CONSOLE/console", "alice")
+    table = await world.ttpctl("viewer", "audit", rule_id)
+    assert "CONSOLE/console (for alice)" in table.stdout
+
+    cleared = await world.request("console", "state.clear", {"rule_id": rule_id, "actor": "bob"})
+    assert cleared.ok, cleared.error
+    events = await world.state_events(rule_id)
+    assert [(e["actor"], e["on_behalf_of"]) for e in events] == [
+        ("CONSOLE/console", "alice"),
+        ("CONSOLE/console", "bob"),
+    ]
+    # The console reads like anyone, and without a user to name it acts as itself.
+    listed = await world.request("console", "rules.list", {})
+    assert listed.ok, listed.error
+    plain = await world.request("console", "state.set", {**body, "confidence_max": 0.4})
+    assert plain.ok, plain.error
+    assert StateChanged.model_validate(plain.result).state.on_behalf_of is None
+    assert world.roles.violations("console") == []
+
+
+async def test_only_the_console_may_name_a_user_it_acts_for(world: World) -> None:
+    rule_id = RULES[2]
+    body = {"rule_id": rule_id, "state": "disabled", "reason": "claims", "actor": "alice"}
+    for role in ("operator", "admin"):
+        for endpoint, request in (
+            ("state.set", body),
+            ("state.clear", {"rule_id": rule_id, "actor": "alice"}),
+        ):
+            reply = await world.request(role, endpoint, request)
+            assert not reply.ok and reply.error is not None, (role, endpoint)
+            assert reply.error.code is ErrorCode.FORBIDDEN
+            assert reply.error.field == "actor"
+            assert "only the console role may name a user" in reply.error.message
+            assert reply.error.message.startswith(("OPERATORS/operator", "ADMIN/admin"))
+    # A viewer reaches no state change at all: the server has no route for it.
+    with pytest.raises(nats.errors.NoRespondersError):
+        await world.request("viewer", "state.set", body)
+    assert await world.state_events(rule_id) == []
+    # Acting for a user buys the console no admin rights: force stays refused.
+    forced = {**body, "rule_id": UNKNOWN_RULE, "force": True}
+    refused = await world.request("console", "state.set", forced)
+    assert refused.error is not None and refused.error.code is ErrorCode.FORBIDDEN
+    assert "CONSOLE/console" in refused.error.message
+    assert "needs the admin role" in refused.error.message
+    assert await world.state_events(UNKNOWN_RULE) == []
 
 
 async def test_a_forged_request_info_header_is_overwritten_by_the_server(world: World) -> None:
     rule_id = RULES[0]
     forged = {REQUEST_INFO_HEADER: FORGED, REQUEST_INFO_HEADER.lower(): FORGED}
-    body = {"rule_id": rule_id, "state": "disabled", "reason": "forged", "actor": "admin"}
+    body = {"rule_id": rule_id, "state": "disabled", "reason": "forged"}
     reply = await world.request("operator", "state.set", body, headers=forged)
     assert reply.ok, reply.error
     (event,) = await world.state_events(rule_id)
-    assert (event["actor"], event["on_behalf_of"]) == ("OPERATORS/operator", "admin")
+    assert (event["actor"], event["on_behalf_of"]) == ("OPERATORS/operator", None)
+
+    # Claiming to be the console does not let an operator name a user either.
+    as_console = json.dumps({"acc": "CONSOLE", "user": "console"})
+    claimed = await world.request(
+        "operator",
+        "state.clear",
+        {"rule_id": rule_id, "actor": "alice"},
+        headers={REQUEST_INFO_HEADER: as_console},
+    )
+    assert claimed.error is not None and claimed.error.code is ErrorCode.FORBIDDEN
+    assert claimed.error.message.startswith("OPERATORS/operator has the operator role")
+    assert len(await world.state_events(rule_id)) == 1
 
     # The forged claim buys no admin rights either: force stays refused.
     force = {
@@ -216,10 +285,10 @@ async def test_only_an_admin_may_force_a_state_for_an_unknown_rule(world: World)
     assert without_force.exit_code == ExitCode.UNKNOWN_RULE, without_force.output
     assert await world.state_events(UNKNOWN_RULE) == []
 
-    forced = await world.ttpctl("admin", *argv, "--as", "carol")
+    forced = await world.ttpctl("admin", *argv)
     assert forced.exit_code == 0, forced.output
     (event,) = await world.state_events(UNKNOWN_RULE)
-    assert (event["actor"], event["on_behalf_of"]) == ("ADMIN/admin", "carol")
+    assert (event["actor"], event["on_behalf_of"]) == ("ADMIN/admin", None)
 
 
 # --------------------------------------------------------------------------------------------

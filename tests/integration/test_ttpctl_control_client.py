@@ -311,7 +311,6 @@ def test_state_set_sends_the_state_and_prints_it(nats_url: str, peer: ControlPee
     before = datetime.now(UTC)
     result = ttpctl(
         nats_url, "state", "set", "R0031", "--disable", "--for", "2h", "--reason", "FP storm",
-        "--as", "alice",
     )  # fmt: skip
     after = datetime.now(UTC)
     assert result.exit_code == 0, result.output
@@ -322,7 +321,6 @@ def test_state_set_sends_the_state_and_prints_it(nats_url: str, peer: ControlPee
         "rule_id": "R0031",
         "state": "disabled",
         "reason": "FP storm",
-        "actor": "alice",
         "force": False,
     }
     sent_expiry = datetime.fromisoformat(sent["expires_at"])
@@ -342,7 +340,8 @@ def test_state_set_clip_until_with_json_output(nats_url: str, peer: ControlPeer)
     assert sent["confidence_max"] == 0.5
     assert sent["force"] is True
     assert datetime.fromisoformat(sent["expires_at"]) == datetime(2099, 1, 1, tzinfo=UTC)
-    assert sent["actor"]  # the OS user by default
+    # ttpctl names no user it acts for: the master takes only the console's.
+    assert "actor" not in sent
 
 
 @pytest.mark.parametrize(
@@ -387,18 +386,17 @@ def test_error_replies_map_to_exit_codes(
     nats_url: str, peer: ControlPeer, code: ErrorCode, exit_code: int
 ) -> None:
     peer.answers[Endpoint.STATE_CLEAR] = error(code, f"it failed: {code.value}", "rule_id")
-    result = ttpctl(nats_url, "state", "clear", "R0031", "--as", "bob")
+    result = ttpctl(nats_url, "state", "clear", "R0031")
     assert result.exit_code == exit_code
     assert result.stdout == ""
     said = f"it failed: {code.value} (field: rule_id)"
     if code is ErrorCode.FORBIDDEN:
-        # A refusal of the caller's identity says so, and that --as does not change it.
+        # A refusal of the caller's identity says so, and how to connect as another role.
         assert result.stderr.startswith(f"ttpctl state clear: forbidden: {said} (")
-        assert "--as" in result.stderr
         assert "--env-file" in result.stderr
     else:
         assert result.stderr == f"ttpctl state clear: error: {said}\n"
-    assert peer.sent(Endpoint.STATE_CLEAR) == [{"rule_id": "R0031", "actor": "bob"}]
+    assert peer.sent(Endpoint.STATE_CLEAR) == [{"rule_id": "R0031"}]
 
 
 def test_no_master_exits_4(nats_url: str) -> None:

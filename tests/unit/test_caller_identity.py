@@ -51,7 +51,12 @@ def test_the_server_header_names_account_and_user() -> None:
 
 @pytest.mark.parametrize(
     ("account", "role"),
-    [("OPERATORS", Role.OPERATOR), ("VIEWERS", Role.VIEWER), ("ADMIN", Role.ADMIN)],
+    [
+        ("OPERATORS", Role.OPERATOR),
+        ("VIEWERS", Role.VIEWER),
+        ("CONSOLE", Role.CONSOLE),
+        ("ADMIN", Role.ADMIN),
+    ],
 )
 def test_the_role_comes_from_the_account(account: str, role: Role) -> None:
     caller = VERIFIED.caller(_header(acc=account, user="u"), server_authenticates=True)
@@ -173,3 +178,24 @@ def test_what_each_role_may_call() -> None:
     for caller in (viewer, operator):
         with pytest.raises(ForbiddenError, match="needs the admin role"):
             caller.check_force()
+
+
+def test_the_console_writes_like_an_operator_and_alone_acts_for_a_user() -> None:
+    console = Caller("CONSOLE/console", Role.CONSOLE, verified=True)
+    for endpoint in Endpoint:
+        console.check_endpoint(endpoint)
+    with pytest.raises(ForbiddenError, match="needs the admin role"):
+        console.check_force()
+    console.check_acting_for()
+    others = [
+        Caller("VIEWERS/viewer", Role.VIEWER, verified=True),
+        Caller("OPERATORS/operator", Role.OPERATOR, verified=True),
+        Caller("ADMIN/admin", Role.ADMIN, verified=True),
+        # Verified mode off: a request without the header is served as admin, and even a
+        # console role that nobody verified may not name a user.
+        Caller(UNVERIFIED_ACTOR, Role.ADMIN, verified=False),
+        Caller(UNVERIFIED_ACTOR, Role.CONSOLE, verified=False),
+    ]
+    for caller in others:
+        with pytest.raises(ForbiddenError, match="only the console role may name a user"):
+            caller.check_acting_for()

@@ -28,7 +28,7 @@ from pydantic import (
 from ttp_core.contract.payloads import RejectionError, StateName
 
 SERVICE_NAME: Final = "ttp-ctl"
-SERVICE_VERSION: Final = "1.1.0"
+SERVICE_VERSION: Final = "1.2.0"
 
 _UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
 
@@ -42,8 +42,10 @@ def _storable(value: str) -> str:
 
 
 _ACTOR_NOTE: Final = (
-    "Whom the caller acts for: a note the master stores as `on_behalf_of`, beside the actor,"
-    " which is the caller's NATS identity as the server authenticated it (never this field)."
+    "The user the web console acts for, which the master stores as `on_behalf_of` beside the"
+    " actor (the caller's NATS identity as the server authenticated it, never this field)."
+    " Only the console role may send it; from any other role the request is refused"
+    " `forbidden`."
 )
 
 RuleIdText = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
@@ -111,7 +113,8 @@ class StateSetRequest(_Request):
     """Set a rule's operator state. `clipped` needs `confidence_max` in (0, 1]."""
 
     # Who makes the change is the caller's NATS identity, which the master takes from the
-    # server (docs/contract.md, caller identity); `actor` only notes whom the caller acts for.
+    # server (docs/contract.md, caller identity); `actor`, from the console role only, names
+    # the user it acts for.
 
     rule_id: RuleIdText
     state: StateName
@@ -208,7 +211,8 @@ class OperatorState(_Result):
     set_at: datetime | None = None
     revision: int | None = None
     on_behalf_of: str | None = None
-    """Whom the caller said it acted for (the request's `actor`): a note, not verified."""
+    """The user the console acted for (the request's `actor`): the console verified that
+    user, the server verified the console."""
 
 
 class StateChanged(_Result):
@@ -273,7 +277,8 @@ class AuditEntry(_Result):
     data: dict[str, Any]
     published_at: datetime | None = None
     on_behalf_of: str | None = None
-    """Whom the caller said it acted for (the request's `actor`): a note, not verified."""
+    """The user the console acted for (the request's `actor`): the console verified that
+    user, the server verified the console."""
 
 
 class AuditLog(_Result):
