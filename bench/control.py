@@ -21,8 +21,9 @@ What runs is the default deployment: nats-server with the shipped accounts confi
 logged in as the master role (serving control requests only with the caller identity the
 server stamps on them, its default), the workers as the worker role, every setting of theirs
 at its default (the ones that are not are printed). The requests are sent as the operator
-role (the server names it to the master: actor `OPERATORS/operator`; the request's `actor`
-is only noted as on behalf of whom), and this benchmark watches as the consumer role. The
+role (the server names it to the master: actor `OPERATORS/operator`; the requests name no
+user they act for, which only the console role may), and this benchmark watches as the
+consumer role. The
 permission violations in the server's log are printed at the end: any means a grant is
 missing.
 
@@ -124,7 +125,6 @@ if TYPE_CHECKING:  # annotations only; bench/master.py starts the server (start_
     from harness.nats_roles import RoleNats
 
 DATABASE: Final = "bench_control"
-ACTOR: Final = "bench-control"
 TARGET_APPLY_P99_MS: Final = 20.0
 TARGET_REVERT_S: Final = 1.0
 CHANGE_RULES: Final = 3
@@ -305,14 +305,13 @@ class ApplyResult:
 def change_request(step: int, rule_id: str) -> StateSetRequest | StateClearRequest:
     action = CYCLE[step % len(CYCLE)]
     if action is None:
-        return StateClearRequest(rule_id=rule_id, actor=ACTOR, reason=f"bench clear {step}")
+        return StateClearRequest(rule_id=rule_id, reason=f"bench clear {step}")
     state, confidence_max = action
     return StateSetRequest(
         rule_id=rule_id,
         state=state,  # type: ignore[arg-type]
         confidence_max=confidence_max,
         reason=f"bench {state} {step}",
-        actor=ACTOR,
     )
 
 
@@ -476,7 +475,6 @@ async def expiry_precision(
                 state="disabled",
                 expires_at=expires_at,
                 reason="bench expiry",
-                actor=ACTOR,
             )
         )
         if not reply.changed:
