@@ -11,6 +11,10 @@
 #   deploy/compose/credentials/<role>.env
 #                                   TTP_NATS_URL/USER/PASSWORD/INBOX_PREFIX of one role, for
 #                                   ttpctl on the host (`ttpctl --env-file FILE ...`).
+# and, in .env too, the web console's CONSOLE_DEV_PASSWORD (the password of its dev login
+# `dev`, an operator, which compose's console-users one-shot writes into the console's users
+# file at every `up`) and CONSOLE_SESSION_SECRET (the key that signs its session cookies, so
+# a login outlives a console restart); the script prints the console's URL and login.
 # A password already in .env is kept, other lines of .env too; run it again after adding a
 # role. To rotate one, delete its line from .env, run this again, then `docker compose up -d`
 # (docs/security.md). ENV_FILE, CREDENTIALS_DIR and NATS_URL override the defaults.
@@ -70,5 +74,28 @@ for ROLE in $roles; do
     mv "$file.tmp" "$file"
 done
 
+# The console's secrets: letters and digits, like the passwords above (compose reads them).
+for variable in CONSOLE_DEV_PASSWORD CONSOLE_SESSION_SECRET; do
+    value=$(sed -n "s/^$variable=//p" "$env_file" | tail -n 1)
+    if [ -z "$value" ]; then
+        case $variable in
+            CONSOLE_DEV_PASSWORD) value="p$(openssl rand -hex 10)" ;;
+            *) value="k$(openssl rand -hex 32)" ;;
+        esac
+        printf '%s=%s\n' "$variable" "$value" >> "$env_file"
+        created="$created $variable"
+    fi
+    if ! printf '%s' "$value" | grep -Eq '^[A-Za-z0-9]{8,}$'; then
+        echo "$env_file: $variable must be 8 or more letters and digits; delete the line and" \
+            "run this again" >&2
+        exit 1
+    fi
+    if [ "$variable" = CONSOLE_DEV_PASSWORD ]; then
+        console_password=$value
+    fi
+done
+
 echo "NATS role passwords in $env_file (new:${created:- none}); per-role client settings" \
     "in $credentials_dir"
+echo "Console (after docker compose up): http://127.0.0.1:8090, user dev (operator)," \
+    "password $console_password"

@@ -13,12 +13,17 @@
   role's user, password and inbox prefix, and a missing password stops compose with a message
   naming ``make compose-credentials``. A real nats-server checks (``-t``) and runs that config
   with the passwords ``deploy/compose/make-credentials.sh`` writes, into files git ignores.
+- The console: same image, its own NATS role, users mode with a users file that the one-shot
+  ``console-users`` writes (its dev login from .env: the one-shot's own script is run here and
+  the file it writes holds a working argon2id hash), health checked on its probe port, the UI
+  published on the host's loopback only.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -31,6 +36,7 @@ import yaml
 from nats.errors import NoServersError
 from pydantic_settings import BaseSettings
 
+from ttp_console.settings import ConsoleSettings
 from ttp_master.settings import MasterSettings
 from ttp_runtime.embedded import EmbeddedNats, find_nats_server_binary
 from ttp_runtime.nats_roles import (
@@ -49,11 +55,21 @@ COMPOSE = REPO / "compose.yaml"
 NATS_CONF = REPO / "deploy" / "nats" / "nats.conf"
 CREDENTIALS_SCRIPT = REPO / "deploy" / "compose" / "make-credentials.sh"
 VENV_BIN = Path(sys.executable).parent
-TTP_IMAGE_BUILDERS = {"migrate", "master", "worker", "demo", "operator", "viewer"}
+TTP_IMAGE_BUILDERS = {
+    "migrate",
+    "master",
+    "worker",
+    "console",
+    "console-users",
+    "demo",
+    "operator",
+    "viewer",
+}
 # The one NATS role each service connects as; services not listed have no NATS credentials.
 ROLE_OF_SERVICE: dict[str, Role] = {
     "master": "master",
     "worker": "worker",
+    "console": "console",
     "demo": "producer",
     "operator": "operator",
     "viewer": "viewer",
@@ -65,6 +81,7 @@ PASSWORD_VARIABLE = re.compile(r"TTP_NATS_PASSWORD_[A-Z0-9_]+")
 SETTINGS_BY_PROGRAM: dict[str, type[BaseSettings]] = {
     "ttp-master": MasterSettings,
     "ttp-worker": WorkerSettings,
+    "ttp-console": ConsoleSettings,
     "ttpctl": ServiceSettings,
 }
 
@@ -101,6 +118,15 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
     if isinstance(env, list):  # the list form: ["KEY=value", "KEY"]
         return {item.partition("=")[0]: item.partition("=")[2] for item in env}
     return {str(key): str(value) for key, value in env.items()}
+
+
+def program_of(command: list[str]) -> str:
+    """The project program a command runs: itself, or the one an ``sh -c`` script runs."""
+    if command[:2] != ["sh", "-c"]:
+        return command[0]
+    named = {word for word in shlex.split(command[2]) if word in SETTINGS_BY_PROGRAM}
+    assert len(named) == 1, f"{command}: a script runs exactly one program"
+    return named.pop()
 
 
 def test_compose_file_matches_the_compose_specification() -> None:
@@ -172,7 +198,7 @@ def test_every_ttp_variable_is_a_setting_of_the_program_it_configures(
             continue
         command = service.get("command")
         assert isinstance(command, list) and command, f"{name}: set TTP_* but no exec command"
-        program = command[0]
+        program = program_of(command)
         assert program in SETTINGS_BY_PROGRAM, f"{name}: unexpected program {program}"
         unknown = ttp_vars - env_names(SETTINGS_BY_PROGRAM[program])
         assert not unknown, f"{name} ({program}) sets variables no setting reads: {unknown}"
@@ -478,3 +504,139 @@ def test_generated_credentials_suit_the_roles() -> None:
     creds = generate_credentials()
     assert set(creds) == set(ROLES)
     assert len({c.password for c in creds.values()}) == len(ROLES)
+
+
+# --------------------------------------------------------------------------------------------
+# The console: users mode with a users file the one-shot console-users writes
+# --------------------------------------------------------------------------------------------
+
+CONSOLE_USERS_DIR = "/var/lib/ttp-console"
+
+
+def volume_at(service: dict[str, Any], target: str) -> tuple[str, list[str]]:
+    """The source and the options of the volume ``service`` mounts at ``target``."""
+    for volume in service.get("volumes") or []:
+        source, mounted, *options = volume.split(":")
+        if mounted == target:
+            return source, options
+    raise AssertionError(f"nothing mounted at {target}")
+
+
+def test_the_console_runs_with_its_ui_on_the_loopback_and_its_probes_apart(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    console = services["console"]
+    assert console["command"] == ["ttp-console"]
+    assert "profiles" not in console, "`docker compose up` starts the console"
+    env = environment(console)
+    ui, health = env["TTP_CONSOLE_PORT"], env["TTP_HTTP_PORT"]
+    assert ui != health
+    # Only the UI is published, and on the host's loopback only.
+    assert console["ports"] == [f"127.0.0.1:{ui}:{ui}"]
+    # The health check probes readiness on the probe port (healthcheck.py reads TTP_HTTP_PORT).
+    assert console["healthcheck"]["test"] == [
+        "CMD",
+        "python",
+        "/opt/ttp-rulebus/healthcheck.py",
+        "/readyz",
+    ]
+    # The console talks to NATS only: no database, and it waits for a master that is ready.
+    assert "TTP_DATABASE_URL" not in env
+    assert "postgres" not in console["depends_on"]
+    assert console["depends_on"]["master"]["condition"] == "service_healthy"
+    assert console["depends_on"]["nats"]["condition"] == "service_healthy"
+    # Plain HTTP on one machine: the cookie cannot be Secure, which is why the port is local.
+    assert env["TTP_CONSOLE_COOKIE_SECURE"] == "false"
+    assert (
+        env["TTP_CONSOLE_SESSION_SECRET"]
+        == "${CONSOLE_SESSION_SECRET:?run make compose-credentials}"
+    )
+    assert "console-users" in (compose.get("volumes") or {})
+
+
+def test_the_console_reads_the_users_file_the_one_shot_writes(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    console, writer = services["console"], services["console-users"]
+    env, writer_env = environment(console), environment(writer)
+    assert env["TTP_CONSOLE_AUTH"] == "users"
+    users_file = Path(env["TTP_CONSOLE_USERS_FILE"])
+    assert writer_env["TTP_CONSOLE_USERS_FILE"] == str(users_file)
+    assert users_file.parent == Path(CONSOLE_USERS_DIR)
+    source, options = volume_at(console, CONSOLE_USERS_DIR)
+    assert source == "console-users" and options == ["ro"], "the console only reads it"
+    assert volume_at(writer, CONSOLE_USERS_DIR) == ("console-users", [])
+    assert console["depends_on"]["console-users"]["condition"] == "service_completed_successfully"
+    assert writer["restart"] == "no"
+    assert writer["command"][:2] == ["sh", "-c"]
+    assert "ttp-console users add" in writer["command"][2]
+    assert (
+        writer_env["CONSOLE_DEV_PASSWORD"]
+        == "${CONSOLE_DEV_PASSWORD:?run make compose-credentials}"
+    )
+    # The image gives uid 10001 the directory, so a fresh named volume starts writable by it.
+    dockerfile = (REPO / "deploy" / "Dockerfile").read_text(encoding="utf-8")
+    assert f"chown 10001:10001 /rules {CONSOLE_USERS_DIR}" in dockerfile
+
+
+def test_the_one_shot_writes_a_private_users_file_with_a_working_dev_login(
+    tmp_path: Path, services: dict[str, dict[str, Any]]
+) -> None:
+    from argon2 import PasswordHasher
+
+    from ttp_console.auth.users_file import read_users
+
+    writer = services["console-users"]
+    # Compose turns `$$` into `$` before the container's shell sees the script.
+    script = writer["command"][2].replace("$$", "$")
+    users_file = tmp_path / "users" / "users.txt"
+    users_file.parent.mkdir()
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("TTP_")},
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+        "CONSOLE_DEV_PASSWORD": "pdevonly0123456789",
+        "TTP_CONSOLE_USERS_FILE": str(users_file),
+    }
+    for run in range(2):  # every `up` runs it again: it replaces, never fails on an existing user
+        result = subprocess.run(
+            ["sh", "-c", script], env=env, capture_output=True, text=True, timeout=60, check=False
+        )
+        assert result.returncode == 0, f"run {run}: {result.stdout}{result.stderr}"
+        assert "http://127.0.0.1:8090" in result.stdout
+        assert "pdevonly0123456789" not in result.stdout + result.stderr, "a password in a log"
+    assert users_file.stat().st_mode & 0o777 == 0o600
+    (user,) = read_users(users_file).values()
+    assert (user.name, user.role) == ("dev", "operator")
+    assert PasswordHasher().verify(user.password_hash, "pdevonly0123456789")
+
+
+def test_the_credentials_script_makes_the_console_secrets_and_prints_the_login(
+    tmp_path: Path,
+) -> None:
+    env_file = tmp_path / "compose.env"
+
+    def run() -> tuple[dict[str, str], str]:
+        result = subprocess.run(
+            [str(CREDENTIALS_SCRIPT)],
+            env={
+                **os.environ,
+                "ENV_FILE": str(env_file),
+                "CREDENTIALS_DIR": str(tmp_path / "credentials"),
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        values = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
+        return values, result.stdout
+
+    values, printed = run()
+    password, secret = values["CONSOLE_DEV_PASSWORD"], values["CONSOLE_SESSION_SECRET"]
+    assert re.fullmatch(r"[A-Za-z0-9]{16,}", password)
+    assert re.fullmatch(r"[A-Za-z0-9]{32,}", secret), "the console refuses shorter keys"
+    assert "http://127.0.0.1:8090" in printed and "user dev" in printed and password in printed
+    again, _ = run()
+    assert (again["CONSOLE_DEV_PASSWORD"], again["CONSOLE_SESSION_SECRET"]) == (password, secret)
+    assert ConsoleSettings(console_session_secret=secret).console_session_secret is not None

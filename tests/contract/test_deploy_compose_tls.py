@@ -26,6 +26,7 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
+from ttp_console.settings import ConsoleSettings
 from ttp_master.settings import MasterSettings
 from ttp_runtime.embedded import find_nats_server_binary
 from ttp_runtime.nats_roles import generate_credentials, server_environment
@@ -40,6 +41,7 @@ CERT_DIR = "./deploy/nats/tls/"
 SETTINGS_BY_PROGRAM: dict[str, type[BaseSettings]] = {
     "ttp-master": MasterSettings,
     "ttp-worker": WorkerSettings,
+    "ttp-console": ConsoleSettings,
     "ttpctl": ServiceSettings,
 }
 
