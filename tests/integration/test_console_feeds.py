@@ -2,9 +2,8 @@
 
 The tests play the worker (tag messages on TTP_TAGS, as the ``worker`` role) and the master
 (rule definitions and states on TTP_RULES, as the ``master`` role, which also creates the
-streams). The feeds read as the console's own ``console`` role (the read-only ``consumer``
-role where the accounts config has no console role yet); at the end no role was refused
-anything.
+streams). The feeds read as the console's own ``console`` role; at the end no role was
+refused anything (its grants cover exactly what the feeds do).
 """
 
 from __future__ import annotations
@@ -36,13 +35,11 @@ from ttp_core.contract.payloads import (
     worker_source,
 )
 from ttp_runtime.nats import MSG_ID_HEADER, ensure_streams
-from ttp_runtime.nats_roles import ROLES, Role
+from ttp_runtime.nats_roles import Role
 
 HOUR_S = 3600.0
 TIMEOUT_S = 30.0
-# The console's own role where the shipped accounts config has it, else the read-only
-# consumer role, whose grants on the two streams cover the feeds' reads.
-READER_ROLE: Role = next((role for role in ROLES if role == "console"), "consumer")
+READER_ROLE: Role = "console"
 
 
 @pytest.fixture

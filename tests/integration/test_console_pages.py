@@ -1,10 +1,12 @@
 """The console's pages against a real master, NATS and PostgreSQL, over real HTTP.
 
-The master runs in-process on its own rules directory (two starter rules and one rejected
-file); the console is wired as the bootstrap wires it (its feeds on TTP_TAGS/TTP_RULES, a
-ControlClient) and served by uvicorn on a free port, in proxy login mode so a test picks its
-user with ``X-Forwarded-User`` (``olga`` is an operator, everybody else a viewer). The tests
-play the worker: tag messages published on TTP_TAGS.
+The NATS server runs the shipped accounts config; the master runs in-process as the master
+role, verifying callers, on its own rules directory (two starter rules and one rejected
+file). The console connects as the console role and is wired as the bootstrap wires it (its
+feeds on TTP_TAGS/TTP_RULES, a ControlClient), served by uvicorn on a free port in proxy
+login mode, so a test picks its user with ``X-Forwarded-User`` (``olga`` is an operator,
+everybody else a viewer). The tests play the worker (tag messages on TTP_TAGS, as the worker
+role). The last test runs the console on an open server with no master at all.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import pytest
 from nats.aio.client import Client
 from starlette.applications import Starlette
 
-from harness.master import install, master_role_settings, master_settings, running_master
+from harness.master import install, master_role_settings, running_master
 from harness.nats_roles import role_nats
 from ttp_console.app import console_templates, create_app
 from ttp_console.bootstrap import ConsoleServer, bind_socket, console_url, server_config
@@ -41,11 +43,8 @@ from ttp_core.contract import subjects
 from ttp_core.contract.payloads import EventTagged, TagData, encode, envelope, worker_source
 from ttp_runtime.control_client import ControlClient
 from ttp_runtime.nats import MSG_ID_HEADER, ensure_streams
-from ttp_runtime.nats_roles import ROLES, Role
 
 TIMEOUT_S = 30.0
-# The console's own NATS role, where the shipped accounts config has it.
-CONSOLE_ROLE: Role | None = next((role for role in ROLES if role == "console"), None)
 OPERATOR = "olga"
 VIEWER = "victor"
 HOSTILE = '<script>alert("x")</script>'
@@ -148,38 +147,24 @@ async def plain_clients(url: str) -> AsyncIterator[tuple[Client, Client]]:
 
 
 @pytest.fixture
-async def world(
-    request: pytest.FixtureRequest, database_url: str, tmp_path: Path
-) -> AsyncIterator[World]:
-    """A master on two starter rules and a rejected file, and the console beside it.
-
-    With the shipped accounts' ``console`` role, as deployed: the master verifies callers and
-    the console connects as its own role (the worker role publishes the tags). Without it,
-    an open server and a master serving unverified callers."""
+async def world(database_url: str, tmp_path: Path) -> AsyncIterator[World]:
+    """A master on two starter rules and a rejected file, and the console beside it, as
+    deployed: the shipped accounts config, the master verifying callers, the console
+    connected as its own role and the worker role publishing the tags."""
     rules_dir = tmp_path / "rules"
     rules_dir.mkdir()
     install(rules_dir, ["R0019", "R0020"])
     (rules_dir / "R9000.yaml").write_text(REJECTED_RULE)
-    if CONSOLE_ROLE is not None:
-        with role_nats(tmp_path) as roles:
-            async with (
-                running_master(master_role_settings(roles, database_url, rules_dir)),
-                roles.client(CONSOLE_ROLE) as console_nc,
-                roles.client("worker") as publisher,
-                serve_console(console_nc, publisher) as served,
-            ):
-                await eventually(lambda: len(served.rules.definitions()) == 2, "the rules")
-                yield served
-            assert roles.unexpected_violations() == []
-        return
-    url = request.getfixturevalue("private_nats").url
-    async with (
-        running_master(master_settings(url, database_url, rules_dir)),
-        plain_clients(url) as (console_nc, publisher),
-        serve_console(console_nc, publisher) as served,
-    ):
-        await eventually(lambda: len(served.rules.definitions()) == 2, "the starter rules")
-        yield served
+    with role_nats(tmp_path) as roles:
+        async with (
+            running_master(master_role_settings(roles, database_url, rules_dir)),
+            roles.client("console") as console_nc,
+            roles.client("worker") as publisher,
+            serve_console(console_nc, publisher) as served,
+        ):
+            await eventually(lambda: len(served.rules.definitions()) == 2, "the rules")
+            yield served
+        assert roles.unexpected_violations() == []
 
 
 def tag(
@@ -390,7 +375,7 @@ async def test_an_operator_disables_and_clears_a_rule_acting_for_themselves(
         assert "too noisy" in rules
         assert "<strong>olga</strong>" in rules  # on whose behalf
         # Who set it: the console's identity as the NATS server authenticated it.
-        assert ("CONSOLE/console" if CONSOLE_ROLE else "unverified") in rules
+        assert "CONSOLE/console" in rules
         assert "R0019" not in {c.rule_id for c in world.rules.coverage()}
 
         response = await post(http, "/rules/R0019/state/clear", {"reason": "calm"}, token)
