@@ -11,8 +11,9 @@
 #                           as TTP_NATS_PASSWORD_<ROLE>, the server's environment
 #                           (values-prod.yaml)
 #   ttp-rulebus-secrets.yaml
-#                           Secrets ttp-nats-master and ttp-nats-worker in ttp-rulebus, key
-#                           `password`: each workload gets its own role's and no other
+#                           Secrets ttp-nats-master, ttp-nats-worker and ttp-nats-console in
+#                           ttp-rulebus, key `password`: each workload gets its own role's
+#                           and no other
 #   <role>.env              TTP_NATS_URL/USER/PASSWORD/INBOX_PREFIX of one role, to hand to
 #                           whoever holds it (producers, consumers, operators, viewers, admin);
 #                           these never go into the cluster
@@ -79,7 +80,7 @@ done
     --dry-run=client -o yaml > "$out/nats-secret.yaml"
 
 : > "$out/ttp-rulebus-secrets.yaml"
-for role in master worker; do
+for role in master worker console; do
     echo "---" >> "$out/ttp-rulebus-secrets.yaml"
     "$kubectl" create secret generic "ttp-nats-$role" --namespace ttp-rulebus \
         --from-file="password=$work/$role" --dry-run=client -o yaml \

@@ -10,6 +10,10 @@
   directory (never subPath); a namespace-wide default-deny NetworkPolicy plus the allowed flows.
 - Every TTP_* variable (env and envFrom ConfigMaps) is a settings field of the program; every
   referenced ConfigMap and Secret exists (prod: only the documented external Secrets).
+- The console: probes on its health port, the UI on its own port, proxy mode with a trusted
+  range (the rendered settings load), its session key as a mounted secret file; it reaches
+  NATS only (never PostgreSQL), and only the labelled authenticating proxy reaches its UI. The
+  example oauth2-proxy Component renders on the dev overlay, validates and is locked down.
 - Base: one master with Recreate; worker HPA (autoscaling/v2) and PDB.
 - base/rules-configmap.yaml holds exactly the repository's rules (deploy/kubernetes/sync-rules.sh).
 - NATS roles: the master and the workers each log in as their own role from their own Secret,
@@ -38,6 +42,7 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
+from ttp_console.settings import ConsoleSettings
 from ttp_master.settings import MasterSettings
 from ttp_runtime.embedded import EmbeddedNats
 from ttp_runtime.nats_roles import ACCOUNTS_CONFIG, ROLES, Role, RoleCredentials
@@ -54,6 +59,7 @@ POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"}
 SETTINGS_BY_PROGRAM: dict[str, type[BaseSettings]] = {
     "ttp-master": MasterSettings,
     "ttp-worker": WorkerSettings,
+    "ttp-console": ConsoleSettings,
     "ttpctl": ServiceSettings,
 }
 # Secrets prod expects to exist already (created by an external secret manager).
@@ -62,12 +68,15 @@ PROD_EXTERNAL_SECRETS = {
     "ttp-database-migrate",
     "ttp-nats-master",
     "ttp-nats-worker",
+    "ttp-nats-console",
+    "ttp-console-session",
     "ttp-nats-ca",
 }
 # The NATS role each workload logs in as (the migrate Job talks to PostgreSQL only).
 NATS_ROLE_OF_WORKLOAD: dict[str, Role] = {
     "Deployment/ttp-master": "master",
     "Deployment/ttp-worker": "worker",
+    "Deployment/ttp-console": "console",
 }
 # How the Helm commands load the canonical accounts file into the chart's ConfigMap.
 SET_FILE = (
@@ -195,7 +204,12 @@ def test_the_base_renders_on_its_own() -> None:
 def test_every_pod_is_locked_down(overlay: tuple[str, list[dict[str, Any]]]) -> None:
     name, docs = overlay
     specs = dict(pod_specs(docs))
-    assert {"Deployment/ttp-master", "Deployment/ttp-worker", "Job/ttp-migrate"} <= set(specs)
+    assert {
+        "Deployment/ttp-master",
+        "Deployment/ttp-worker",
+        "Deployment/ttp-console",
+        "Job/ttp-migrate",
+    } <= set(specs)
     for where, spec in specs.items():
         pod = spec.get("securityContext") or {}
         assert spec.get("automountServiceAccountToken") is False, where
@@ -293,7 +307,7 @@ def test_network_is_default_deny_with_named_flows(
         ports: set[int] = set()
         for spec in policies.values():
             labels = spec["podSelector"].get("matchLabels", {})
-            if labels.get("app.kubernetes.io/component") != component:
+            if labels.get("app.kubernetes.io/component") != component or not spec.get("egress"):
                 continue
             assert spec["policyTypes"] == ["Egress"]
             for rule in spec["egress"]:
@@ -304,15 +318,21 @@ def test_network_is_default_deny_with_named_flows(
     assert egress_ports("master") == {5432, 4222}
     assert egress_ports("worker") == {4222}
     assert egress_ports("migrate") == {5432}
+    assert egress_ports("console") == {4222}, "the console talks to NATS only"
     dns = policies["allow-dns-egress"]
     assert dns["podSelector"] == {}
     assert {(p["protocol"], p["port"]) for p in dns["egress"][0]["ports"]} == {
         ("UDP", 53),
         ("TCP", 53),
     }
-    ingress = [spec for spec in policies.values() if spec.get("ingress")]
-    assert len(ingress) == 1, "only the metrics ingress is allowed"
-    (rule,) = ingress[0]["ingress"]
+    ingress = {name: spec for name, spec in policies.items() if spec.get("ingress")}
+    assert set(ingress) == {"metrics-ingress-from-monitoring", "console-ingress"}, (
+        "only the metrics and the console's UI ingress are allowed"
+    )
+    metrics = ingress["metrics-ingress-from-monitoring"]
+    (expression,) = metrics["podSelector"]["matchExpressions"]
+    assert set(expression["values"]) == {"master", "worker", "console"}
+    (rule,) = metrics["ingress"]
     assert rule["ports"] == [{"protocol": "TCP", "port": "metrics"}]
     assert rule["from"] == [
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
@@ -381,7 +401,7 @@ def test_prod_replicates_streams_three_ways_and_dev_once() -> None:
 
 def test_prod_services_verify_the_nats_server_against_a_mounted_ca() -> None:
     docs = render("overlays/prod")
-    for name in ("ttp-master", "ttp-worker"):
+    for name in ("ttp-master", "ttp-worker", "ttp-console"):
         spec = find(docs, "Deployment", name)["spec"]["template"]["spec"]
         (container,) = spec["containers"]
         env = {e["name"]: e.get("value") for e in container["env"]}
@@ -507,7 +527,7 @@ def test_the_servicemonitor_component_scrapes_both_metrics_services() -> None:
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == ["metrics"]
     selector = monitor["spec"]["selector"]
     base = render("base")
-    for component in ("master", "worker"):
+    for component in ("master", "worker", "console"):
         labels = find(base, "Service", f"ttp-{component}")["metadata"]["labels"]
         assert all(labels.get(k) == v for k, v in selector["matchLabels"].items())
         (expression,) = selector["matchExpressions"]
@@ -758,10 +778,205 @@ def test_the_nats_namespace_admits_only_the_named_clients() -> None:
     components = {e["key"]: set(e["values"]) for e in ours["podSelector"]["matchExpressions"]}
     assert components == {
         "app.kubernetes.io/name": {"ttp-rulebus"},
-        "app.kubernetes.io/component": {"master", "worker"},
+        "app.kubernetes.io/component": {"master", "worker", "console"},
     }
     readme = (KUBE / "README.md").read_text(encoding="utf-8")
     assert "kubectl apply --server-side -k deploy/kubernetes/nats" in readme
     assert (
         "ttp-rulebus.io/nats-client=true" in readme and "ttp-rulebus.io/nats-clients=true" in readme
     )
+
+
+# --------------------------------------------------------------------------------------------
+# The console: its ports and probes, proxy login, its own network flows, the example proxy
+# --------------------------------------------------------------------------------------------
+
+CONSOLE_PROXY_LABEL = {"ttp-rulebus.io/console-proxy": "true"}
+
+
+def test_the_console_serves_its_ui_and_its_probes_on_separate_ports(
+    overlay: tuple[str, list[dict[str, Any]]],
+) -> None:
+    name, docs = overlay
+    deployment = find(docs, "Deployment", "ttp-console")
+    spec = deployment["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    assert container["command"] == ["ttp-console"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": 8090, "metrics": 8083}
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert (env["TTP_CONSOLE_PORT"], env["TTP_HTTP_PORT"]) == ("8090", "8083")
+    # Probes and Prometheus never go through the login: they use the health port.
+    for probe, path in (
+        ("startupProbe", "/livez"),
+        ("livenessProbe", "/livez"),
+        ("readinessProbe", "/readyz"),
+    ):
+        get = container[probe]["httpGet"]
+        assert (get["path"], get["port"]) == (path, "metrics"), f"{name} console {probe}"
+    service = find(docs, "Service", "ttp-console")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert {(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+        ("http", 8090, "http"),
+        ("metrics", 8083, "metrics"),
+    }
+
+
+def test_the_console_logs_in_through_a_trusted_proxy_with_a_mounted_session_key(
+    overlay: tuple[str, list[dict[str, Any]]], tmp_path: Path
+) -> None:
+    name, docs = overlay
+    spec = find(docs, "Deployment", "ttp-console")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["TTP_CONSOLE_AUTH"] == "proxy", "Kubernetes runs the console behind a proxy"
+    # The session key is a file in the settings' secrets directory, never an env variable.
+    assert "TTP_CONSOLE_SESSION_SECRET" not in env
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/run/secrets/ttp"]
+    assert mount["readOnly"] is True and "subPath" not in mount
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    secret = volume["secret"]
+    assert base_name(secret["secretName"]) == "ttp-console-session"
+    assert [i["path"] for i in secret["items"]] == ["ttp_console_session_secret"]
+    assert secret["defaultMode"] & 0o007 == 0, "the session key is not for other users"
+    # The rendered environment is one the console accepts (ConfigMap values included).
+    config = next(
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("ttp-config")
+    )
+    environment = {**config["data"], **{k: v for k, v in env.items() if v is not None}}
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    (secrets_dir / "ttp_console_session_secret").write_text("k" * 64)
+    settings = ConsoleSettings(
+        _secrets_dir=secrets_dir,  # type: ignore[call-arg]
+        **{k.removeprefix("TTP_").lower(): v for k, v in environment.items()},
+    )
+    assert settings.console_auth == "proxy"
+    assert settings.console_trusted_proxies, f"{name}: no trusted proxy range"
+    assert all(not net.is_global for net in settings.console_trusted_proxies), (
+        "the trusted range must be the cluster's own addresses"
+    )
+    assert settings.console_session_secret is not None
+    assert settings.console_cookie_secure is True
+
+
+def test_only_the_labelled_proxy_reaches_the_console_ui(
+    overlay: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = overlay
+    policies = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}
+    console_labels = find(docs, "Deployment", "ttp-console")["spec"]["selector"]["matchLabels"]
+    ui = policies["console-ingress"]
+    assert ui["podSelector"] == {"matchLabels": console_labels}
+    assert ui["policyTypes"] == ["Ingress"]
+    (rule,) = ui["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": "http"}]
+    for peer in rule["from"]:
+        # Every peer names the proxy's pods; no bare namespace or address range.
+        assert peer["podSelector"] == {"matchLabels": CONSOLE_PROXY_LABEL}, peer
+        assert set(peer) <= {"podSelector", "namespaceSelector"}, peer
+    # The console's egress: NATS only. No rule of any policy lets it reach PostgreSQL.
+    for policy_name, spec in policies.items():
+        selected = spec["podSelector"]
+        applies = selected == {} or selected.get("matchLabels") == console_labels
+        if not applies:
+            continue
+        for egress in spec.get("egress", []):
+            assert all(p["port"] != 5432 for p in egress["ports"]), policy_name
+            for peer in egress.get("to", []):
+                labels = peer.get("podSelector", {}).get("matchLabels", {})
+                assert labels.get("app.kubernetes.io/name") != "postgresql", policy_name
+                assert "ipBlock" not in peer, f"{policy_name}: the console to an address range"
+    assert "TTP_DATABASE_URL" not in {
+        e["name"]
+        for e in find(docs, "Deployment", "ttp-console")["spec"]["template"]["spec"]["containers"][
+            0
+        ]["env"]
+    }
+
+
+def render_dev_with_oauth2_proxy(tmp_path: Path) -> str:
+    """The dev overlay with the extras/oauth2-proxy Component, as a private overlay adds it."""
+    root = tmp_path / "with-oauth2-proxy"
+    root.mkdir()
+    (root / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "namespace": "ttp-rulebus",
+                "resources": [os.path.relpath(KUBE / "overlays" / "dev", root)],
+                "components": [os.path.relpath(KUBE / "extras" / "oauth2-proxy", root)],
+            }
+        ),
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        [str(tool("kubectl")), "kustomize", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_the_example_oauth2_proxy_fronts_the_console_and_is_locked_down(
+    tmp_path: Path,
+) -> None:
+    text = render_dev_with_oauth2_proxy(tmp_path)
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    proxy = find(docs, "Deployment", "oauth2-proxy")
+    pod = proxy["spec"]["template"]
+    # The console admits it: its pods carry the label console-ingress names.
+    assert CONSOLE_PROXY_LABEL.items() <= pod["metadata"]["labels"].items()
+    (container,) = pod["spec"]["containers"]
+    args = dict(a.removeprefix("--").split("=", 1) for a in container["args"])
+    console = find(docs, "Service", "ttp-console")
+    (ui,) = [p for p in console["spec"]["ports"] if p["name"] == "http"]
+    assert args["upstream"] == f"http://ttp-console:{ui['port']}/"
+    assert args["pass-user-headers"] == "true"
+    assert args["cookie-secure"] == "true"
+    repository, _, tag = container["image"].rpartition(":")
+    assert repository and tag not in {"", "latest"}
+    env = env_of(container)
+    assert {
+        env[k]["valueFrom"]["secretKeyRef"]["name"]
+        for k in (
+            "OAUTH2_PROXY_CLIENT_ID",
+            "OAUTH2_PROXY_CLIENT_SECRET",
+            "OAUTH2_PROXY_COOKIE_SECRET",
+        )
+    } == {"oauth2-proxy"}
+    spec = pod["spec"]
+    assert spec["automountServiceAccountToken"] is False
+    sc = container["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["seccompProfile"]["type"] == "RuntimeDefault"
+    assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+    # Its own flows: in from the ingress controller only, out to the console's UI and HTTPS.
+    policies = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}
+    (rule,) = policies["oauth2-proxy-ingress"]["ingress"]
+    assert all("namespaceSelector" in peer for peer in rule["from"])
+    egress_ports = {
+        p["port"] for r in policies["oauth2-proxy-egress"]["egress"] for p in r["ports"]
+    }
+    assert egress_ports == {ui["port"], 443}
+    # Everything rendered is valid for the oldest supported Kubernetes.
+    rendered = tmp_path / "with-oauth2-proxy.yaml"
+    rendered.write_text(text, encoding="utf-8")
+    result = subprocess.run(
+        [str(tool("kubernetes-validate")), "--strict", "-k", OLDEST_KUBERNETES, str(rendered)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    problems = [line for line in result.stdout.splitlines() if not line.startswith("INFO")]
+    assert result.returncode == 0 and not problems, "\n".join(problems) + result.stderr
+    readme = (KUBE / "README.md").read_text(encoding="utf-8")
+    assert "extras/oauth2-proxy" in readme and "ttp-rulebus.io/console-proxy=true" in readme
