@@ -19,7 +19,9 @@ CONTENT_SECURITY_POLICY: Final = (
 _ALWAYS: Final = (
     ("content-security-policy", CONTENT_SECURITY_POLICY),
     ("x-content-type-options", "nosniff"),
-    ("referrer-policy", "no-referrer"),
+    # Not no-referrer: under it Chromium sends `Origin: null` with the console's own form
+    # posts, which the CSRF check must refuse. same-origin still sends nothing elsewhere.
+    ("referrer-policy", "same-origin"),
     ("x-frame-options", "DENY"),
     (
         "permissions-policy",
