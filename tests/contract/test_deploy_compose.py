@@ -16,20 +16,26 @@
 - The console: same image, its own NATS role, users mode with a users file that the one-shot
   ``console-users`` writes (its dev login from .env: the one-shot's own script is run here and
   the file it writes holds a working argon2id hash), health checked on its probe port, the UI
-  published on the host's loopback only.
+  published on the host's loopback only. A real ``ttp-console`` process with compose's own
+  environment of it (addresses and paths aside), against a nats-server running compose's NATS
+  config, turns ready by compose's health check, lets the dev login in over plain HTTP and
+  exits 0 on SIGTERM.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import nats
 import pytest
 import yaml
@@ -39,6 +45,7 @@ from pydantic_settings import BaseSettings
 from ttp_console.settings import ConsoleSettings
 from ttp_master.settings import MasterSettings
 from ttp_runtime.embedded import EmbeddedNats, find_nats_server_binary
+from ttp_runtime.nats import ensure_configured_streams
 from ttp_runtime.nats_roles import (
     ACCOUNTS_CONFIG,
     ROLES,
@@ -640,3 +647,141 @@ def test_the_credentials_script_makes_the_console_secrets_and_prints_the_login(
     again, _ = run()
     assert (again["CONSOLE_DEV_PASSWORD"], again["CONSOLE_SESSION_SECRET"]) == (password, secret)
     assert ConsoleSettings(console_session_secret=secret).console_session_secret is not None
+
+
+def resolve_compose_variables(value: str, variables: dict[str, str]) -> str:
+    """``${NAME}``, ``${NAME:-default}`` and ``${NAME:?message}`` as compose resolves them."""
+
+    def one(match: re.Match[str]) -> str:
+        name, kind, rest = match.group(1), match.group(2), match.group(3)
+        if variables.get(name):
+            return variables[name]
+        assert kind != ":?", f"{name} is required: {rest}"
+        return rest or ""
+
+    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", one, value)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_the_console_runs_and_turns_ready_with_composes_own_settings(
+    tmp_path: Path, services: dict[str, dict[str, Any]]
+) -> None:
+    # NATS as compose runs it (the shipped accounts config), the streams the master makes.
+    conf = compose_nats_config(tmp_path, services)
+    creds = generate_credentials()
+    with EmbeddedNats(
+        data_dir=tmp_path / "data",
+        extra_args=("--config", str(conf)),
+        extra_env=server_environment(creds),
+    ) as server:
+        master = creds["master"]
+        client = await nats.connect(
+            server.url,
+            user=master.user,
+            password=master.password,
+            inbox_prefix=master.inbox_prefix,
+            max_reconnect_attempts=0,
+        )
+        small = 64 * 1024 * 1024
+        await ensure_configured_streams(
+            client.jetstream(),
+            ServiceSettings(
+                events_max_bytes=small,
+                tags_max_bytes=small,
+                deadletter_max_bytes=small,
+                rules_max_bytes=small,
+            ),
+        )
+        await client.close()
+
+        # The users file, written by the one-shot's own script.
+        users_file = tmp_path / "users.txt"
+        password = "pdevonly0123456789"
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("TTP_")}
+        base_env["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"
+        made = subprocess.run(
+            ["sh", "-c", services["console-users"]["command"][2].replace("$$", "$")],
+            env={
+                **base_env,
+                "CONSOLE_DEV_PASSWORD": password,
+                "TTP_CONSOLE_USERS_FILE": str(users_file),
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert made.returncode == 0, made.stderr
+
+        # compose.yaml's environment of the console, with this machine's addresses and paths.
+        variables = {
+            "TTP_NATS_PASSWORD_CONSOLE": creds["console"].password,
+            "CONSOLE_SESSION_SECRET": "k" * 64,
+        }
+        env = {
+            key: resolve_compose_variables(value, variables)
+            for key, value in environment(services["console"]).items()
+        }
+        ui_port, health_port = free_port(), free_port()
+        env |= {
+            "TTP_NATS_URL": server.url,
+            "TTP_CONSOLE_HOST": "127.0.0.1",
+            "TTP_HTTP_HOST": "127.0.0.1",
+            "TTP_CONSOLE_PORT": str(ui_port),
+            "TTP_HTTP_PORT": str(health_port),
+            "TTP_CONSOLE_USERS_FILE": str(users_file),
+        }
+        log = (tmp_path / "console.log").open("wb")
+        console = subprocess.Popen(
+            [str(VENV_BIN / "ttp-console")],
+            env={**base_env, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            # compose's own health check, as the container runs it.
+            (_, script, path) = services["console"]["healthcheck"]["test"][1:]
+            healthcheck = [sys.executable, str(REPO / "deploy" / "docker" / Path(script).name)]
+            for _ in range(240):
+                assert console.poll() is None, (tmp_path / "console.log").read_text()
+                probe = subprocess.run(
+                    [*healthcheck, path],
+                    env={**base_env, "TTP_HTTP_PORT": env["TTP_HTTP_PORT"]},
+                    timeout=30,
+                    check=False,
+                )
+                if probe.returncode == 0:
+                    break
+                await asyncio.sleep(0.25)
+            else:
+                pytest.fail(f"never ready:\n{(tmp_path / 'console.log').read_text()}")
+
+            # The dev login works over plain HTTP (the cookie is not Secure in compose).
+            # unsafe: cookies of an IP address host, which aiohttp refuses otherwise.
+            jar = aiohttp.CookieJar(unsafe=True)
+            async with aiohttp.ClientSession(
+                base_url=f"http://127.0.0.1:{ui_port}", cookie_jar=jar
+            ) as http:
+                async with http.get("/login") as response:
+                    assert response.status == 200
+                    found = re.search(r'name="csrf_token" value="([^"]+)"', await response.text())
+                    assert found is not None
+                form = {"username": "dev", "password": password, "csrf_token": found.group(1)}
+                async with http.post("/login", data=form, allow_redirects=False) as response:
+                    assert response.status == 303, await response.text()
+                    assert "secure" not in response.headers["Set-Cookie"].lower()
+                async with http.get("/", allow_redirects=False) as response:
+                    assert response.status == 200
+                    page = await response.text()
+                    assert '<span class="user-name">dev</span>' in page
+                    assert '<span class="user-role">operator</span>' in page
+        finally:
+            console.terminate()
+            code = console.wait(timeout=30)
+            log.close()
+        assert code == 0, (tmp_path / "console.log").read_text()
