@@ -16,7 +16,7 @@ import logging
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 import uvicorn
 from nats.aio.client import Client
@@ -34,7 +34,7 @@ from ttp_runtime.control_client import ControlClient
 from ttp_runtime.health import HealthServer
 from ttp_runtime.logging import configure_logging
 from ttp_runtime.nats import connect, drain
-from ttp_runtime.service import run_until_signalled
+from ttp_runtime.service import first_completed, run_until_signalled
 from ttp_runtime.tracing import configure_tracing
 
 __all__ = ["SHUTDOWN_GRACE_S", "Console", "ConsoleServer", "run"]
@@ -178,7 +178,7 @@ class Console:
         serving: asyncio.Task[None] | None = None
         try:
             connecting = asyncio.ensure_future(connect(settings, "ttp-console"))
-            await _first(connecting, state.stop.wait())
+            await first_completed(connecting, state.stop.wait())
             if not connecting.done():
                 # Stopped while NATS was still out of reach.
                 connecting.cancel()
@@ -207,7 +207,7 @@ class Console:
                 },
             )
             state.started.set()
-            await _first(serving, state.stop.wait())
+            await first_completed(serving, state.stop.wait())
         finally:
             state.stop.set()
             if self.server is not None and serving is not None and app is not None:
@@ -220,17 +220,6 @@ class Console:
                 await drain(nc)
             await health.stop()
             _log.info("console stopped")
-
-
-async def _first(*awaitables: Any) -> None:
-    """Wait until the first of the awaitables completes; cancel the waits it made."""
-    made = [a if isinstance(a, asyncio.Future) else asyncio.ensure_future(a) for a in awaitables]
-    try:
-        await asyncio.wait(made, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for future, original in zip(made, awaitables, strict=True):
-            if future is not original:
-                future.cancel()
 
 
 class _NoColourCopy(logging.Filter):

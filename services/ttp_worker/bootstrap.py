@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Final
+from typing import Final
 
 import nats.errors
 from nats.aio.client import Client
@@ -24,7 +24,7 @@ from ttp_core.engine.index import LifterEvaluator
 from ttp_runtime.health import HealthServer
 from ttp_runtime.logging import configure_logging
 from ttp_runtime.nats import configured_streams, connect, drain
-from ttp_runtime.service import run_until_signalled
+from ttp_runtime.service import first_completed, run_until_signalled
 from ttp_runtime.tracing import configure_tracing
 from ttp_worker import metrics
 from ttp_worker.event_consumer import EventConsumer
@@ -204,10 +204,10 @@ class Worker:
             tasks.append(asyncio.create_task(capacity.run(stop), name="output-capacity"))
             self.started.set()
             # Tag only with a whole rule set: events wait until the snapshot is applied.
-            await _first(self.rules.ready.wait(), stop.wait(), rule_task)
+            await first_completed(self.rules.ready.wait(), stop.wait(), rule_task)
             if not stop.is_set():
                 tasks.append(asyncio.create_task(self.events.run(stop), name="event-consumer"))
-            await _first(stop.wait(), *tasks)
+            await first_completed(stop.wait(), *tasks)
             for task in tasks:
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     _log.error("worker task %s failed", task.get_name(), exc_info=task.exception())
@@ -224,17 +224,6 @@ class Worker:
             await drain(nc)
             await self.health.stop()
             _log.info("worker stopped", extra={"worker_id": settings.worker_id})
-
-
-async def _first(*awaitables: Any) -> None:
-    """Wait until the first of the awaitables completes; cancel the waits it made."""
-    made = [a if isinstance(a, asyncio.Task) else asyncio.ensure_future(a) for a in awaitables]
-    try:
-        await asyncio.wait(made, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for future, original in zip(made, awaitables, strict=True):
-            if future is not original:
-                future.cancel()
 
 
 def run(settings: WorkerSettings | None = None) -> int:

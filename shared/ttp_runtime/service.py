@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 try:
@@ -23,6 +23,18 @@ _log = logging.getLogger(__name__)
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     """The loop every service runs on: uvloop's, or asyncio's default where it cannot import."""
     return None if uvloop is None else uvloop.new_event_loop
+
+
+async def first_completed(*awaitables: Awaitable[Any]) -> None:
+    """Wait until the first of `awaitables` completes (a stop event's wait, a task that
+    failed...); the waits made here for the others are cancelled, tasks passed in are not."""
+    made = [a if isinstance(a, asyncio.Future) else asyncio.ensure_future(a) for a in awaitables]
+    try:
+        await asyncio.wait(made, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for future, original in zip(made, awaitables, strict=True):
+            if future is not original:
+                future.cancel()
 
 
 def run_until_signalled(
