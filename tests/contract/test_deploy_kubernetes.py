@@ -846,9 +846,12 @@ def test_the_console_logs_in_through_a_trusted_proxy_with_a_mounted_session_key(
         if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("ttp-config")
     )
     environment = {**config["data"], **{k: v for k, v in env.items() if v is not None}}
+    # The secret volume as the kubelet lays it out: each item a link through `..data`.
     secrets_dir = tmp_path / "secrets"
-    secrets_dir.mkdir()
-    (secrets_dir / "ttp_console_session_secret").write_text("k" * 64)
+    (secrets_dir / "..2026_01_01_00_00_00.1").mkdir(parents=True)
+    (secrets_dir / "..2026_01_01_00_00_00.1" / "ttp_console_session_secret").write_text("k" * 64)
+    (secrets_dir / "..data").symlink_to("..2026_01_01_00_00_00.1")
+    (secrets_dir / "ttp_console_session_secret").symlink_to("..data/ttp_console_session_secret")
     settings = ConsoleSettings(
         _secrets_dir=secrets_dir,  # type: ignore[call-arg]
         **{k.removeprefix("TTP_").lower(): v for k, v in environment.items()},
@@ -859,6 +862,7 @@ def test_the_console_logs_in_through_a_trusted_proxy_with_a_mounted_session_key(
         "the trusted range must be the cluster's own addresses"
     )
     assert settings.console_session_secret is not None
+    assert settings.console_session_secret.get_secret_value() == "k" * 64
     assert settings.console_cookie_secure is True
 
 
