@@ -1,7 +1,8 @@
 """Container health check: GET http://127.0.0.1:$TTP_HTTP_PORT<path> answers 2xx.
 
 Usage: python healthcheck.py [/livez|/readyz] [port]. The port defaults to TTP_HTTP_PORT,
-else 8080 (the master's default; workers default to 8081, so set TTP_HTTP_PORT for them).
+else 8080 (the master's default; workers default to 8081 and the console to 8083, so set
+TTP_HTTP_PORT for them; the console's UI port is another, behind its login).
 Exit 0 when healthy, 1 otherwise. Standard library only: the image has no curl or wget.
 """
 
