@@ -44,6 +44,7 @@ RULE = "R0014"  # shadow_file_dump: fires on "cat /etc/shadow" with confidence 0
 BASE_CONFIDENCE = 0.9
 WORKERS = ("w1", "w2")
 OPERATOR = "OPERATORS/operator"
+CONSOLE = "CONSOLE/console"
 """The operator as the master knows it: `<ACCOUNT>/<user>`, from the server's request info."""
 
 
@@ -156,22 +157,25 @@ class Bus:
     """consumer: rules (the master's summary), worker status."""
     operator: Client
     viewer: Client
+    console: Client
+    """The web console's identity: the one role that may name a user it acts for."""
     tagger: Tagger
     statuses: dict[str, dict[str, Any]]
 
 
 @contextlib.asynccontextmanager
 async def clients(roles: RoleNats, procs: Procs) -> AsyncIterator[Bus]:
-    """Clients as consumer, operator, viewer, and a tagger (producer, consumer, worker)."""
+    """Clients as consumer, operator, viewer, console, and a tagger (producer, consumer,
+    worker)."""
     async with contextlib.AsyncExitStack() as stack:
         nc: dict[Role, Client] = {}
-        for role in ("consumer", "operator", "viewer", "producer", "worker"):
+        for role in ("consumer", "operator", "viewer", "console", "producer", "worker"):
             nc[role] = await stack.enter_async_context(roles.client(role))
         statuses = await stack.enter_async_context(status_feed(nc["consumer"]))
         tagger = Tagger(
             nc["producer"].jetstream(), nc["consumer"].jetstream(), nc["worker"].jetstream(), procs
         )
-        yield Bus(nc["consumer"], nc["operator"], nc["viewer"], tagger, statuses)
+        yield Bus(nc["consumer"], nc["operator"], nc["viewer"], nc["console"], tagger, statuses)
 
 
 async def test_disable_clip_and_clear_reach_every_worker_and_the_audit(
@@ -184,8 +188,10 @@ async def test_disable_clip_and_clear_reach_every_worker_and_the_audit(
         assert len(baseline) == 20
         assert {t["confidence"] for t in baseline} == {BASE_CONFIDENCE}
 
+        # The web console acts for its logged-in users: the actor is who the server
+        # authenticated, the request's actor the user it acted for.
         changed = await ok(
-            bus.operator,
+            bus.console,
             Endpoint.STATE_SET,
             rule_id=RULE,
             state="disabled",
@@ -193,14 +199,13 @@ async def test_disable_clip_and_clear_reach_every_worker_and_the_audit(
             actor="alice",
         )
         assert changed["state"]["state"] == "disabled"
-        # The actor is who the server authenticated; the request's actor is only a note.
-        assert changed["state"]["set_by"] == OPERATOR
+        assert changed["state"]["set_by"] == CONSOLE
         assert changed["state"]["on_behalf_of"] == "alice"
         await fleet_at(bus.viewer, changed["revision"], procs, "master", *WORKERS)
         assert await tagger.round() == []
 
         clipped = await ok(
-            bus.operator,
+            bus.console,
             Endpoint.STATE_SET,
             rule_id=RULE,
             state="clipped",
@@ -213,7 +218,7 @@ async def test_disable_clip_and_clear_reach_every_worker_and_the_audit(
         assert len(lowered) == 20
         assert {t["confidence"] for t in lowered} == {0.5}
 
-        cleared = await ok(bus.operator, Endpoint.STATE_CLEAR, rule_id=RULE, actor="carol")
+        cleared = await ok(bus.console, Endpoint.STATE_CLEAR, rule_id=RULE, actor="carol")
         assert cleared["state"]["state"] == "enabled"
         await fleet_at(bus.viewer, cleared["revision"], procs, "master", *WORKERS)
         back = await tagger.round()
@@ -228,7 +233,7 @@ async def test_disable_clip_and_clear_reach_every_worker_and_the_audit(
         revisions = [e["revision"] for e in entries]
         assert revisions == sorted(revisions)
         assert [e["kind"] for e in entries] == ["reloaded", "state", "state", "state"]
-        assert [e["actor"] for e in entries[1:]] == [OPERATOR] * 3
+        assert [e["actor"] for e in entries[1:]] == [CONSOLE] * 3
         assert [e["on_behalf_of"] for e in entries[1:]] == ["alice", "bob", "carol"]
         assert [e["data"]["state"] for e in entries[1:]] == ["disabled", "clipped", "enabled"]
         assert revisions[1:] == [
@@ -254,7 +259,6 @@ async def test_a_state_expires_by_itself_and_the_rule_fires_again(
             state="disabled",
             expires_at=expires_at.isoformat(),
             reason="2 s test",
-            actor="alice",
         )
         await fleet_at(bus.viewer, changed["revision"], procs, "master", *WORKERS)
 
@@ -295,7 +299,6 @@ async def test_an_expiry_during_master_downtime_is_reverted_at_restart(
             state="disabled",
             expires_at=expires_at.isoformat(),
             reason="short",
-            actor="alice",
         )
         await fleet_at(bus.viewer, changed["revision"], procs, "master", *WORKERS)
         assert await tagger.round() == []
@@ -333,7 +336,6 @@ async def test_state_survives_rule_edit_delete_and_re_add(
             rule_id=RULE,
             state="disabled",
             reason="keep",
-            actor="alice",
         )
         path = rules_dir / f"{RULE}.yaml"
         text = path.read_text()
@@ -380,7 +382,7 @@ async def test_bad_requests_get_structured_errors(procs: Procs, roles: RoleNats)
             return bool(reply["ok"])
 
         await until("the control service", serving, procs, "master")
-        base = {"rule_id": RULE, "state": "disabled", "reason": "r", "actor": "a"}
+        base = {"rule_id": RULE, "state": "disabled", "reason": "r"}
         cases: list[tuple[dict[str, Any], str, str | None, str]] = [
             (
                 {**base, "state": "clipped", "confidence_max": 1.5},
@@ -392,6 +394,8 @@ async def test_bad_requests_get_structured_errors(procs: Procs, roles: RoleNats)
             ({k: v for k, v in base.items() if k != "reason"}, "bad_request", "reason", "400"),
             ({**base, "reason": "   "}, "bad_request", "reason", "400"),
             ({**base, "actor": ""}, "bad_request", "actor", "400"),
+            # Only the console may name a user it acts for; this client is an operator.
+            ({**base, "actor": "alice"}, "forbidden", "actor", "403"),
             ({**base, "expires_at": in_seconds(-60)}, "bad_request", "expires_at", "400"),
             ({**base, "expires_at": "2030-01-01T00:00:00"}, "bad_request", "expires_at", "400"),
             ({**base, "rule_id": "R9999"}, "unknown_rule", "rule_id", "404"),
@@ -447,7 +451,6 @@ async def test_a_standby_master_refuses_writes(procs: Procs, roles: RoleNats) ->
                 rule_id=RULE,
                 state="disabled",
                 reason="r",
-                actor="a",
             )
         finally:
             os.kill(leader.pid, signal.SIGCONT)
@@ -457,9 +460,7 @@ async def test_a_standby_master_refuses_writes(procs: Procs, roles: RoleNats) ->
         assert headers["Nats-Service-Error-Code"] == "503"
         assert (await ok(bus.viewer, Endpoint.STATE_GET))["states"] == []  # nothing was written
 
-        await ok(
-            bus.operator, Endpoint.STATE_SET, rule_id=RULE, state="disabled", reason="r", actor="a"
-        )
+        await ok(bus.operator, Endpoint.STATE_SET, rule_id=RULE, state="disabled", reason="r")
         await stop(procs.procs["standby"], "standby", procs)
         await stop(leader, "master", procs)
 
@@ -479,7 +480,6 @@ async def test_fleet_reports_a_frozen_worker_as_behind(procs: Procs, roles: Role
                 rule_id=RULE,
                 state="disabled",
                 reason="r",
-                actor="a",
             )
 
             async def w1_applied() -> dict[str, Any] | None:
@@ -513,7 +513,7 @@ async def test_ttpctl_fleet_wait_succeeds_after_a_change_and_times_out_on_a_froz
         await start_fleet(procs, bus.watch, bus.statuses, WORKERS, TTP_STATUS_INTERVAL_S="5")
         code, out, err = await ttpctl(
             procs, "operator", "state", "set", RULE, "--disable", "--for", "2h",
-            "--reason", "noisy", "--as", "ci", "--json",
+            "--reason", "noisy", "--json",
         )  # fmt: skip
         assert code == 0, err
         revision = json.loads(out)["revision"]
@@ -529,16 +529,14 @@ async def test_ttpctl_fleet_wait_succeeds_after_a_change_and_times_out_on_a_froz
         assert (shown["state"], shown["set_by"], shown["on_behalf_of"], shown["reason"]) == (
             "disabled",
             OPERATOR,
-            "ci",
+            None,
             "noisy",
         )
 
         frozen = procs.procs["w2"]
         os.kill(frozen.pid, signal.SIGSTOP)
         try:
-            code, out, err = await ttpctl(
-                procs, "operator", "state", "clear", RULE, "--as", "ci", "--json"
-            )
+            code, out, err = await ttpctl(procs, "operator", "state", "clear", RULE, "--json")
             assert code == 0, err
             cleared = json.loads(out)["revision"]
             code, out, err = await ttpctl(
