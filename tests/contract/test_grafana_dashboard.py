@@ -438,3 +438,14 @@ def test_the_dashboard_imports_anywhere() -> None:
 
 def test_operations_doc_points_at_the_dashboard() -> None:
     assert "deploy/grafana/ttp-rulebus.json" in OPERATIONS.read_text(encoding="utf-8")
+
+
+def test_panels_fit_the_grid_without_overlapping() -> None:
+    cells: dict[tuple[int, int], str] = {}
+    for panel in all_panels(load_dashboard()["panels"]):
+        grid = panel["gridPos"]
+        assert grid["x"] >= 0 and grid["w"] >= 1 and grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
+                cells[(x, y)] = panel["title"]
