@@ -101,7 +101,7 @@ class Caller:
         if endpoint in _WRITES and not self.may(Role.OPERATOR):
             raise ForbiddenError(
                 f"{self.actor} has the {self.role} role, which may not call {endpoint.value}: "
-                "only operators and admins change rule state"
+                "only operators, the console and admins change rule state"
             )
 
     def check_acting_for(self) -> None:
