@@ -77,7 +77,7 @@ from ttp_master.db.queries import ControlQueries, default_state, state_from_row
 from ttp_master.db.repository import ChangeSet, LeadershipLostError, RuleRepository, StateWrite
 from ttp_master.expiry_scheduler import ExpiryScheduler
 from ttp_master.fleet_tracker import FleetTracker
-from ttp_runtime.nats import RepeatThrottle
+from ttp_runtime.nats import RepeatThrottle, flush_subscriptions, keep_pongs_paired
 from ttp_runtime.tracing import get_tracer, inject_headers, start_consumer_span
 
 _log = logging.getLogger(__name__)
@@ -98,52 +98,6 @@ REGISTER_FLUSH_TIMEOUT_S: Final = 5
 """Longest wait for one of those round trips."""
 _LEADER_GROUP: Final = "ttp-ctl-leader"
 _STANDBY_GROUP: Final = "ttp-ctl-standby"
-
-
-async def flush_subscriptions(nc: Client, timeout: int) -> None:
-    """Return once the server has handled every command written on `nc` so far, the
-    subscriptions of :meth:`Client.subscribe` included; raise when it does not answer.
-
-    `Client.flush` alone does not promise that: nats-py writes its PING straight to the
-    socket, while the SUB commands of `subscribe` wait in the client's pending buffer until
-    its flusher task writes them. The PONG can then come back before the server has read the
-    SUBs, and a request another connection sends at once finds no responders. Handing the
-    flusher a future of our own first (it resolves it once everything pending before it is
-    written) puts the PING behind the SUBs; the server answers a connection's commands in
-    order. A client without those internals gets a plain flush twice, which is likely but
-    not certain to be enough: the first one's wait normally lets its flusher write the SUBs."""
-    try:
-        flush_queue = getattr(nc, "_flush_queue", None)
-        if isinstance(flush_queue, asyncio.Queue) and nc.is_connected:
-            written: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            await asyncio.wait_for(flush_queue.put(written), timeout)
-            try:
-                await asyncio.wait_for(asyncio.shield(written), timeout)
-            except TimeoutError:
-                raise nats.errors.FlushTimeoutError() from None
-        else:
-            await nc.flush(timeout=timeout)
-        await nc.flush(timeout=timeout)
-    except nats.errors.FlushTimeoutError:
-        _keep_pongs_paired(nc)
-        raise
-
-
-def _keep_pongs_paired(nc: Client) -> None:
-    """After a flush timed out: put a fresh future in place of each one nats-py cancelled.
-
-    nats-py cancels a timed-out flush's PONG future but leaves it in its queue of PONG
-    waiters; when the late PONG arrives, setting the cancelled future's result raises in
-    the client's read loop, which then stops reading for good (the connection looks up but
-    delivers nothing until the stale-connection check, minutes later). A fresh future takes
-    that PONG harmlessly, and every later PONG still meets its own PING."""
-    pongs = getattr(nc, "_pongs", None)
-    if not isinstance(pongs, list):
-        return
-    loop = asyncio.get_running_loop()
-    for index, waiter in enumerate(pongs):
-        if isinstance(waiter, asyncio.Future) and waiter.cancelled():
-            pongs[index] = loop.create_future()
 
 
 class ControlRequestError(Exception):
@@ -515,7 +469,7 @@ class ControlService:
             )
         except nats.errors.FlushTimeoutError:
             # The micro library's own flush timed out: same hazard as ours.
-            _keep_pongs_paired(self._nc)
+            keep_pongs_paired(self._nc)
             raise
         for endpoint in Endpoint:
             await service.add_endpoint(

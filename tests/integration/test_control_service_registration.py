@@ -27,6 +27,7 @@ from ttp_master import control_service
 from ttp_master.caller_identity import IdentityPolicy
 from ttp_master.control_service import ControlService, LeaderTerm
 from ttp_master.fleet_tracker import FleetTracker
+from ttp_runtime.nats import flush_subscriptions
 
 _PING = b"PING\r\n"
 
@@ -210,7 +211,7 @@ async def test_unconfirmed_subscriptions_are_retried_logged_and_served_once_nats
 
         # The subscriptions were kept: once the server reads them, the leader answers.
         await gate.thaw()
-        await control_service.flush_subscriptions(service_nc, 5)
+        await flush_subscriptions(service_nc, 5)
         reply = await client.request(subjects.control("revision"), b"{}", timeout=10)
         assert b'"revision":5' in reply.data
     finally:
@@ -243,7 +244,7 @@ async def test_a_registration_that_times_out_leaves_the_connection_reading(
 
         # Once the server answers, the late PONG is taken and the client reads on.
         await gate.thaw()
-        await control_service.flush_subscriptions(service_nc, 5)
+        await flush_subscriptions(service_nc, 5)
     finally:
         await gate.thaw()
         await control.stop()
