@@ -397,10 +397,12 @@ async def test_disabling_a_rule_from_its_page_leaves_it_out_of_new_tags(stack: S
     async with session(stack, OPERATOR) as user:
         page = user.page
         await user.goto("/rules/R0019")
-        controls = page.locator("#state-controls")
-        await controls.get_by_label("Reason").first.fill("browser test: too noisy")
-        await controls.get_by_label("For (30m, 2h, 1d; empty: until cleared)").first.fill("2h")
-        await controls.get_by_role("button", name="Disable").click()
+        disable = page.locator("#state-controls form").filter(
+            has=page.get_by_role("heading", name="Disable")
+        )
+        await disable.get_by_label("Reason").fill("browser test: too noisy")
+        await disable.get_by_label("For (30m, 2h, 1d; empty: until cleared)").fill("2h")
+        await disable.get_by_role("button", name="Disable").click()
 
         await expect(page.locator(".alert").first).to_contain_text("R0019 disabled until")
         facts = page.locator("dl.facts")
@@ -435,7 +437,9 @@ async def test_disabling_a_rule_from_its_page_leaves_it_out_of_new_tags(stack: S
         await expect(techniques).not_to_contain_text("T1059")  # R0019's alone
 
         await user.goto("/rules/R0019")
-        clear = page.locator("#state-controls form", has_text="Clear")
+        clear = page.locator("#state-controls form").filter(
+            has=page.get_by_role("heading", name="Clear")
+        )
         await clear.get_by_label("Reason (optional)").fill("browser test done")
         await clear.get_by_role("button", name="Enable again").click()
         await expect(page.locator(".alert").first).to_contain_text("enabled again")
