@@ -43,6 +43,7 @@ from playwright.async_api import (
     ConsoleMessage,
     Page,
     Response,
+    ViewportSize,
     async_playwright,
     expect,
 )
@@ -57,7 +58,7 @@ REPO = Path(__file__).resolve().parents[2]
 OPERATOR = ConsoleUser("alice", "operator", "alice-browser-password")
 VIEWER = ConsoleUser("bob", "viewer", "bob-browser-password")
 WORKER = "w1"
-VIEWPORT = {"width": 1440, "height": 900}
+VIEWPORT: ViewportSize = {"width": 1440, "height": 900}
 WAIT_MS = 30_000
 """Playwright's expectations: generous, they return as soon as the page shows the thing."""
 CONVERGE_MS = 60_000
@@ -144,7 +145,7 @@ async def background_traffic(stack_procs: Procs, producer: Client, worker: Clien
     async def drained() -> bool:
         # The worker acknowledges an event after publishing its tags.
         info = await worker.jetstream().consumer_info(subjects.STREAM_EVENTS, "ttp-workers")
-        delivered = info.delivered.stream_seq >= last
+        delivered = bool(info.delivered.stream_seq >= last)
         return delivered and info.num_pending == 0 and info.num_ack_pending == 0
 
     await until("the background events tagged", drained, stack_procs, "master", WORKER)
@@ -177,12 +178,14 @@ async def stack(
                     procs.start("master", "ttp-master", role="master")
 
                     async def loaded() -> dict[str, Any] | None:
-                        summary = await master_summary(consumer)
-                        done = summary is not None and summary["rejected"] == 1
-                        done = done and summary["active"] + summary["external"] == starter_rules
-                        return summary if done else None
+                        held = await master_summary(consumer)
+                        if held is None or held["rejected"] != 1:
+                            return None
+                        return held if held["active"] + held["external"] == starter_rules else None
 
-                    summary = await until("the master's rules", loaded, procs, "master")
+                    summary: dict[str, Any] = await until(
+                        "the master's rules", loaded, procs, "master"
+                    )
                     procs.worker(WORKER)
 
                     async def converged() -> bool:
