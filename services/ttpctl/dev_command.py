@@ -9,8 +9,11 @@ The embedded NATS runs the shipped accounts config (``ttp_runtime/nats_accounts.
 docs/security.md), so every process connects as its role: the master as ``master``, workers as
 ``worker``, the demo feed as ``producer`` and the live status as ``consumer``. Each role's
 settings are in ``<data-dir>/credentials/<role>.env`` (mode 0600), made once per data
-directory and reused by later runs, so a shell using them keeps working across restarts; the
-web console runs with ``console.env`` (its own account and ``_INBOX_console`` inbox).
+directory and reused by later runs, so a shell using them keeps working across restarts.
+
+The web console runs beside them with ``console.env`` (its own account and ``_INBOX_console``
+inbox), on 127.0.0.1 at the port kept in ``ports.json`` as ``console``, with the dev logins
+and session key kept under ``<data-dir>/console/`` (see :mod:`ttpctl.dev_console`).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from nats.aio.client import Client
@@ -57,6 +60,14 @@ from ttp_runtime.nats_roles import (
     write_credential_files,
 )
 from ttp_runtime.settings import ServiceSettings
+from ttpctl.dev_console import (
+    CONSOLE_DIRECTORY,
+    ConsoleSetupError,
+    DevConsole,
+    choose_console_port,
+    prepare_dev_console,
+    private_directory_problem,
+)
 from ttpctl.nats_session import NatsSessionError, open_nats
 
 __all__ = ["RefusalCounter", "dev_app", "dev_command"]
@@ -69,6 +80,8 @@ _CREDENTIALS_DIR = "credentials"
 # server each child gets its role's instead, never a token or TLS file meant for another one.
 _NATS_CLIENT_PREFIX = "TTP_NATS_"
 _ENV_FILE_VARIABLE = "TTP_ENV_FILE"
+# The console never touches PostgreSQL nor reads the rules directory: it is not told where.
+_NOT_FOR_CONSOLE = frozenset({"TTP_DATABASE_URL", "TTP_RULES_DIR"})
 
 
 class _StopRequestedError(Exception):
@@ -137,12 +150,25 @@ def _ttpctl_program() -> str:
     return shlex.quote(invoked) if os.sep in invoked else "ttpctl"
 
 
+_ChildKind = Literal["master", "worker", "console"]
+
+
 @dataclass
 class _Child:
     name: str
+    kind: _ChildKind
     process: subprocess.Popen[bytes]
     log_path: Path
     http_port: int
+
+
+@dataclass(frozen=True)
+class _Processes:
+    """What dev started: the children, the embedded servers, and the console's status line."""
+
+    children: list[_Child]
+    servers: list[EmbeddedNats | EmbeddedPostgres]
+    console_line: str
 
 
 @dataclass
@@ -247,7 +273,11 @@ def dev_command(
     data_dir: Annotated[Path, typer.Option(help="Data, ports and logs.")] = Path(".ttp"),
     rules_dir: Annotated[Path, typer.Option(help="Rules directory.")] = Path("rules"),
     http_port: Annotated[
-        int, typer.Option(help="Master HTTP port; workers use the following ones.")
+        int,
+        typer.Option(
+            help="Master HTTP port (probes, metrics); the workers and then the console use"
+            " the following ones."
+        ),
     ] = 8080,
     exit_after_demo: Annotated[
         bool, typer.Option("--exit-after-demo", help="With --demo: exit once it was processed.")
@@ -258,6 +288,11 @@ def dev_command(
     The embedded NATS enforces the shipped roles (docs/security.md); each
     process logs in as its own. Every role's settings are written once to
     DATA_DIR/credentials/ROLE.env (mode 0600) and reused by later runs.
+
+    The web console runs too, on http://127.0.0.1 at the port kept in
+    DATA_DIR/ports.json as "console"; ttpctl dev prints its URL and the dev logins
+    dev (operator) and viewer (viewer), whose passwords are made once and kept
+    in DATA_DIR/console/logins.env (mode 0600).
 
     Act as a role with ttpctl's global --env-file option, for example:
 
@@ -282,11 +317,26 @@ def dev_command(
     code = 0
     try:
         try:
-            bus, database_url = _start_servers(console, data_dir, nats_url, database_url, servers)
+            web = prepare_dev_console(
+                data_dir / CONSOLE_DIRECTORY,
+                lambda line: console.print(Text(line, style="yellow"), soft_wrap=True),
+            )
+        except ConsoleSetupError as exc:
+            console.print(Text(f"cannot prepare the web console: {exc}", style="red"))
+            raise typer.Exit(1) from None
+        try:
+            ports = _load_ports(data_dir / "ports.json")
+            console_port, moved = choose_console_port(ports.get("console"))
+            if moved:
+                console.print(Text(f"warning: {moved}", style="yellow"), soft_wrap=True)
+            ports["console"] = console_port
+            bus, database_url = _start_servers(
+                console, data_dir, nats_url, database_url, servers, ports
+            )
         except EmbeddedServerError as exc:
             console.print(f"[red]could not start an embedded server:[/red] {exc}")
             raise typer.Exit(1) from None
-        for line in bus.hints():
+        for line in [*bus.hints(), *web.banner(console_port)]:
             console.print(Text(line), soft_wrap=True)
         base_env = {
             **os.environ,
@@ -296,17 +346,27 @@ def dev_command(
             "TTP_LOG_FORMAT": "console",
             "TTP_STATUS_INTERVAL_S": "1",
         }
-        master_env = bus.child_environment(base_env, "master")
-        children.append(_spawn("master", "ttp-master", master_env, data_dir, http_port))
-        worker_env = bus.child_environment(base_env, "worker")
-        for number in range(1, workers + 1):
-            port = http_port + number if http_port else 0
-            name = f"dev-w{number}"
-            children.append(
-                _spawn(name, "ttp-worker", {**worker_env, "TTP_WORKER_ID": name}, data_dir, port)
+        _spawn_children(children, bus, base_env, data_dir, http_port, workers)
+        children.append(
+            _spawn(
+                "console",
+                "console",
+                "ttp-console",
+                _console_environment(bus, base_env, web, console_port),
+                data_dir,
+                http_port + workers + 1 if http_port else 0,
             )
+        )
         code = asyncio.run(
-            _supervise(console, bus, children, servers, demo, demo and exit_after_demo)
+            _supervise(
+                console,
+                bus,
+                children,
+                servers,
+                web.status_line(console_port),
+                demo,
+                demo and exit_after_demo,
+            )
         )
     except (KeyboardInterrupt, _StopRequestedError):
         code = 0
@@ -324,15 +384,45 @@ def dev_command(
     raise typer.Exit(code)
 
 
+def _spawn_children(
+    children: list[_Child],
+    bus: _Bus,
+    base_env: dict[str, str],
+    data_dir: Path,
+    http_port: int,
+    workers: int,
+) -> None:
+    """Start the master and the workers, each added to ``children`` as soon as it runs (so a
+    failure on the way still stops the ones started)."""
+    master_env = bus.child_environment(base_env, "master")
+    children.append(_spawn("master", "master", "ttp-master", master_env, data_dir, http_port))
+    worker_env = bus.child_environment(base_env, "worker")
+    for number in range(1, workers + 1):
+        port = http_port + number if http_port else 0
+        name = f"dev-w{number}"
+        worker = {**worker_env, "TTP_WORKER_ID": name}
+        children.append(_spawn(name, "worker", "ttp-worker", worker, data_dir, port))
+
+
+def _console_environment(
+    bus: _Bus, base: dict[str, str], web: DevConsole, port: int
+) -> dict[str, str]:
+    """The console's environment: its NATS role's settings and the dev console's own."""
+    kept = {k: v for k, v in base.items() if k not in _NOT_FOR_CONSOLE}
+    return {**bus.child_environment(kept, "console"), **web.environment(port)}
+
+
 def _start_servers(
     console: Console,
     data_dir: Path,
     nats_url: str | None,
     database_url: str | None,
     servers: list[EmbeddedNats | EmbeddedPostgres],
+    ports: dict[str, int],
 ) -> tuple[_Bus, str]:
+    """Start the embedded servers not replaced by the caller's, then write ``ports`` (the
+    kept ones with the servers' added) to ``ports.json``."""
     ports_file = data_dir / "ports.json"
-    ports = _load_ports(ports_file)
     if nats_url:
         bus = _Bus(nats_url)
     else:
@@ -382,17 +472,9 @@ def _role_credentials(console: Console, directory: Path) -> dict[Role, RoleCrede
     used: its password may be known, so that role gets a new one and the file is replaced.
     Fixing the mode instead would keep a password that may already have been read.
     """
-    try:
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        info = directory.lstat()
-        if not directory.is_dir() or directory.is_symlink() or info.st_uid != os.geteuid():
-            raise EmbeddedServerError(
-                f"{directory} must be a directory of your own (it holds passwords);"
-                " remove it or choose another --data-dir"
-            )
-        directory.chmod(0o700)
-    except OSError as exc:
-        raise EmbeddedServerError(f"cannot use {directory}: {exc}") from None
+    problem = private_directory_problem(directory)
+    if problem is not None:
+        raise EmbeddedServerError(problem)
     stored = read_credential_files(directory)
     for role, problem in stored.unusable.items():
         console.print(
@@ -412,7 +494,9 @@ def _role_credentials(console: Console, directory: Path) -> dict[Role, RoleCrede
     return {role: stored.usable.get(role) or fresh[role] for role in ROLES}
 
 
-def _spawn(name: str, program: str, env: dict[str, str], data_dir: Path, port: int) -> _Child:
+def _spawn(
+    name: str, kind: _ChildKind, program: str, env: dict[str, str], data_dir: Path, port: int
+) -> _Child:
     log_path = data_dir / "logs" / f"{name}.log"
     with log_path.open("ab") as log:
         process = subprocess.Popen(  # noqa: S603
@@ -425,11 +509,12 @@ def _spawn(name: str, program: str, env: dict[str, str], data_dir: Path, port: i
             process_group=0,
             preexec_fn=_die_with_parent,  # noqa: PLW1509
         )
-    return _Child(name, process, log_path, port)
+    return _Child(name, kind, process, log_path, port)
 
 
 def _stop_children(console: Console, children: list[_Child]) -> None:
-    # Workers first, then the master.
+    # The console first (a client of the master), then the workers, then the master; all
+    # are signalled at once and share one grace.
     ordered = list(reversed(children))
     for child in ordered:
         if child.process.poll() is None:
@@ -450,6 +535,7 @@ async def _supervise(
     bus: _Bus,
     children: list[_Child],
     servers: list[EmbeddedNats | EmbeddedPostgres],
+    console_line: str,
     demo: bool,
     exit_after_demo: bool,
 ) -> int:
@@ -466,7 +552,13 @@ async def _supervise(
             announce_reconnects=False,
         ) as session:
             return await _watch(
-                console, bus, session.nc, children, servers, demo, exit_after_demo, stop
+                console,
+                bus,
+                session.nc,
+                _Processes(children, servers, console_line),
+                demo,
+                exit_after_demo,
+                stop,
             )
     except (NatsSessionError, ValidationError) as exc:
         console.print(Text(f"ttpctl dev: cannot watch the bus: {exc}", style="red"))
@@ -480,14 +572,14 @@ async def _watch(
     console: Console,
     bus: _Bus,
     nc: Client,
-    children: list[_Child],
-    servers: list[EmbeddedNats | EmbeddedPostgres],
+    processes: _Processes,
     demo: bool,
     exit_after_demo: bool,
     stop: asyncio.Event,
 ) -> int:
     status = _Status()
-    for server in servers:
+    children = processes.children
+    for server in processes.servers:
         if isinstance(server, EmbeddedNats):
             status.refusals = RefusalCounter.from_end_of(server.log_path)
     subscriptions = await _subscribe(nc, status)
@@ -495,9 +587,7 @@ async def _watch(
     started = time.monotonic()
     code = 0
     try:
-        with Live(
-            _render(status, children, servers, bus), console=console, refresh_per_second=1
-        ) as live:
+        with Live(_render(status, processes, bus), console=console, refresh_per_second=1) as live:
             while not stop.is_set():
                 dead = [c for c in children if c.process.poll() is not None]
                 if dead:
@@ -531,7 +621,7 @@ async def _watch(
                         f" events, {status.tags} tags in {elapsed:.1f} s"
                     )
                     break
-                live.update(_render(status, children, servers, bus))
+                live.update(_render(status, processes, bus))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), 1.0)
     finally:
@@ -638,12 +728,7 @@ def _rates(status: _Status) -> tuple[float, float]:
     return events, tags
 
 
-def _render(
-    status: _Status,
-    children: list[_Child],
-    servers: list[EmbeddedNats | EmbeddedPostgres],
-    bus: _Bus,
-) -> Group:
+def _render(status: _Status, processes: _Processes, bus: _Bus) -> Group:
     ruleset = status.ruleset
     head = Text()
     if ruleset is None:
@@ -660,25 +745,23 @@ def _render(
     table = Table(title="processes")
     for column in ("name", "pid", "revision", "ready", "events processed", "log"):
         table.add_column(column)
+    children = processes.children
     for child in children:
         worker = status.workers.get(child.name, {})
         alive = child.process.poll() is None
+        is_worker = child.kind == "worker"
+        shown_revision = worker.get("revision", "-") if is_worker else ""
         table.add_row(
             child.name,
             str(child.process.pid) if alive else f"exited {child.process.returncode}",
-            str(revision if child.name == "master" else worker.get("revision", "-")),
-            "" if child.name == "master" else str(worker.get("ready", "-")),
-            "" if child.name == "master" else str(worker.get("events_processed", "-")),
+            str(revision if child.kind == "master" else shown_revision),
+            str(worker.get("ready", "-")) if is_worker else "",
+            str(worker.get("events_processed", "-")) if is_worker else "",
             str(child.log_path),
         )
-    worker_revisions = {
-        w.get("revision") for name, w in status.workers.items() if name.startswith("dev-w")
-    }
-    converged = (
-        revision is not None
-        and len(status.workers) >= len(children) - 1
-        and worker_revisions == {revision}
-    )
+    worker_names = [c.name for c in children if c.kind == "worker"]
+    worker_revisions = {status.workers.get(name, {}).get("revision") for name in worker_names}
+    converged = revision is not None and worker_revisions == {revision}
     events_s, tags_s = _rates(status)
     summary = Text(
         f"workers converged: {'yes' if converged else 'no'}   events tagged/s: {events_s:.1f}"
@@ -688,7 +771,7 @@ def _render(
     if status.demo_total:
         summary.append(f"   demo: {status.demo_published}/{status.demo_total} published")
     where = [f"NATS {bus.url}"]
-    for server in servers:
+    for server in processes.servers:
         if isinstance(server, EmbeddedNats):
             where.append(f"NATS monitoring {server.monitor_url}  log {server.log_path}")
         else:
@@ -696,6 +779,7 @@ def _render(
     where += [
         f"{c.name} metrics http://127.0.0.1:{c.http_port}/metrics" for c in children if c.http_port
     ]
+    where.append(processes.console_line)
     where += bus.hints()
     where.append("Ctrl-C stops all; data is kept")
     recent = Text("\n".join(status.last_tags) or "no tags yet", style="green")

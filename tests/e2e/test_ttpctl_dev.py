@@ -1,10 +1,12 @@
 """`ttpctl dev` as a real process: the whole system, each process as its NATS role.
 
 It starts embedded NATS (with the shipped accounts config) and PostgreSQL under its data
-directory, the master and two workers, and feeds the bundled demo events. It writes each role's
-settings to <data-dir>/credentials/<role>.env and reuses them on the next start; the command
-lines it prints act as the operator and as a viewer; the server refuses a client without
-credentials; no process it starts meets a permission violation; nothing is left running.
+directory, the master, two workers and the web console, and feeds the bundled demo events. It
+writes each role's settings to <data-dir>/credentials/<role>.env and reuses them on the next
+start, like the console's dev logins and session key; the command lines it prints act as the
+operator and as a viewer, and the console login it prints logs in as the operator; the server
+refuses a client without credentials; no process it starts meets a permission violation;
+SIGTERM stops them all and nothing is left running.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +42,10 @@ from ttp_runtime.nats_roles import ROLES
 
 REPO = Path(__file__).resolve().parents[2]
 TTPCTL = Path(sys.executable).parent / "ttpctl"
+WORKERS = 2
+# The master's HTTP port, then one per worker, then the console's probes and metrics.
+HTTP_PORTS = 1 + WORKERS + 1
+CONSOLE_LOGINS = {"dev": "operator", "viewer": "viewer"}
 
 
 @contextlib.contextmanager
@@ -120,11 +129,11 @@ def dev_command(data_dir: Path, *options: str) -> list[str]:
         "--demo",
         *options,
         "--workers",
-        "2",
+        str(WORKERS),
         "--data-dir",
         str(data_dir),
         "--http-port",
-        str(free_port_base(3)),
+        str(free_port_base(HTTP_PORTS)),
     ]
 
 
@@ -202,6 +211,13 @@ def passwords(credentials_dir: Path) -> dict[str, str]:
     }
 
 
+def console_logins(output: str) -> tuple[str, dict[str, tuple[str, str]]]:
+    """The console's URL and the logins dev printed: {role: (user, password)}."""
+    url = hint(output, "console:")
+    pairs = re.findall(r"(\S+) / (\S+) \((operator|viewer)\)", " ".join(hint(output, "log in as:")))
+    return url[0], {role: (user, password) for user, password, role in pairs}
+
+
 @dataclass(frozen=True)
 class DemoRuns:
     """Two `ttpctl dev --demo --exit-after-demo` runs on one data directory, both exited 0
@@ -211,6 +227,8 @@ class DemoRuns:
     data_dir: Path
     first_output: str
     passwords_after_first: dict[str, str]
+    console_after_first: dict[str, str]
+    second_output: str
     leftovers: list[str]
 
 
@@ -220,14 +238,16 @@ def demo_runs() -> Iterator[DemoRuns]:
         data_dir = root / ".ttp"
         first = run_demo(root, data_dir)
         before = passwords(data_dir / "credentials")
-        run_demo(root, data_dir)
-        # Servers name the data dir on their command line, services the rules dir in their env.
-        yield DemoRuns(root, data_dir, first, before, processes_using(root))
+        console_before = read_env_file(data_dir / "console" / "logins.env")
+        second = run_demo(root, data_dir)
+        # Servers name the data dir on their command line, services the rules dir or the data
+        # dir in their environment.
+        yield DemoRuns(root, data_dir, first, before, console_before, second, processes_using(root))
 
 
 @pytest.mark.timeout(300)
 def test_the_demo_is_tagged_and_nothing_is_left_running(demo_runs: DemoRuns) -> None:
-    for name in ("master", "dev-w1", "dev-w2"):
+    for name in ("master", "dev-w1", "dev-w2", "console"):
         assert (demo_runs.data_dir / "logs" / f"{name}.log").stat().st_size > 0
     assert demo_runs.leftovers == []
 
@@ -257,9 +277,41 @@ def test_each_role_has_a_private_file_with_its_settings(demo_runs: DemoRuns) -> 
 
 
 @pytest.mark.timeout(300)
+def test_the_console_keeps_its_logins_private(demo_runs: DemoRuns) -> None:
+    console_dir = demo_runs.data_dir / "console"
+    assert stat.S_IMODE(console_dir.stat().st_mode) == 0o700
+    for name in ("logins.env", "users.txt"):
+        assert stat.S_IMODE((console_dir / name).stat().st_mode) == 0o600, name
+    users = run(
+        [
+            str(TTPCTL.parent / "ttp-console"),
+            "users",
+            "list",
+            "--file",
+            str(console_dir / "users.txt"),
+        ]
+    )
+    assert users.returncode == 0, users.stderr
+    assert dict(line.split() for line in users.stdout.splitlines()) == CONSOLE_LOGINS
+    url, logins = console_logins(demo_runs.first_output)
+    assert url == f"http://127.0.0.1:{ports(demo_runs.data_dir)['console']}/"
+    assert {role: user for role, (user, _) in logins.items()} == {
+        role: user for user, role in CONSOLE_LOGINS.items()
+    }
+    kept = demo_runs.console_after_first
+    assert logins["operator"][1] == kept["CONSOLE_DEV_PASSWORD"]
+    assert logins["viewer"][1] == kept["CONSOLE_VIEWER_PASSWORD"]
+    assert len(kept["TTP_CONSOLE_SESSION_SECRET"]) >= 32
+
+
+@pytest.mark.timeout(300)
 def test_a_restart_reuses_every_password(demo_runs: DemoRuns) -> None:
     # Shells using the files keep working, and the demo ran again under the same roles.
     assert passwords(demo_runs.data_dir / "credentials") == demo_runs.passwords_after_first
+    # The console's URL, logins and sessions survive a restart too.
+    kept = read_env_file(demo_runs.data_dir / "console" / "logins.env")
+    assert kept == demo_runs.console_after_first
+    assert console_logins(demo_runs.second_output) == console_logins(demo_runs.first_output)
 
 
 @pytest.mark.timeout(300)
@@ -287,6 +339,73 @@ def connections(monitor_port: int) -> dict[str, dict[str, Any]]:
     return {str(c.get("name")): c for c in data.get("connections", [])}
 
 
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *_args: Any, **_kwargs: Any) -> None:
+        return None
+
+
+def http_get(url: str, cookie: str | None = None) -> tuple[int, Message, str]:
+    """Status, headers and body of a GET (a redirect is returned, not followed)."""
+    request = urllib.request.Request(url, headers={"Cookie": cookie} if cookie else {})
+    return _open(request)
+
+
+def _open(request: urllib.request.Request) -> tuple[int, Message, str]:
+    opener = urllib.request.build_opener(_NoRedirect)
+    try:
+        with opener.open(request, timeout=10) as answer:
+            return answer.status, answer.headers, answer.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers, error.read().decode(errors="replace")
+
+
+def session_cookie(headers: Message) -> str:
+    """The console's session cookie as a Cookie header; it must come back over plain HTTP."""
+    set_cookie = headers.get("Set-Cookie")
+    assert set_cookie, dict(headers)
+    attributes = [part.strip().lower() for part in set_cookie.split(";")[1:]]
+    assert "secure" not in attributes, set_cookie
+    return set_cookie.split(";", 1)[0]
+
+
+def log_in_to_console(url: str, user: str, password: str) -> str:
+    """Log in through the login form as a browser would; the page the login leads to."""
+    status, headers, page = http_get(url + "login")
+    assert status == 200, page
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert token is not None, page
+    form = {"username": user, "password": password, "csrf_token": token[1], "next": "/"}
+    request = urllib.request.Request(
+        url + "login",
+        data=urllib.parse.urlencode(form).encode(),
+        headers={
+            "Cookie": session_cookie(headers),
+            "Origin": url.rstrip("/"),
+            "Sec-Fetch-Site": "same-origin",
+            "Content-Type": "application/x-www-form-urlencoded",
+        },
+        method="POST",
+    )
+    status, headers, page = _open(request)
+    assert status == 303, page
+    status, _, page = http_get(url.rstrip("/") + headers["Location"], session_cookie(headers))
+    assert status == 200, page
+    return page
+
+
+def wait_until_ready(port: int, dev: subprocess.Popen[bytes], out: Path) -> None:
+    deadline = time.monotonic() + 90
+    answer = ""
+    while time.monotonic() < deadline:
+        assert dev.poll() is None, out.read_text(errors="replace")[-4000:]
+        with contextlib.suppress(OSError):
+            status, _, answer = http_get(f"http://127.0.0.1:{port}/readyz")
+            if status == 200:
+                return
+        time.sleep(0.5)
+    pytest.fail(f"the console never got ready ({answer}):\n{out.read_text(errors='replace')}")
+
+
 async def refused(url: str, **auth: str) -> bool:
     async def quiet(_: Exception) -> None:
         return None
@@ -302,12 +421,16 @@ async def refused(url: str, **auth: str) -> bool:
 
 
 @pytest.mark.timeout(240)
-def test_the_printed_commands_act_as_operator_and_viewer(workdir: Path) -> None:
+def test_the_printed_commands_and_console_login_work_and_sigterm_stops_all(
+    workdir: Path,
+) -> None:
     data_dir = workdir / ".ttp"
     out = workdir / "dev.out"
+    command = dev_command(data_dir)
+    console_health_port = int(command[-1]) + WORKERS + 1
     with out.open("wb") as sink:
         dev = subprocess.Popen(
-            dev_command(data_dir),
+            command,
             cwd=workdir,
             env=dev_environment(),
             stdout=sink,
@@ -315,7 +438,7 @@ def test_the_printed_commands_act_as_operator_and_viewer(workdir: Path) -> None:
         )
     try:
         deadline = time.monotonic() + 90
-        while "as viewer:" not in out.read_text(errors="replace"):
+        while "log in as:" not in out.read_text(errors="replace"):
             assert dev.poll() is None and time.monotonic() < deadline, out.read_text()[-4000:]
             time.sleep(0.5)
         printed = out.read_text(errors="replace")
@@ -332,6 +455,19 @@ def test_the_printed_commands_act_as_operator_and_viewer(workdir: Path) -> None:
         assert users["ttpctl-dev"] == "consumer", users
         assert users["ttp-master"] == "master", users
         assert users["ttp-worker-dev-w1"] == users["ttp-worker-dev-w2"] == "worker", users
+
+        # The console: where ports.json says, ready once it read the streams, and the printed
+        # operator login logs in through the login form.
+        url, logins = console_logins(printed)
+        assert url == f"http://127.0.0.1:{ports(data_dir)['console']}/"
+        wait_until_ready(console_health_port, dev, out)
+        assert connections(ports(data_dir)["nats_monitor"])["ttp-console"]["authorized_user"] == (
+            "console"
+        )
+        user, password = logins["operator"]
+        page = log_in_to_console(url, user, password)
+        assert re.search(rf'<span class="user-name">{user}</span>', page), page
+        assert '<span class="user-role">operator</span>' in page, page
 
         operator = run([*as_operator[:5], muted, *as_operator[6:]])
         assert operator.returncode == 0, operator.stderr
@@ -362,5 +498,12 @@ def test_the_printed_commands_act_as_operator_and_viewer(workdir: Path) -> None:
                     os.kill(pid, 9)
             dev.kill()
             raise
-    assert code == 0, out.read_text(errors="replace")[-4000:]
+    output = out.read_text(errors="replace")
+    assert code == 0, output[-4000:]
+    # Each process stopped on its own within the grace, the console too.
+    assert "did not stop" not in output, output[-4000:]
+    console_log = (data_dir / "logs" / "console.log").read_text(errors="replace")
+    assert any(line.endswith("console stopped") for line in console_log.splitlines()), console_log[
+        -2000:
+    ]
     assert processes_using(workdir) == []
