@@ -592,6 +592,8 @@ async def _watch(
                 dead = [c for c in children if c.process.poll() is not None]
                 if dead:
                     live.stop()
+                    if not console.is_terminal:
+                        console.line()
                     for child in dead:
                         console.print(
                             f"[red]{child.name} exited with code {child.process.returncode};"
