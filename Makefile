@@ -37,9 +37,10 @@ lock: | $(UV)
 lock-check: | $(UV)
 	$(UV) lock --check
 
-## run: embedded NATS + PostgreSQL, the master, 2 workers and a demo feed (Ctrl-C stops all).
-## Each process logs in as its NATS role; act as one with
-## `.venv/bin/ttpctl --env-file .ttp/credentials/<role>.env ...` (it prints the exact lines).
+## run: embedded NATS + PostgreSQL, the master, 2 workers, the web console and a demo feed
+## (Ctrl-C stops all). Each process logs in as its NATS role; act as one with
+## `.venv/bin/ttpctl --env-file .ttp/credentials/<role>.env ...` (it prints the exact lines,
+## and the console's URL and logins).
 run: $(STAMP)
 	$(BIN)/ttpctl dev --demo
 
