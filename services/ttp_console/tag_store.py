@@ -39,7 +39,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Final, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple, Protocol
 
 import msgspec
 import pydantic
@@ -172,25 +172,7 @@ def decode_tagged(raw: bytes) -> _Decoded | None:
     if not all(bytes(t.evidence).lstrip().startswith(b"{") for t in fast.data.tags):
         # The contract's evidence is an object; the pydantic model refuses anything else.
         return _decode_lax(raw)
-    data = fast.data
-    return _Decoded(
-        time=_posix(fast.time),
-        source_kind=data.source_kind,
-        source_id=data.source_id,
-        attacker_uuid=data.attacker_uuid,
-        tags=[
-            (
-                t.rule_id,
-                t.rule_version,
-                t.tactic,
-                t.technique_id,
-                t.sub_technique_id,
-                t.confidence,
-                bytes(t.evidence).decode("utf-8", "replace"),
-            )
-            for t in data.tags
-        ],
-    )
+    return _decoded(fast.time, fast.data, lambda raw: bytes(raw).decode("utf-8", "replace"))
 
 
 def _decode_lax(raw: bytes) -> _Decoded | None:
@@ -198,8 +180,16 @@ def _decode_lax(raw: bytes) -> _Decoded | None:
         message = decode(raw, EventTagged)
     except (pydantic.ValidationError, ValueError, RecursionError):
         return None
-    data = message.data
-    when = message.time
+    return _decoded(
+        message.time,
+        message.data,
+        lambda evidence: json.dumps(evidence, ensure_ascii=False, default=str),
+    )
+
+
+def _decoded(when: datetime, data: Any, evidence_text: Callable[[Any], str]) -> _Decoded:
+    """The store's view of a decoded message's data (msgspec struct or pydantic model, which
+    have the same field names; the parity test keeps them so)."""
     return _Decoded(
         time=_posix(when),
         source_kind=data.source_kind,
@@ -213,7 +203,7 @@ def _decode_lax(raw: bytes) -> _Decoded | None:
                 t.technique_id,
                 t.sub_technique_id,
                 t.confidence,
-                json.dumps(t.evidence, ensure_ascii=False, default=str),
+                evidence_text(t.evidence),
             )
             for t in data.tags
         ],
