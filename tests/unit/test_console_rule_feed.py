@@ -7,52 +7,23 @@ from typing import Any
 
 import pytest
 
+from harness.bus_messages import Emit, rule_definition, rule_reloaded
+from harness.bus_messages import rule_state as state
 from ttp_console.rule_feed import RuleFeed, covered_techniques
 from ttp_core.contract import subjects
-from ttp_core.contract.payloads import (
-    MASTER_SOURCE,
-    RuleReloaded,
-    RulesetRevision,
-    RuleStateChanged,
-    encode,
-    envelope,
-)
+from ttp_core.contract.payloads import MASTER_SOURCE, RulesetRevision, encode, envelope
 
 
-def definition(rule_id: str, *emits: tuple[str, str | None, float], kind: str = "") -> Any:
+def definition(rule_id: str, *emits: Emit, kind: str = "") -> Any:
     match: dict[str, Any] = {"kind": kind} if kind else {"field": "command_text", "pattern": "x"}
-    return {
-        "rule_id": rule_id,
-        "rule_version": 2,
-        "name": f"{rule_id}_name",
-        "applies_to": ["command"],
-        "match": match,
-        "emits": [
-            {"tactic": "TA0002", "technique_id": t, "confidence": c}
-            | ({"sub_technique_id": s} if s else {})
-            for t, s, c in emits
-        ],
-    }
+    return rule_definition(rule_id, *emits, name=f"{rule_id}_name", rule_version=2, match=match)
 
 
-def reloaded(rule_id: str, revision: int, rule: Any = None, **extra: Any) -> tuple[str, bytes]:
-    data = RuleReloaded(
-        rule_id=rule_id,
-        revision=revision,
-        rule_version=2,
-        content_sha256="0" * 64,
-        source_path=f"dir/{rule_id}.yaml",
-        rule=rule,
-        **extra,
-    )
-    message = envelope(data, source=MASTER_SOURCE, subject=rule_id)
-    return subjects.rule_reloaded(rule_id), encode(message)
-
-
-def state(rule_id: str, revision: int, name: str, **extra: Any) -> tuple[str, bytes]:
-    data = RuleStateChanged(rule_id=rule_id, revision=revision, state=name, **extra)
-    return subjects.rule_state(rule_id), encode(
-        envelope(data, source=MASTER_SOURCE, subject=rule_id)
+def reloaded(
+    rule_id: str, revision: int, rule: Any = None, *, deleted: bool = False
+) -> tuple[str, bytes]:
+    return rule_reloaded(
+        rule_id, revision, rule, deleted=deleted, rule_version=2, source_path=f"dir/{rule_id}.yaml"
     )
 
 

