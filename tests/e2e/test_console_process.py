@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import os
 import re
 import signal
 import subprocess
@@ -18,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from argon2 import PasswordHasher
 
+from harness.console import ConsoleUser, console_environment, log_records, write_test_users
 from harness.nats_roles import RoleNats
 from ttp_console.auth.headers import CONTENT_SECURITY_POLICY
-from ttp_console.auth.users_file import LocalUser, write_users
 from ttp_runtime.nats import connect, drain, ensure_configured_streams
 from ttp_runtime.settings import ServiceSettings
 
@@ -37,15 +34,7 @@ class ConsoleProcess:
         self.log_path = log
 
     def records(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict):
-                out.append(record)
-        return out
+        return log_records(self.log_path)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
@@ -65,20 +54,8 @@ class ConsoleProcess:
 @contextlib.contextmanager
 def running_console(tmp_path: Path, **env: str) -> Iterator[ConsoleProcess]:
     """`ttp-console` with an operator `olga`, logging to ``console.log``; killed at the end."""
-    users = tmp_path / "users.txt"
-    hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
-    write_users(users, {"olga": LocalUser("olga", "operator", hasher.hash(PASSWORD))})
-    full_env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("TTP_")},
-        "TTP_HTTP_HOST": "127.0.0.1",
-        "TTP_HTTP_PORT": "0",
-        "TTP_CONSOLE_HOST": "127.0.0.1",
-        "TTP_CONSOLE_PORT": "0",
-        "TTP_CONSOLE_USERS_FILE": str(users),
-        "TTP_CONSOLE_COOKIE_SECURE": "false",
-        "TTP_LOG_FORMAT": "json",
-        **env,
-    }
+    users = write_test_users(tmp_path / "users.txt", [ConsoleUser("olga", "operator", PASSWORD)])
+    full_env = console_environment(users, **env)
     log = tmp_path / "console.log"
     with log.open("ab") as out:
         # `python -m` rather than the console script: the same entry point (cli.main).

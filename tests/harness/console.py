@@ -38,8 +38,11 @@ __all__ = [
     "ChromiumVerdict",
     "ConsoleUser",
     "chromium_verdict",
+    "console_environment",
+    "log_records",
     "start_console",
     "wait_console_ready",
+    "write_test_users",
 ]
 
 TIMEOUT_S = 60.0
@@ -106,6 +109,23 @@ def write_test_users(path: Path, users: list[ConsoleUser]) -> Path:
     return path
 
 
+def console_environment(users_file: Path, **env: str) -> dict[str, str]:
+    """A console's environment: this process's without its ``TTP_`` variables, the UI and
+    probes on free loopback ports, users mode with ``users_file``, the cookie over plain HTTP
+    and JSON logs; ``env`` adds to it or overrides it."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("TTP_")},
+        "TTP_HTTP_HOST": "127.0.0.1",
+        "TTP_HTTP_PORT": "0",
+        "TTP_CONSOLE_HOST": "127.0.0.1",
+        "TTP_CONSOLE_PORT": "0",
+        "TTP_CONSOLE_USERS_FILE": str(users_file),
+        "TTP_CONSOLE_COOKIE_SECURE": "false",
+        "TTP_LOG_FORMAT": "json",
+        **env,
+    }
+
+
 def start_console(
     procs: Procs, users: list[ConsoleUser], name: str = "console", **env: str
 ) -> subprocess.Popen[bytes]:
@@ -118,19 +138,12 @@ def start_console(
     if procs.roles is None:
         raise ValueError("the console runs as its NATS role: start the processes with roles")
     users_file = write_test_users(procs.tmp / f"{name}-users.txt", users)
-    full_env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("TTP_")},
+    full_env = console_environment(
+        users_file,
         **procs.roles.env("console"),
-        "TTP_HTTP_HOST": "127.0.0.1",
-        "TTP_HTTP_PORT": "0",
-        "TTP_CONSOLE_HOST": "127.0.0.1",
-        "TTP_CONSOLE_PORT": "0",
-        "TTP_CONSOLE_USERS_FILE": str(users_file),
-        "TTP_CONSOLE_COOKIE_SECURE": "false",
-        "TTP_CONSOLE_SESSION_SECRET": "browser-test-session-secret-0123456789",
-        "TTP_LOG_FORMAT": "json",
+        TTP_CONSOLE_SESSION_SECRET="browser-test-session-secret-0123456789",
         **env,
-    }
+    )
     with (procs.tmp / f"{name}.log").open("ab") as log:
         proc = subprocess.Popen(
             [str(BIN / "ttp-console")],
@@ -143,7 +156,8 @@ def start_console(
     return proc
 
 
-def _log_records(path: Path) -> list[dict[str, Any]]:
+def log_records(path: Path) -> list[dict[str, Any]]:
+    """The JSON records of a service's log file; lines that are not one are passed over."""
     records = []
     for line in path.read_text(errors="replace").splitlines():
         try:
@@ -175,7 +189,7 @@ async def wait_console_ready(procs: Procs, name: str = "console") -> str:
             started = next(
                 (
                     r
-                    for r in _log_records(log)
+                    for r in log_records(log)
                     if str(r.get("message")).startswith("console started")
                 ),
                 None,

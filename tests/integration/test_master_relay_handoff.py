@@ -8,7 +8,7 @@ statements the relay ran before publishing are both visible.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from harness.fake_publishers import PublishesOneByOne
 from harness.master import rule_upsert, wait_until
 from ttp_master.db.migrate import upgrade_to_head
 from ttp_master.db.repository import NOTIFY_CHANNEL, ChangeSet, RuleRepository
@@ -23,7 +24,7 @@ from ttp_master.outbox_relay import OutboxRelay
 
 
 @dataclass
-class Recorder:
+class Recorder(PublishesOneByOne):
     """Publishes nothing; records each message's revision and the outbox reads before it."""
 
     reads: list[str] = field(default_factory=list)
@@ -39,19 +40,6 @@ class Recorder:
             raise OSError("NATS went away")
         if not msg_id.startswith("ttp-ruleset-"):
             self.published.append((int(msg_id.removeprefix("ttp-rev-")), len(self.reads)))
-
-    async def publish_stream_many(
-        self, messages: Sequence[tuple[str, bytes, str, dict[str, str]]]
-    ) -> list[BaseException | None]:
-        outcomes: list[BaseException | None] = []
-        for message in messages:
-            try:
-                await self.publish_stream(*message)
-            except Exception as exc:
-                outcomes.append(exc)
-            else:
-                outcomes.append(None)
-        return outcomes
 
     async def publish_core(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
         raise AssertionError("no rejection is written here")

@@ -13,14 +13,12 @@ from typing import Any
 import nats.errors
 import nats.js.errors
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from harness.master import nats_client, rule_upsert
+from harness.tracing import collected_spans
 from ttp_core.contract import subjects
 from ttp_master.bootstrap import NatsPublisher
 from ttp_master.db.migrate import upgrade_to_head
@@ -36,15 +34,8 @@ TEMPLATE = "ttp.rule.reloaded.{rule_id}"
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
     """An in-memory exporter on the process's SDK provider."""
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    assert isinstance(trace.get_tracer_provider(), TracerProvider)
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield exporter
-    exporter.shutdown()
+    with collected_spans() as exporter:
+        yield exporter
 
 
 def parent_span_id(traceparent: str) -> int:

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from harness.fake_publishers import PublishesOneByOne
 from ttp_core.rules.diagnostics import Diagnostic
 from ttp_master.db.migrate import upgrade_to_head
 from ttp_master.db.repository import (
@@ -28,7 +28,7 @@ from ttp_master.db.repository import (
 from ttp_master.outbox_relay import OutboxRelay
 
 
-class Summaries:
+class Summaries(PublishesOneByOne):
     """Publishes nothing; keeps the data of each ruleset summary."""
 
     def __init__(self) -> None:
@@ -39,19 +39,6 @@ class Summaries:
     ) -> None:
         if msg_id.startswith("ttp-ruleset-"):
             self.seen.append(msgspec.json.decode(payload)["data"])
-
-    async def publish_stream_many(
-        self, messages: Sequence[tuple[str, bytes, str, dict[str, str]]]
-    ) -> list[BaseException | None]:
-        outcomes: list[BaseException | None] = []
-        for message in messages:
-            try:
-                await self.publish_stream(*message)
-            except Exception as exc:
-                outcomes.append(exc)
-            else:
-                outcomes.append(None)
-        return outcomes
 
     async def publish_core(self, subject: str, payload: bytes, headers: dict[str, str]) -> None:
         pass

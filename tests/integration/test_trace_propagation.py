@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from harness.master import install, master_settings, running_master, with_version
+from harness.tracing import collected_spans
 from harness.worker import running_worker
 from ttp_runtime.tracing import MESSAGING_DESTINATION_NAME
 
@@ -46,15 +45,8 @@ def is_named(span: ReadableSpan, operation: str, template: str) -> bool:
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
     """An in-memory exporter on the process's SDK provider (the one configure_tracing keeps)."""
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        trace.set_tracer_provider(provider)
-    assert isinstance(trace.get_tracer_provider(), TracerProvider)
-    exporter = InMemorySpanExporter()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield exporter
-    exporter.shutdown()  # the processor stays on the provider, but records nothing more
+    with collected_spans() as exporter:
+        yield exporter
 
 
 async def wait_for_span(

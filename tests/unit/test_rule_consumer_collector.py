@@ -8,18 +8,14 @@ from collections.abc import Iterator
 
 import pytest
 
+from harness.gc_state import collector_restored
 from ttp_worker.rule_consumer import _CollectorPause
 
 
 @pytest.fixture(autouse=True)
 def _collector_restored() -> Iterator[None]:
-    enabled = gc.isenabled()
-    yield
-    gc.unfreeze()
-    if enabled:
-        gc.enable()
-    else:
-        gc.disable()
+    with collector_restored():
+        yield
 
 
 def test_a_built_snapshot_freezes_what_is_alive_and_resumes_collection() -> None:

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from harness.gc_state import collector_restored
 from ttp_worker import bootstrap
 from ttp_worker.cli import import_worker
 from ttp_worker.settings import WorkerSettings
@@ -15,13 +16,8 @@ from ttp_worker.settings import WorkerSettings
 
 @pytest.fixture(autouse=True)
 def _collector_restored() -> Iterator[None]:
-    enabled = gc.isenabled()
-    yield
-    gc.unfreeze()
-    if enabled:
-        gc.enable()
-    else:
-        gc.disable()
+    with collector_restored():
+        yield
 
 
 def test_the_worker_imports_then_collection_resumes_with_the_imports_frozen() -> None:
