@@ -124,9 +124,12 @@ async def serve(tmp_path: Path) -> AsyncIterator[ServeFactory]:
 _TOKEN = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
-async def _csrf_token(http: aiohttp.ClientSession, path: str = "/login") -> str:
-    async with http.get(path, allow_redirects=False) as response:
-        assert response.status == 200
+async def _csrf_token(
+    http: aiohttp.ClientSession, path: str = "/login", status: int = 200, **headers: str
+) -> str:
+    """The CSRF token of the form on ``path`` (every page carries one, a 404 page too)."""
+    async with http.get(path, allow_redirects=False, headers=headers) as response:
+        assert response.status == status
         match = _TOKEN.search(await response.text())
     assert match is not None
     return match.group(1)
@@ -215,11 +218,7 @@ async def test_forged_posts_are_refused_before_the_endpoint(
     served = await serve(console_users_file=_users_file(tmp_path / "users.txt"))
     async with served.client() as http:
         assert (await _login(http, "alice", PASSWORDS["alice"])).status == 303
-        async with http.get("/t/missing") as response:  # every page carries the token
-            assert response.status == 404
-            match = _TOKEN.search(await response.text())
-        assert match is not None
-        token = match.group(1)
+        token = await _csrf_token(http, "/t/missing", 404)  # every page carries the token
 
         async def post(**kwargs: Any) -> tuple[int, str]:
             async with http.post("/t/operate", allow_redirects=False, **kwargs) as response:
@@ -267,8 +266,7 @@ async def test_a_viewer_cannot_post_to_an_operator_endpoint(
     served = await serve(console_users_file=_users_file(tmp_path / "users.txt"))
     async with served.client() as http:
         assert (await _login(http, "victor", PASSWORDS["victor"])).status == 303
-        async with http.get("/t/missing") as response:
-            token = _TOKEN.findall(await response.text())[0]
+        token = await _csrf_token(http, "/t/missing", 404)
         async with http.post("/t/operate", data={"csrf_token": token}) as response:
             assert response.status == 403
             assert "Only operators may change rule state." in await response.text()
@@ -421,7 +419,7 @@ async def test_proxy_headers_are_trusted_from_the_trusted_range(serve: ServeFact
     async with served.client(**operator_headers) as http:
         async with http.get("/t/whoami") as response:
             assert await response.text() == "u-9 operator Ops@Example.org"
-            token = _TOKEN.findall(await (await http.get("/t/missing")).text())[0]
+            token = await _csrf_token(http, "/t/missing", 404)
         async with http.post("/t/operate", data={"csrf_token": token}) as response:
             assert await response.text() == "done by u-9"
 
@@ -463,8 +461,7 @@ async def test_a_new_proxy_user_gets_a_new_csrf_token(serve: ServeFactory) -> No
         console_auth="proxy", console_trusted_proxies="127.0.0.1/32", console_operators="a,b"
     )
     async with served.client() as http:
-        async with http.get("/t/missing", headers={"X-Forwarded-User": "a"}) as response:
-            token = _TOKEN.findall(await response.text())[0]
+        token = await _csrf_token(http, "/t/missing", 404, **{"X-Forwarded-User": "a"})
         form = {"csrf_token": token}
         async with http.post("/t/operate", data=form, headers={"X-Forwarded-User": "b"}) as r:
             assert r.status == 403
@@ -476,8 +473,7 @@ async def test_oversized_and_unreadable_bodies_are_refused(
     served = await serve(console_users_file=_users_file(tmp_path / "users.txt"))
     async with served.client() as http:
         assert (await _login(http, "alice", PASSWORDS["alice"])).status == 303
-        async with http.get("/t/missing") as response:
-            token = _TOKEN.findall(await response.text())[0]
+        token = await _csrf_token(http, "/t/missing", 404)
         large_form = {"csrf_token": token, "note": "x" * 100_000}
         async with http.post("/t/operate", data=large_form) as response:
             assert response.status == 413
@@ -505,8 +501,7 @@ async def test_the_pages_state_controls_refuse_viewers_and_forgeries(
     for path in ("/rules/r-1/state", "/rules/r-1/state/clear"):
         async with served.client() as http:
             assert (await _login(http, "victor", PASSWORDS["victor"])).status == 303
-            async with http.get("/t/missing") as response:
-                token = _TOKEN.findall(await response.text())[0]
+            token = await _csrf_token(http, "/t/missing", 404)
             async with http.post(path, data={**form, "csrf_token": token}) as response:
                 assert response.status == 403
         async with served.client() as http:
