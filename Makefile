@@ -63,13 +63,14 @@ unit: $(STAMP)
 ## test: everything CI checks.
 test: lock-check lint typecheck rules-check unit
 
-## bench: every benchmark (engine, master, fleet, control, chaos); each prints figures and a
-## final JSON line.
+## bench: every benchmark (engine, master, fleet, control, console, chaos); each prints figures
+## and a final JSON line.
 bench: $(STAMP)
 	$(BIN)/python -m bench.engine
 	$(BIN)/python -m bench.master
 	$(BIN)/python -m bench.fleet
 	$(BIN)/python -m bench.control
+	$(BIN)/python -m bench.console
 	$(BIN)/python -m bench.chaos
 
 bench-quick: $(STAMP)
@@ -77,6 +78,7 @@ bench-quick: $(STAMP)
 	$(BIN)/python -m bench.master --quick
 	$(BIN)/python -m bench.fleet --quick
 	$(BIN)/python -m bench.control --quick
+	$(BIN)/python -m bench.console --quick
 
 ## compose-credentials: a random NATS password per role for compose.yaml, in .env (kept if set).
 .PHONY: compose-credentials
