@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
 from collections.abc import Iterator
@@ -102,6 +103,20 @@ def console_url(sock: socket.socket, host: str) -> str:
     elif ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{port}/"
+
+
+async def _freeze_once_caught_up(tag_feed: TagFeed, rule_feed: RuleFeed) -> None:
+    """Once the feeds have read what the streams held, move it all out of the cyclic
+    collector's sight (:func:`gc.freeze`).
+
+    The week of tags read at start lives until its windows age out; every full collection
+    walked all of it (50-180 ms of CPU, the matrix pages' p99 tail with 1,000,000 tags).
+    Frozen objects are still freed by reference counting when the store evicts them."""
+    await tag_feed.wait_caught_up()
+    await rule_feed.wait_caught_up()
+    gc.collect()
+    gc.freeze()
+    _log.info("feeds caught up", extra={"frozen_objects": gc.get_freeze_count()})
 
 
 @dataclass
@@ -207,7 +222,13 @@ class Console:
                 },
             )
             state.started.set()
-            await first_completed(serving, state.stop.wait())
+            freezing = asyncio.create_task(
+                _freeze_once_caught_up(state.tag_feed, state.rule_feed), name="console-gc-freeze"
+            )
+            try:
+                await first_completed(serving, state.stop.wait())
+            finally:
+                freezing.cancel()
         finally:
             state.stop.set()
             if self.server is not None and serving is not None and app is not None:
