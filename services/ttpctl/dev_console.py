@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Final, Literal
 
 from ttp_runtime.embedded import free_port
-from ttp_runtime.env_file import MAX_ENV_FILE_BYTES, EnvFileError, parse_env_text
+from ttp_runtime.env_file import read_private_env_file
 
 __all__ = [
     "CONSOLE_DIRECTORY",
@@ -210,7 +210,7 @@ def prepare_dev_console(directory: Path, warn: Callable[[str], None]) -> DevCons
 def _read_kept(path: Path, warn: Callable[[str], None]) -> dict[str, str]:
     """The values of the kept logins file; ``{}`` when there is none or it must not be used."""
     try:
-        problem, values = _read_private(path)
+        problem, values = read_private_env_file(path, "logins file")
     except FileNotFoundError:
         return {}
     if problem is None:
@@ -225,37 +225,6 @@ def _read_kept(path: Path, warn: Callable[[str], None]) -> dict[str, str]:
     except OSError as exc:
         raise ConsoleSetupError(f"cannot replace {path}: {exc.strerror or exc}") from None
     return {}
-
-
-def _read_private(path: Path) -> tuple[str | None, dict[str, str]]:
-    """``(problem, values)`` of ``path``; FileNotFoundError when it does not exist."""
-    try:
-        # No following a link, no blocking on a FIFO someone put there.
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        if path.is_symlink():
-            return "is a symbolic link", {}
-        return f"cannot be read ({exc.strerror or exc})", {}
-    with os.fdopen(descriptor, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            return "is not a regular file", {}
-        if info.st_uid != os.geteuid():
-            return f"belongs to another user (uid {info.st_uid})", {}
-        if info.st_mode & 0o077:
-            return (
-                f"may be read or changed by other users (mode {stat.S_IMODE(info.st_mode):04o})",
-                {},
-            )
-        data = handle.read(MAX_ENV_FILE_BYTES + 1)
-    if len(data) > MAX_ENV_FILE_BYTES:
-        return "is too large for a logins file", {}
-    try:
-        return None, parse_env_text(data.decode("utf-8"), str(path))
-    except (UnicodeDecodeError, EnvFileError):
-        return "is not a KEY=VALUE file", {}
 
 
 def _write_logins(path: Path, values: dict[str, str]) -> None:

@@ -9,11 +9,19 @@ never its value, which may be a password.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Final
 
-__all__ = ["MAX_ENV_FILE_BYTES", "EnvFileError", "parse_env_text", "read_env_file"]
+__all__ = [
+    "MAX_ENV_FILE_BYTES",
+    "EnvFileError",
+    "parse_env_text",
+    "read_env_file",
+    "read_private_env_file",
+]
 
 MAX_ENV_FILE_BYTES: Final = 64 * 1024
 """A settings file is a few lines; anything larger is not one."""
@@ -70,3 +78,35 @@ def read_env_file(path: Path) -> dict[str, str]:
     except UnicodeDecodeError:
         raise EnvFileError(f"{path} is not UTF-8 text") from None
     return parse_env_text(text, str(path))
+
+
+def read_private_env_file(path: Path, what: str) -> tuple[str | None, dict[str, str]]:
+    """``(problem, variables)`` of a file only its owner may read (credentials, logins):
+    ``problem`` says why it cannot be used (a link, not a regular file, another owner,
+    readable by others, too large, not ``KEY=VALUE``; ``what`` names the file in it), with
+    no variables then. Raises FileNotFoundError when it does not exist."""
+    try:
+        # No following a link, no blocking on a FIFO someone put there.
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if path.is_symlink():
+            return "is a symbolic link", {}
+        return f"cannot be read ({exc.strerror or exc})", {}
+    with os.fdopen(descriptor, "rb") as handle:
+        info = os.fstat(handle.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            return "is not a regular file", {}
+        if info.st_uid != os.geteuid():
+            return f"belongs to another user (uid {info.st_uid})", {}
+        if info.st_mode & 0o077:
+            mode = stat.S_IMODE(info.st_mode)
+            return f"may be read or changed by other users (mode {mode:04o})", {}
+        data = handle.read(MAX_ENV_FILE_BYTES + 1)
+    if len(data) > MAX_ENV_FILE_BYTES:
+        return f"is too large for a {what}", {}
+    try:
+        return None, parse_env_text(data.decode("utf-8"), str(path))
+    except (UnicodeDecodeError, EnvFileError):
+        return "is not a KEY=VALUE file", {}

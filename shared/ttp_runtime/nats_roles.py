@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import secrets
-import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Final, Literal, TypedDict, get_args
 
 from pydantic import SecretStr
 
-from ttp_runtime.env_file import MAX_ENV_FILE_BYTES, EnvFileError, parse_env_text
+from ttp_runtime.env_file import read_private_env_file
 from ttp_runtime.settings import ServiceSettings
 
 __all__ = [
@@ -190,7 +189,7 @@ def read_credential_files(directory: Path, roles: Iterable[Role] = ROLES) -> Sto
     for role in roles:
         path = directory / f"{role}.env"
         try:
-            problem, values = _read_private(path)
+            problem, values = read_private_env_file(path, "credentials file")
         except FileNotFoundError:
             continue
         if problem is None:
@@ -202,32 +201,3 @@ def read_credential_files(directory: Path, roles: Iterable[Role] = ROLES) -> Sto
                 continue
         unusable[role] = f"{path} {problem}"
     return StoredCredentials(usable, unusable)
-
-
-def _read_private(path: Path) -> tuple[str | None, dict[str, str]]:
-    """``(problem, variables)`` of ``path``; FileNotFoundError when it does not exist."""
-    try:
-        # No following a link, no blocking on a FIFO someone put there.
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        if path.is_symlink():
-            return "is a symbolic link", {}
-        return f"cannot be read ({exc.strerror or exc})", {}
-    with os.fdopen(descriptor, "rb") as handle:
-        info = os.fstat(handle.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            return "is not a regular file", {}
-        if info.st_uid != os.geteuid():
-            return f"belongs to another user (uid {info.st_uid})", {}
-        if info.st_mode & 0o077:
-            mode = stat.S_IMODE(info.st_mode)
-            return f"may be read or changed by other users (mode {mode:04o})", {}
-        data = handle.read(MAX_ENV_FILE_BYTES + 1)
-    if len(data) > MAX_ENV_FILE_BYTES:
-        return "is too large for a credentials file", {}
-    try:
-        return None, parse_env_text(data.decode("utf-8"), str(path))
-    except (UnicodeDecodeError, EnvFileError):
-        return "is not a KEY=VALUE file", {}
