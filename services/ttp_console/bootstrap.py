@@ -25,13 +25,13 @@ from starlette.applications import Starlette
 
 from ttp_console.app import console_templates, create_app
 from ttp_console.context import ConsoleContext
+from ttp_console.metrics import CountedControlClient
 from ttp_console.pages import close_live_streams
 from ttp_console.rule_feed import RuleFeed
 from ttp_console.settings import ConsoleSettings
 from ttp_console.tag_feed import TagFeed
 from ttp_console.tag_store import TagStore
 from ttp_core.attack.catalogue import load_catalogue
-from ttp_runtime.control_client import ControlClient
 from ttp_runtime.health import HealthServer
 from ttp_runtime.logging import configure_logging
 from ttp_runtime.nats import connect, drain
@@ -161,7 +161,7 @@ class Console:
         self.state.rule_feed = RuleFeed(nc)
         context = ConsoleContext(
             settings=self.settings,
-            control=ControlClient(nc),
+            control=CountedControlClient(nc),
             tags=tags,
             rules=self.state.rule_feed,
             catalogue=catalogue,

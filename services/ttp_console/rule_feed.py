@@ -24,6 +24,7 @@ import pydantic
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from ttp_console.metrics import FeedMetrics
 from ttp_console.stream_reader import FeedProgress, StreamReader
 from ttp_core.contract import subjects
 from ttp_core.contract.payloads import (
@@ -109,6 +110,7 @@ class RuleFeed:
         self.ruleset: RulesetRevision | None = None
         self.unreadable: Counter[str] = Counter()
         """Messages that could not be used, by subject prefix."""
+        self._metrics = FeedMetrics("rules")
         self._reader = (
             None
             if nc is None
@@ -123,6 +125,7 @@ class RuleFeed:
                 # After a failure: the last message of every subject again (idempotent here),
                 # which also survives a stream whose sequence started over.
                 resume_from_sequence=False,
+                after_round=self.update_metrics,
             )
         )
 
@@ -220,6 +223,10 @@ class RuleFeed:
         ]
 
     # ---------------------------------------------------------------------------- reading NATS
+
+    def update_metrics(self) -> None:
+        """Bring the rule feed's metrics up to its reader (after each pull round)."""
+        self._metrics.update(self.progress)
 
     def start(self) -> None:
         """Start reading TTP_RULES in a task of the running loop."""

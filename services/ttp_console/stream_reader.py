@@ -87,10 +87,13 @@ class StreamReader:
         name: str,
         batch: int = 512,
         resume_from_sequence: bool = True,
+        after_round: Callable[[], object] | None = None,
     ) -> None:
         """``first_config`` gives the deliver policy of the first consumer (called at each
         start); after a failure the new consumer starts after the last sequence handed over
-        when ``resume_from_sequence``, else with ``first_config`` again."""
+        when ``resume_from_sequence``, else with ``first_config`` again. ``after_round`` is
+        called after each pull round and each failure (the feeds update their metrics there,
+        once per batch rather than per message)."""
         self._nc = nc
         self._js = nc.jetstream()
         self.stream = stream
@@ -100,6 +103,7 @@ class StreamReader:
         self.name = name
         self.batch = batch
         self._resume = resume_from_sequence
+        self._after_round = after_round
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._sub: Any = None
@@ -185,6 +189,7 @@ class StreamReader:
                     await asyncio.wait_for(self._stopping.wait(), delay)
                 delay = min(RETRY_MAX_S, delay * 2)
                 self._restarts += 1
+                self._report()
                 config = self.resume_config()
 
     async def _open(self, config: ConsumerConfig) -> None:
@@ -247,8 +252,17 @@ class StreamReader:
                     self._pending = info.num_pending
             if self._pending == 0:
                 self._caught_up.set()
+            self._report()
             # Let page requests in between batches, however many are waiting.
             await asyncio.sleep(0)
+
+    def _report(self) -> None:
+        if self._after_round is not None:
+            try:
+                self._after_round()
+            except Exception:
+                # Metrics that cannot be updated are no reason to stop reading.
+                _log.exception("%s: updating its metrics failed", self.name)
 
     def _take(self, subject: str, reply: str, data: bytes) -> None:
         sequence, pending = _ack_metadata(reply)

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from nats.aio.client import Client
 from nats.js.api import ConsumerConfig, DeliverPolicy
 
+from ttp_console.metrics import FeedMetrics, TagStoreMetrics
 from ttp_console.stream_reader import FeedProgress, StreamReader
 from ttp_console.tag_store import WEEK_S, TagStore
 from ttp_core.contract import subjects
@@ -37,6 +38,8 @@ class TagFeed:
         self.store = store
         self._clock = clock
         self._window_s = window_s
+        self._feed_metrics = FeedMetrics("tags")
+        self._store_metrics = TagStoreMetrics()
         self._reader = StreamReader(
             nc,
             stream=subjects.STREAM_TAGS,
@@ -45,6 +48,7 @@ class TagFeed:
             handle=self._handle,
             name="tag-feed",
             batch=batch,
+            after_round=self.update_metrics,
         )
         store.progress_source = lambda: self._reader.progress
 
@@ -56,6 +60,12 @@ class TagFeed:
 
     def _handle(self, _subject: str, data: bytes) -> None:
         self.store.ingest(data, self._clock())
+
+    def update_metrics(self) -> None:
+        """Bring the console's tag and feed metrics up to the store and the reader (after
+        each pull round)."""
+        self._feed_metrics.update(self._reader.progress)
+        self._store_metrics.update(self.store.stats())
 
     def start(self) -> None:
         """Start reading in a task of the running loop."""

@@ -34,6 +34,7 @@ from ttp_console.auth.local_users import LocalUsers
 from ttp_console.auth.proxy import EMAIL_HEADER, USER_HEADER, ProxyIdentity, ProxyRefusal
 from ttp_console.auth.throttle import LoginThrottle
 from ttp_console.context import ConsoleUser
+from ttp_console.metrics import LOGINS
 from ttp_console.settings import ConsoleAuthMode, ConsoleSettings
 from ttp_runtime.nats import RepeatThrottle
 
@@ -59,6 +60,11 @@ class LoginOutcome(enum.Enum):
     THROTTLED = "throttled"
     BUSY = "busy"
     UNAVAILABLE = "unavailable"
+
+
+_LOGINS_BY_OUTCOME: Final = {
+    outcome: LOGINS.labels(outcome=outcome.value) for outcome in LoginOutcome
+}
 
 
 class Authenticator:
@@ -125,6 +131,11 @@ class Authenticator:
 
     async def login(self, name: str, password: str, address: str) -> LoginOutcome:
         """Check a password (in a worker thread), throttled per name and per address."""
+        outcome = await self._check(name, password, address)
+        _LOGINS_BY_OUTCOME[outcome].inc()
+        return outcome
+
+    async def _check(self, name: str, password: str, address: str) -> LoginOutcome:
         users = self.users
         if users is None:
             return LoginOutcome.UNAVAILABLE

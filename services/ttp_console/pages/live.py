@@ -20,6 +20,7 @@ from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 
+from ttp_console import metrics
 from ttp_console.pages.common import Formatter, console, render
 from ttp_console.tag_store import LiveFilter, TagRecord, TooManySubscribersError
 from ttp_core.attack.catalogue import AttackCatalogue
@@ -179,6 +180,7 @@ async def live_stream(request: Request) -> Response:
     async def events() -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
         ends_at = loop.time() + MAX_STREAM_S
+        metrics.LIVE_STREAMS.inc()
         try:
             yield "retry: 5000\n: connected\n\n"
             while not streams.closing:
@@ -195,11 +197,13 @@ async def live_stream(request: Request) -> Response:
                     break
                 records, dropped = subscription.take()
                 if dropped:
+                    metrics.LIVE_ROWS_DROPPED.inc(dropped)
                     yield _event("dropped", {"count": dropped})
                 if records:
                     yield "".join(_event("tag", record_json(r, catalogue, fmt)) for r in records)
             yield _event("bye", {"reason": "closing" if streams.closing else "renew"})
         finally:
+            metrics.LIVE_STREAMS.dec()
             context.tags.unsubscribe(subscription)
             streams.discard(waker)
 
