@@ -160,6 +160,9 @@ async def live_stream(request: Request) -> Response:
     events (JSON rows), ``dropped`` events ({"count": n}) and heartbeat comments."""
     context = console(request)
     live, _ignored = live_filter(request.query_params)
+    if request.method == "HEAD":
+        # Its body would never end: a HEAD request gets the headers and no subscription.
+        return Response(media_type="text/event-stream", headers={"Cache-Control": "no-store"})
     streams = live_streams(request.app)
     if streams.closing:
         return PlainTextResponse("The console is shutting down.", status_code=503)
