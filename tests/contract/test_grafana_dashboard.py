@@ -246,7 +246,7 @@ def variable_expressions(query: str) -> list[str]:
 def metrics_modules() -> list[str]:
     """Every service's metrics module (``services/<service>/metrics.py``)."""
     modules = sorted(f"{path.parent.name}.metrics" for path in SERVICES.glob("*/metrics.py"))
-    assert {"ttp_master.metrics", "ttp_worker.metrics"} <= set(modules)
+    assert {"ttp_master.metrics", "ttp_worker.metrics", "ttp_console.metrics"} <= set(modules)
     return modules
 
 
@@ -403,6 +403,11 @@ def test_the_dashboard_covers_what_an_operator_watches() -> None:
         "ttp_worker_evaluate_seconds",
         "ttp_worker_unusable_patterns",
         "ttp_worker_consumer_pending",
+        "ttp_console_feed_caught_up",
+        "ttp_console_tags_ingested",
+        "ttp_console_tags_dropped",
+        "ttp_console_live_streams",
+        "ttp_console_logins",
     ):
         assert metric in queried, f"no panel shows {metric}"
 

@@ -8,6 +8,7 @@ from types import ModuleType
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from ttp_console import metrics as console_metrics
 from ttp_master import metrics as master_metrics
 from ttp_worker import metrics as worker_metrics
 
@@ -24,10 +25,13 @@ def exported(module: ModuleType) -> set[str]:
 
 
 def test_every_exported_metric_has_a_row_and_every_row_is_exported() -> None:
-    code = exported(master_metrics) | exported(worker_metrics)
+    code = exported(master_metrics) | exported(worker_metrics) | exported(console_metrics)
     assert len(code) > 20  # the scan found the metrics at all
+    assert any(name.startswith("ttp_console_") for name in code)
     rows = set(
-        re.findall(r"^\| `(ttp_(?:master|worker)_[a-z_]+)` \|", OPERATIONS.read_text(), re.M)
+        re.findall(
+            r"^\| `(ttp_(?:master|worker|console)_[a-z_]+)` \|", OPERATIONS.read_text(), re.M
+        )
     )
     assert code - rows == set(), "exported but not documented"
     assert rows - code == set(), "documented but not exported"
