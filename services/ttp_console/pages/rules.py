@@ -233,7 +233,12 @@ def _back(rule_id: str) -> Response:
 
 
 def _field(form: Any, name: str) -> str:
-    value = form.get(name)
+    """The form's one text value of ``name`` ("" when absent); a field sent twice is refused
+    rather than one of its values picked (``action=clip&action=disable`` means nothing)."""
+    values = form.getlist(name)
+    if len(values) > 1:
+        raise ControlClientError(ErrorCode.BAD_REQUEST, f"{name} was sent more than once", name)
+    value = values[0] if values else None
     return value if isinstance(value, str) else ""
 
 
@@ -243,9 +248,8 @@ async def state_set(request: Request) -> Response:
     user = require_operator(request)
     rule_id = _rule_id_of(request)
     form = await request.form()
-    action = _field(form, "action")
-    state = {"disable": "disabled", "clip": "clipped"}.get(action)
     try:
+        state = {"disable": "disabled", "clip": "clipped"}.get(_field(form, "action"))
         if state is None:
             raise ControlClientError(ErrorCode.BAD_REQUEST, "choose disable or clip")
         try:
@@ -292,8 +296,8 @@ async def state_clear(request: Request) -> Response:
     user = require_operator(request)
     rule_id = _rule_id_of(request)
     form = await request.form()
-    reason = _field(form, "reason").strip()
     try:
+        reason = _field(form, "reason").strip()
         fields: dict[str, Any] = {"rule_id": rule_id, "actor": user.name}
         if reason:
             fields["reason"] = reason
