@@ -14,6 +14,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from typing import Any, Final
+from urllib.parse import urlencode
 
 from starlette.applications import Starlette
 from starlette.datastructures import QueryParams
@@ -144,10 +145,22 @@ async def live_page(request: Request) -> Response:
             "filter": live,
             "ignored": ignored,
             "initial": _initial(request, live),
-            "query": str(request.query_params),
+            # The stream is asked for what the filter kept, never the query as it came.
+            "query": _stream_query(live),
         },
         active_nav="live",
     )
+
+
+def _stream_query(live: LiveFilter) -> str:
+    """The query string of ``/live/stream`` for ``live``: its valid fields only."""
+    fields = {
+        "technique": live.technique,
+        "rule": live.rule_id,
+        "kind": live.source_kind,
+        "attacker": live.attacker_uuid,
+    }
+    return urlencode({name: value for name, value in fields.items() if value is not None})
 
 
 def _event(name: str, data: object) -> str:
