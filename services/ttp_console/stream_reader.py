@@ -204,6 +204,8 @@ class StreamReader:
         self._pending = info.num_pending
         if not info.num_pending:
             self._caught_up.set()
+        # An empty stream is caught up now, not when the first pull round expires.
+        self._report()
 
     async def _read(self) -> None:
         """Pull requests of ``batch`` messages answered on one inbox subscription.

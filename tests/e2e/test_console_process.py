@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from harness.console import ConsoleUser, console_environment, log_records, write_test_users
 from harness.nats_roles import RoleNats
@@ -101,6 +102,27 @@ async def _stop(console: ConsoleProcess) -> None:
     assert any(r.get("message") == "console stopped" for r in console.records())
 
 
+async def _metrics_show_what_happened(http: aiohttp.ClientSession, console: ConsoleProcess) -> None:
+    """The console's own metrics on /metrics: both feeds caught up, one good login, the
+    live stream open."""
+    health = await console.wait_record("health server listening")
+    async with http.get(f"http://127.0.0.1:{health['port']}/metrics") as response:
+        assert response.status == 200
+        text = await response.text()
+    values = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    assert values[("ttp_console_feed_caught_up", (("feed", "tags"),))] == 1
+    assert values[("ttp_console_feed_caught_up", (("feed", "rules"),))] == 1
+    assert values[("ttp_console_feed_restarts_total", (("feed", "tags"),))] == 0
+    assert values[("ttp_console_logins_total", (("outcome", "ok"),))] == 1
+    assert values[("ttp_console_live_streams", ())] == 1
+    assert values[("ttp_console_tag_messages_total", ())] == 0
+    assert ("ttp_console_tags_dropped_total", (("reason", "unreadable_message"),)) in values
+
+
 async def test_console_runs_serves_and_stops_on_sigterm(private_nats: Any, tmp_path: Path) -> None:
     await _make_streams(ServiceSettings(nats_url=private_nats.url))
     with running_console(tmp_path, TTP_NATS_URL=private_nats.url) as console:
@@ -126,6 +148,7 @@ async def test_console_runs_serves_and_stops_on_sigterm(private_nats: Any, tmp_p
             stream = await http.get(f"{url}/live/stream", timeout=aiohttp.ClientTimeout(total=20))
             assert stream.status == 200
             assert await stream.content.readline()
+            await _metrics_show_what_happened(http, console)
             stopping = asyncio.ensure_future(_stop(console))
             # The console ends the stream (end of body, or the connection closed under it).
             with contextlib.suppress(aiohttp.ClientError):
