@@ -56,16 +56,22 @@ def pop_flash(request: Request) -> dict[str, str] | None:
 
 def heat_level(value: float, maximum: float) -> int:
     """0 for nothing, else 1..5 on a logarithmic scale against the largest value shown."""
-    if value <= 0 or maximum <= 0:
+    # Written so NaN fails the test (NaN <= 0 would be False) and infinity never reaches
+    # the logarithm's ratio (inf / inf is NaN): the values come from messages on the bus.
+    if not (value > 0 and maximum > 0):
         return 0
+    if value >= maximum:
+        return HEAT_LEVELS
     level = math.ceil(HEAT_LEVELS * math.log1p(value) / math.log1p(maximum))
     return max(1, min(HEAT_LEVELS, level))
 
 
 def confidence_level(confidence: float) -> int:
     """0 for no rule, else 1..5 by the best confidence (0.2 steps)."""
-    if confidence <= 0:
+    if not confidence > 0:
         return 0
+    if confidence >= 1:
+        return HEAT_LEVELS
     return max(1, min(HEAT_LEVELS, math.ceil(confidence * HEAT_LEVELS)))
 
 
