@@ -78,6 +78,7 @@ def tracebacks_logged() -> Iterator[_Tracebacks]:
 class Console:
     url: str
     control: ControlClient
+    store: TagStore
 
     def client(self, user: str, **headers: str) -> aiohttp.ClientSession:
         # Generous: a hang is a failure of its own, not a slow answer.
@@ -136,7 +137,7 @@ async def console(database_url: str, tmp_path: Path) -> AsyncIterator[Console]:
                     assert not serving.done(), serving
                     await asyncio.sleep(0.01)
                 assert await rule_feed.wait_caught_up(TIMEOUT_S)
-                yield Console(console_url(sock, "127.0.0.1").rstrip("/"), control)
+                yield Console(console_url(sock, "127.0.0.1").rstrip("/"), control, store)
             finally:
                 close_live_streams(app)
                 server.should_exit = True
@@ -322,6 +323,7 @@ async def test_head_requests_answer_without_a_body_and_hold_nothing_open(
             async with http.head(console.raw(path), allow_redirects=False) as response:
                 assert response.status < 500, (path, response.status)
                 assert await response.read() == b""
+    assert console.store.stats().subscribers == 0  # no live stream was left open
 
 
 async def test_methods_a_route_does_not_take_are_refused(console: Console) -> None:
