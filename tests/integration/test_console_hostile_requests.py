@@ -22,17 +22,10 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from harness.console_in_process import serve_console_in_process
 from harness.master import install, master_role_settings, running_master
 from harness.nats_roles import role_nats
-from ttp_console.app import console_templates, create_app
-from ttp_console.bootstrap import ConsoleServer, bind_socket, console_url, server_config
-from ttp_console.context import ConsoleContext
-from ttp_console.pages import close_live_streams
-from ttp_console.rule_feed import RuleFeed
-from ttp_console.settings import ConsoleSettings
-from ttp_console.tag_feed import TagFeed
 from ttp_console.tag_store import TagStore
-from ttp_core.attack.catalogue import load_catalogue
 from ttp_core.contract.control import AuditRequest
 from ttp_runtime.control_client import ControlClient
 
@@ -105,45 +98,9 @@ async def console(database_url: str, tmp_path: Path) -> AsyncIterator[Console]:
         async with (
             running_master(master_role_settings(roles, database_url, rules_dir)),
             roles.client("console") as nc,
+            serve_console_in_process(nc, operators=[OPERATOR], control_timeout_s=5.0) as served,
         ):
-            catalogue = load_catalogue()
-            store = TagStore(catalogue)
-            rule_feed = RuleFeed(nc)
-            tag_feed = TagFeed(nc, store)
-            settings = ConsoleSettings(
-                console_auth="proxy",
-                console_trusted_proxies=["127.0.0.1/32"],
-                console_operators=[OPERATOR],
-                console_session_secret="s" * 40,
-                console_cookie_secure=False,
-            )
-            control = ControlClient(nc, timeout_s=5.0)
-            context = ConsoleContext(
-                settings=settings,
-                control=control,
-                tags=store,
-                rules=rule_feed,
-                catalogue=catalogue,
-                templates=console_templates(),
-            )
-            app = create_app(context)
-            rule_feed.start()
-            tag_feed.start()
-            sock = bind_socket("127.0.0.1", 0)
-            server = ConsoleServer(server_config(app, settings))
-            serving = asyncio.create_task(server.serve(sockets=[sock]))
-            try:
-                while not server.started:
-                    assert not serving.done(), serving
-                    await asyncio.sleep(0.01)
-                assert await rule_feed.wait_caught_up(TIMEOUT_S)
-                yield Console(console_url(sock, "127.0.0.1").rstrip("/"), control, store)
-            finally:
-                close_live_streams(app)
-                server.should_exit = True
-                await asyncio.wait_for(serving, 10)
-                await tag_feed.stop()
-                await rule_feed.stop()
+            yield Console(served.url, served.control, served.store)
         assert roles.unexpected_violations() == []
     assert [(r.name, r.getMessage()[:300]) for r in logged.records] == [], (
         "a traceback or error in the log"

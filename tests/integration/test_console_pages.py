@@ -28,20 +28,14 @@ from nats.aio.client import Client
 from starlette.applications import Starlette
 
 from harness.bus_messages import tag_data, tagged_message
+from harness.console_in_process import serve_console_in_process
 from harness.master import install, master_role_settings, running_master
 from harness.nats_roles import role_nats
 from harness.waiting import eventually
-from ttp_console.app import console_templates, create_app
-from ttp_console.bootstrap import ConsoleServer, bind_socket, console_url, server_config
-from ttp_console.context import ConsoleContext
 from ttp_console.pages import close_live_streams
 from ttp_console.rule_feed import RuleFeed
-from ttp_console.settings import ConsoleSettings
-from ttp_console.tag_feed import TagFeed
 from ttp_console.tag_store import TagStore
-from ttp_core.attack.catalogue import load_catalogue
 from ttp_core.contract.payloads import TagData
-from ttp_runtime.control_client import ControlClient
 from ttp_runtime.nats import MSG_ID_HEADER, ensure_streams
 
 TIMEOUT_S = 30.0
@@ -86,45 +80,9 @@ class World:
 async def serve_console(nc: Client, publisher: Client) -> AsyncIterator[World]:
     """The console wired as the bootstrap wires it on ``nc``, served by uvicorn on a free
     port."""
-    catalogue = load_catalogue()
-    store = TagStore(catalogue)
-    rule_feed = RuleFeed(nc)
-    tag_feed = TagFeed(nc, store)
-    settings = ConsoleSettings(
-        console_auth="proxy",
-        console_trusted_proxies=["127.0.0.1/32"],
-        console_operators=[OPERATOR],
-        console_session_secret="s" * 40,
-        console_cookie_secure=False,
-    )
-    context = ConsoleContext(
-        settings=settings,
-        control=ControlClient(nc, timeout_s=2.0),
-        tags=store,
-        rules=rule_feed,
-        catalogue=catalogue,
-        templates=console_templates(),
-    )
-    app = create_app(context)
-    rule_feed.start()
-    tag_feed.start()
-    sock = bind_socket("127.0.0.1", 0)
-    server = ConsoleServer(server_config(app, settings))
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    try:
-        while not server.started:
-            assert not serving.done(), serving
-            await asyncio.sleep(0.01)
-        assert await rule_feed.wait_caught_up(TIMEOUT_S)
-        assert await tag_feed.wait_caught_up(TIMEOUT_S)
-        url = console_url(sock, "127.0.0.1").rstrip("/")
-        yield World(url, app, store, rule_feed, nc, publisher)
-    finally:
-        close_live_streams(app)
-        server.should_exit = True
-        await asyncio.wait_for(serving, 10)
-        await tag_feed.stop()
-        await rule_feed.stop()
+    async with serve_console_in_process(nc, operators=[OPERATOR], control_timeout_s=2.0) as served:
+        assert await served.tags.wait_caught_up(TIMEOUT_S)
+        yield World(served.url, served.app, served.store, served.rules, nc, publisher)
 
 
 @contextlib.asynccontextmanager
