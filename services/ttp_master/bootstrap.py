@@ -177,6 +177,7 @@ class Master:
             fleet,
             postgres_error=lambda: leader.postgres_error,
             max_concurrent=settings.control_max_concurrent,
+            clock_skew_s=settings.control_clock_skew_s,
             identity=IdentityPolicy(
                 account_roles={
                     account: Role(role) for account, role in settings.control_account_roles.items()

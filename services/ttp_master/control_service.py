@@ -19,6 +19,11 @@ and role from the `Nats-Request-Info` header the server stamps on each request
 (:mod:`ttp_master.caller_identity`), refuses what that role may not do with `forbidden`, and
 records the identity as the actor. A request's own `actor` (the user the console acts for) is
 kept as `on_behalf_of`, and only from the console role: from any other it is `forbidden`.
+
+A request may carry a deadline (header `Ttp-Deadline`, the time its caller stops waiting).
+A master that gets to it later than that, give or take TTP_CONTROL_CLOCK_SKEW_S, neither acts
+on it nor answers: the caller has already seen a standby's refusal or its own timeout, and a
+master that was frozen with the request queued must not change state behind that answer.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from pydantic import BaseModel
 
 from ttp_core.contract import subjects
 from ttp_core.contract.control import (
+    DEADLINE_HEADER,
     REQUESTS,
     SERVICE_NAME,
     SERVICE_VERSION,
@@ -63,6 +69,7 @@ from ttp_core.contract.control import (
     StateGetRequest,
     StateList,
     StateSetRequest,
+    parse_deadline,
 )
 from ttp_core.contract.payloads import RulesetRevision
 from ttp_master import metrics
@@ -87,6 +94,9 @@ STANDBY_REPLY_DELAY_S: Final = 1.5
 ANSWER_BOUND_S: Final = 4.0
 """Longest a leader works on one request before it answers `unavailable`: below ttpctl's 5 s
 timeout, so an operator learns that PostgreSQL is not answering, not that the master is."""
+DEFAULT_CLOCK_SKEW_S: Final = 2.0
+"""How far a caller's clock may run behind the master's before its deadlines come too early
+(TTP_CONTROL_CLOCK_SKEW_S)."""
 DEFAULT_MAX_CONCURRENT: Final = 32
 """Control requests one master works on at once (TTP_CONTROL_MAX_CONCURRENT)."""
 REFUSAL_LOG_WINDOW_S: Final = 60.0
@@ -371,9 +381,13 @@ class ControlService:
         postgres_error: Callable[[], str | None] = lambda: None,
         max_concurrent: int = DEFAULT_MAX_CONCURRENT,
         identity: IdentityPolicy | None = None,
+        clock_skew_s: float = DEFAULT_CLOCK_SKEW_S,
     ) -> None:
         if max_concurrent < 1:
             raise ValueError(f"max_concurrent must be at least 1, not {max_concurrent}")
+        if clock_skew_s < 0:
+            raise ValueError(f"clock_skew_s must not be negative, not {clock_skew_s}")
+        self._clock_skew_s = clock_skew_s
         self._nc = nc
         self._fleet = fleet
         self._postgres_error = postgres_error
@@ -572,6 +586,8 @@ class ControlService:
                 if arrived >= self._leader_since:
                     return  # this process's leader service received it as well
                 handlers = self._handlers  # leadership may have been won meanwhile
+            if self._past_deadline(endpoint, request):
+                return
             if handlers is None:
                 if (reason := self._postgres_error()) is not None:
                     # No master leads while PostgreSQL is away, and "not leader" would send
@@ -583,8 +599,10 @@ class ControlService:
                     )
                 raise ControlRequestError(
                     ErrorCode.NOT_LEADER,
-                    f"master on {self.instance} is a standby and no leader answered: "
-                    "the leader is down, frozen or still starting",
+                    f"master on {self.instance} is a standby and no leader answered within "
+                    f"{STANDBY_REPLY_DELAY_S:g} s: the leader is down, still starting, frozen "
+                    "or slow. A frozen or slow leader still carries out a change it gets to "
+                    "before the request's deadline: read the state back before retrying",
                 )
             caller = self._caller(request)
             with start_consumer_span(
@@ -615,6 +633,36 @@ class ControlService:
             raise
         except Exception:
             await self._fail_internal(endpoint, request)
+
+    def _past_deadline(self, endpoint: Endpoint, request: Request) -> bool:
+        """Whether the caller stopped waiting for `request` (its `Ttp-Deadline` passed more
+        than the clock-skew allowance ago): then it is counted and logged, not acted on and
+        not answered. A deadline that is no Unix time is a `bad_request`."""
+        text = (request.headers or {}).get(DEADLINE_HEADER)
+        if text is None:
+            return False
+        try:
+            deadline = parse_deadline(text)
+        except ValueError as exc:
+            raise ControlRequestError(ErrorCode.BAD_REQUEST, str(exc)) from None
+        late_s = time.time() - deadline
+        if late_s <= self._clock_skew_s:
+            return False
+        metrics.CONTROL_REQUESTS.labels(endpoint.value, "expired").inc()
+        held = self._refusals.admit(f"{endpoint.value}: expired")
+        if held is not None:
+            # Either this master got to the request late (frozen, cut off, overloaded), or
+            # the caller's clock runs behind by more than the allowance.
+            _log.warning(
+                "control request not acted on: its caller had stopped waiting",
+                extra={
+                    "endpoint": endpoint.value,
+                    "late_s": round(late_s, 3),
+                    "clock_skew_allowance_s": self._clock_skew_s,
+                    "repeats_held": held,
+                },
+            )
+        return True
 
     def _log_refusal(self, endpoint: Endpoint, message: str) -> None:
         held = self._refusals.admit(f"{endpoint.value}: {message}")

@@ -42,7 +42,8 @@ CONTROL_REQUESTS = Counter(
     "ttp_master_control_requests_total",
     "Control requests answered, by endpoint and outcome.",
     ["endpoint", "outcome"],
-)  # outcome: ok or the error code (bad_request, unknown_rule, not_leader, ...)
+)  # outcome: ok, the error code (bad_request, unknown_rule, not_leader, ...), or expired
+# (the caller's deadline had passed: not acted on, not answered)
 CONTROL_IN_FLIGHT = Gauge(
     "ttp_master_control_in_flight",
     "Control requests this master is working on (or, as a standby, holding) now.",

@@ -103,6 +103,16 @@ class MasterSettings(ServiceSettings):
             "is answered `busy` at once, so a flood cannot exhaust the master."
         ),
     )
+    control_clock_skew_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=300,
+        description=(
+            "How far a control caller's clock may run behind the master's: a request whose "
+            "deadline (Ttp-Deadline) passed longer ago than this is neither acted on nor "
+            "answered."
+        ),
+    )
 
     control_account_roles: dict[str, ControlRole] = Field(
         default_factory=_default_account_roles,

@@ -9,6 +9,7 @@ console both call the master through it.
 from __future__ import annotations
 
 import json
+import time
 from typing import Any, Final, TypeVar
 
 import nats.errors
@@ -19,6 +20,7 @@ from pydantic import BaseModel
 
 from ttp_core.contract import subjects
 from ttp_core.contract.control import (
+    DEADLINE_HEADER,
     REQUESTS,
     RESULTS,
     AuditLog,
@@ -39,6 +41,7 @@ from ttp_core.contract.control import (
     StateGetRequest,
     StateList,
     StateSetRequest,
+    format_deadline,
 )
 
 __all__ = [
@@ -155,7 +158,8 @@ class ControlClient:
     Each method sends one request and returns the typed result; every failure is a
     :class:`ControlClientError` whose ``code`` is the reply's error code, or ``unavailable``
     when nobody answered in ``timeout_s`` (the leader answers at once; a standby answers
-    ``not_leader`` after about 1.5 s when no leader does).
+    ``not_leader`` after about 1.5 s when no leader does). Each request carries its deadline
+    (``Ttp-Deadline``): no master acts on it once this client has stopped waiting.
     """
 
     def __init__(self, nc: Client, *, timeout_s: float = DEFAULT_REQUEST_TIMEOUT_S) -> None:
@@ -171,9 +175,14 @@ class ControlClient:
             raise TypeError(f"{endpoint.value} takes a {expected.__name__}")
         subject = subjects.control(endpoint.value)
         timeout = self.timeout_s if timeout_s is None else timeout_s
+        # The master does not act on the request once this client has stopped waiting.
+        deadline = {DEADLINE_HEADER: format_deadline(time.time() + timeout)}
         try:
             msg = await self._nc.request(
-                subject, request.model_dump_json(exclude_none=True).encode(), timeout=timeout
+                subject,
+                request.model_dump_json(exclude_none=True).encode(),
+                timeout=timeout,
+                headers=deadline,
             )
         except nats.errors.NoRespondersError:
             raise ControlClientError(

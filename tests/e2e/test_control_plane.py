@@ -15,6 +15,7 @@ import contextlib
 import json
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -37,7 +38,8 @@ from harness.processes import (
     until,
 )
 from ttp_core.contract import subjects
-from ttp_core.contract.control import Endpoint
+from ttp_core.contract.control import DEADLINE_HEADER, Endpoint, format_deadline
+from ttp_master.control_service import DEFAULT_CLOCK_SKEW_S, STANDBY_REPLY_DELAY_S
 from ttp_runtime.nats_roles import Role
 
 RULE = "R0014"  # shadow_file_dump: fires on "cat /etc/shadow" with confidence 0.9
@@ -51,9 +53,12 @@ CONSOLE = "CONSOLE/console"
 async def ctl(
     nc: Client, endpoint: Endpoint, timeout: float = 5.0, **fields: Any
 ) -> tuple[dict[str, Any], dict[str, str]]:
-    """One control request; the decoded reply and its headers."""
+    """One control request, with its deadline as ttpctl sends it; the reply and its headers."""
     body = json.dumps(fields, default=str).encode()
-    msg = await nc.request(subjects.control(endpoint.value), body, timeout=timeout)
+    deadline = {DEADLINE_HEADER: format_deadline(time.time() + timeout)}
+    msg = await nc.request(
+        subjects.control(endpoint.value), body, timeout=timeout, headers=deadline
+    )
     return json.loads(msg.data), dict(msg.headers or {})
 
 
@@ -443,22 +448,34 @@ async def test_a_standby_master_refuses_writes(procs: Procs, roles: RoleNats) ->
 
         await until("leader and standby in $SRV.INFO", both_registered, procs, "standby")
 
+        timeout = STANDBY_REPLY_DELAY_S + 1.0
         os.kill(leader.pid, signal.SIGSTOP)
         try:
             reply, headers = await ctl(
                 bus.operator,
                 Endpoint.STATE_SET,
+                timeout=timeout,
                 rule_id=RULE,
                 state="disabled",
                 reason="r",
             )
+            # The frozen leader holds the request; it wakes only after the request's
+            # deadline (and the clock-skew allowance) has passed.
+            await asyncio.sleep(timeout - STANDBY_REPLY_DELAY_S + DEFAULT_CLOCK_SKEW_S + 0.5)
         finally:
             os.kill(leader.pid, signal.SIGCONT)
         assert reply["ok"] is False
         assert reply["error"]["code"] == "not_leader"
         assert "standby" in reply["error"]["message"]
         assert headers["Nats-Service-Error-Code"] == "503"
-        assert (await ok(bus.viewer, Endpoint.STATE_GET))["states"] == []  # nothing was written
+
+        async def dropped() -> bool:
+            log = (procs.tmp / "master.log").read_text(errors="replace")
+            return "control request not acted on" in log
+
+        await until("the woken leader to drop the stale request", dropped, procs, "master")
+        # The refusal stays true: the woken leader did not act on what it found queued.
+        assert (await ok(bus.viewer, Endpoint.STATE_GET))["states"] == []
 
         await ok(bus.operator, Endpoint.STATE_SET, rule_id=RULE, state="disabled", reason="r")
         await stop(procs.procs["standby"], "standby", procs)

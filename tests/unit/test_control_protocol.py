@@ -7,11 +7,14 @@ from datetime import UTC, datetime
 import pytest
 
 from ttp_core.contract.control import (
+    DEADLINE_HEADER,
     REQUESTS,
     RESULTS,
     Endpoint,
     ErrorCode,
     StateSetRequest,
+    format_deadline,
+    parse_deadline,
 )
 from ttp_master.control_service import ControlRequestError, parse_request
 from ttp_master.db.queries import describe_change
@@ -193,3 +196,25 @@ def test_a_nul_in_a_reason_given_as_python_text_is_refused() -> None:
         StateSetRequest(rule_id="R1", state="disabled", reason="a\x00b", actor="ops")
     with pytest.raises(ValueError, match=r"unicode string|lone surrogate"):
         StateSetRequest(rule_id="R1", state="disabled", reason="a\ud800", actor="ops")
+
+
+@pytest.mark.parametrize("unix_time", [0.0, 1.5, 1_765_000_000.123, 99_999_999_999.999])
+def test_a_formatted_deadline_reads_back_to_the_millisecond(unix_time: float) -> None:
+    assert parse_deadline(format_deadline(unix_time)) == pytest.approx(unix_time, abs=5e-4)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "soon", "nan", "NaN", "inf", "-1", "+1", "1e9", "0x10", "1_000", "1.", ".5", "1.2.3"],
+)
+def test_a_deadline_header_that_is_no_plain_unix_time_is_refused_with_its_name(
+    text: str,
+) -> None:
+    with pytest.raises(ValueError, match=DEADLINE_HEADER):
+        parse_deadline(text)
+
+
+def test_a_refused_deadline_header_is_shown_cut_short() -> None:
+    with pytest.raises(ValueError) as caught:
+        parse_deadline("x" * 10_000)
+    assert len(str(caught.value)) < 200

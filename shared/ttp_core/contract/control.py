@@ -28,7 +28,36 @@ from pydantic import (
 from ttp_core.contract.payloads import RejectionError, StateName
 
 SERVICE_NAME: Final = "ttp-ctl"
-SERVICE_VERSION: Final = "1.2.0"
+SERVICE_VERSION: Final = "1.3.0"
+
+DEADLINE_HEADER: Final = "Ttp-Deadline"
+"""Optional request header: the Unix time, in seconds, after which the caller stops waiting.
+
+A master does not act on a request it gets to after that time (give or take its allowance for
+clock skew): a refusal or a timeout the caller already saw is then never undone by a master
+that was frozen, or cut off, with the request queued. Without the header a request has no
+deadline."""
+_DEADLINE_TEXT: Final = re.compile(r"[0-9]{1,12}(?:\.[0-9]{1,9})?")
+
+
+def format_deadline(unix_time: float) -> str:
+    """The `Ttp-Deadline` header value for a deadline at `unix_time` (milliseconds kept)."""
+    return f"{unix_time:.3f}"
+
+
+def parse_deadline(text: str) -> float:
+    """The Unix time a `Ttp-Deadline` header names; ValueError saying why when it names none.
+
+    Plain decimal seconds only: no sign, exponent, `nan` or `inf`, which Python's float()
+    would take and a deadline must not be."""
+    value = text.strip()
+    if _DEADLINE_TEXT.fullmatch(value) is None:
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise ValueError(
+            f"{DEADLINE_HEADER} header {shown!r} is not a Unix time in seconds (like 1765000000.5)"
+        )
+    return float(value)
+
 
 _UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
 
