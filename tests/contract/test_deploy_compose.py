@@ -25,6 +25,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shlex
@@ -32,6 +33,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,7 @@ import aiohttp
 import nats
 import pytest
 import yaml
+from nats.aio.client import Client
 from nats.errors import NoServersError
 from pydantic_settings import BaseSettings
 
@@ -439,6 +442,37 @@ def compose_nats_config(tmp_path: Path, services: dict[str, dict[str, Any]]) -> 
     return conf
 
 
+@contextlib.asynccontextmanager
+async def compose_nats_as_master(
+    tmp_path: Path, services: dict[str, dict[str, Any]]
+) -> AsyncIterator[tuple[EmbeddedNats, dict[Role, RoleCredentials], Client]]:
+    """A nats-server running compose's NATS config with fresh role passwords, and a client
+    connected to it as the master; yields the server, the passwords and that client.
+
+    The client is closed on the way out unless the test already closed it.
+    """
+    conf = compose_nats_config(tmp_path, services)
+    creds = generate_credentials()
+    with EmbeddedNats(
+        data_dir=tmp_path / "data",
+        extra_args=("--config", str(conf)),
+        extra_env=server_environment(creds),
+    ) as server:
+        master = creds["master"]
+        client = await nats.connect(
+            server.url,
+            user=master.user,
+            password=master.password,
+            inbox_prefix=master.inbox_prefix,
+            max_reconnect_attempts=0,
+        )
+        try:
+            yield server, creds, client
+        finally:
+            if not client.is_closed:
+                await client.close()
+
+
 def config_test(conf: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("TTP_NATS_PASSWORD_")}
     return subprocess.run(
@@ -469,22 +503,8 @@ def test_the_compose_nats_config_parses_with_the_passwords_and_not_without_one(
 async def test_the_compose_nats_config_admits_each_role_by_its_own_password_only(
     tmp_path: Path, services: dict[str, dict[str, Any]]
 ) -> None:
-    conf = compose_nats_config(tmp_path, services)
-    creds = generate_credentials()
-    with EmbeddedNats(
-        data_dir=tmp_path / "data",
-        extra_args=("--config", str(conf)),
-        extra_env=server_environment(creds),
-    ) as server:
-        master = creds["master"]
-        client = await nats.connect(
-            server.url,
-            user=master.user,
-            password=master.password,
-            inbox_prefix=master.inbox_prefix,
-            max_reconnect_attempts=0,
-        )
-        await client.close()
+    async with compose_nats_as_master(tmp_path, services) as (server, creds, master_client):
+        await master_client.close()
         refusals = {
             "no credentials": {},
             "another role's password": {"user": "master", "password": creds["worker"].password},
@@ -672,24 +692,10 @@ async def test_the_console_runs_and_turns_ready_with_composes_own_settings(
     tmp_path: Path, services: dict[str, dict[str, Any]]
 ) -> None:
     # NATS as compose runs it (the shipped accounts config), the streams the master makes.
-    conf = compose_nats_config(tmp_path, services)
-    creds = generate_credentials()
-    with EmbeddedNats(
-        data_dir=tmp_path / "data",
-        extra_args=("--config", str(conf)),
-        extra_env=server_environment(creds),
-    ) as server:
-        master = creds["master"]
-        client = await nats.connect(
-            server.url,
-            user=master.user,
-            password=master.password,
-            inbox_prefix=master.inbox_prefix,
-            max_reconnect_attempts=0,
-        )
+    async with compose_nats_as_master(tmp_path, services) as (server, creds, master_client):
         small = 64 * 1024 * 1024
         await ensure_configured_streams(
-            client.jetstream(),
+            master_client.jetstream(),
             ServiceSettings(
                 events_max_bytes=small,
                 tags_max_bytes=small,
@@ -697,7 +703,7 @@ async def test_the_console_runs_and_turns_ready_with_composes_own_settings(
                 rules_max_bytes=small,
             ),
         )
-        await client.close()
+        await master_client.close()
 
         # The users file, written by the one-shot's own script.
         users_file = tmp_path / "users.txt"

@@ -83,6 +83,19 @@ async def rules_seq(nc: Client) -> int:
     return int((await nc.jetstream().stream_info(subjects.STREAM_RULES)).state.last_seq)
 
 
+async def tag_a_shadow_event(procs: Procs, producer: Client, source_id: str) -> None:
+    """The producer publishes the shadow-file event of `source_id`; returns once
+    ``ttpctl tags tail``, run as the consumer role, reads its tag from TTP_TAGS."""
+    await producer.jetstream().publish(
+        subjects.event("command"), json.dumps({**SHADOW_EVENT, "source_id": source_id}).encode()
+    )
+    code, out, err = await ttpctl(
+        procs, "consumer", "tags", "tail", "--all", "-r", RULE, "-n", "1", "--json"
+    )
+    assert code == 0, out + err
+    assert json.loads(out)["data"]["source_id"] == source_id
+
+
 async def settled(
     procs: Procs, operator: Client, statuses: dict[str, dict[str, Any]], watch: Client
 ) -> dict[str, Any]:
@@ -344,16 +357,9 @@ async def test_a_consumer_reads_tags_and_rules_and_publishes_nothing(
         status_feed(watch) as statuses,
     ):
         await start_fleet(procs, watch, statuses, (WORKER,))
+        # It may read tags (here from TTP_TAGS: ttpctl runs as the consumer) and rules.
+        await tag_a_shadow_event(procs, producer, "c-1")
         pjs = producer.jetstream()
-        await pjs.publish(
-            subjects.event("command"), json.dumps({**SHADOW_EVENT, "source_id": "c-1"}).encode()
-        )
-        # It may read tags (here from TTP_TAGS) and rules.
-        code, out, err = await ttpctl(
-            procs, "consumer", "tags", "tail", "--all", "-r", RULE, "-n", "1", "--json"
-        )
-        assert code == 0, out + err
-        assert json.loads(out)["data"]["source_id"] == "c-1"
         held = await watch.jetstream().get_last_msg(
             subjects.STREAM_RULES, subjects.rule_reloaded(RULE)
         )
@@ -526,13 +532,7 @@ async def test_the_console_reads_tags_and_rules_through_its_own_pull_consumers_o
         status_feed(watch) as statuses,
     ):
         await start_fleet(procs, watch, statuses, (WORKER,))
-        await producer.jetstream().publish(
-            subjects.event("command"), json.dumps({**SHADOW_EVENT, "source_id": "k-1"}).encode()
-        )
-        code, out, err = await ttpctl(
-            procs, "consumer", "tags", "tail", "--all", "-r", RULE, "-n", "1", "--json"
-        )
-        assert code == 0, out + err  # the tag is in TTP_TAGS
+        await tag_a_shadow_event(procs, producer, "k-1")  # the tag is in TTP_TAGS
 
         console = await roles.connect("console")
         try:
@@ -659,13 +659,7 @@ async def test_a_console_push_consumer_delivers_inside_rulebus_and_changes_no_st
         status_feed(watch) as statuses,
     ):
         await start_fleet(procs, watch, statuses, (WORKER,))
-        await producer.jetstream().publish(
-            subjects.event("command"), json.dumps({**SHADOW_EVENT, "source_id": "k-9"}).encode()
-        )
-        code, out, err = await ttpctl(
-            procs, "consumer", "tags", "tail", "--all", "-r", RULE, "-n", "1", "--json"
-        )
-        assert code == 0, out + err
+        await tag_a_shadow_event(procs, producer, "k-9")
         before = await control(operator, Endpoint.STATE_GET)
         console = await roles.connect("console")
         try:
