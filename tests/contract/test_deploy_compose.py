@@ -380,8 +380,9 @@ def test_people_run_ttpctl_with_their_own_role_only_when_asked(
         assert service["restart"] == "no"
 
 
-def credentials_from_script(tmp_path: Path) -> dict[Role, RoleCredentials]:
-    """Run make-credentials.sh into `tmp_path`; the passwords it wrote, by role."""
+def run_credentials_script(tmp_path: Path) -> tuple[dict[str, str], str]:
+    """Run make-credentials.sh into `tmp_path`: the variables of the env file it wrote, and
+    what it printed."""
     env_file = tmp_path / "compose.env"
     result = subprocess.run(
         [str(CREDENTIALS_SCRIPT)],
@@ -397,6 +398,12 @@ def credentials_from_script(tmp_path: Path) -> dict[Role, RoleCredentials]:
     )
     assert result.returncode == 0, result.stderr
     values = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    return values, result.stdout
+
+
+def credentials_from_script(tmp_path: Path) -> dict[Role, RoleCredentials]:
+    """Run make-credentials.sh into `tmp_path`; the passwords it wrote, by role."""
+    values, _ = run_credentials_script(tmp_path)
     return {
         role: RoleCredentials(role, values[RoleCredentials(role, "").server_variable])
         for role in ROLES
@@ -640,31 +647,12 @@ def test_the_one_shot_writes_a_private_users_file_with_a_working_dev_login(
 def test_the_credentials_script_makes_the_console_secrets_and_prints_the_login(
     tmp_path: Path,
 ) -> None:
-    env_file = tmp_path / "compose.env"
-
-    def run() -> tuple[dict[str, str], str]:
-        result = subprocess.run(
-            [str(CREDENTIALS_SCRIPT)],
-            env={
-                **os.environ,
-                "ENV_FILE": str(env_file),
-                "CREDENTIALS_DIR": str(tmp_path / "credentials"),
-            },
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
-        values = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
-        return values, result.stdout
-
-    values, printed = run()
+    values, printed = run_credentials_script(tmp_path)
     password, secret = values["CONSOLE_DEV_PASSWORD"], values["CONSOLE_SESSION_SECRET"]
     assert re.fullmatch(r"[A-Za-z0-9]{16,}", password)
     assert re.fullmatch(r"[A-Za-z0-9]{32,}", secret), "the console refuses shorter keys"
     assert "http://127.0.0.1:8090" in printed and "user dev" in printed and password in printed
-    again, _ = run()
+    again, _ = run_credentials_script(tmp_path)
     assert (again["CONSOLE_DEV_PASSWORD"], again["CONSOLE_SESSION_SECRET"]) == (password, secret)
     assert ConsoleSettings(console_session_secret=secret).console_session_secret is not None
 
