@@ -12,8 +12,13 @@
   referenced ConfigMap and Secret exists (prod: only the documented external Secrets).
 - The console: probes on its health port, the UI on its own port, proxy mode with a trusted
   range (the rendered settings load), its session key as a mounted secret file; it reaches
-  NATS only (never PostgreSQL), and only the labelled authenticating proxy reaches its UI. The
-  example oauth2-proxy Component renders on the dev overlay, validates and is locked down.
+  NATS only (never PostgreSQL), and only the labelled authenticating proxy reaches its UI.
+  Without the Component the console trusts the pod CIDR, as the manifests and README say.
+- The example oauth2-proxy Component, on both overlays: oauth2-proxy is a second container in
+  the console's pod, the console binds 127.0.0.1 and believes 127.0.0.1/32 only (its probes
+  and metrics stay on every interface), the Service's `http` port reaches the sidecar, which
+  proxies to 127.0.0.1:8090; both containers are locked down, only the ingress controller
+  reaches the login, the pod may go out on HTTPS; the render passes strict validation.
 - Base: one master with Recreate; worker HPA (autoscaling/v2) and PDB.
 - base/rules-configmap.yaml holds exactly the repository's rules (deploy/kubernetes/sync-rules.sh).
 - NATS roles: the master and the workers each log in as their own role from their own Secret,
@@ -42,6 +47,8 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
+from ttp_console.auth.proxy import ProxyIdentity
+from ttp_console.bootstrap import bind_socket, server_config
 from ttp_console.settings import ConsoleSettings
 from ttp_master.settings import MasterSettings
 from ttp_runtime.embedded import EmbeddedNats
@@ -201,23 +208,15 @@ def test_the_base_renders_on_its_own() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def test_every_pod_is_locked_down(overlay: tuple[str, list[dict[str, Any]]]) -> None:
-    name, docs = overlay
-    specs = dict(pod_specs(docs))
-    assert {
-        "Deployment/ttp-master",
-        "Deployment/ttp-worker",
-        "Deployment/ttp-console",
-        "Job/ttp-migrate",
-    } <= set(specs)
-    for where, spec in specs.items():
+def assert_every_pod_is_locked_down(name: str, docs: list[dict[str, Any]]) -> None:
+    """The restricted securityContext, a /tmp emptyDir, resources and a pinned image on every
+    container of every pod template in ``docs``."""
+    for where, spec in pod_specs(docs):
         pod = spec.get("securityContext") or {}
         assert spec.get("automountServiceAccountToken") is False, where
         assert not spec.get("hostNetwork") and not spec.get("hostPID"), where
-        tmp_volumes = {
-            v["name"] for v in spec.get("volumes", []) if "emptyDir" in v and v["name"] == "tmp"
-        }
-        assert tmp_volumes, f"{name} {where}: no emptyDir for /tmp"
+        scratch = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v}
+        assert "tmp" in scratch, f"{name} {where}: no emptyDir for /tmp"
         for container in containers(spec):
             at = f"{name} {where} container {container['name']}"
             sc = container.get("securityContext") or {}
@@ -232,12 +231,24 @@ def test_every_pod_is_locked_down(overlay: tuple[str, list[dict[str, Any]]]) -> 
             assert sc.get("capabilities", {}).get("drop") == ["ALL"], at
             assert not sc.get("capabilities", {}).get("add"), at
             mounts = {m["mountPath"]: m for m in container.get("volumeMounts", [])}
-            assert mounts.get("/tmp", {}).get("name") == "tmp", f"{at}: /tmp is not the emptyDir"
+            # Each container's /tmp is an emptyDir of the pod (a sidecar may have its own).
+            assert mounts.get("/tmp", {}).get("name") in scratch, f"{at}: /tmp is no emptyDir"
             resources = container.get("resources") or {}
             for kind in ("requests", "limits"):
                 assert {"cpu", "memory"} <= set(resources.get(kind, {})), f"{at}: {kind}"
             image = container["image"]
             assert ":" in image and not image.endswith(":latest"), f"{at}: unpinned {image}"
+
+
+def test_every_pod_is_locked_down(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    name, docs = overlay
+    assert {
+        "Deployment/ttp-master",
+        "Deployment/ttp-worker",
+        "Deployment/ttp-console",
+        "Job/ttp-migrate",
+    } <= dict(pod_specs(docs)).keys()
+    assert_every_pod_is_locked_down(name, docs)
 
 
 def test_services_have_probes_on_a_named_metrics_port(
@@ -822,6 +833,28 @@ def test_the_console_serves_its_ui_and_its_probes_on_separate_ports(
     }
 
 
+def console_environment(docs: list[dict[str, Any]]) -> dict[str, str]:
+    """The console container's TTP_* environment as rendered: ConfigMap ttp-config, then the
+    container's own literal values (secret references left out)."""
+    (console,) = [
+        c
+        for c in find(docs, "Deployment", "ttp-console")["spec"]["template"]["spec"]["containers"]
+        if c["name"] == "console"
+    ]
+    refs = {source["configMapRef"]["name"] for source in console.get("envFrom", [])}
+    configmaps = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] in refs]
+    literal = {e["name"]: e["value"] for e in console["env"] if "value" in e}
+    merged = {k: v for cm in configmaps for k, v in cm["data"].items()} | literal
+    return {k: v for k, v in merged.items() if k.startswith("TTP_")}
+
+
+def console_settings(environment: dict[str, str], **extra: Any) -> ConsoleSettings:
+    """The settings the console would load from ``environment``."""
+    # Any: pydantic parses the strings the way it parses the environment.
+    fields: dict[str, Any] = {k.removeprefix("TTP_").lower(): v for k, v in environment.items()}
+    return ConsoleSettings(**fields, **extra)
+
+
 def test_the_console_logs_in_through_a_trusted_proxy_with_a_mounted_session_key(
     overlay: tuple[str, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
@@ -840,24 +873,18 @@ def test_the_console_logs_in_through_a_trusted_proxy_with_a_mounted_session_key(
     assert [i["path"] for i in secret["items"]] == ["ttp_console_session_secret"]
     assert secret["defaultMode"] & 0o007 == 0, "the session key is not for other users"
     # The rendered environment is one the console accepts (ConfigMap values included).
-    config = next(
-        d
-        for d in docs
-        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("ttp-config")
-    )
-    environment = {**config["data"], **{k: v for k, v in env.items() if v is not None}}
+    environment = console_environment(docs)
     # The secret volume as the kubelet lays it out: each item a link through `..data`.
     secrets_dir = tmp_path / "secrets"
     (secrets_dir / "..2026_01_01_00_00_00.1").mkdir(parents=True)
     (secrets_dir / "..2026_01_01_00_00_00.1" / "ttp_console_session_secret").write_text("k" * 64)
     (secrets_dir / "..data").symlink_to("..2026_01_01_00_00_00.1")
     (secrets_dir / "ttp_console_session_secret").symlink_to("..data/ttp_console_session_secret")
-    settings = ConsoleSettings(
-        _secrets_dir=secrets_dir,  # type: ignore[call-arg]
-        **{k.removeprefix("TTP_").lower(): v for k, v in environment.items()},
-    )
+    settings = console_settings(environment, _secrets_dir=secrets_dir)
     assert settings.console_auth == "proxy"
     assert settings.console_trusted_proxies, f"{name}: no trusted proxy range"
+    # Base: the proxy is another pod, so the UI listens on every interface of this one.
+    assert settings.console_host == "0.0.0.0"
     assert all(not net.is_global for net in settings.console_trusted_proxies), (
         "the trusted range must be the cluster's own addresses"
     )
@@ -901,18 +928,45 @@ def test_only_the_labelled_proxy_reaches_the_console_ui(
     }
 
 
-def render_dev_with_oauth2_proxy(tmp_path: Path) -> str:
-    """The dev overlay with the extras/oauth2-proxy Component, as a private overlay adds it."""
-    root = tmp_path / "with-oauth2-proxy"
-    root.mkdir()
+def test_without_the_component_the_console_trusts_the_pod_cidr_behind_its_network_policy(
+    overlay: tuple[str, list[dict[str, Any]]],
+) -> None:
+    """The base as documented: a proxy in its own pod, so every pod address is believed and
+    the NetworkPolicy is the lock, which the manifests and the README say in so many words."""
+    name, docs = overlay
+    settings = console_settings(console_environment(docs))
+    assert [str(net) for net in settings.console_trusted_proxies] == ["10.244.0.0/16"], name
+    identity = ProxyIdentity(settings.console_trusted_proxies, settings.is_operator)
+    assert identity.trusts("10.244.7.9"), "any pod of the CIDR is believed: the policy guards"
+    assert not identity.trusts("127.0.0.1") and not identity.trusts("192.0.2.1")
+    for path in (KUBE / "base" / "console.yaml", KUBE / "README.md"):
+        # Comment markers and line breaks aside, so a reflowed sentence still counts.
+        text = " ".join(path.read_text(encoding="utf-8").replace("#", " ").split())
+        assert "10.244.0.0/16" in text and re.search(r"enforces? NetworkPolicies", text), path
+        assert "extras/oauth2-proxy" in text and "127.0.0.1/32" in text, path
+
+
+# The example oauth2-proxy Component: a second container in the console's pod.
+
+OAUTH2_PROXY_COMPONENT = KUBE / "extras" / "oauth2-proxy"
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def with_oauth2_proxy(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, Path, list[dict[str, Any]]]:
+    """An overlay with the Component added on top, as a private overlay adds it: the overlay's
+    name, the rendered file and its documents."""
+    name = request.param
+    root = tmp_path_factory.mktemp(f"{name}-with-oauth2-proxy")
     (root / "kustomization.yaml").write_text(
         yaml.safe_dump(
             {
                 "apiVersion": "kustomize.config.k8s.io/v1beta1",
                 "kind": "Kustomization",
                 "namespace": "ttp-rulebus",
-                "resources": [os.path.relpath(KUBE / "overlays" / "dev", root)],
-                "components": [os.path.relpath(KUBE / "extras" / "oauth2-proxy", root)],
+                "resources": [os.path.relpath(KUBE / "overlays" / name, root)],
+                "components": [os.path.relpath(OAUTH2_PROXY_COMPONENT, root)],
             }
         ),
         encoding="utf-8",
@@ -925,28 +979,74 @@ def render_dev_with_oauth2_proxy(tmp_path: Path) -> str:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    return result.stdout
+    rendered = root / "rendered.yaml"
+    rendered.write_text(result.stdout, encoding="utf-8")
+    return name, rendered, [d for d in yaml.safe_load_all(result.stdout) if d]
 
 
-def test_the_example_oauth2_proxy_fronts_the_console_and_is_locked_down(
-    tmp_path: Path,
+def console_pod(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The console's pod spec and its containers by name."""
+    spec: dict[str, Any] = find(docs, "Deployment", "ttp-console")["spec"]["template"]["spec"]
+    return spec, {c["name"]: c for c in spec["containers"]}
+
+
+def test_with_oauth2_proxy_the_console_listens_on_loopback_and_believes_only_it(
+    with_oauth2_proxy: tuple[str, Path, list[dict[str, Any]]],
 ) -> None:
-    text = render_dev_with_oauth2_proxy(tmp_path)
-    docs = [d for d in yaml.safe_load_all(text) if d]
-    proxy = find(docs, "Deployment", "oauth2-proxy")
-    pod = proxy["spec"]["template"]
-    # The console admits it: its pods carry the label console-ingress names.
-    assert CONSOLE_PROXY_LABEL.items() <= pod["metadata"]["labels"].items()
-    (container,) = pod["spec"]["containers"]
-    args = dict(a.removeprefix("--").split("=", 1) for a in container["args"])
-    console = find(docs, "Service", "ttp-console")
-    (ui,) = [p for p in console["spec"]["ports"] if p["name"] == "http"]
-    assert args["upstream"] == f"http://ttp-console:{ui['port']}/"
+    name, _, docs = with_oauth2_proxy
+    spec, by_name = console_pod(docs)
+    assert list(by_name) == ["console", "oauth2-proxy"], name
+    # Still the first container: overlays patch the console at containers/0 (prod: NATS CA).
+    assert spec["containers"][0]["command"] == ["ttp-console"]
+    if name == "prod":
+        assert "TTP_NATS_TLS_CA" in env_of(by_name["console"])
+    environment = console_environment(docs)
+    assert environment["TTP_CONSOLE_HOST"] == "127.0.0.1"
+    assert environment["TTP_CONSOLE_TRUSTED_PROXIES"] == "127.0.0.1/32"
+    settings = console_settings(environment)
+    assert settings.console_auth == "proxy"
+    assert settings.console_host == "127.0.0.1"
+    assert [str(net) for net in settings.console_trusted_proxies] == ["127.0.0.1/32"]
+    identity = ProxyIdentity(settings.console_trusted_proxies, settings.is_operator)
+    assert identity.trusts("127.0.0.1")
+    for other_pod in ("10.244.7.9", "10.42.0.12", "::1", "::ffff:10.244.7.9"):
+        assert not identity.trusts(other_pod), other_pod
+    # The UI's socket is bound to loopback only, as the console binds it.
+    sock = bind_socket(settings.console_host, 0)
+    try:
+        assert sock.getsockname()[0] == "127.0.0.1"
+    finally:
+        sock.close()
+    assert server_config(object(), settings).host == "127.0.0.1"
+    # TTP_CONSOLE_HOST moves the UI only: probes and /metrics stay on every interface.
+    assert settings.http_host == "0.0.0.0" and "TTP_HTTP_HOST" not in environment
+    assert settings.http_port == 8083
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert by_name["console"][probe]["httpGet"]["port"] == "metrics", probe
+
+
+def test_with_oauth2_proxy_the_service_http_port_reaches_the_sidecar_which_proxies_to_loopback(
+    with_oauth2_proxy: tuple[str, Path, list[dict[str, Any]]],
+) -> None:
+    name, _, docs = with_oauth2_proxy
+    _, by_name = console_pod(docs)
+    proxy, console = by_name["oauth2-proxy"], by_name["console"]
+    proxy_ports = {p["name"]: p["containerPort"] for p in proxy["ports"]}
+    console_ports = {p["name"]: p["containerPort"] for p in console["ports"]}
+    assert proxy_ports == {"oauth2-http": 4180}
+    service = find(docs, "Service", "ttp-console")
+    targets = {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]}
+    assert targets == {"http": (8090, "oauth2-http"), "metrics": (8083, "metrics")}, name
+    assert console_ports["metrics"] == 8083
+    args = dict(a.removeprefix("--").split("=", 1) for a in proxy["args"])
+    assert args["http-address"] == f"0.0.0.0:{proxy_ports['oauth2-http']}"
+    ui_port = int(env_of(console)["TTP_CONSOLE_PORT"]["value"])
+    assert args["upstream"] == f"http://127.0.0.1:{ui_port}/"
     assert args["pass-user-headers"] == "true"
     assert args["cookie-secure"] == "true"
-    repository, _, tag = container["image"].rpartition(":")
-    assert repository and tag not in {"", "latest"}
-    env = env_of(container)
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert proxy[probe]["httpGet"]["port"] == "oauth2-http", probe
+    env = env_of(proxy)
     assert {
         env[k]["valueFrom"]["secretKeyRef"]["name"]
         for k in (
@@ -955,32 +1055,94 @@ def test_the_example_oauth2_proxy_fronts_the_console_and_is_locked_down(
             "OAUTH2_PROXY_COOKIE_SECRET",
         )
     } == {"oauth2-proxy"}
-    spec = pod["spec"]
-    assert spec["automountServiceAccountToken"] is False
-    sc = container["securityContext"]
-    assert sc["runAsNonRoot"] is True and sc["readOnlyRootFilesystem"] is True
-    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
-    assert sc["seccompProfile"]["type"] == "RuntimeDefault"
-    assert {"cpu", "memory"} <= set(container["resources"]["limits"])
-    # Its own flows: in from the ingress controller only, out to the console's UI and HTTPS.
+    # The separate proxy Deployment, its Service and its policies are gone.
+    assert not [d for d in docs if "oauth2-proxy" in d["metadata"]["name"]]
+
+
+def test_with_oauth2_proxy_both_containers_are_locked_down(
+    with_oauth2_proxy: tuple[str, Path, list[dict[str, Any]]],
+) -> None:
+    name, _, docs = with_oauth2_proxy
+    assert_every_pod_is_locked_down(f"{name}+oauth2-proxy", docs)
+    spec, by_name = console_pod(docs)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    for container in by_name.values():
+        sc = container["securityContext"]
+        assert (sc["runAsNonRoot"], sc["runAsUser"], sc["runAsGroup"]) == (True, 10001, 10001)
+        assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+        assert sc["privileged"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}
+    # The sidecar shares nothing with the console but the network namespace.
+    proxy_mounts = {m["name"] for m in by_name["oauth2-proxy"]["volumeMounts"]}
+    console_mounts = {m["name"] for m in by_name["console"]["volumeMounts"]}
+    assert proxy_mounts == {"oauth2-proxy-tmp"} and not proxy_mounts & console_mounts
+    assert "emptyDir" in volumes["oauth2-proxy-tmp"]
+    repository, _, tag = by_name["oauth2-proxy"]["image"].rpartition(":")
+    assert repository and tag not in {"", "latest"}
+
+
+def test_with_oauth2_proxy_only_the_ingress_controller_reaches_the_login(
+    with_oauth2_proxy: tuple[str, Path, list[dict[str, Any]]],
+) -> None:
+    name, _, docs = with_oauth2_proxy
     policies = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}
-    (rule,) = policies["oauth2-proxy-ingress"]["ingress"]
-    assert all("namespaceSelector" in peer for peer in rule["from"])
-    egress_ports = {
-        p["port"] for r in policies["oauth2-proxy-egress"]["egress"] for p in r["ports"]
+    console_labels = find(docs, "Deployment", "ttp-console")["spec"]["selector"]["matchLabels"]
+    ui = policies["console-ingress"]
+    assert ui["podSelector"] == {"matchLabels": console_labels}
+    assert ui["ingress"] == [
+        {
+            "from": [
+                {
+                    "namespaceSelector": {
+                        "matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}
+                    }
+                }
+            ],
+            "ports": [{"protocol": "TCP", "port": "oauth2-http"}],
+        }
+    ], name
+    ingress = {n for n, spec in policies.items() if spec.get("ingress")}
+    assert ingress == {"metrics-ingress-from-monitoring", "console-ingress"}
+    # Out: NATS as before, plus HTTPS for the OpenID Connect provider; never PostgreSQL.
+    egress = policies["console-egress"]
+    assert egress["podSelector"] == {"matchLabels": console_labels}
+    ports = [p["port"] for rule in egress["egress"] for p in rule["ports"]]
+    assert sorted(ports) == [443, 4222], name
+    for rule in egress["egress"]:
+        for peer in rule["to"]:
+            labels = peer.get("podSelector", {}).get("matchLabels", {})
+            assert labels.get("app.kubernetes.io/name") != "postgresql"
+    for policy_name, spec in policies.items():
+        if spec["podSelector"] in ({}, {"matchLabels": console_labels}):
+            for rule in spec.get("egress", []):
+                assert all(p["port"] != 5432 for p in rule["ports"]), policy_name
+
+
+def test_with_oauth2_proxy_the_rendered_manifests_pass_strict_schema_validation(
+    with_oauth2_proxy: tuple[str, Path, list[dict[str, Any]]],
+) -> None:
+    name, rendered, docs = with_oauth2_proxy
+    versions = sorted({OLDEST_KUBERNETES, latest_kubernetes()})
+    runs = {
+        version: subprocess.Popen(
+            [str(tool("kubernetes-validate")), "--strict", "-k", version, str(rendered)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for version in versions
     }
-    assert egress_ports == {ui["port"], 443}
-    # Everything rendered is valid for the oldest supported Kubernetes.
-    rendered = tmp_path / "with-oauth2-proxy.yaml"
-    rendered.write_text(text, encoding="utf-8")
-    result = subprocess.run(
-        [str(tool("kubernetes-validate")), "--strict", "-k", OLDEST_KUBERNETES, str(rendered)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    problems = [line for line in result.stdout.splitlines() if not line.startswith("INFO")]
-    assert result.returncode == 0 and not problems, "\n".join(problems) + result.stderr
-    readme = (KUBE / "README.md").read_text(encoding="utf-8")
+    for version, process in runs.items():
+        output, _ = process.communicate(timeout=120)
+        problems = "\n".join(line for line in output.splitlines() if not line.startswith("INFO"))
+        assert process.returncode == 0 and not problems, f"{name} on {version}:\n{problems}"
+        assert output.count(" passed for resource ") == len(docs), output
+
+
+def test_the_readme_routes_the_ingress_to_the_console_service_with_the_component() -> None:
+    readme = " ".join((KUBE / "README.md").read_text(encoding="utf-8").split())
     assert "extras/oauth2-proxy" in readme and "ttp-rulebus.io/console-proxy=true" in readme
+    assert "service: {name: ttp-console, port: {name: http}}" in readme
+    assert "name: oauth2-proxy, port" not in readme, "no Service oauth2-proxy any more"
+    assert "TTP_CONSOLE_HOST=127.0.0.1" in readme and "127.0.0.1/32" in readme
+    assert not (OAUTH2_PROXY_COMPONENT / "oauth2-proxy.yaml").exists()
