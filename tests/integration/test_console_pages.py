@@ -31,10 +31,12 @@ from harness.bus_messages import tag_data, tagged_message
 from harness.console_in_process import serve_console_in_process
 from harness.master import install, master_role_settings, running_master
 from harness.nats_roles import role_nats
+from harness.navigator_layers import check_layer
 from harness.waiting import eventually
 from ttp_console.pages import close_live_streams
 from ttp_console.rule_feed import RuleFeed
 from ttp_console.tag_store import TagStore
+from ttp_core.attack import load_catalogue
 from ttp_core.contract.payloads import TagData
 from ttp_runtime.nats import MSG_ID_HEADER, ensure_streams
 
@@ -278,9 +280,14 @@ async def test_the_layer_downloads_are_navigator_layers(world: World) -> None:
             assert "attachment" in response.headers["Content-Disposition"]
             coverage = json.loads(await response.read())
         async with http.get("/layers/observed.json?window=1h") as response:
+            assert response.status == 200
+            assert "attachment" in response.headers["Content-Disposition"]
             observed = json.loads(await response.read())
-    assert coverage["versions"]["layer"] == "4.5"
-    assert coverage["domain"] == "enterprise-attack"
+    # The same check as the layers ttpctl writes: MITRE's navlayers loads each strictly and
+    # writes it back unchanged, and format 4.5's other constraints hold.
+    catalogue = load_catalogue()
+    check_layer(coverage, catalogue)
+    check_layer(observed, catalogue)
     covered = {t["techniqueID"] for t in coverage["techniques"]}
     assert {"T1105", "T1059.004"} <= covered
     assert {t["techniqueID"] for t in observed["techniques"]} >= {"T1059.004"}
