@@ -96,6 +96,13 @@ class ConsoleSettings(ServiceSettings):
     console_login_window_s: float = Field(
         default=900.0, gt=0, description="Window of the failed-login throttle."
     )
+    console_live_streams_per_user: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="Live-tag streams one user may hold open at once (a stream per browser"
+        " tab); a further one is refused with 429. The console holds at most 64 for everyone.",
+    )
 
     @field_validator("console_trusted_proxies", mode="before")
     @classmethod
