@@ -421,6 +421,54 @@ async def test_live_tags_stream_only_what_the_filter_asks_for_and_close_at_shutd
     await eventually(lambda: world.store.stats().subscribers == 0, "the subscriber to leave")
 
 
+@contextlib.asynccontextmanager
+async def live_stream(
+    world: World, http: aiohttp.ClientSession, query: str
+) -> AsyncIterator[aiohttp.ClientResponse]:
+    """``/live/stream?{query}``, open and subscribed (so no tag published after is missed)."""
+    async with http.get(f"/live/stream?{query}") as response:
+        assert response.status == 200, await response.text()
+        assert (await response.content.readline()).startswith(b"retry:")
+        await eventually(lambda: world.store.stats().subscribers == 1, "the subscriber")
+        yield response
+
+
+async def test_a_live_stream_filtered_by_rule_sends_that_rules_tags_alone(world: World) -> None:
+    async with world.client(VIEWER) as http, live_stream(world, http, "rule=R0020") as response:
+        # One message carrying both rules' tags, then one of the other rule alone, then
+        # one of the wanted rule: the stream keeps the bus's order, so the two rows that
+        # arrive first prove nothing of R0019 came before or between them.
+        await publish_tags(
+            world.publisher,
+            tag("T1059", "T1059.004", rule_id="R0019", confidence=0.7),
+            tag("T1105", None, rule_id="R0020", confidence=0.8),
+        )
+        await publish_tags(world.publisher, tag("T1059", "T1059.004", rule_id="R0019"))
+        await publish_tags(world.publisher, tag("T1105", None, rule_id="R0020", confidence=0.6))
+        rows = await _events(response, 2)
+    assert [(name, row["rule_id"], row["confidence"]) for name, row in rows] == [
+        ("tag", "R0020", 0.8),
+        ("tag", "R0020", 0.6),
+    ]
+    assert world.store.stats().tags == 4  # the console did receive the R0019 tags
+
+
+async def test_a_live_stream_filtered_by_source_kind_sends_that_kinds_tags_alone(
+    world: World,
+) -> None:
+    async with world.client(VIEWER) as http, live_stream(world, http, "kind=ssh") as response:
+        await publish_tags(world.publisher, tag("T1059", "T1059.004"), kind="command")
+        await publish_tags(world.publisher, tag("T1105", None, confidence=0.8), kind="ssh")
+        await publish_tags(world.publisher, tag("T1105", None), kind="command")
+        await publish_tags(world.publisher, tag("T1059", "T1059.004", confidence=0.6), kind="ssh")
+        rows = await _events(response, 2)
+    assert [(name, row["source_kind"], row["technique"]) for name, row in rows] == [
+        ("tag", "ssh", "T1105"),
+        ("tag", "ssh", "T1059.004"),
+    ]
+    assert world.store.stats().tags == 4  # the console did receive the command tags
+
+
 # --------------------------------------------------------------------------------------------
 # No master
 # --------------------------------------------------------------------------------------------
