@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
@@ -32,6 +34,52 @@ def _comma_separated(value: object) -> object:
             return json.loads(text)
         return [part.strip() for part in text.split(",") if part.strip()]
     return value
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_HOST_NAME = re.compile(r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*")
+
+
+def canonical_origin(text: str) -> str:
+    """``text`` written as a browser writes an ``Origin`` header: ``scheme://host[:port]``,
+    lower case, without the scheme's default port; ``ValueError`` says what is wrong."""
+    example = "e.g. https://console.example.com or https://console.example.com:8443"
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"{text[:200]!r} is not a URL ({exc}); {example}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _DEFAULT_PORTS:
+        raise ValueError(f"{text[:200]!r} must start with https:// or http://; {example}")
+    if parts.path not in {"", "/"} or parts.query or parts.fragment or "@" in parts.netloc:
+        raise ValueError(
+            f"{text[:200]!r} must be a scheme, a host and an optional port only (no path,"
+            f" query, fragment or user); {example}"
+        )
+    host = parts.hostname
+    if not host:
+        raise ValueError(f"{text[:200]!r} has no host; {example}")
+    if port == 0:
+        raise ValueError(f"{text[:200]!r} has port 0; {example}")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        if not host.isascii():
+            raise ValueError(
+                f"{text[:200]!r}: write an internationalised host name in its xn-- form,"
+                " as browsers send it"
+            ) from None
+        if not _HOST_NAME.fullmatch(host) or host.rsplit(".", 1)[-1].isdigit():
+            raise ValueError(f"{text[:200]!r} has no valid host name; {example}") from None
+        netloc = host
+    else:
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+            raise ValueError(f"{text[:200]!r}: browsers do not use IPv6 zone ids in origins")
+        netloc = f"[{address.compressed}]" if address.version == 6 else address.compressed
+    if port is not None and port != _DEFAULT_PORTS[scheme]:
+        netloc += f":{port}"
+    return f"{scheme}://{netloc}"
 
 
 class ConsoleSettings(ServiceSettings):
@@ -75,6 +123,13 @@ class ConsoleSettings(ServiceSettings):
         description="Key that signs session cookies (at least 32 characters). Unset: a random"
         " key per process, so sessions end when the console restarts.",
     )
+    console_public_origin: str | None = Field(
+        default=None,
+        description="The origin browsers reach the console at (`https://host[:port]`, no"
+        " path). Set: a state change must come with exactly this Origin, whatever Host the"
+        " proxy forwards, and an https origin gets HSTS. Unset: Origin must match the Host"
+        " header.",
+    )
     console_cookie_secure: bool = Field(
         default=True,
         description="Mark the session cookie Secure (sent over HTTPS only). Turn off only for"
@@ -113,6 +168,14 @@ class ConsoleSettings(ServiceSettings):
     @classmethod
     def _split_names(cls, value: object) -> object:
         return _comma_separated(value)
+
+    @field_validator("console_public_origin", mode="before")
+    @classmethod
+    def _origin(cls, value: object) -> object:
+        # Empty (as compose writes an unset `${VAR:-}`) means unset.
+        if isinstance(value, str):
+            return canonical_origin(value) if value.strip() else None
+        return value
 
     @field_validator("console_session_secret")
     @classmethod

@@ -44,3 +44,53 @@ def test_a_short_session_secret_is_refused(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("TTP_CONSOLE_SESSION_SECRET", "short")
     with pytest.raises(ValueError, match="at least 32"):
         ConsoleSettings()
+
+
+@pytest.mark.parametrize(
+    ("given", "origin"),
+    [
+        ("https://console.example.com", "https://console.example.com"),
+        (" HTTPS://Console.Example.COM/ ", "https://console.example.com"),
+        ("https://console.example.com:443", "https://console.example.com"),
+        ("http://console.example.com:80", "http://console.example.com"),
+        ("https://console.example.com:8443", "https://console.example.com:8443"),
+        ("http://127.0.0.1:8090", "http://127.0.0.1:8090"),
+        ("https://[2001:DB8:0::1]:8443", "https://[2001:db8::1]:8443"),
+        ("https://xn--bcher-kva.example", "https://xn--bcher-kva.example"),
+    ],
+)
+def test_the_public_origin_is_kept_as_browsers_write_origins(given: str, origin: str) -> None:
+    assert ConsoleSettings(console_public_origin=given).console_public_origin == origin
+
+
+@pytest.mark.parametrize(
+    ("given", "complaint"),
+    [
+        ("console.example.com", "must start with https:// or http://"),
+        ("ftp://console.example.com", "must start with https:// or http://"),
+        ("https://console.example.com/console", "no path"),
+        ("https://console.example.com?x=1", "no path"),
+        ("https://console.example.com#top", "no path"),
+        ("https://admin@console.example.com", "no path"),
+        ("https://", "has no host"),
+        ("https://console.example.com:99999", "is not a URL"),
+        ("https://console.example.com:0", "port 0"),
+        ("https://[::1", "is not a URL"),
+        ("https://bücher.example", "xn-- form"),
+        ("https://exa mple.com", "no valid host name"),
+        ("https://1.2.3", "no valid host name"),
+        ("https://[fe80::1%25eth0]", "zone ids"),
+    ],
+)
+def test_a_public_origin_that_is_not_an_origin_is_refused(given: str, complaint: str) -> None:
+    with pytest.raises(ValueError, match="console_public_origin") as info:
+        ConsoleSettings(console_public_origin=given)
+    assert complaint in str(info.value)
+
+
+def test_an_empty_public_origin_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ConsoleSettings().console_public_origin is None
+    monkeypatch.setenv("TTP_CONSOLE_PUBLIC_ORIGIN", "")
+    assert ConsoleSettings().console_public_origin is None
+    monkeypatch.setenv("TTP_CONSOLE_PUBLIC_ORIGIN", "https://Console.Example.com")
+    assert ConsoleSettings().console_public_origin == "https://console.example.com"
