@@ -82,8 +82,8 @@ def test_durations_read_as_the_two_largest_units() -> None:
     assert duration(9) == "9s"
 
 
-def _fleet(**events: int) -> FleetInfo:
-    now = datetime.now(UTC)
+def _fleet(seen_at: float, *, gone: tuple[str, ...] = (), **events: int) -> FleetInfo:
+    """The fleet as the master lists it, every worker's last status received at `seen_at`."""
     return FleetInfo(
         revision=3,
         digest="d",
@@ -99,23 +99,60 @@ def _fleet(**events: int) -> FleetInfo:
                 active=1,
                 external=0,
                 events_processed=count,
-                last_seen=now,
+                last_seen=datetime.fromtimestamp(seen_at, UTC),
                 age_s=0.0,
-                gone=False,
+                gone=worker_id in gone,
             )
             for worker_id, count in events.items()
         ],
     )
 
 
-def test_fleet_rates_come_from_successive_polls() -> None:
+T0 = 1_700_000_000.0
+
+
+def test_fleet_rates_come_from_two_statuses_of_each_worker() -> None:
     rates = FleetRates()
-    assert rates.update(_fleet(w1=100, w2=0), now=10.0) == {"w1": None, "w2": None}
-    assert rates.update(_fleet(w1=600, w2=50), now=15.0) == {"w1": 100.0, "w2": 10.0}
-    # A poll less than a second later keeps the last rate instead of a noisy one.
-    assert rates.update(_fleet(w1=700, w2=50), now=15.2) == {"w1": 100.0, "w2": 10.0}
-    # A counter that went down is a restarted worker; a gone worker is forgotten.
-    assert rates.update(_fleet(w1=5), now=20.0) == {"w1": None}
+    assert rates.update(_fleet(T0, w1=100, w2=0)) == {"w1": None, "w2": None}
+    assert rates.update(_fleet(T0 + 5, w1=600, w2=50)) == {"w1": 100.0, "w2": 10.0}
+    assert rates.update(_fleet(T0 + 10, w1=600, w2=50)) == {"w1": 0.0, "w2": 0.0}
+
+
+def test_polls_between_two_statuses_keep_a_busy_workers_rate() -> None:
+    # Two viewers (or a reload) poll within one status interval: both read the status the
+    # worker sent last, which says nothing of the time since, so the rate holds.
+    rates = FleetRates()
+    rates.update(_fleet(T0, w1=100))
+    assert rates.update(_fleet(T0 + 5, w1=600)) == {"w1": 100.0}
+    assert rates.update(_fleet(T0 + 5, w1=600)) == {"w1": 100.0}
+    # A status less than a second after the last (a rule change reported at once) is no
+    # sample either; the next heartbeat measures from the last one that was.
+    assert rates.update(_fleet(T0 + 5.2, w1=700)) == {"w1": 100.0}
+    assert rates.update(_fleet(T0 + 10, w1=1600)) == {"w1": 200.0}
+
+
+def test_fleet_rates_start_over_when_two_statuses_say_nothing_of_now() -> None:
+    rates = FleetRates()
+    rates.update(_fleet(T0, w1=100, w2=100))
+    # A counter that went down is a restarted worker.
+    assert rates.update(_fleet(T0 + 5, w1=5, w2=600)) == {"w1": None, "w2": 100.0}
+    # Statuses more than four intervals apart: nobody looked for a while; their average
+    # would show an old rate as the current one.
+    assert rates.update(_fleet(T0 + 26, w1=2105, w2=2700)) == {"w1": None, "w2": None}
+    assert rates.update(_fleet(T0 + 31, w1=2605, w2=3200)) == {"w1": 100.0, "w2": 100.0}
+    # A master clock set back is no sample either.
+    assert rates.update(_fleet(T0 + 20, w1=3105, w2=3200)) == {"w1": None, "w2": None}
+
+
+def test_a_gone_worker_has_no_rate_and_an_unlisted_one_is_forgotten() -> None:
+    rates = FleetRates()
+    rates.update(_fleet(T0, w1=100, w2=100))
+    assert rates.update(_fleet(T0 + 5, gone=("w2",), w1=600, w2=600)) == {
+        "w1": 100.0,
+        "w2": None,
+    }
+    rates.update(_fleet(T0 + 10, w1=1100))
+    assert rates.update(_fleet(T0 + 15, w1=1600, w2=2100)) == {"w1": 100.0, "w2": None}
 
 
 def test_live_filters_ignore_what_is_not_valid() -> None:

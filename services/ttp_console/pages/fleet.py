@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Final
 
@@ -16,7 +15,11 @@ from ttp_runtime.control_client import ControlClientError
 __all__ = ["FleetRates", "fleet_fragment", "fleet_page"]
 
 MIN_RATE_INTERVAL_S: Final = 1.0
-"""Polls closer together than this reuse the previous rate (a reload storm is no sample)."""
+"""Statuses closer together than this (a worker reports a rule change at once, between its
+heartbeats) keep the previous rate: so short a span is no sample."""
+MAX_RATE_SPAN_INTERVALS: Final = 4
+"""Two statuses further apart than this many status intervals (nobody looked at the fleet for
+a while) give no rate: their average would pass an old rate off as the current one."""
 MAX_WORKERS_TRACKED: Final = 10_000
 
 
@@ -24,35 +27,47 @@ MAX_WORKERS_TRACKED: Final = 10_000
 class _Sample:
     events: int
     at: float
+    """When the master received the status (epoch seconds)."""
     rate: float | None
 
 
 class FleetRates:
-    """Events per second of each worker, from its ``events_processed`` in successive polls.
+    """Events per second of each worker, from the ``events_processed`` of two of its statuses.
 
-    One sample per worker id the last poll listed (workers gone from the fleet are forgotten),
-    at most :data:`MAX_WORKERS_TRACKED`.
+    A worker sends its counter in a status every few seconds, so the rate is the difference
+    between two statuses over the time between them as the master received them, not between
+    two polls: polls within one status interval (two viewers, a reload) would read the same
+    counter and show a busy worker as idle, then the next poll as twice as busy. A gone worker
+    has no rate. One sample per worker id the last poll listed (workers the master forgot are
+    forgotten), at most :data:`MAX_WORKERS_TRACKED`.
     """
 
     def __init__(self) -> None:
         self._samples: dict[str, _Sample] = {}
 
-    def update(self, fleet: FleetInfo, now: float) -> dict[str, float | None]:
+    def update(self, fleet: FleetInfo) -> dict[str, float | None]:
+        """Each listed worker's events/s, ``None`` until two of its statuses are known."""
+        longest_span = MAX_RATE_SPAN_INTERVALS * fleet.status_interval_s
         rates: dict[str, float | None] = {}
         samples: dict[str, _Sample] = {}
         for worker in fleet.workers[:MAX_WORKERS_TRACKED]:
             held = self._samples.get(worker.worker_id)
-            sample = _Sample(worker.events_processed, now, None)
+            at = worker.last_seen.timestamp()
+            sample = _Sample(worker.events_processed, at, None)
             if held is not None:
-                elapsed = now - held.at
-                if elapsed < MIN_RATE_INTERVAL_S:
-                    sample = held
-                elif worker.events_processed >= held.events:
-                    rate = (worker.events_processed - held.events) / elapsed
-                    sample = _Sample(worker.events_processed, now, rate)
-                # A counter that went down is a restarted worker: start over from here.
+                span = at - held.at
+                if 0 <= span < MIN_RATE_INTERVAL_S:
+                    sample = held  # the same status again, or one just after it
+                elif (
+                    MIN_RATE_INTERVAL_S <= span <= longest_span
+                    and worker.events_processed >= held.events
+                ):
+                    rate = (worker.events_processed - held.events) / span
+                    sample = _Sample(worker.events_processed, at, rate)
+                # Otherwise start over from this status: a counter that went down is a
+                # restarted worker, and a span too long (or a clock set back) is no sample.
             samples[worker.worker_id] = sample
-            rates[worker.worker_id] = sample.rate
+            rates[worker.worker_id] = None if worker.gone else sample.rate
         self._samples = samples
         return rates
 
@@ -73,7 +88,7 @@ async def _fleet_values(request: Request) -> tuple[dict[str, object], int]:
     except ControlClientError as exc:
         status = 503 if exc.code is ErrorCode.UNAVAILABLE else 502
         return {"fleet": None, "error": str(exc), "rates": {}}, status
-    rates = _rates(request).update(fleet, time.monotonic())
+    rates = _rates(request).update(fleet)
     live = [w for w in fleet.workers if not w.gone]
     return {
         "fleet": fleet,
@@ -81,7 +96,7 @@ async def _fleet_values(request: Request) -> tuple[dict[str, object], int]:
         "rates": rates,
         "live_workers": len(live),
         "gone_workers": len(fleet.workers) - len(live),
-        "total_rate": sum(r for w, r in rates.items() if r is not None and w),
+        "total_rate": sum(r for r in rates.values() if r is not None),
     }, 200
 
 
