@@ -82,12 +82,14 @@ def test_durations_read_as_the_two_largest_units() -> None:
     assert duration(9) == "9s"
 
 
-def _fleet(seen_at: float, *, gone: tuple[str, ...] = (), **events: int) -> FleetInfo:
+def _fleet(
+    seen_at: float, *, gone: tuple[str, ...] = (), interval_s: float = 5.0, **events: int
+) -> FleetInfo:
     """The fleet as the master lists it, every worker's last status received at `seen_at`."""
     return FleetInfo(
         revision=3,
         digest="d",
-        status_interval_s=5.0,
+        status_interval_s=interval_s,
         converged=True,
         workers=[
             WorkerView(
@@ -142,6 +144,13 @@ def test_fleet_rates_start_over_when_two_statuses_say_nothing_of_now() -> None:
     assert rates.update(_fleet(T0 + 31, w1=2605, w2=3200)) == {"w1": 100.0, "w2": 100.0}
     # A master clock set back is no sample either.
     assert rates.update(_fleet(T0 + 20, w1=3105, w2=3200)) == {"w1": None, "w2": None}
+
+
+def test_workers_reporting_faster_than_the_page_refreshes_still_get_a_rate() -> None:
+    # Statuses every 0.3 s, polls every 5 s: the span is the page's, not four statuses'.
+    rates = FleetRates()
+    rates.update(_fleet(T0, interval_s=0.3, w1=0))
+    assert rates.update(_fleet(T0 + 5, interval_s=0.3, w1=50)) == {"w1": 10.0}
 
 
 def test_a_gone_worker_has_no_rate_and_an_unlisted_one_is_forgotten() -> None:

@@ -18,8 +18,11 @@ MIN_RATE_INTERVAL_S: Final = 1.0
 """Statuses closer together than this (a worker reports a rule change at once, between its
 heartbeats) keep the previous rate: so short a span is no sample."""
 MAX_RATE_SPAN_INTERVALS: Final = 4
-"""Two statuses further apart than this many status intervals (nobody looked at the fleet for
-a while) give no rate: their average would pass an old rate off as the current one."""
+"""Two statuses further apart than this many status intervals, or page refreshes if those are
+longer (nobody looked at the fleet for a while), give no rate: their average would pass an
+old rate off as the current one."""
+PAGE_REFRESH_S: Final = 5.0
+"""How often ``static/fleet.js`` polls :func:`fleet_fragment`."""
 MAX_WORKERS_TRACKED: Final = 10_000
 
 
@@ -47,7 +50,7 @@ class FleetRates:
 
     def update(self, fleet: FleetInfo) -> dict[str, float | None]:
         """Each listed worker's events/s, ``None`` until two of its statuses are known."""
-        longest_span = MAX_RATE_SPAN_INTERVALS * fleet.status_interval_s
+        longest_span = MAX_RATE_SPAN_INTERVALS * max(fleet.status_interval_s, PAGE_REFRESH_S)
         rates: dict[str, float | None] = {}
         samples: dict[str, _Sample] = {}
         for worker in fleet.workers[:MAX_WORKERS_TRACKED]:
