@@ -12,8 +12,11 @@
   referenced ConfigMap and Secret exists (prod: only the documented external Secrets).
 - The console: probes on its health port, the UI on its own port, proxy mode with a trusted
   range (the rendered settings load), its session key as a mounted secret file; it reaches
-  NATS only (never PostgreSQL), and only the labelled authenticating proxy reaches its UI.
-  Without the Component the console trusts the pod CIDR, as the manifests and README say.
+  NATS only (never PostgreSQL), and only labelled pods of its own namespace reach its UI.
+  Without a proxy the base fails closed: it believes 127.0.0.1/32 only, and the console run
+  by its bootstrap with the base's environment refuses a user named from any other peer
+  (403, logged). The README's opt-in for a proxy pod (its pod range, a named namespace)
+  renders and validates.
 - The example oauth2-proxy Component, on both overlays: oauth2-proxy is a second container in
   the console's pod, the console binds 127.0.0.1 and believes 127.0.0.1/32 only (its probes
   and metrics stay on every interface), the Service's `http` port reaches the sidecar, which
@@ -31,24 +34,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import functools
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import nats
 import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
 from ttp_console.auth.proxy import ProxyIdentity
-from ttp_console.bootstrap import bind_socket, server_config
+from ttp_console.bootstrap import Console, bind_socket, server_config
 from ttp_console.settings import ConsoleSettings
 from ttp_master.settings import MasterSettings
 from ttp_runtime.embedded import EmbeddedNats
@@ -671,9 +678,10 @@ def test_the_nats_server_gets_every_role_password_from_its_environment() -> None
     }
 
 
-async def test_a_real_nats_server_admits_each_dev_role_with_its_placeholder(
-    tmp_path: Path,
-) -> None:
+@contextlib.contextmanager
+def dev_nats_server(tmp_path: Path) -> Iterator[tuple[EmbeddedNats, dict[Role, str]]]:
+    """A real nats-server configured as the dev Helm values configure it, and the dev
+    overlay's placeholder password of each role."""
     # The chart's ConfigMap directory: its nats.conf includes the --set-file'd accounts file.
     conf_dir = tmp_path / "nats-config"
     conf_dir.mkdir()
@@ -688,6 +696,13 @@ async def test_a_real_nats_server_admits_each_dev_role_with_its_placeholder(
         extra_args=("--config", str(conf_dir / "nats.conf")),
         extra_env=env,
     ) as server:
+        yield server, passwords
+
+
+async def test_a_real_nats_server_admits_each_dev_role_with_its_placeholder(
+    tmp_path: Path,
+) -> None:
+    with dev_nats_server(tmp_path) as (server, passwords):
         for role, password in passwords.items():
             creds = RoleCredentials(role, password)
             client = await nats.connect(
@@ -849,10 +864,10 @@ def console_environment(docs: list[dict[str, Any]]) -> dict[str, str]:
 
 
 def console_settings(environment: dict[str, str], **extra: Any) -> ConsoleSettings:
-    """The settings the console would load from ``environment``."""
+    """The settings the console would load from ``environment``, ``extra`` overriding it."""
     # Any: pydantic parses the strings the way it parses the environment.
     fields: dict[str, Any] = {k.removeprefix("TTP_").lower(): v for k, v in environment.items()}
-    return ConsoleSettings(**fields, **extra)
+    return ConsoleSettings(**(fields | extra))
 
 
 def test_the_console_logs_in_through_a_trusted_proxy_with_a_mounted_session_key(
@@ -883,7 +898,8 @@ def test_the_console_logs_in_through_a_trusted_proxy_with_a_mounted_session_key(
     settings = console_settings(environment, _secrets_dir=secrets_dir)
     assert settings.console_auth == "proxy"
     assert settings.console_trusted_proxies, f"{name}: no trusted proxy range"
-    # Base: the proxy is another pod, so the UI listens on every interface of this one.
+    # Base: the UI listens on every interface, so a request from elsewhere gets the 403 and
+    # the log line that say why (the Component moves it to loopback).
     assert settings.console_host == "0.0.0.0"
     assert all(not net.is_global for net in settings.console_trusted_proxies), (
         "the trusted range must be the cluster's own addresses"
@@ -904,10 +920,9 @@ def test_only_the_labelled_proxy_reaches_the_console_ui(
     assert ui["policyTypes"] == ["Ingress"]
     (rule,) = ui["ingress"]
     assert rule["ports"] == [{"protocol": "TCP", "port": "http"}]
-    for peer in rule["from"]:
-        # Every peer names the proxy's pods; no bare namespace or address range.
-        assert peer["podSelector"] == {"matchLabels": CONSOLE_PROXY_LABEL}, peer
-        assert set(peer) <= {"podSelector", "namespaceSelector"}, peer
+    # The labelled proxy pods of this namespace only: no namespace a label could add, no
+    # address range (another namespace is the README's explicit patch).
+    assert rule["from"] == [{"podSelector": {"matchLabels": CONSOLE_PROXY_LABEL}}]
     # The console's egress: NATS only. No rule of any policy lets it reach PostgreSQL.
     for policy_name, spec in policies.items():
         selected = spec["podSelector"]
@@ -928,22 +943,184 @@ def test_only_the_labelled_proxy_reaches_the_console_ui(
     }
 
 
-def test_without_the_component_the_console_trusts_the_pod_cidr_behind_its_network_policy(
+NOT_LOOPBACK_PEERS = ("10.244.7.9", "10.42.0.12", "127.0.0.2", "::1", "::ffff:10.244.7.9")
+
+
+def test_without_a_proxy_the_base_trusts_loopback_only(
     overlay: tuple[str, list[dict[str, Any]]],
 ) -> None:
-    """The base as documented: a proxy in its own pod, so every pod address is believed and
-    the NetworkPolicy is the lock, which the manifests and the README say in so many words."""
+    """The base fails closed: no pod address is believed, whatever the network plugin does,
+    and the manifests and the README say so and how to opt in."""
     name, docs = overlay
     settings = console_settings(console_environment(docs))
-    assert [str(net) for net in settings.console_trusted_proxies] == ["10.244.0.0/16"], name
+    assert [str(net) for net in settings.console_trusted_proxies] == ["127.0.0.1/32"], name
     identity = ProxyIdentity(settings.console_trusted_proxies, settings.is_operator)
-    assert identity.trusts("10.244.7.9"), "any pod of the CIDR is believed: the policy guards"
-    assert not identity.trusts("127.0.0.1") and not identity.trusts("192.0.2.1")
+    assert identity.trusts("127.0.0.1")
+    for peer in NOT_LOOPBACK_PEERS:
+        assert not identity.trusts(peer), peer
     for path in (KUBE / "base" / "console.yaml", KUBE / "README.md"):
         # Comment markers and line breaks aside, so a reflowed sentence still counts.
         text = " ".join(path.read_text(encoding="utf-8").replace("#", " ").split())
-        assert "10.244.0.0/16" in text and re.search(r"enforces? NetworkPolicies", text), path
+        assert "fails closed" in text and re.search(r"enforces? NetworkPolicies", text), path
         assert "extras/oauth2-proxy" in text and "127.0.0.1/32" in text, path
+    assert "console-proxies" not in (KUBE / "base" / "networkpolicies.yaml").read_text()
+
+
+def peers_other_than_127_0_0_1() -> list[str]:
+    """Addresses this host can connect from that are not 127.0.0.1: another loopback address
+    (Linux answers all of 127.0.0.0/8) and, where it has a route, its own address on the
+    network, as another pod's would be."""
+    peers = ["127.0.0.2"]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            # A datagram socket's connect sends nothing: it only picks the route's source.
+            probe.connect(("192.0.2.1", 9))
+        except OSError:
+            return peers
+        own: str = probe.getsockname()[0]
+    if not own.startswith("127."):
+        peers.append(own)
+    return peers
+
+
+async def get_from(peer: str, port: int, path: str, headers: dict[str, str]) -> tuple[int, str]:
+    """GET ``path`` from the console on ``port`` over a connection whose source is ``peer``."""
+    connector = aiohttp.TCPConnector(local_addr=(peer, 0), force_close=True)
+    async with (
+        aiohttp.ClientSession(connector=connector) as http,
+        http.get(
+            f"http://{peer}:{port}{path}",
+            headers=headers,
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=30),
+        ) as response,
+    ):
+        return response.status, await response.text()
+
+
+async def test_the_base_console_refuses_a_named_user_from_any_peer_but_loopback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The console as its bootstrap runs it with the base's rendered environment (the UI on
+    every interface, logged in to NATS as its role): a request naming an operator is refused
+    with 403 from any peer but 127.0.0.1, and the log says why; from 127.0.0.1, where a proxy
+    in the pod connects from, the same request is served."""
+    environment = console_environment(render("base"))
+    other_peers = peers_other_than_127_0_0_1()
+    with dev_nats_server(tmp_path) as (server, passwords):
+        settings = console_settings(
+            environment,
+            nats_url=server.url,
+            nats_password=passwords["console"],
+            console_port=0,
+            http_port=0,
+            console_operators=["admin"],
+            console_session_secret="s" * 40,
+        )
+        assert settings.console_host == "0.0.0.0"
+        # No streams on this server: the feeds keep retrying, which the refusal never needs.
+        console = Console(settings)
+        running = asyncio.create_task(console.run(), name="base-console")
+        try:
+            started = asyncio.create_task(console.state.started.wait())
+            await asyncio.wait({started, running}, timeout=30, return_when="FIRST_COMPLETED")
+            started.cancel()
+            assert console.state.started.is_set() and console.state.url, running
+            port = int(console.state.url.rsplit(":", 1)[1].strip("/"))
+            # A forged user, and forwarding headers that must not move the peer.
+            forged = {"X-Forwarded-User": "admin", "X-Forwarded-For": "127.0.0.1"}
+            for peer in other_peers:
+                for path in ("/", "/rules", "/static/console.css"):
+                    status, body = await get_from(peer, port, path, forged)
+                    assert status == 403, (peer, path, status)
+                    assert "admin" not in body, (peer, path)
+                logged = [r.getMessage() for r in caplog.records]
+                assert any(peer in m and "TTP_CONSOLE_TRUSTED_PROXIES" in m for m in logged), (
+                    peer,
+                    logged,
+                )
+            status, _ = await get_from("127.0.0.1", port, "/static/console.css", forged)
+            assert status == 200, "a proxy in the pod (127.0.0.1) is believed"
+        finally:
+            console.request_stop()
+            await asyncio.wait_for(running, 30)
+
+
+def render_private_overlay(
+    root: Path, name: str, **additions: Any
+) -> tuple[Path, list[dict[str, Any]]]:
+    """Render overlay ``name`` under a private overlay in ``root`` with ``additions`` (its
+    components, patches...), as an operator's own overlay would: the rendered file and its
+    documents."""
+    root.mkdir(parents=True, exist_ok=True)
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "namespace": "ttp-rulebus",
+        "resources": [os.path.relpath(KUBE / "overlays" / name, root)],
+        **additions,
+    }
+    (root / "kustomization.yaml").write_text(yaml.safe_dump(kustomization), encoding="utf-8")
+    result = subprocess.run(
+        [str(tool("kubectl")), "kustomize", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    rendered = root / "rendered.yaml"
+    rendered.write_text(result.stdout, encoding="utf-8")
+    return rendered, [d for d in yaml.safe_load_all(result.stdout) if d]
+
+
+def assert_strictly_valid(name: str, rendered: Path, documents: int) -> None:
+    """``kubernetes-validate --strict`` passes ``rendered`` on the oldest and newest versions."""
+    versions = sorted({OLDEST_KUBERNETES, latest_kubernetes()})
+    runs = {
+        version: subprocess.Popen(
+            [str(tool("kubernetes-validate")), "--strict", "-k", version, str(rendered)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for version in versions
+    }
+    for version, process in runs.items():
+        output, _ = process.communicate(timeout=120)
+        problems = "\n".join(line for line in output.splitlines() if not line.startswith("INFO"))
+        assert process.returncode == 0 and not problems, f"{name} on {version}:\n{problems}"
+        assert output.count(" passed for resource ") == documents, output
+
+
+def test_the_readme_opt_in_trusts_the_proxy_pods_range_and_admits_one_named_namespace(
+    tmp_path: Path,
+) -> None:
+    """The README's patch for a proxy in a pod of its own, applied as written: the console
+    believes the pod range, and console-ingress adds the proxy's namespace by its name, which
+    only the API server sets (no label anyone could put on a namespace)."""
+    readme = (KUBE / "README.md").read_text(encoding="utf-8")
+    (block,) = [b for b in re.findall(r"```yaml\n(.*?)```", readme, re.S) if "TRUSTED_PROXIES" in b]
+    patches = yaml.safe_load(block)["patches"]
+    same_namespace = {"podSelector": {"matchLabels": CONSOLE_PROXY_LABEL}}
+    for name in OVERLAYS:
+        rendered, docs = render_private_overlay(tmp_path / name, name, patches=patches)
+        environment = console_environment(docs)
+        assert environment["TTP_CONSOLE_TRUSTED_PROXIES"] == "10.244.0.0/16", name
+        assert "TTP_CONSOLE_HOST" not in environment
+        settings = console_settings(environment)
+        identity = ProxyIdentity(settings.console_trusted_proxies, settings.is_operator)
+        assert identity.trusts("10.244.7.9") and not identity.trusts("10.42.0.12")
+        (rule,) = find(docs, "NetworkPolicy", "console-ingress")["spec"]["ingress"]
+        assert rule["from"] == [
+            same_namespace,
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "auth"}},
+                **same_namespace,
+            },
+        ], name
+        assert rule["ports"] == [{"protocol": "TCP", "port": "http"}]
+        assert_strictly_valid(f"{name}+opt-in", rendered, len(docs))
 
 
 # The example oauth2-proxy Component: a second container in the console's pod.
@@ -959,29 +1136,10 @@ def with_oauth2_proxy(
     name, the rendered file and its documents."""
     name = request.param
     root = tmp_path_factory.mktemp(f"{name}-with-oauth2-proxy")
-    (root / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                "namespace": "ttp-rulebus",
-                "resources": [os.path.relpath(KUBE / "overlays" / name, root)],
-                "components": [os.path.relpath(OAUTH2_PROXY_COMPONENT, root)],
-            }
-        ),
-        encoding="utf-8",
+    rendered, docs = render_private_overlay(
+        root, name, components=[os.path.relpath(OAUTH2_PROXY_COMPONENT, root)]
     )
-    result = subprocess.run(
-        [str(tool("kubectl")), "kustomize", str(root)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    rendered = root / "rendered.yaml"
-    rendered.write_text(result.stdout, encoding="utf-8")
-    return name, rendered, [d for d in yaml.safe_load_all(result.stdout) if d]
+    return name, rendered, docs
 
 
 def console_pod(docs: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -1122,21 +1280,7 @@ def test_with_oauth2_proxy_the_rendered_manifests_pass_strict_schema_validation(
     with_oauth2_proxy: tuple[str, Path, list[dict[str, Any]]],
 ) -> None:
     name, rendered, docs = with_oauth2_proxy
-    versions = sorted({OLDEST_KUBERNETES, latest_kubernetes()})
-    runs = {
-        version: subprocess.Popen(
-            [str(tool("kubernetes-validate")), "--strict", "-k", version, str(rendered)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for version in versions
-    }
-    for version, process in runs.items():
-        output, _ = process.communicate(timeout=120)
-        problems = "\n".join(line for line in output.splitlines() if not line.startswith("INFO"))
-        assert process.returncode == 0 and not problems, f"{name} on {version}:\n{problems}"
-        assert output.count(" passed for resource ") == len(docs), output
+    assert_strictly_valid(f"{name}+oauth2-proxy", rendered, len(docs))
 
 
 def test_the_readme_routes_the_ingress_to_the_console_service_with_the_component() -> None:
