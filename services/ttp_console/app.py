@@ -126,8 +126,14 @@ async def _server_error(request: Request, exc: Exception) -> Response:
 class ConsoleApp(Starlette):
     """Starlette with the security headers wrapped around its whole stack."""
 
+    def __init__(self, *, public_origin: str | None, **kwargs: Any) -> None:
+        self.public_origin = public_origin
+        super().__init__(**kwargs)
+
     def build_middleware_stack(self) -> ASGIApp:
-        return SecurityHeadersMiddleware(super().build_middleware_stack())
+        return SecurityHeadersMiddleware(
+            super().build_middleware_stack(), public_origin=self.public_origin
+        )
 
 
 def _session_secret(settings: ConsoleSettings) -> str:
@@ -160,9 +166,14 @@ def create_app(context: ConsoleContext) -> Starlette:
             https_only=settings.console_cookie_secure,
         ),
         Middleware(AuthMiddleware, authenticator=authenticator, error_page=error_response),
-        Middleware(CsrfMiddleware, error_page=error_response),
+        Middleware(
+            CsrfMiddleware,
+            error_page=error_response,
+            public_origin=settings.console_public_origin,
+        ),
     ]
     app = ConsoleApp(
+        public_origin=settings.console_public_origin,
         routes=routes,
         middleware=middleware,
         exception_handlers={HTTPException: _http_error, 500: _server_error},

@@ -1,4 +1,5 @@
-"""SecurityHeadersMiddleware at the ASGI level: HSTS only over HTTPS, caching by path."""
+"""SecurityHeadersMiddleware at the ASGI level: HSTS over HTTPS or for an https public
+origin, caching by path."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ async def _inner(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": b"ok"})
 
 
-async def _headers(scheme: str, path: str) -> dict[str, str]:
+async def _headers(scheme: str, path: str, public_origin: str | None = None) -> dict[str, str]:
     sent: list[Message] = []
 
     async def receive() -> Message:
@@ -35,7 +36,7 @@ async def _headers(scheme: str, path: str) -> dict[str, str]:
         sent.append(message)
 
     scope: dict[str, Any] = {"type": "http", "scheme": scheme, "path": path, "headers": []}
-    await SecurityHeadersMiddleware(_inner)(scope, receive, send)
+    await SecurityHeadersMiddleware(_inner, public_origin=public_origin)(scope, receive, send)
     start = sent[0]
     headers = [(k.decode(), v.decode()) for k, v in start["headers"]]
     names = [name for name, _ in headers]
@@ -59,3 +60,13 @@ async def test_static_files_keep_their_own_caching() -> None:
     headers = await _headers("https", "/static/console.css")
     assert headers["cache-control"] == "public, max-age=3600"
     assert headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+
+
+@pytest.mark.parametrize("path", ["/rules", "/static/console.css"])
+async def test_hsts_for_an_https_public_origin_whatever_the_socket(path: str) -> None:
+    # Behind a TLS-terminating proxy the console's own socket is plain HTTP.
+    for scheme in ("http", "https"):
+        headers = await _headers(scheme, path, "https://console.example.com")
+        assert headers["strict-transport-security"] == "max-age=31536000"
+    headers = await _headers("http", path, "http://console.example.com")
+    assert "strict-transport-security" not in headers

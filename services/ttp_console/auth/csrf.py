@@ -6,6 +6,9 @@ PATCH, DELETE) is refused with 403 before any endpoint runs when the token is mi
 wrong, or when the browser says it comes from another site (``Origin`` of another host,
 ``Sec-Fetch-Site`` other than same-origin). The session cookie is also SameSite=Strict:
 two independent locks.
+
+"Another host" is judged against ``TTP_CONSOLE_PUBLIC_ORIGIN`` when it is set (the proxy in
+front may then forward any ``Host``), else against the request's own ``Host`` header.
 """
 
 from __future__ import annotations
@@ -49,29 +52,45 @@ def session_csrf_token(session: dict[str, Any]) -> str:
     return token
 
 
-def foreign_origin(headers: Mapping[str, str]) -> str | None:
-    """Why the browser's own headers say this request comes from another site, or None."""
+def foreign_origin(headers: Mapping[str, str], public_origin: str | None = None) -> str | None:
+    """Why the browser's own headers say this request comes from another site, or None.
+
+    ``public_origin`` is the console's origin as browsers write it (``https://host[:port]``,
+    see :func:`ttp_console.settings.canonical_origin`); without it the ``Host`` header stands
+    for the console.
+    """
     site = headers.get("sec-fetch-site")
     if site is not None and site not in {"same-origin", "none"}:
         return f"Sec-Fetch-Site is {site!r}"
     origin = headers.get("origin")
     if origin is None:
         return None
+    if public_origin is not None:
+        # Scheme included: the operator said which one the browser uses.
+        if origin.lower() != public_origin:
+            return f"Origin {origin[:200]!r} is not TTP_CONSOLE_PUBLIC_ORIGIN {public_origin!r}"
+        return None
     host = headers.get("host", "")
     parts = urlsplit(origin)
     # The scheme is not compared: behind a TLS-terminating proxy the console itself is
     # reached over plain HTTP while the browser's origin is https.
     if parts.scheme not in {"http", "https"} or not host or parts.netloc.lower() != host.lower():
-        return f"Origin {origin[:200]!r} is not this console's host {host[:200]!r}"
+        return (
+            f"Origin {origin[:200]!r} is not this console's host {host[:200]!r} (behind a proxy"
+            " that forwards another Host, set TTP_CONSOLE_PUBLIC_ORIGIN)"
+        )
     return None
 
 
 class CsrfMiddleware:
     """Puts the session's CSRF token on ``request.state.csrf_token``; refuses forged writes."""
 
-    def __init__(self, app: ASGIApp, error_page: ErrorPage) -> None:
+    def __init__(
+        self, app: ASGIApp, error_page: ErrorPage, public_origin: str | None = None
+    ) -> None:
         self.app = app
         self.error_page = error_page
+        self.public_origin = public_origin
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -83,7 +102,7 @@ class CsrfMiddleware:
         if scope["method"] in SAFE_METHODS:
             await self.app(scope, receive, send)
             return
-        problem = foreign_origin(request.headers)
+        problem = foreign_origin(request.headers, self.public_origin)
         if problem is not None:
             await self._refuse(request, scope, receive, send, f"cross-site request: {problem}")
             return

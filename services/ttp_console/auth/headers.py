@@ -38,18 +38,26 @@ class SecurityHeadersMiddleware:
 
     Pages (everything outside ``/static/``) get ``Cache-Control: no-store``, so a shared
     computer's back button or a cache never shows one user's page to the next; static files
-    keep revalidation. HSTS is sent only on a request that arrived over HTTPS.
+    keep revalidation.
+
+    HSTS is sent on every response when ``public_origin`` (``TTP_CONSOLE_PUBLIC_ORIGIN``) is
+    https, else only on a request that arrived over HTTPS. Behind a TLS-terminating proxy
+    every request arrives over plain HTTP, and the proxy's ``X-Forwarded-Proto`` is not read
+    (uvicorn's proxy-header handling stays off; see ``bootstrap.server_config``): the
+    operator's statement of the origin is the one source that needs no trust in the network.
+    A browser ignores HSTS received over plain HTTP, so sending it there is harmless.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, public_origin: str | None = None) -> None:
         self.app = app
+        self.https_site = public_origin is not None and public_origin.startswith("https://")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         is_page = not str(scope.get("path", "")).startswith(STATIC_PREFIX)
-        is_https = scope.get("scheme") == "https"
+        is_https = self.https_site or scope.get("scheme") == "https"
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
