@@ -22,6 +22,7 @@ from argon2 import PasswordHasher
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
+from yarl import URL
 
 from ttp_console.app import SESSION_COOKIE, console_templates, create_app
 from ttp_console.auth.headers import CONTENT_SECURITY_POLICY
@@ -250,6 +251,56 @@ async def test_forged_posts_are_refused_before_the_endpoint(
         assert (await post(data={"csrf_token": token}, headers=opaque))[0] == 403
 
 
+async def test_with_a_public_origin_a_post_must_come_from_it_whatever_the_host(
+    serve: ServeFactory, tmp_path: Path
+) -> None:
+    public = "https://console.example.com"
+    users = _users_file(tmp_path / "users.txt")
+    # The Host a reverse proxy forwards when it rewrites it (nginx's default `$proxy_host`),
+    # with what a browser at the public origin sends along.
+    upstream = {"Host": "ttp-console:8090"}
+    from_browser = {"Origin": public, "Sec-Fetch-Site": "same-origin"}
+
+    async def log_in(http: aiohttp.ClientSession) -> int:
+        token = await _csrf_token(http)
+        form = {"username": "alice", "password": PASSWORDS["alice"], "csrf_token": token}
+        async with http.post(
+            "/login", data=form, headers=from_browser, allow_redirects=False
+        ) as response:
+            return response.status
+
+    host_compared = await serve(console_users_file=users)
+    async with host_compared.client(**upstream) as http:
+        assert await log_in(http) == 403  # the Origin is not the Host: every POST fails
+
+    served = await serve(console_users_file=users, console_public_origin=public)
+    async with served.client(**upstream) as http:
+        assert await log_in(http) == 303
+        token = await _csrf_token(http, "/t/missing", 404)
+
+        async def post(headers: dict[str, str], form: dict[str, str] | None = None) -> int:
+            data = {"csrf_token": token} if form is None else form
+            async with http.post("/t/operate", data=data, headers=headers) as response:
+                return response.status
+
+        assert await post(from_browser) == 200
+        assert await post({"Origin": public}) == 200
+        assert await post({}) == 200  # no Origin at all: the token decides, as before
+        socket_origin = served.url  # what the Host-derived check would have accepted
+        for origin in (
+            "https://evil.example",
+            "http://console.example.com",
+            "https://console.example.com:8443",
+            "https://console.example.com.evil.example",
+            socket_origin,
+            "null",
+        ):
+            assert await post({**from_browser, "Origin": origin}) == 403, origin
+        assert await post({**from_browser, "Sec-Fetch-Site": "cross-site"}) == 403
+        assert await post(from_browser, form={"csrf_token": "A" * 43}) == 403
+        assert await post(from_browser, form={}) == 403
+
+
 async def test_login_itself_needs_the_csrf_token(serve: ServeFactory, tmp_path: Path) -> None:
     served = await serve(console_users_file=_users_file(tmp_path / "users.txt"))
     async with served.client() as http:
@@ -299,6 +350,52 @@ async def test_a_changed_or_removed_user_line_ends_the_session(
             assert await response.text() == "alice viewer -"
 
 
+async def test_a_cookie_copied_before_logout_is_refused_after_it(
+    serve: ServeFactory, tmp_path: Path
+) -> None:
+    served = await serve(console_users_file=_users_file(tmp_path / "users.txt"))
+    laptop, phone = served.client(), served.client()
+    async with laptop, phone:
+        assert (await _login(laptop, "alice", PASSWORDS["alice"])).status == 303
+        assert (await _login(phone, "alice", PASSWORDS["alice"])).status == 303
+        token = await _csrf_token(laptop, "/t/missing", 404)
+        copied = laptop.cookie_jar.filter_cookies(URL(served.url))[SESSION_COOKIE].value
+        # Someone else holding a copy of the laptop's cookie (and its CSRF token).
+        thief_headers = {"Cookie": f"{SESSION_COOKIE}={copied}", "X-CSRF-Token": token}
+
+        async def as_thief(method: str, path: str) -> aiohttp.ClientResponse:
+            async with (
+                served.client() as thief,
+                thief.request(method, path, headers=thief_headers, allow_redirects=False) as r,
+            ):
+                await r.read()
+                return r
+
+        assert (await as_thief("GET", "/t/whoami")).status == 200
+        assert (await as_thief("POST", "/t/operate")).status == 200
+
+        async with laptop.post(
+            "/logout", data={"csrf_token": token}, allow_redirects=False
+        ) as response:
+            assert response.status == 303
+            assert response.headers["Location"] == "/login"
+
+        refused_page = await as_thief("GET", "/t/whoami")
+        assert refused_page.status == 303
+        assert refused_page.headers["Location"] == "/login?next=/t/whoami"
+        assert (await as_thief("POST", "/t/operate")).status == 401
+        async with laptop.get("/t/whoami", allow_redirects=False) as response:
+            assert response.status == 303
+        # The same user's other session goes on.
+        async with phone.get("/t/whoami") as response:
+            assert response.status == 200
+            assert await response.text() == "alice operator -"
+        # And logging in again on the laptop gives a session that works.
+        assert (await _login(laptop, "alice", PASSWORDS["alice"])).status == 303
+        async with laptop.get("/t/whoami") as response:
+            assert await response.text() == "alice operator -"
+
+
 async def test_security_headers_on_every_response(serve: ServeFactory, tmp_path: Path) -> None:
     served = await serve(console_users_file=_users_file(tmp_path / "users.txt"))
     async with served.client() as http:
@@ -333,6 +430,30 @@ async def test_security_headers_on_every_response(serve: ServeFactory, tmp_path:
         await check("DELETE", "/t/whoami", headers={"X-CSRF-Token": "x"})
         await check("GET", "/t/boom")
     assert [status for _, status in seen] == [200, 200, 404, 303, 401, 403, 404, 403, 500]
+
+
+async def test_an_https_public_origin_gets_hsts_though_the_console_is_reached_over_http(
+    serve: ServeFactory, tmp_path: Path
+) -> None:
+    users = _users_file(tmp_path / "users.txt")
+    https_site = await serve(
+        console_users_file=users, console_public_origin="https://console.example.com"
+    )
+    http_site = await serve(
+        console_users_file=users, console_public_origin="http://console.example.com:8090"
+    )
+    requests: list[tuple[str, str, int]] = [
+        ("GET", "/login", 200),
+        ("GET", "/static/console.css", 200),
+        ("GET", "/t/whoami", 303),
+        ("POST", "/t/operate", 401),
+    ]
+    for served, hsts in ((https_site, "max-age=31536000"), (http_site, None)):
+        async with served.client() as http:
+            for method, path, status in requests:
+                async with http.request(method, path, allow_redirects=False) as response:
+                    assert response.status == status
+                    assert response.headers.get("Strict-Transport-Security") == hsts, path
 
 
 async def test_the_error_page_leaks_nothing(serve: ServeFactory, tmp_path: Path) -> None:

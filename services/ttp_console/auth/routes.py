@@ -81,9 +81,10 @@ async def login(request: Request) -> Response:
 
 
 async def logout(request: Request) -> Response:
-    """POST /logout: end the session (in proxy mode, go on to the proxy's sign-out)."""
+    """POST /logout: end the session, copies of its cookie included (in proxy mode, go on
+    to the proxy's sign-out)."""
     user = getattr(request.state, "user", None)
-    request.session.clear()
+    _authenticator(request).end_session(request.session)
     if user is not None:
         _log.info("console logout", extra={"user": user.name})
     if _authenticator(request).mode == "proxy":

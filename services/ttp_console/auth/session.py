@@ -7,9 +7,11 @@ page and anything else gets 401. In proxy mode every request must come from the 
 proxy, whatever its path.
 
 The session (Starlette's signed cookie: HttpOnly, SameSite=Strict, Secure unless turned off)
-holds only the user's name, a fingerprint of their users-file line, the login time and the
-CSRF token; the role is read from the users file on every request, so a changed role or a
-removed user applies at once.
+holds only the user's name, a random session id, a fingerprint of their users-file line, the
+login time and the CSRF token; the role is read from the users file on every request, so a
+changed role or a removed user applies at once. Logging out (or logging in again) puts the
+session id on the process's list of ended sessions (:mod:`ttp_console.auth.revocation`), so a
+copy of the cookie stops working too.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import secrets
 import time
 from typing import Any, Final
 from urllib.parse import quote
@@ -32,6 +35,7 @@ from ttp_console.auth.csrf import new_csrf_token
 from ttp_console.auth.errors import ErrorPage
 from ttp_console.auth.local_users import LocalUsers
 from ttp_console.auth.proxy import EMAIL_HEADER, USER_HEADER, ProxyIdentity, ProxyRefusal
+from ttp_console.auth.revocation import RevokedSessions
 from ttp_console.auth.throttle import LoginThrottle
 from ttp_console.context import ConsoleUser
 from ttp_console.metrics import LOGINS
@@ -43,6 +47,8 @@ __all__ = ["AuthMiddleware", "Authenticator", "LoginOutcome", "safe_next"]
 _log = logging.getLogger(__name__)
 
 PUBLIC_PATHS: Final = frozenset({"/login", "/logout"})
+SESSION_ID_KEY: Final = "sid"
+_SESSION_ID_BYTES: Final = 16
 PUBLIC_PREFIXES: Final = ("/static/",)
 # One argon2 check takes 64 MiB and about 0.2 s of CPU (argon2-cffi's defaults): a login
 # flood must not take the memory or the cores the pages and the feeds need. Checks run one
@@ -78,12 +84,14 @@ class Authenticator:
         proxy: ProxyIdentity | None,
         throttle: LoginThrottle,
         max_age_s: int,
+        revoked: RevokedSessions | None = None,
     ) -> None:
         self.mode = mode
         self.users = users
         self.proxy = proxy
         self.throttle = throttle
         self.max_age_s = max_age_s
+        self.revoked = revoked if revoked is not None else RevokedSessions(max_age_s)
         self._checks: asyncio.Semaphore | None = None
         self._waiting = 0
         self._refusals = RepeatThrottle(_LOG_WINDOW_S)
@@ -120,9 +128,17 @@ class Authenticator:
             return None
         name = session.get("user")
         logged_in_at = session.get("at")
-        if not isinstance(name, str) or not isinstance(logged_in_at, (int, float)):
+        session_id = session.get(SESSION_ID_KEY)
+        if (
+            not isinstance(name, str)
+            or not isinstance(logged_in_at, (int, float))
+            # A cookie from before session ids existed cannot be revoked: not honoured.
+            or not isinstance(session_id, str)
+        ):
             return None
         if not 0 <= time.time() - logged_in_at <= self.max_age_s:
+            return None
+        if self.revoked.is_revoked(session_id, logged_in_at):
             return None
         user = self.users.get(name)
         if user is None or not LocalUsers.same_fingerprint(user, session.get("fp")):
@@ -161,17 +177,29 @@ class Authenticator:
         return LoginOutcome.OK
 
     def start_session(self, session: dict[str, Any], name: str) -> None:
-        """Make ``session`` a fresh login of ``name`` (new CSRF token: no fixation)."""
-        session.clear()
+        """Make ``session`` a fresh login of ``name`` (new session id and CSRF token: no
+        fixation); a login it replaces ends as by logout."""
+        self.end_session(session)
         if self.users is None:
             return
         user = self.users.get(name)
         if user is None:
             return
         session["user"] = user.name
+        session[SESSION_ID_KEY] = secrets.token_urlsafe(_SESSION_ID_BYTES)
         session["fp"] = LocalUsers.fingerprint(user)
         session["at"] = int(time.time())
         session[CSRF_SESSION_KEY] = new_csrf_token()
+
+    def end_session(self, session: dict[str, Any]) -> None:
+        """Log out: empty ``session`` and refuse its id from now on, in copies of the
+        cookie too (in this process, until the session would have expired)."""
+        session_id = session.get(SESSION_ID_KEY)
+        logged_in_at = session.get("at")
+        # Only what this console signed reaches here, so the id is one it made.
+        if isinstance(session_id, str) and isinstance(logged_in_at, (int, float)):
+            self.revoked.revoke(session_id, logged_in_at)
+        session.clear()
 
     def log_refusal(self, text: str, **extra: object) -> None:
         """Log why a request was refused, once per minute for each distinct reason."""
