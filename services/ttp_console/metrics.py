@@ -21,6 +21,7 @@ from ttp_runtime.control_client import ControlClient, ControlClientError
 
 __all__ = [
     "FEEDS",
+    "LIVE_REFUSALS",
     "CountedControlClient",
     "FeedMetrics",
     "TagStoreMetrics",
@@ -28,6 +29,9 @@ __all__ = [
 
 FEEDS: Final = ("tags", "rules")
 """The ``feed`` label's values: TTP_TAGS and TTP_RULES."""
+LIVE_REFUSALS: Final = ("user_cap", "console_cap", "shutting_down")
+"""The ``reason`` label's values of refused live streams: the user already holds its cap of
+streams (429), the console holds its cap for everyone (503), or it is stopping (503)."""
 
 TAG_MESSAGES = Counter(
     "ttp_console_tag_messages_total", "Tag messages read from TTP_TAGS into the tag store."
@@ -56,6 +60,11 @@ FEED_RESTARTS = Counter(
     ["feed"],
 )
 LIVE_STREAMS = Gauge("ttp_console_live_streams", "Live-tag streams open to browsers.")
+LIVE_STREAMS_REFUSED = Counter(
+    "ttp_console_live_streams_refused_total",
+    "Live-tag streams refused, by reason.",
+    ["reason"],
+)  # reason: LIVE_REFUSALS
 LIVE_ROWS_DROPPED = Counter(
     "ttp_console_live_rows_dropped_total",
     "Live-tag rows dropped because a browser read its stream too slowly.",
@@ -71,6 +80,8 @@ CONTROL_REQUESTS = Counter(
 
 for _reason in DropReason:
     TAGS_DROPPED.labels(reason=_reason.value)
+for _refusal in LIVE_REFUSALS:
+    LIVE_STREAMS_REFUSED.labels(reason=_refusal)
 for _feed in FEEDS:
     FEED_CAUGHT_UP.labels(feed=_feed)
     FEED_RESTARTS.labels(feed=_feed)

@@ -24,8 +24,9 @@ Memory is bounded by construction, whatever arrives (1,000,000 tags in the windo
   record holds at most ``max_evidence_chars`` (default 2,048) of evidence JSON and short,
   capped identifiers, so the records retained are at most
   ``latest_per_key x (known techniques + max_rules)`` of about 3 KiB each in the worst case;
-- live subscribers: at most ``max_subscribers`` (default 64), each queue at most its
-  capacity; a full queue drops the new row and counts it for the subscriber to report.
+- live subscribers: at most ``max_subscribers`` (default 64), and at most the cap the caller
+  names per owner (a console user), each queue at most its capacity; a full queue drops the
+  new row and counts it for the subscriber to report.
 
 Nothing here reads a clock: callers pass ``now`` (POSIX seconds), so the windows are testable.
 """
@@ -61,6 +62,7 @@ __all__ = [
     "TagStore",
     "TechniqueCount",
     "TooManySubscribersError",
+    "TooManySubscribersForOwnerError",
     "Window",
     "decode_tagged",
     "parse_window",
@@ -339,6 +341,10 @@ class TooManySubscribersError(RuntimeError):
     """The store already feeds its cap of live subscribers."""
 
 
+class TooManySubscribersForOwnerError(RuntimeError):
+    """The owner asking (a console user) already holds its cap of live subscribers."""
+
+
 class Subscription:
     """A live subscriber's bounded queue of tag records.
 
@@ -348,13 +354,14 @@ class Subscription:
     record is queued into an empty queue.
     """
 
-    __slots__ = ("_dropped", "_queue", "capacity", "filter", "on_ready")
+    __slots__ = ("_dropped", "_queue", "capacity", "filter", "on_ready", "owner")
 
-    def __init__(self, live_filter: LiveFilter, capacity: int) -> None:
+    def __init__(self, live_filter: LiveFilter, capacity: int, owner: str | None = None) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.filter = live_filter
         self.capacity = capacity
+        self.owner = owner
         self._queue: deque[TagRecord] = deque()
         self._dropped = 0
         self.on_ready: Callable[[], None] | None = None
@@ -431,6 +438,9 @@ class TagStore:
         self._by_technique: dict[str, deque[TagRecord]] = {}
         self._by_rule: OrderedDict[str, deque[TagRecord]] = OrderedDict()
         self._subscribers: list[Subscription] = []
+        # owner -> subscribers it holds; an owner leaves when its last one does, so this is
+        # never larger than the subscriber list.
+        self._owned: Counter[str] = Counter()
         self._dropped: Counter[str] = Counter()
         self._messages = 0
         self._tags = 0
@@ -689,19 +699,61 @@ class TagStore:
 
     # ---------------------------------------------------------------------------- live
 
-    def subscribe(self, live_filter: LiveFilter, capacity: int = 500) -> Subscription:
-        """A new live subscriber; raises :class:`TooManySubscribersError` at the cap."""
+    def refusal(
+        self, owner: str | None = None, max_per_owner: int | None = None
+    ) -> TooManySubscribersError | TooManySubscribersForOwnerError | None:
+        """Why :meth:`subscribe` would refuse a subscriber now (the error it would raise), or
+        None. The owner's cap is checked first: that refusal is the one its owner can act on.
+        """
+        if owner is not None and max_per_owner is not None:
+            held = self._owned[owner]
+            if held >= max_per_owner:
+                return TooManySubscribersForOwnerError(
+                    f"{held} live subscribers of this owner already (the cap is {max_per_owner})"
+                )
         if len(self._subscribers) >= self.max_subscribers:
-            raise TooManySubscribersError(
+            return TooManySubscribersError(
                 f"already {len(self._subscribers)} live subscribers (the cap)"
             )
-        subscription = Subscription(live_filter, capacity)
+        return None
+
+    def subscribe(
+        self,
+        live_filter: LiveFilter,
+        capacity: int = 500,
+        *,
+        owner: str | None = None,
+        max_per_owner: int | None = None,
+    ) -> Subscription:
+        """A new live subscriber, held by ``owner`` when given.
+
+        Raises :class:`TooManySubscribersForOwnerError` when ``owner`` already holds
+        ``max_per_owner`` subscribers, and :class:`TooManySubscribersError` at the store's own
+        cap (see :meth:`refusal`).
+        """
+        refused = self.refusal(owner, max_per_owner)
+        if refused is not None:
+            raise refused
+        subscription = Subscription(live_filter, capacity, owner)
         self._subscribers.append(subscription)
+        if owner is not None:
+            self._owned[owner] += 1
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
-        if subscription in self._subscribers:
-            self._subscribers.remove(subscription)
+        """Remove a subscriber and free its slots; removing one already gone does nothing."""
+        if subscription not in self._subscribers:
+            return
+        self._subscribers.remove(subscription)
+        owner = subscription.owner
+        if owner is not None:
+            self._owned[owner] -= 1
+            if self._owned[owner] <= 0:
+                del self._owned[owner]
+
+    def subscribers_of(self, owner: str) -> int:
+        """How many live subscribers ``owner`` holds."""
+        return self._owned.get(owner, 0)
 
     def subscriptions(self) -> Iterator[Subscription]:
         return iter(tuple(self._subscribers))

@@ -29,6 +29,7 @@ from ttp_console.auth.users_file import LocalUser
 from ttp_console.pages import close_live_streams
 from ttp_console.pages.live import QUEUE_CAPACITY, live_stream
 from ttp_console.rule_feed import RuleFeed
+from ttp_console.settings import ConsoleSettings
 from ttp_console.stream_reader import FeedProgress
 from ttp_console.tag_feed import TagFeed
 from ttp_console.tag_store import DropReason, TagStore
@@ -260,7 +261,7 @@ async def test_live_streams_are_counted_open_and_rows_dropped_for_a_slow_browser
     catalogue = load_catalogue()
     store = TagStore(catalogue)
     app = Starlette()
-    app.state.console = SimpleNamespace(tags=store, catalogue=catalogue)
+    app.state.console = SimpleNamespace(tags=store, catalogue=catalogue, settings=ConsoleSettings())
     scope = {
         "type": "http",
         "method": "GET",
@@ -269,11 +270,11 @@ async def test_live_streams_are_counted_open_and_rows_dropped_for_a_slow_browser
         "headers": [],
         "app": app,
     }
+    open_before = sample("ttp_console_live_streams")
+    dropped_before = sample("ttp_console_live_rows_dropped_total")
     response = await live_stream(Request(scope))
     assert isinstance(response, StreamingResponse)
     body = cast(Any, response.body_iterator)
-    open_before = sample("ttp_console_live_streams")
-    dropped_before = sample("ttp_console_live_rows_dropped_total")
 
     assert str(await body.__anext__()).startswith("retry:")
     assert sample("ttp_console_live_streams") == open_before + 1

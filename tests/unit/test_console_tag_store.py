@@ -17,6 +17,7 @@ from ttp_console.tag_store import (
     LiveFilter,
     TagStore,
     TooManySubscribersError,
+    TooManySubscribersForOwnerError,
     Window,
     decode_tagged,
     parse_window,
@@ -369,6 +370,41 @@ def test_subscribers_are_capped_and_can_leave() -> None:
     assert store.stats().subscribers == 2
     store.ingest(message(), NOW)
     assert len(first) == 0
+
+
+def test_one_owner_at_its_cap_is_refused_while_another_owner_still_subscribes() -> None:
+    store = TagStore(load_catalogue(), max_subscribers=10)
+    alice = [store.subscribe(LiveFilter(), owner="alice", max_per_owner=2) for _ in range(2)]
+    assert isinstance(store.refusal("alice", 2), TooManySubscribersForOwnerError)
+    with pytest.raises(TooManySubscribersForOwnerError):
+        store.subscribe(LiveFilter(), owner="alice", max_per_owner=2)
+    store.subscribe(LiveFilter(), owner="bob", max_per_owner=2)
+    assert (store.subscribers_of("alice"), store.subscribers_of("bob")) == (2, 1)
+
+    store.unsubscribe(alice[0])
+    store.unsubscribe(alice[0])  # a second release frees nothing more
+    assert store.subscribers_of("alice") == 1
+    assert store.refusal("alice", 2) is None
+    store.subscribe(LiveFilter(), owner="alice", max_per_owner=2)
+    assert store.subscribers_of("alice") == 2
+    assert store.stats().subscribers == 3
+
+
+def test_an_owner_that_left_holds_nothing_and_the_store_cap_still_applies() -> None:
+    store = TagStore(load_catalogue(), max_subscribers=2)
+    alice = store.subscribe(LiveFilter(), owner="alice", max_per_owner=1)
+    store.unsubscribe(alice)
+    assert store._owned == {}  # an owner is forgotten with its last subscriber
+    store.subscribe(LiveFilter(), owner="alice", max_per_owner=1)
+    store.subscribe(LiveFilter(), owner="bob", max_per_owner=1)
+    # At both caps, the owner's is the refusal its owner can act on; anyone else gets the
+    # store's.
+    with pytest.raises(TooManySubscribersForOwnerError):
+        store.subscribe(LiveFilter(), owner="alice", max_per_owner=1)
+    with pytest.raises(TooManySubscribersError):
+        store.subscribe(LiveFilter(), owner="carol", max_per_owner=1)
+    assert isinstance(store.refusal("carol", 1), TooManySubscribersError)
+    assert store.subscribers_of("carol") == 0
 
 
 # --------------------------------------------------------------------------------------------

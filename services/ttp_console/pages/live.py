@@ -5,6 +5,12 @@ bounded queue: a browser that reads slowly loses rows (the stream tells it how m
 ``dropped`` event) and never holds up ingestion. Heartbeat comments keep proxies from closing
 an idle stream; a stream ends after :data:`MAX_STREAM_S` (the browser's EventSource
 reconnects by itself) and at once when :func:`close_live_streams` is called at shutdown.
+
+A user holds at most ``TTP_CONSOLE_LIVE_STREAMS_PER_USER`` streams (a further one is refused
+with 429), and the store at most its cap for everyone (503), so one viewer cannot take every
+stream. A stream's slot is freed however it ends: renewal, shutdown, or the browser going
+away. A HEAD request opens nothing and answers the status a GET would get now, so the page's
+script can tell why its stream was refused.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Final
 from urllib.parse import urlencode
 
@@ -20,10 +26,18 @@ from starlette.applications import Starlette
 from starlette.datastructures import QueryParams
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from ttp_console import metrics
-from ttp_console.pages.common import Formatter, console, render
-from ttp_console.tag_store import LiveFilter, TagRecord, TooManySubscribersError
+from ttp_console.pages.common import Formatter, console, render, user_of
+from ttp_console.tag_store import (
+    LiveFilter,
+    Subscription,
+    TagRecord,
+    TagStore,
+    TooManySubscribersError,
+    TooManySubscribersForOwnerError,
+)
 from ttp_core.attack.catalogue import AttackCatalogue
 from ttp_core.contract import subjects
 
@@ -36,6 +50,8 @@ QUEUE_CAPACITY: Final = 500
 MAX_EVIDENCE_VALUE: Final = 300
 _TECHNIQUE: Final = re.compile(r"T\d{4}(?:\.\d{3})?")
 MAX_ATTACKER_ID: Final = 128
+RETRY_AFTER_S: Final = 30
+_STREAM_HEADERS: Final = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 
 class LiveStreams:
@@ -168,63 +184,144 @@ def _event(name: str, data: object) -> str:
     return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-async def live_stream(request: Request) -> Response:
-    """``/live/stream?technique=&rule=&kind=&attacker=``: ``text/event-stream`` of ``tag``
-    events (JSON rows), ``dropped`` events ({"count": n}) and heartbeat comments."""
-    context = console(request)
-    live, _ignored = live_filter(request.query_params)
-    if request.method == "HEAD":
-        # Its body would never end: a HEAD request gets the headers and no subscription.
-        return Response(media_type="text/event-stream", headers={"Cache-Control": "no-store"})
-    streams = live_streams(request.app)
-    if streams.closing:
-        return PlainTextResponse("The console is shutting down.", status_code=503)
-    try:
-        subscription = context.tags.subscribe(live, capacity=QUEUE_CAPACITY)
-    except TooManySubscribersError:
+class _LiveSlot:
+    """One stream's hold on the store and on the app's open streams, freed once."""
+
+    def __init__(self, store: TagStore, subscription: Subscription, streams: LiveStreams) -> None:
+        self.store = store
+        self.subscription = subscription
+        self.streams = streams
+        self.waker = asyncio.Event()
+        subscription.on_ready = self.waker.set
+        streams.add(self.waker)
+        metrics.LIVE_STREAMS.inc()
+        self._held = True
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._held = False
+        metrics.LIVE_STREAMS.dec()
+        self.store.unsubscribe(self.subscription)
+        self.streams.discard(self.waker)
+
+
+class _LiveStreamResponse(StreamingResponse):
+    """The event stream, freeing its slot when the response ends however it ends.
+
+    The body's own ``finally`` runs only if the body generator is closed; a browser that
+    goes away while the server waits to write to it leaves the generator suspended, so the
+    slot is freed here as well (releasing twice does nothing)."""
+
+    def __init__(self, body: AsyncIterator[str], release: Callable[[], None]) -> None:
+        super().__init__(body, media_type="text/event-stream", headers=_STREAM_HEADERS)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._release()
+
+
+def _refusal_reason(
+    refused: TooManySubscribersError | TooManySubscribersForOwnerError,
+) -> str:
+    """The :data:`metrics.LIVE_REFUSALS` value of the store's refusal."""
+    return "user_cap" if isinstance(refused, TooManySubscribersForOwnerError) else "console_cap"
+
+
+def _refusal(reason: str, per_user: int) -> PlainTextResponse:
+    """The answer refusing a new stream, for one of :data:`metrics.LIVE_REFUSALS`."""
+    if reason == "user_cap":
+        return PlainTextResponse(
+            f"You already have {per_user} live tag streams open, the most one user may hold:"
+            " close a Live tags page (another tab or window), then reload this one.",
+            status_code=429,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+    if reason == "console_cap":
         return PlainTextResponse(
             "Too many live tag viewers at once; try again later.",
             status_code=503,
-            headers={"Retry-After": "30"},
+            headers={"Retry-After": str(RETRY_AFTER_S)},
         )
-    waker = asyncio.Event()
-    subscription.on_ready = waker.set
-    streams.add(waker)
-    fmt = Formatter(0.0)
-    catalogue = context.catalogue
-
-    async def events() -> AsyncIterator[str]:
-        loop = asyncio.get_running_loop()
-        ends_at = loop.time() + MAX_STREAM_S
-        metrics.LIVE_STREAMS.inc()
-        try:
-            yield "retry: 5000\n: connected\n\n"
-            while not streams.closing:
-                left = ends_at - loop.time()
-                if left <= 0:
-                    break
-                try:
-                    await asyncio.wait_for(waker.wait(), min(HEARTBEAT_S, left))
-                except TimeoutError:
-                    yield ": heartbeat\n\n"
-                    continue
-                waker.clear()
-                if streams.closing:
-                    break
-                records, dropped = subscription.take()
-                if dropped:
-                    metrics.LIVE_ROWS_DROPPED.inc(dropped)
-                    yield _event("dropped", {"count": dropped})
-                if records:
-                    yield "".join(_event("tag", record_json(r, catalogue, fmt)) for r in records)
-            yield _event("bye", {"reason": "closing" if streams.closing else "renew"})
-        finally:
-            metrics.LIVE_STREAMS.dec()
-            context.tags.unsubscribe(subscription)
-            streams.discard(waker)
-
-    return StreamingResponse(
-        events(),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    return PlainTextResponse(
+        "The console is shutting down; reload the page in a moment.",
+        status_code=503,
+        headers={"Retry-After": "5"},
     )
+
+
+async def live_stream(request: Request) -> Response:
+    """``/live/stream?technique=&rule=&kind=&attacker=``: ``text/event-stream`` of ``tag``
+    events (JSON rows), ``dropped`` events ({"count": n}) and heartbeat comments; 429 when the
+    user already holds their cap of streams, 503 at the console's cap or while it stops."""
+    context = console(request)
+    live, _ignored = live_filter(request.query_params)
+    streams = live_streams(request.app)
+    per_user = context.settings.console_live_streams_per_user
+    user = user_of(request)
+    # Every route but the login page has a user; without one (an app wired without the
+    # auth middleware) only the console's cap applies.
+    owner = user.name if user is not None else None
+    if request.method == "HEAD":
+        # Its body would never end: a HEAD request opens nothing, and gets the status a GET
+        # would get now (the page's script asks this to say why its stream was refused).
+        refused = context.tags.refusal(owner, per_user)
+        reason = None if refused is None else _refusal_reason(refused)
+        if streams.closing:
+            reason = "shutting_down"
+        if reason is not None:
+            answer = _refusal(reason, per_user)
+            return Response(
+                status_code=answer.status_code,
+                headers={"Retry-After": answer.headers["Retry-After"]},
+            )
+        return Response(media_type="text/event-stream", headers={"Cache-Control": "no-store"})
+    if streams.closing:
+        metrics.LIVE_STREAMS_REFUSED.labels(reason="shutting_down").inc()
+        return _refusal("shutting_down", per_user)
+    try:
+        subscription = context.tags.subscribe(
+            live, capacity=QUEUE_CAPACITY, owner=owner, max_per_owner=per_user
+        )
+    except (TooManySubscribersError, TooManySubscribersForOwnerError) as refused_now:
+        reason = _refusal_reason(refused_now)
+        metrics.LIVE_STREAMS_REFUSED.labels(reason=reason).inc()
+        return _refusal(reason, per_user)
+    slot = _LiveSlot(context.tags, subscription, streams)
+    return _LiveStreamResponse(_events(slot, context.catalogue), slot.release)
+
+
+async def _events(slot: _LiveSlot, catalogue: AttackCatalogue) -> AsyncIterator[str]:
+    """The stream's body, until it is due for renewal or the console stops."""
+    streams, waker, subscription = slot.streams, slot.waker, slot.subscription
+    fmt = Formatter(0.0)
+    loop = asyncio.get_running_loop()
+    ends_at = loop.time() + MAX_STREAM_S
+    try:
+        yield "retry: 5000\n: connected\n\n"
+        while not streams.closing:
+            left = ends_at - loop.time()
+            if left <= 0:
+                break
+            try:
+                await asyncio.wait_for(waker.wait(), min(HEARTBEAT_S, left))
+            except TimeoutError:
+                yield ": heartbeat\n\n"
+                continue
+            waker.clear()
+            if streams.closing:
+                break
+            records, dropped = subscription.take()
+            if dropped:
+                metrics.LIVE_ROWS_DROPPED.inc(dropped)
+                yield _event("dropped", {"count": dropped})
+            if records:
+                yield "".join(_event("tag", record_json(r, catalogue, fmt)) for r in records)
+        # Freed before the goodbye is written: the browser may reconnect as soon as it reads it.
+        slot.release()
+        yield _event("bye", {"reason": "closing" if streams.closing else "renew"})
+    finally:
+        slot.release()
