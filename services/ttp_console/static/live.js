@@ -71,16 +71,57 @@
     while (rows.children.length > MAX_ROWS) { rows.removeChild(rows.lastChild); }
   }
 
-  var source = new EventSource(table.getAttribute("data-stream"));
-  source.onopen = function () { summary(); };
-  source.addEventListener("tag", function (event) {
-    try { addRow(JSON.parse(event.data)); received += 1; } catch (e) { return; }
-    summary();
-  });
-  source.addEventListener("dropped", function (event) {
-    try { dropped += JSON.parse(event.data).count; } catch (e) { return; }
-    summary();
-  });
-  source.addEventListener("bye", function () { say("The console closed the stream; reconnecting…"); });
-  source.onerror = function () { say("Disconnected; reconnecting…"); };
+  // The browser reconnects by itself after a stream ends or the network drops. It gives up
+  // for good (readyState CLOSED) when the console answers with an error status or a redirect
+  // (to the login page, once the session ended), without telling the page which: a HEAD
+  // request, which opens nothing, answers the status a new stream would get now.
+  var url = table.getAttribute("data-stream");
+  var FIRST_RETRY_S = 5, MAX_RETRY_S = 120;
+  var retryS = 0;
+
+  function retryLater(why) {
+    retryS = retryS ? Math.min(retryS * 2, MAX_RETRY_S) : FIRST_RETRY_S;
+    say(why + " Retrying in " + retryS + " s; reload the page to retry now.");
+    window.setTimeout(connect, retryS * 1000);
+  }
+  function explainClosed() {
+    fetch(url, { method: "HEAD", credentials: "same-origin", redirect: "manual", cache: "no-store" })
+      .then(function (response) {
+        if (response.type === "opaqueredirect" || response.status === 401 || response.status === 403) {
+          say("The live stream stopped: your session ended. Reload the page to log in again.");
+        } else if (response.status === 429) {
+          retryLater("The live stream was refused: you have too many Live tags pages open (other tabs or windows); close one.");
+        } else if (response.status === 503) {
+          retryLater("The live stream was refused: the console is busy or restarting.");
+        } else if (response.ok) {
+          retryLater("The live stream stopped.");
+        } else {
+          say("The live stream was refused (HTTP " + response.status + "): reload the page.");
+        }
+      }, function () {
+        retryLater("The live stream stopped: the console cannot be reached.");
+      });
+  }
+  function connect() {
+    var source = new EventSource(url);
+    source.onopen = function () { retryS = 0; summary(); };
+    source.addEventListener("tag", function (event) {
+      try { addRow(JSON.parse(event.data)); received += 1; } catch (e) { return; }
+      summary();
+    });
+    source.addEventListener("dropped", function (event) {
+      try { dropped += JSON.parse(event.data).count; } catch (e) { return; }
+      summary();
+    });
+    source.addEventListener("bye", function () { say("The console closed the stream; reconnecting…"); });
+    source.onerror = function () {
+      if (source.readyState === EventSource.CLOSED) {
+        say("The live stream stopped; checking why…");
+        explainClosed();
+      } else {
+        say("Disconnected; reconnecting…");
+      }
+    };
+  }
+  connect();
 })();
