@@ -251,7 +251,12 @@ async def test_the_attacker_page_lists_techniques_with_counts_and_highest_confid
     async with world.client(VIEWER) as http:
         page = await get(http, "/attackers/attacker-7")
         listing = await get(http, "/attackers")
-        await get(http, "/attackers/never-seen", status=404)
+        unknown = await get(http, "/attackers/never-seen", status=404)
+
+    # The navigation leads to the attackers and marks them, not Live tags, as the place.
+    current = re.compile(r'<a href="([^"]*)" aria-current="page">')
+    for html in (page, listing, unknown):
+        assert current.findall(html) == ["/attackers"]
 
     row = re.search(
         r'T1059\.004</a>.*?<td class="num">(\d+)</td>\s*<td class="num">([\d.]+)', page, re.S

@@ -34,7 +34,7 @@ async def attacker_page(request: Request) -> Response:
                 for t in (view.techniques if view else [])
             },
         },
-        active_nav="live",
+        active_nav="attackers",
         status_code=200 if view is not None else 404,
     )
 
@@ -51,5 +51,5 @@ async def attackers_page(request: Request) -> Response:
             ],
             "stats": context.tags.stats(),
         },
-        active_nav="live",
+        active_nav="attackers",
     )
