@@ -21,6 +21,7 @@ lives in tests/e2e/conftest.py and is tested at the end of this module).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -451,6 +452,86 @@ async def test_disabling_a_rule_from_its_page_leaves_it_out_of_new_tags(stack: S
         await fleet_converged_at(user, int(await cleared.locator("td").first.inner_text()))
 
 
+_COUNTDOWN = re.compile(r"^in (\d+)m (\d+)s$")
+
+
+def countdown_seconds(text: str) -> int:
+    """The seconds a countdown under an hour reads (``in 29m 58s``)."""
+    match = _COUNTDOWN.match(text)
+    assert match is not None, text
+    return int(match.group(1)) * 60 + int(match.group(2))
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_an_expiry_countdown_ticks_down_from_the_states_expiry(stack: Stack) -> None:
+    async with session(stack, OPERATOR) as user:
+        page = user.page
+        await user.goto("/rules/R0057")
+        disable = page.locator("#state-controls form").filter(
+            has=page.get_by_role("heading", name="Disable")
+        )
+        await disable.get_by_label("Reason").fill("browser test: countdown")
+        await disable.get_by_label("For (30m, 2h, 1d; empty: until cleared)").fill("30m")
+        await disable.get_by_role("button", name="Disable").click()
+        await expect(page.locator(".alert").first).to_contain_text("R0057 disabled until")
+
+        # Under an hour, countdown.js shows seconds, so its text changes every second.
+        countdown = page.locator("dl.facts time.countdown")
+        await expect(countdown).to_have_text(re.compile(r"^in 29m \d+s$"))
+        first = await countdown.inner_text()
+        await expect(countdown).not_to_have_text(first)  # ticked, with no reload
+        later = await countdown.inner_text()
+        assert 0 < countdown_seconds(first) - countdown_seconds(later) < 60, (first, later)
+
+        clear = page.locator("#state-controls form").filter(
+            has=page.get_by_role("heading", name="Clear")
+        )
+        await clear.get_by_role("button", name="Enable again").click()
+        await expect(page.locator(".alert").first).to_contain_text("enabled again")
+        cleared = page.locator("#audit tbody tr").first
+        await fleet_converged_at(user, int(await cleared.locator("td").first.inner_text()))
+
+
+@contextlib.asynccontextmanager
+async def steady_traffic(stack: Stack) -> AsyncIterator[None]:
+    """Events published for the worker to tag, a few a second, until the block ends."""
+
+    async def publish() -> None:
+        attacker = new_attacker()
+        while True:
+            await stack.publish(SYSTEM_INFO, attacker)
+            await asyncio.sleep(0.1)
+
+    task = asyncio.create_task(publish())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_the_fleet_page_shows_how_many_events_a_second_the_worker_processes(
+    stack: Stack,
+) -> None:
+    busy = re.compile(r"^(?!0\.0$)\d+\.\d$")  # a number, and not zero
+    async with session(stack, VIEWER) as user, steady_traffic(stack):
+        page = user.page
+        await user.goto("/fleet")
+        row = page.locator("table.fleet tbody tr").filter(
+            has=page.locator("td:first-child", has_text=re.compile(rf"^{WORKER}$"))
+        )
+        await expect(row).to_have_count(1)
+        # fleet.js refreshes the table every 5 s; the rate needs two of the worker's
+        # statuses, so it may read "…" until the first refresh.
+        await expect(row.locator("td").nth(7)).to_have_text(busy, timeout=CONVERGE_MS)
+        await expect(page.locator("#fleet p.muted")).to_contain_text(
+            re.compile(r"· (?!0\.0 )\d+\.\d events/s in all$")
+        )
+        await user.screenshot("console-fleet")
+
+
 @contextlib.asynccontextmanager
 async def foreign_site(console_url: str) -> AsyncIterator[str]:
     """Another origin (its own port) serving a page with a form that posts to the console:
@@ -584,7 +665,7 @@ def _run_browser_tests_without_chromium(ci: bool) -> subprocess.CompletedProcess
     )
 
 
-BROWSER_TESTS = 5
+BROWSER_TESTS = 7
 """The tests above, which need Chromium."""
 
 
