@@ -220,7 +220,9 @@ class _Answers:
     def __init__(self, answer: bytes | Exception) -> None:
         self.answer = answer
 
-    async def request(self, subject: str, payload: bytes, timeout: float) -> Any:
+    async def request(
+        self, subject: str, payload: bytes, timeout: float, headers: dict[str, str] | None = None
+    ) -> Any:
         if isinstance(self.answer, Exception):
             raise self.answer
         return SimpleNamespace(data=self.answer, headers=None, subject=subject)
