@@ -331,6 +331,38 @@ async def fleet_converged_at(user: Session, revision: int) -> None:
 # --------------------------------------------------------------------------------------------
 
 
+async def disable_from_page(user: Session, rule_id: str, reason: str, duration: str) -> None:
+    """Disable `rule_id` with the state controls of its page, as an operator clicks it."""
+    page = user.page
+    await user.goto(f"/rules/{rule_id}")
+    disable = page.locator("#state-controls form").filter(
+        has=page.get_by_role("heading", name="Disable")
+    )
+    await disable.get_by_label("Reason").fill(reason)
+    await disable.get_by_label("For (30m, 2h, 1d; empty: until cleared)").fill(duration)
+    await disable.get_by_role("button", name="Disable").click()
+    await expect(page.locator(".alert").first).to_contain_text(f"{rule_id} disabled until")
+
+
+async def clear_from_page(
+    user: Session, reason: str | None = None, acted_for: str | None = None
+) -> None:
+    """Enable the rule of the open page again (its audit row naming `acted_for`, when given)
+    and wait until the fleet has the change."""
+    page = user.page
+    clear = page.locator("#state-controls form").filter(
+        has=page.get_by_role("heading", name="Clear")
+    )
+    if reason is not None:
+        await clear.get_by_label("Reason (optional)").fill(reason)
+    await clear.get_by_role("button", name="Enable again").click()
+    await expect(page.locator(".alert").first).to_contain_text("enabled again")
+    cleared = page.locator("#audit tbody tr").first
+    if acted_for is not None:
+        await expect(cleared.locator("td").nth(4)).to_have_text(acted_for)
+    await fleet_converged_at(user, int(await cleared.locator("td").first.inner_text()))
+
+
 @pytest.mark.asyncio(loop_scope="module")
 async def test_a_published_event_appears_in_live_tags_and_on_the_matrix(stack: Stack) -> None:
     hostile = "<img src=x onerror=alert(1)>"
@@ -400,15 +432,7 @@ async def test_the_inspector_shows_the_evidence_of_a_tag(stack: Stack) -> None:
 async def test_disabling_a_rule_from_its_page_leaves_it_out_of_new_tags(stack: Stack) -> None:
     async with session(stack, OPERATOR) as user:
         page = user.page
-        await user.goto("/rules/R0019")
-        disable = page.locator("#state-controls form").filter(
-            has=page.get_by_role("heading", name="Disable")
-        )
-        await disable.get_by_label("Reason").fill("browser test: too noisy")
-        await disable.get_by_label("For (30m, 2h, 1d; empty: until cleared)").fill("2h")
-        await disable.get_by_role("button", name="Disable").click()
-
-        await expect(page.locator(".alert").first).to_contain_text("R0019 disabled until")
+        await disable_from_page(user, "R0019", "browser test: too noisy", "2h")
         facts = page.locator("dl.facts")
         await expect(facts).to_contain_text("disabled")
         await expect(facts).to_contain_text("browser test: too noisy")
@@ -441,15 +465,7 @@ async def test_disabling_a_rule_from_its_page_leaves_it_out_of_new_tags(stack: S
         await expect(techniques).not_to_contain_text("T1059")  # R0019's alone
 
         await user.goto("/rules/R0019")
-        clear = page.locator("#state-controls form").filter(
-            has=page.get_by_role("heading", name="Clear")
-        )
-        await clear.get_by_label("Reason (optional)").fill("browser test done")
-        await clear.get_by_role("button", name="Enable again").click()
-        await expect(page.locator(".alert").first).to_contain_text("enabled again")
-        cleared = page.locator("#audit tbody tr").first
-        await expect(cleared.locator("td").nth(4)).to_have_text(OPERATOR.name)
-        await fleet_converged_at(user, int(await cleared.locator("td").first.inner_text()))
+        await clear_from_page(user, "browser test done", acted_for=OPERATOR.name)
 
 
 _COUNTDOWN = re.compile(r"^in (\d+)m (\d+)s$")
@@ -466,14 +482,7 @@ def countdown_seconds(text: str) -> int:
 async def test_an_expiry_countdown_ticks_down_from_the_states_expiry(stack: Stack) -> None:
     async with session(stack, OPERATOR) as user:
         page = user.page
-        await user.goto("/rules/R0057")
-        disable = page.locator("#state-controls form").filter(
-            has=page.get_by_role("heading", name="Disable")
-        )
-        await disable.get_by_label("Reason").fill("browser test: countdown")
-        await disable.get_by_label("For (30m, 2h, 1d; empty: until cleared)").fill("30m")
-        await disable.get_by_role("button", name="Disable").click()
-        await expect(page.locator(".alert").first).to_contain_text("R0057 disabled until")
+        await disable_from_page(user, "R0057", "browser test: countdown", "30m")
 
         # Under an hour, countdown.js shows seconds, so its text changes every second.
         countdown = page.locator("dl.facts time.countdown")
@@ -483,13 +492,7 @@ async def test_an_expiry_countdown_ticks_down_from_the_states_expiry(stack: Stac
         later = await countdown.inner_text()
         assert 0 < countdown_seconds(first) - countdown_seconds(later) < 60, (first, later)
 
-        clear = page.locator("#state-controls form").filter(
-            has=page.get_by_role("heading", name="Clear")
-        )
-        await clear.get_by_role("button", name="Enable again").click()
-        await expect(page.locator(".alert").first).to_contain_text("enabled again")
-        cleared = page.locator("#audit tbody tr").first
-        await fleet_converged_at(user, int(await cleared.locator("td").first.inner_text()))
+        await clear_from_page(user)
 
 
 @contextlib.asynccontextmanager
