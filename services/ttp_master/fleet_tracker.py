@@ -91,6 +91,7 @@ class FleetTracker:
                     digest_matches=(
                         None if status.index_digest is None else status.index_digest == digest
                     ),
+                    digest=status.index_digest,
                     rules=status.rules,
                     active=status.active,
                     external=status.external,

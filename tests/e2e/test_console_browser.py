@@ -526,6 +526,14 @@ async def test_the_fleet_page_shows_how_many_events_a_second_the_worker_processe
             has=page.locator("td:first-child", has_text=re.compile(rf"^{WORKER}$"))
         )
         await expect(row).to_have_count(1)
+        # The worker's own digest (its first 16 characters), matching the master's.
+        master_digest = re.search(
+            r"Master digest (\w{16})", await page.locator("#fleet p.muted").inner_text()
+        )
+        assert master_digest is not None
+        digest_cell = row.locator("td").nth(4)
+        await expect(digest_cell).to_contain_text(master_digest.group(1))
+        await expect(digest_cell).to_contain_text("matches")
         # fleet.js refreshes the table every 5 s; the rate needs two of the worker's
         # statuses, so it may read "…" until the first refresh.
         await expect(row.locator("td").nth(7)).to_have_text(busy, timeout=CONVERGE_MS)

@@ -516,6 +516,10 @@ async def test_fleet_reports_a_frozen_worker_as_behind(procs: Procs, roles: Role
             assert fleet["converged"] is False
             assert views["w2"]["lag"] > 0
             assert views["w2"]["digest_matches"] is False
+            # The frozen worker still shows the digest it last reported, the live one the
+            # master's.
+            assert views["w1"]["digest"] == fleet["digest"]
+            assert views["w2"]["digest"] not in (None, fleet["digest"])
         finally:
             os.kill(frozen.pid, signal.SIGCONT)
         await fleet_at(bus.viewer, changed["revision"], procs, "master", *WORKERS)

@@ -74,3 +74,12 @@ def test_a_long_gone_worker_is_forgotten() -> None:
     tracker.observe(status("w1", 1))
     clock.now += 4000
     assert tracker.view(1, "d").workers == []
+
+
+def test_each_worker_shows_its_own_digest_beside_whether_it_matches() -> None:
+    tracker = FleetTracker(clock=Clock())
+    tracker.observe(status("w1", 7))
+    tracker.observe(status("w2", 7, digest="x"))
+    views = {w.worker_id: w for w in tracker.view(7, "d").workers}
+    assert (views["w1"].digest, views["w1"].digest_matches) == ("d", True)
+    assert (views["w2"].digest, views["w2"].digest_matches) == ("x", False)

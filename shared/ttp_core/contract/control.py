@@ -321,6 +321,8 @@ class WorkerView(_Result):
     lag: int
     """Revisions behind the master's published revision (0 when caught up)."""
     digest_matches: bool | None = None
+    digest: str | None = None
+    """The digest of the index the worker tags with, from its status (None: it sent none)."""
     rules: int
     active: int
     external: int
