@@ -18,7 +18,6 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Final
 
 import pydantic
 from nats.aio.client import Client
@@ -26,6 +25,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from ttp_console.metrics import FeedMetrics
 from ttp_console.stream_reader import FeedProgress, StreamReader
+from ttp_core.attack.navigator import CoverageEntry, rule_entries
 from ttp_core.contract import subjects
 from ttp_core.contract.payloads import (
     RuleReloaded,
@@ -33,12 +33,12 @@ from ttp_core.contract.payloads import (
     RuleStateChanged,
     decode,
 )
-from ttp_core.rules.model import Emit
+from ttp_core.engine.state import ENABLED, RuleState, StateKind
+from ttp_core.rules.model import LIFTER_PREFIX, Emit
 
-__all__ = ["CoverageItem", "RuleDefinition", "RuleEmit", "RuleFeed"]
+__all__ = ["RuleDefinition", "RuleEmit", "RuleFeed"]
 
 _log = logging.getLogger(__name__)
-_LIFTER_PREFIX: Final = "lifter:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,16 +67,6 @@ class RuleDefinition:
     emits: tuple[RuleEmit, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class CoverageItem:
-    """One emit of a rule that is in play, with the confidence its state allows."""
-
-    rule_id: str
-    technique_id: str
-    sub_technique_id: str | None
-    confidence: float
-
-
 def _definition(data: RuleReloaded) -> RuleDefinition:
     rule = data.rule or {}
     match = rule.get("match")
@@ -94,7 +84,7 @@ def _definition(data: RuleReloaded) -> RuleDefinition:
         rule_version=data.rule_version,
         name=name if isinstance(name, str) else data.rule_id,
         source_path=data.source_path,
-        external=isinstance(kind, str) and kind.startswith(_LIFTER_PREFIX),
+        external=isinstance(kind, str) and kind.startswith(LIFTER_PREFIX),
         emits=tuple(emits),
     )
 
@@ -106,7 +96,9 @@ class RuleFeed:
         """Without ``nc`` the feed only takes what :meth:`apply` is given (tests)."""
         self._definitions: dict[str, RuleDefinition] = {}
         self._definition_revisions: dict[str, int] = {}
-        self._states: dict[str, RuleStateChanged] = {}
+        self._states: dict[str, tuple[RuleStateChanged, RuleState]] = {}
+        """Each rule's latest operator state message, and the state it names as the workers
+        apply it."""
         self.ruleset: RulesetRevision | None = None
         self.unreadable: Counter[str] = Counter()
         """Messages that could not be used, by subject prefix."""
@@ -166,9 +158,14 @@ class RuleFeed:
         if subjects.last_token(subject) != data.rule_id:
             raise ValueError(f"rule_id {data.rule_id!r} does not match the subject")
         held = self._states.get(data.rule_id)
-        if held is not None and data.revision <= held.revision:
+        if held is not None and data.revision <= held[0].revision:
             return False
-        self._states[data.rule_id] = data
+        # As on the workers: a state naming no usable state (a clip without a confidence_max
+        # in (0, 1]) is refused, and the one held stays in force.
+        self._states[data.rule_id] = (
+            data,
+            RuleState.of(data.state, data.confidence_max, data.expires_at),
+        )
         return True
 
     # ---------------------------------------------------------------------------- reading
@@ -180,38 +177,37 @@ class RuleFeed:
     def definition(self, rule_id: str) -> RuleDefinition | None:
         return self._definitions.get(rule_id)
 
+    def _rule_state(self, rule_id: str) -> RuleState:
+        held = self._states.get(rule_id)
+        return ENABLED if held is None else held[1]
+
     def state(self, rule_id: str, now: float | None = None) -> RuleStateChanged | None:
         """The rule's operator state in force (None: enabled; an expired one is over)."""
         held = self._states.get(rule_id)
-        if held is None or held.state == "enabled":
+        if held is None:
             return None
         moment = time.time() if now is None else now
-        if held.expires_at is not None and held.expires_at.timestamp() <= moment:
-            return None
-        return held
+        return None if held[1].effective(moment) is StateKind.ENABLED else held[0]
 
     def in_play(self, rule_id: str, now: float | None = None) -> bool:
         """Defined, built-in (not a lifter's) and not disabled: its tags can appear."""
         definition = self._definitions.get(rule_id)
         if definition is None or definition.external:
             return False
-        state = self.state(rule_id, now)
-        return state is None or state.state != "disabled"
+        moment = time.time() if now is None else now
+        return self._rule_state(rule_id).effective(moment) is not StateKind.DISABLED
 
-    def coverage(self, now: float | None = None) -> list[CoverageItem]:
-        """One item per emit of every rule in play; a clipped rule's confidence is capped."""
-        items = []
+    def coverage(self, now: float | None = None) -> list[CoverageEntry]:
+        """What every built-in rule covers at `now`, as the workers apply its state
+        (:func:`ttp_core.attack.navigator.rule_entries`)."""
+        moment = time.time() if now is None else now
+        entries = []
         for rule_id, definition in sorted(self._definitions.items()):
-            if not self.in_play(rule_id, now):
-                continue
-            state = self.state(rule_id, now)
-            cap = state.confidence_max if state is not None and state.state == "clipped" else None
-            for emit in definition.emits:
-                confidence = emit.confidence if cap is None else min(emit.confidence, cap)
-                items.append(
-                    CoverageItem(rule_id, emit.technique_id, emit.sub_technique_id, confidence)
+            if not definition.external:
+                entries += rule_entries(
+                    rule_id, definition.emits, self._rule_state(rule_id), moment
                 )
-        return items
+        return entries
 
     def rules_for(self, technique: str) -> list[RuleDefinition]:
         """Rules emitting ``technique``; a technique id without a sub-technique part also
@@ -255,16 +251,16 @@ def _names(emit: RuleEmit, technique: str) -> bool:
     return bool(technique in (emit.technique, emit.technique_id))
 
 
-def covered_techniques(items: Iterable[CoverageItem]) -> dict[str, tuple[float, list[str]]]:
-    """Best confidence and rule ids per technique (sub-techniques on their own)."""
-    out: dict[str, tuple[float, list[str]]] = {}
-    for item in items:
-        key = item.sub_technique_id or item.technique_id
-        best, rules = out.get(key, (0.0, []))
-        if item.rule_id not in rules:
-            rules = [*rules, item.rule_id]
-        out[key] = (max(best, item.confidence), rules)
-    return out
+def covered_techniques(entries: Iterable[CoverageEntry]) -> dict[str, tuple[float, list[str]]]:
+    """Best confidence and rule ids (in first-seen order) per technique, sub-techniques on
+    their own."""
+    best: dict[str, float] = {}
+    rules: dict[str, dict[str, None]] = {}
+    for entry in entries:
+        key = entry.sub_technique_id or entry.technique_id
+        best[key] = max(best.get(key, 0.0), entry.confidence)
+        rules.setdefault(key, {})[entry.rule_id] = None
+    return {key: (best[key], list(rules[key])) for key in best}
 
 
 __all__ += ["covered_techniques"]

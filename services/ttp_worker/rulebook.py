@@ -263,7 +263,7 @@ def _state_change(
         # "enabled" is no operator state at all: the master has no row, so neither do we.
         return RuleChange(ChangeKind.STATE, data.rule_id, data.revision, committed_at=committed_at)
     try:
-        state = RuleState(StateKind(data.state), data.confidence_max, _timestamp(data.expires_at))
+        state = RuleState.of(data.state, data.confidence_max, data.expires_at)
     except ValueError as exc:
         raise RuleMessageError(f"invalid state of {data.rule_id}: {exc}") from exc
     return RuleChange(

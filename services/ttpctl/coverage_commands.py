@@ -41,7 +41,12 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from ttp_core.attack import AttackCatalogue, load_catalogue
-from ttp_core.attack.navigator import CoverageEntry, confidence_percent, coverage_layer
+from ttp_core.attack.navigator import (
+    CoverageEntry,
+    confidence_percent,
+    coverage_layer,
+    rule_entries,
+)
 from ttp_core.contract import subjects
 from ttp_core.contract.payloads import RuleReloaded, RuleStateChanged, decode
 from ttp_core.engine.state import RuleState, StateKind
@@ -109,9 +114,8 @@ def _emits(rule: Mapping[str, Any]) -> list[Emit] | None:
 
 
 def _state(message: RuleStateChanged) -> RuleState | None:
-    expires = message.expires_at.timestamp() if message.expires_at is not None else None
     try:
-        return RuleState(StateKind(message.state), message.confidence_max, expires)
+        return RuleState.of(message.state, message.confidence_max, message.expires_at)
     except ValueError:
         return None  # a clip without a usable confidence_max
 
@@ -148,13 +152,9 @@ def rule_coverage(
             continue
         if kind is StateKind.CLIPPED:
             coverage.clipped.append(rule_id)
-        for emit in emits:
-            confidence = state.apply(emit.confidence, moment)
-            if confidence is None or confidence <= 0:
-                continue  # a lifter's 0 "never emits a tag of its own"
-            coverage.entries.append(
-                CoverageEntry(rule_id, emit.technique_id, emit.sub_technique_id, confidence)
-            )
+        entries = rule_entries(rule_id, emits, state, moment)
+        coverage.entries += entries
+        if entries:
             coverage.rules.add(rule_id)
     return coverage
 

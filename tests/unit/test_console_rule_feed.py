@@ -119,3 +119,20 @@ def test_a_feed_without_nats_reports_itself_caught_up() -> None:
     feed = RuleFeed()
     assert feed.caught_up
     assert feed.progress.error is None
+
+
+def test_a_state_the_workers_would_refuse_leaves_the_held_one_in_force() -> None:
+    # A clip without a confidence_max: workers refuse the message, so the console must not
+    # show the rule covering at its full confidence either.
+    feed = RuleFeed()
+    feed.apply(*reloaded("A", 1, definition("A", ("T1110", None, 0.9))))
+    feed.apply(*state("A", 2, "clipped", confidence_max=0.4))
+    assert not feed.apply(*state("A", 3, "clipped"))
+    assert [c.confidence for c in feed.coverage()] == [0.4]
+    assert feed.unreadable["ttp.rule.state"] == 1
+
+
+def test_an_emit_of_confidence_zero_covers_nothing_as_it_tags_nothing() -> None:
+    feed = RuleFeed()
+    feed.apply(*reloaded("A", 1, definition("A", ("T1110", None, 0.0), ("T1059", None, 0.5))))
+    assert [c.technique_id for c in feed.coverage()] == ["T1059"]

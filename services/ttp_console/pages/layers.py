@@ -12,7 +12,6 @@ from starlette.responses import Response
 from ttp_console.pages.common import console
 from ttp_console.tag_store import parse_window
 from ttp_core.attack.navigator import (
-    CoverageEntry,
     ObservedEntry,
     coverage_layer,
     observed_layer,
@@ -37,11 +36,7 @@ async def coverage_download(request: Request) -> Response:
     """``/layers/coverage.json``: score = best confidence of the rules in play per technique,
     comment = their rule ids."""
     context = console(request)
-    entries = [
-        CoverageEntry(item.rule_id, item.technique_id, item.sub_technique_id, item.confidence)
-        for item in context.rules.coverage()
-    ]
-    layer = coverage_layer(entries, context.catalogue)
+    layer = coverage_layer(context.rules.coverage(), context.catalogue)
     return _download(layer, f"ttp-coverage-{_stamp()}.json")
 
 

@@ -34,9 +34,10 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from ttp_core.attack.catalogue import AttackCatalogue, Technique
+from ttp_core.engine.state import RuleState
 
 __all__ = [
     "COVERAGE_LAYER_NAME",
@@ -82,6 +83,33 @@ class CoverageEntry:
     technique_id: str
     sub_technique_id: str | None
     confidence: float
+
+
+class Emitting(Protocol):
+    """What :func:`rule_entries` reads of an emit (the rule model's ``Emit`` has it)."""
+
+    @property
+    def technique_id(self) -> str: ...
+    @property
+    def sub_technique_id(self) -> str | None: ...
+    @property
+    def confidence(self) -> float: ...
+
+
+def rule_entries(
+    rule_id: str, emits: Iterable[Emitting], state: RuleState, now: float
+) -> list[CoverageEntry]:
+    """What one rule covers at ``now``, as the engine would tag with it: each emit at the
+    confidence its operator state lets it report (none for a disabled rule). An emit of
+    confidence 0, a lifter's sentinel that fires but never tags, covers nothing."""
+    entries = []
+    for emit in emits:
+        confidence = state.apply(emit.confidence, now)
+        if confidence is not None and confidence > 0:
+            entries.append(
+                CoverageEntry(rule_id, emit.technique_id, emit.sub_technique_id, confidence)
+            )
+    return entries
 
 
 @dataclass(frozen=True, slots=True)

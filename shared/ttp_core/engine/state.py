@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 
 
@@ -25,6 +26,13 @@ class RuleState:
             self.confidence_max is None or not 0 < self.confidence_max <= 1
         ):
             raise ValueError("a clipped state needs confidence_max in (0, 1]")
+
+    @classmethod
+    def of(cls, state: str, confidence_max: float | None, expires_at: datetime | None) -> RuleState:
+        """The state a `ttp.rule.state` message names; ValueError when it names none (an
+        unknown state, or a clip without a confidence_max in (0, 1])."""
+        expires = None if expires_at is None else expires_at.timestamp()
+        return cls(StateKind(state), confidence_max, expires)
 
     def effective(self, now: float) -> StateKind:
         """The state in force at `now`: an expired state counts as enabled."""
