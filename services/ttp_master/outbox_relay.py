@@ -92,12 +92,20 @@ _SUMMARY_TOTALS: Final = select(
 _TRACEPARENT: Final = "traceparent"
 
 
-def _relay_span(rows: Sequence[Any], headers: dict[str, str]) -> AbstractContextManager[Any]:
-    """The CONSUMER span of relaying `rows`, which continue the trace in `headers` (the
-    change batch's that wrote them): named by the subject template they share, with the
-    concrete subject when there is one row, and the row count."""
+def _shared_template(rows: Sequence[Any]) -> str:
+    """The subject template `rows` share, which names their relay and publish spans; the
+    generic "ttp.rule" when their subjects follow different templates."""
     templates = {subject_template(row.subject) for row in rows}
-    template = templates.pop() if len(templates) == 1 else "ttp.rule"
+    return templates.pop() if len(templates) == 1 else "ttp.rule"
+
+
+def _relay_span(
+    rows: Sequence[Any], template: str, headers: dict[str, str]
+) -> AbstractContextManager[Any]:
+    """The CONSUMER span of relaying `rows`, which continue the trace in `headers` (the
+    change batch's that wrote them): named by `template`, the subject template they share
+    (`_shared_template`), with the concrete subject when there is one row, and the row
+    count."""
     subject = rows[0].subject if len(rows) == 1 else None
     return start_consumer_span(
         f"relay {template}",
@@ -107,12 +115,10 @@ def _relay_span(rows: Sequence[Any], headers: dict[str, str]) -> AbstractContext
     )
 
 
-def _publish_span(rows: Sequence[Any]) -> AbstractContextManager[Span]:
-    """The PRODUCER span of publishing `rows` (one trace's rows of a window): named by the
-    subject template they share, with the concrete subject and message id when there is one
-    row, and the row count."""
-    templates = {subject_template(row.subject) for row in rows}
-    template = templates.pop() if len(templates) == 1 else "ttp.rule"
+def _publish_span(rows: Sequence[Any], template: str) -> AbstractContextManager[Span]:
+    """The PRODUCER span of publishing `rows` (one trace's rows of a window): named by
+    `template`, the subject template they share (`_shared_template`), with the concrete
+    subject and message id when there is one row, and the row count."""
     if len(rows) == 1:
         row = rows[0]
         attributes: dict[str, AttributeValue] = {
@@ -410,7 +416,11 @@ class OutboxRelay:
 
         async def group(members: list[int]) -> None:
             rows = [window[i] for i in members]
-            with _relay_span(rows, wire[members[0]][1]), _publish_span(rows) as span:
+            template = _shared_template(rows)
+            with (
+                _relay_span(rows, template, wire[members[0]][1]),
+                _publish_span(rows, template) as span,
+            ):
                 # The publish span's context replaces the change batch's in every message.
                 carrier = inject_headers()
                 stream = [i for i in members if window[i].jetstream]
