@@ -20,7 +20,6 @@ documented way to write that file.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import secrets
@@ -28,14 +27,13 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
 from ttp_runtime.embedded import free_port
-from ttp_runtime.env_file import read_private_env_file
+from ttp_runtime.env_file import read_private_env_file, write_private_file
 
 __all__ = [
     "CONSOLE_DIRECTORY",
@@ -235,16 +233,7 @@ def _write_logins(path: Path, values: dict[str, str]) -> None:
         *(f"{key}={value}" for key, value in values.items()),
     ]
     try:
-        descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-                os.fchmod(handle.fileno(), 0o600)
-                handle.write("\n".join(lines) + "\n")
-            os.replace(temporary, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
+        write_private_file(path, "\n".join(lines) + "\n")
     except OSError as exc:
         raise ConsoleSetupError(f"cannot write {path}: {exc.strerror or exc}") from None
 

@@ -1,4 +1,5 @@
-"""Reading ``KEY=VALUE`` settings files, such as the role credentials ``ttpctl dev`` writes.
+"""Reading ``KEY=VALUE`` settings files, such as the role credentials ``ttpctl dev`` writes,
+and writing files only their owner may read.
 
 The format is the plain one shells, compose and systemd agree on: one ``KEY=VALUE`` per line,
 blank lines and lines starting with ``#`` ignored, an optional ``export`` before the key, and a
@@ -9,9 +10,11 @@ never its value, which may be a password.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
+import tempfile
 from pathlib import Path
 from typing import Final
 
@@ -21,6 +24,7 @@ __all__ = [
     "parse_env_text",
     "read_env_file",
     "read_private_env_file",
+    "write_private_file",
 ]
 
 MAX_ENV_FILE_BYTES: Final = 64 * 1024
@@ -110,3 +114,33 @@ def read_private_env_file(path: Path, what: str) -> tuple[str | None, dict[str, 
         return None, parse_env_text(data.decode("utf-8"), str(path))
     except (UnicodeDecodeError, EnvFileError):
         return "is not a KEY=VALUE file", {}
+
+
+def write_private_file(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` (UTF-8), mode 0600 from birth and atomically: the text
+    goes to a new file beside it, synced and renamed into place, so a reader sees the old file
+    or the new one, never half of one, and never a moment when others could read it.
+
+    Raises OSError when it cannot be written; no temporary file is left behind then.
+    """
+    directory = path.parent
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            # mkstemp makes it 0600 already; said again so no umask or platform changes it.
+            os.fchmod(handle.fileno(), 0o600)
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    with contextlib.suppress(OSError):
+        # The rename is durable only once the directory entry is.
+        directory_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(directory_fd)
+        finally:
+            os.close(directory_fd)

@@ -1,12 +1,21 @@
-"""KEY=VALUE settings files: what is read, and what is refused without echoing a value."""
+"""KEY=VALUE settings files: what is read, and what is refused without echoing a value;
+private files: written whole and only their owner may read them."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from ttp_runtime.env_file import MAX_ENV_FILE_BYTES, EnvFileError, parse_env_text, read_env_file
+from ttp_runtime.env_file import (
+    MAX_ENV_FILE_BYTES,
+    EnvFileError,
+    parse_env_text,
+    read_env_file,
+    read_private_env_file,
+    write_private_file,
+)
 
 
 def test_comments_blank_lines_export_and_quotes() -> None:
@@ -72,3 +81,23 @@ def test_read_env_file_refuses_what_is_not_a_settings_file(tmp_path: Path) -> No
     large.write_text("# x\n" * (MAX_ENV_FILE_BYTES // 4 + 1))
     with pytest.raises(EnvFileError, match="larger than"):
         read_env_file(large)
+
+
+def test_private_file_replaces_a_readable_one_and_reads_back_as_private(tmp_path: Path) -> None:
+    path = tmp_path / "logins.env"
+    path.write_text("OLD=1\n")
+    path.chmod(0o644)
+    write_private_file(path, "TTP_A=é\n")
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert read_private_env_file(path, "logins file") == (None, {"TTP_A": "é"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["logins.env"]
+
+
+def test_private_file_that_cannot_be_renamed_into_place_leaves_no_temporary(
+    tmp_path: Path,
+) -> None:
+    taken = tmp_path / "a directory"
+    (taken / "inside").mkdir(parents=True)
+    with pytest.raises(OSError):
+        write_private_file(taken, "TTP_A=1\n")
+    assert sorted(os.listdir(tmp_path)) == ["a directory"]

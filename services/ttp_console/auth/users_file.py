@@ -18,17 +18,16 @@ of it. Anything malformed is a :class:`UsersFileError` naming ``file:line``, nev
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import stat
-import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 from ttp_console.context import CONSOLE_ROLES, ConsoleRole
+from ttp_runtime.env_file import write_private_file
 
 __all__ = [
     "MAX_USERS_FILE_BYTES",
@@ -158,24 +157,4 @@ def render_users(users: Iterable[LocalUser]) -> str:
 
 def write_users(path: Path, users: Mapping[str, LocalUser]) -> None:
     """Replace ``path`` with a file holding ``users``, atomically and mode 0600 from birth."""
-    directory = path.parent if str(path.parent) else Path()
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            # mkstemp makes it 0600 already; said again so no umask or platform changes it.
-            os.fchmod(handle.fileno(), 0o600)
-            handle.write(render_users(users.values()))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    with contextlib.suppress(OSError):
-        # The rename is durable only once the directory entry is.
-        directory_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(directory_fd)
-        finally:
-            os.close(directory_fd)
+    write_private_file(path, render_users(users.values()))
