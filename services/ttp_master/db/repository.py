@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from sqlalchemy import (
     ARRAY,
@@ -530,6 +530,13 @@ def _typed_values(table: Table, prefix: str) -> tuple[str, str, list[Any]]:
     return ", ".join(names), ", ".join(casts), binds
 
 
+# The columns an upsert leaves as first written: the conflict key and, for a rule, when it
+# was created. The batched upserts and the single-statement ones share them, so the two
+# paths cannot drift apart on what an overwrite keeps.
+_RULE_KEPT: Final = ("rule_id", "created_at")
+_STATE_KEPT: Final = ("rule_id",)
+
+
 def _fenced_insert(
     table: Table, prefix: str, conflict: str | None, kept: tuple[str, ...]
 ) -> tuple[str, list[Any]]:
@@ -555,7 +562,7 @@ def _single_save_statement(held: str) -> TextClause:
     """One saved file, in one statement: the fence, the rule row, the rejection rows it
     clears, its outbox row and the NOTIFY (sent at commit). Nothing is written unless the
     fence holds; the statement returns whether it held."""
-    rule_sql, rule_binds = _fenced_insert(rule, "r_", "rule_id", ("rule_id", "created_at"))
+    rule_sql, rule_binds = _fenced_insert(rule, "r_", "rule_id", _RULE_KEPT)
     event_sql, event_binds = _fenced_insert(rule_event, "e_", None, ())
     sql = (
         f"WITH {_FENCE_CTE.format(held=held)}, "  # noqa: S608 - metadata names, constants
@@ -581,7 +588,7 @@ def _single_state_statement(held: str, *, deleted: bool) -> TextClause:
         )
         binds = [bindparam("s_rule_id", type_=rule_state.c.rule_id.type)]
     else:
-        state_sql, binds = _fenced_insert(rule_state, "s_", "rule_id", ("rule_id",))
+        state_sql, binds = _fenced_insert(rule_state, "s_", "rule_id", _STATE_KEPT)
         state_sql += " RETURNING *"
     sql = (
         f"WITH {_FENCE_CTE.format(held=held)}, "  # noqa: S608 - metadata names, constants
@@ -622,7 +629,9 @@ def _state_statements() -> tuple[Any, Any]:
     stmt = insert(rule_state)
     upsert = stmt.on_conflict_do_update(
         index_elements=[rule_state.c.rule_id],
-        set_={c.name: stmt.excluded[c.name] for c in rule_state.columns if c.name != "rule_id"},
+        set_={
+            c.name: stmt.excluded[c.name] for c in rule_state.columns if c.name not in _STATE_KEPT
+        },
     ).returning(*rule_state.c)
     remove = delete(rule_state).where(rule_state.c.rule_id == bindparam("rule_id"))
     return upsert, remove
@@ -651,8 +660,7 @@ def _rule_row(up: RuleUpsert, revision: int, now: datetime) -> dict[str, Any]:
 
 def _upsert_statement() -> Any:
     stmt = insert(rule)
-    kept = ("rule_id", "created_at")
-    updated = {c.name: stmt.excluded[c.name] for c in rule.columns if c.name not in kept}
+    updated = {c.name: stmt.excluded[c.name] for c in rule.columns if c.name not in _RULE_KEPT}
     return stmt.on_conflict_do_update(index_elements=[rule.c.rule_id], set_=updated)
 
 
