@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from typing import Final
 
+from ttp_runtime.nats import RepeatThrottle
+
 __all__ = ["DEFAULT_MAX_REVOKED", "RevokedSessions"]
 
 _log = logging.getLogger(__name__)
@@ -53,7 +55,7 @@ class RevokedSessions:
         self._oldest_first: list[tuple[float, str]] = []
         self.refused_up_to = -math.inf
         """Sessions that logged in at or before this time are refused (raised on overflow)."""
-        self._last_overflow_log = -math.inf
+        self._overflow_logs = RepeatThrottle(_LOG_WINDOW_S, clock)
 
     def __len__(self) -> int:
         return len(self._login_times)
@@ -70,7 +72,7 @@ class RevokedSessions:
             oldest_at, oldest_id = heapq.heappop(self._oldest_first)
             del self._login_times[oldest_id]
             self.refused_up_to = max(self.refused_up_to, oldest_at)
-            self._log_overflow(now)
+            self._log_overflow()
         self._login_times[session_id] = logged_in_at
         heapq.heappush(self._oldest_first, (logged_in_at, session_id))
 
@@ -85,10 +87,9 @@ class RevokedSessions:
             _, session_id = heapq.heappop(heap)
             del self._login_times[session_id]
 
-    def _log_overflow(self, now: float) -> None:
-        if now - self._last_overflow_log < _LOG_WINDOW_S:
+    def _log_overflow(self) -> None:
+        if self._overflow_logs.admit("overflow") is None:
             return
-        self._last_overflow_log = now
         _log.warning(
             "console remembers %d logged-out sessions, its limit: sessions that logged in"
             " before %s must log in again (a flood of logins and logouts?)",
