@@ -34,6 +34,7 @@ __all__ = [
     "fleet_verdict",
     "is_expired",
     "json_document",
+    "plural",
     "rejection_lines",
     "rule_detail_lines",
     "rules_table",
@@ -88,7 +89,8 @@ def actor_text(actor: str | None, on_behalf_of: str | None) -> str:
     return f"{shown} (for {on_behalf_of})" if on_behalf_of else shown
 
 
-def _plural(count: int, word: str) -> str:
+def plural(count: int, word: str) -> str:
+    """``1 worker``, ``2 workers``: the count and the word, with an ``s`` unless it is one."""
     return f"{count} {word}" if count == 1 else f"{count} {word}s"
 
 
@@ -222,7 +224,7 @@ def _worker_problem(worker: WorkerView, wanted: int, check_digest: bool) -> str 
     behind = wanted - worker.revision
     parts = []
     if behind > 0:
-        parts.append(f"is {_plural(behind, 'revision')} behind")
+        parts.append(f"is {plural(behind, 'revision')} behind")
     if not worker.ready:
         parts.append("not ready" if not parts else "is not ready")
     if check_digest and behind <= 0 and worker.digest_matches is False:
@@ -248,7 +250,7 @@ def fleet_verdict(info: FleetInfo, target: int | None = None) -> FleetVerdict:
         if (problem := _worker_problem(worker, wanted, check_digest=target is None)) is not None
     ]
     converged = info.converged if target is None else not problems
-    note = f" ({_plural(gone, 'gone worker')} not counted)" if gone else ""
+    note = f" ({plural(gone, 'gone worker')} not counted)" if gone else ""
     if converged:
         revisions = sorted({worker.revision for worker in live})
         at = (
@@ -257,7 +259,7 @@ def fleet_verdict(info: FleetInfo, target: int | None = None) -> FleetVerdict:
             else f"revisions {revisions[0]} to {revisions[-1]}"
         )
         return FleetVerdict(
-            True, f"Fleet converged: {_plural(len(live), 'live worker')} at {at}.{note}"
+            True, f"Fleet converged: {plural(len(live), 'live worker')} at {at}.{note}"
         )
     detail = "; ".join(problems) if problems else "the master does not count it as converged"
     return FleetVerdict(False, f"Fleet NOT converged: {detail}.{note}")
@@ -268,7 +270,7 @@ def fleet_header(info: FleetInfo) -> str:
     digest = info.digest[:_DIGEST_SHOWN] + ("…" if len(info.digest) > _DIGEST_SHOWN else "")
     return (
         f"Master at revision {info.revision}, digest {digest};"
-        f" {_plural(len(info.workers), 'worker')} reporting every {info.status_interval_s:g} s."
+        f" {plural(len(info.workers), 'worker')} reporting every {info.status_interval_s:g} s."
     )
 
 

@@ -52,6 +52,7 @@ from ttp_core.contract.payloads import RuleReloaded, RuleStateChanged, decode
 from ttp_core.engine.state import RuleState, StateKind
 from ttp_core.rules.model import Emit
 from ttpctl.control_cli import console
+from ttpctl.control_output import plural
 from ttpctl.layer_file import write_layer
 from ttpctl.nats_session import NatsSessionError, NatsUrlOption, fail, open_nats, require_stream
 
@@ -280,13 +281,9 @@ async def read_rules(url: str | None) -> _Snapshot:
 # --------------------------------------------------------------------------------------------
 
 
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
-
-
 def _summary(coverage: Coverage, techniques: int, skipped: int, catalogue: AttackCatalogue) -> str:
     parts = [
-        f"{_count(techniques, 'technique')} covered by {_count(len(coverage.rules), 'rule')}"
+        f"{plural(techniques, 'technique')} covered by {plural(len(coverage.rules), 'rule')}"
         f" in force (ATT&CK {catalogue.version}, ruleset revision {coverage.revision})"
     ]
     left = [
@@ -297,11 +294,11 @@ def _summary(coverage: Coverage, techniques: int, skipped: int, catalogue: Attac
     ]
     shown = [f"{count} {what}" for count, what in left if count]
     if coverage.clipped:
-        parts.append(f"{_count(len(coverage.clipped), 'clipped rule')} at the clipped confidence")
+        parts.append(f"{plural(len(coverage.clipped), 'clipped rule')} at the clipped confidence")
     if shown:
         parts.append("left out: " + ", ".join(shown))
     if skipped:
-        parts.append(f"{_count(skipped, 'rule message')} skipped as unreadable (see above)")
+        parts.append(f"{plural(skipped, 'rule message')} skipped as unreadable (see above)")
     return "; ".join(parts) + "."
 
 

@@ -36,6 +36,7 @@ from ttp_core.attack import AttackCatalogue, load_catalogue
 from ttp_core.attack.navigator import ObservedEntry, observed_layer
 from ttp_core.contract import subjects
 from ttp_core.contract.payloads import CloudEvent, EventTagged, TagData, decode
+from ttpctl.control_output import plural, utc_text
 from ttpctl.durations import parse_duration, parse_since
 from ttpctl.layer_file import write_layer
 from ttpctl.nats_session import NatsSessionError, NatsUrlOption, fail, open_nats, require_stream
@@ -135,7 +136,7 @@ def _evidence(evidence: dict[str, object]) -> str:
 def human_lines(message: CloudEvent[EventTagged], tags: list[TagData]) -> list[str]:
     """One readable line per tag: time, event, technique, tactic, rule, confidence, evidence."""
     data = message.data
-    when = message.time.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    when = utc_text(message.time)
     event = f"{data.source_kind}/{data.source_id}"
     if not tags:
         return [f"{when}  {event}  (no tags)"]
@@ -156,6 +157,15 @@ def _first_error(exc: ValidationError) -> str:
     error = exc.errors()[0]
     where = ".".join(str(part) for part in error["loc"])
     return f"{where}: {error['msg']}" if where else str(error["msg"])
+
+
+def _note_skipped(command: str, msg: Msg, exc: ValidationError) -> None:
+    """Say on stderr which message ``command`` skipped as not a tag message, and why."""
+    typer.echo(
+        f"ttpctl {command}: skipped message{_sequence(msg)} on {msg.subject}:"
+        f" not a valid {EventTagged.event_type} message ({_first_error(exc)})",
+        err=True,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,11 +217,7 @@ async def _follow(options: _Options) -> None:
                 try:
                     message = decode(msg.data, EventTagged)
                 except ValidationError as exc:
-                    typer.echo(
-                        f"ttpctl {_COMMAND}: skipped message{_sequence(msg)} on {msg.subject}:"
-                        f" not a valid {EventTagged.event_type} message ({_first_error(exc)})",
-                        err=True,
-                    )
+                    _note_skipped(_COMMAND, msg, exc)
                     continue
                 tags = options.tag_filter.matching_tags(message.data)
                 if tags is None:
@@ -409,11 +415,7 @@ class _Read:
 def _skip(read: _Read, msg: Msg, exc: ValidationError) -> None:
     read.skipped += 1
     if read.skipped <= _MAX_SKIP_NOTES:
-        typer.echo(
-            f"ttpctl {_LAYER_COMMAND}: skipped message{_sequence(msg)} on {msg.subject}:"
-            f" not a valid {EventTagged.event_type} message ({_first_error(exc)})",
-            err=True,
-        )
+        _note_skipped(_LAYER_COMMAND, msg, exc)
 
 
 def _progress(read: _Read, pending: int) -> None:
@@ -502,16 +504,12 @@ async def _count_tags(url: str | None, start: datetime, kind: str | None, read: 
                 await sub.unsubscribe()
 
 
-def _plural(number: int, noun: str) -> str:
-    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
-
-
 def _window_label(since: str) -> str:
     """``24h`` for a duration as typed, ``since <UTC time>`` for an instant."""
     try:
         parse_duration(since)
     except ValueError:
-        return f"since {parse_since(since).strftime('%Y-%m-%dT%H:%M:%SZ')}"
+        return f"since {utc_text(parse_since(since))}"
     return since.strip().lower()
 
 
@@ -563,8 +561,8 @@ def layer(
     end = datetime.now(UTC)
     tally = read.tally
     extra = [
-        ("window start", start.strftime("%Y-%m-%dT%H:%M:%SZ")),
-        ("window end", end.strftime("%Y-%m-%dT%H:%M:%SZ")),
+        ("window start", utc_text(start)),
+        ("window end", utc_text(end)),
         ("source kind", kind or "all"),
         ("messages read", str(read.messages)),
         ("undecodable messages skipped", str(read.skipped)),
@@ -587,10 +585,10 @@ def layer(
     tags = tally.tags + tally.overflow
     where = "the layer" if str(file) == "-" else str(file)
     note = (
-        f"wrote {where}: {_plural(observed, 'technique')} observed in {_plural(tags, 'tag')}"
-        f" of {_plural(read.messages, 'message')}"
+        f"wrote {where}: {plural(observed, 'technique')} observed in {plural(tags, 'tag')}"
+        f" of {plural(read.messages, 'message')}"
     )
     if read.skipped:
-        note += f" ({_plural(read.skipped, 'undecodable message')} skipped)"
+        note += f" ({plural(read.skipped, 'undecodable message')} skipped)"
     typer.echo(f"ttpctl {_LAYER_COMMAND}: {note}.", err=True)
     raise typer.Exit(0)
