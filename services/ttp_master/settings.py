@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr
 
+from ttp_master.caller_identity import DEFAULT_ACCOUNT_ROLES
 from ttp_master.db.target import DatabaseTarget
 from ttp_runtime.settings import ServiceSettings
 
@@ -14,13 +15,9 @@ ControlRole = Literal["viewer", "operator", "console", "admin"]
 
 
 def _default_account_roles() -> dict[str, ControlRole]:
-    """The accounts of ttp_runtime/nats_accounts.conf that call the control service."""
-    return {
-        "OPERATORS": "operator",
-        "VIEWERS": "viewer",
-        "CONSOLE": "console",
-        "ADMIN": "admin",
-    }
+    """The accounts of ttp_runtime/nats_accounts.conf that call the control service: the
+    caller identity's `DEFAULT_ACCOUNT_ROLES`, as the plain role names the setting holds."""
+    return {account: role.value for account, role in DEFAULT_ACCOUNT_ROLES.items()}
 
 
 class MasterSettings(ServiceSettings):
