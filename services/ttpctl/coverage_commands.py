@@ -193,9 +193,7 @@ def covered_techniques(
     for key in sorted(rules):
         technique = catalogue.technique(key)
         assert technique is not None
-        tactics = tuple(
-            tactic.shortname for tactic in catalogue.tactics() if tactic.id in technique.tactics
-        )
+        tactics = tuple(tactic.shortname for tactic in catalogue.tactics_of(technique))
         rows.append(
             CoveredTechnique(key, technique.name, tactics, tuple(sorted(rules[key])), best[key])
         )

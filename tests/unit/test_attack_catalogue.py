@@ -71,6 +71,37 @@ def test_tactics_follow_kill_chain_order(catalogue: AttackCatalogue) -> None:
     assert ids[-1] == "TA0040"
 
 
+def test_tactics_of_a_technique_follow_the_matrix_and_skip_unknown_ids() -> None:
+    def tactic(tactic_id: str, shortname: str) -> Tactic:
+        return Tactic(tactic_id, shortname, shortname.title(), f"https://example.test/{tactic_id}")
+
+    technique = Technique(
+        "T1000", "Example", ("TA0010", "TA9999", "TA0011"), False, False, None, "https://x.test"
+    )
+    small = AttackCatalogue(
+        version="1",
+        domain="enterprise-attack",
+        attribution="test",
+        tactics=[tactic("TA0011", "command-and-control"), tactic("TA0010", "exfiltration")],
+        techniques=[technique],
+    )
+    assert [t.shortname for t in small.tactics_of(technique)] == [
+        "command-and-control",
+        "exfiltration",
+    ]
+
+
+def test_tactics_of_a_packaged_technique(catalogue: AttackCatalogue) -> None:
+    valid_accounts = catalogue.technique("T1078")
+    assert valid_accounts is not None
+    assert [t.shortname for t in catalogue.tactics_of(valid_accounts)] == [
+        "initial-access",
+        "persistence",
+        "privilege-escalation",
+        "defense-evasion",
+    ]
+
+
 def test_revoked_technique_is_marked_with_replacement(catalogue: AttackCatalogue) -> None:
     powershell = catalogue.technique("T1086")
     assert powershell is not None

@@ -110,6 +110,11 @@ class AttackCatalogue:
         """All tactics, in the domain's kill-chain (matrix) order."""
         return tuple(self._tactics.values())
 
+    def tactics_of(self, technique: Technique) -> tuple[Tactic, ...]:
+        """The tactics ``technique`` belongs to, in matrix order (the order ATT&CK lists
+        them in a technique is not that one); ids this release does not know are left out."""
+        return tuple(tactic for tactic in self._tactics.values() if tactic.id in technique.tactics)
+
     def techniques(self) -> tuple[Technique, ...]:
         """All techniques and sub-techniques, including revoked and deprecated, by id."""
         return tuple(self._techniques.values())

@@ -195,12 +195,7 @@ def _resolve(
 def _tactic_shortnames(catalogue: AttackCatalogue, technique: Technique) -> list[str | None]:
     """The Navigator's tactic names of ``technique`` in matrix order; ``[None]`` (annotate
     under every tactic) when the catalogue lists none it knows."""
-    order = {tactic.id: index for index, tactic in enumerate(catalogue.tactics())}
-    names: list[str | None] = []
-    for tactic_id in sorted(technique.tactics, key=lambda t: order.get(t, len(order))):
-        tactic = catalogue.tactic(tactic_id)
-        if tactic is not None:
-            names.append(tactic.shortname)
+    names: list[str | None] = [tactic.shortname for tactic in catalogue.tactics_of(technique)]
     return names or [None]
 
 
