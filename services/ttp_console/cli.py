@@ -72,7 +72,7 @@ def add_user(file: Path, name: str, role: str, *, password_stdin: bool, replace:
     from argon2 import PasswordHasher
 
     from ttp_console.auth.local_users import MAX_PASSWORD_CHARS
-    from ttp_console.auth.users_file import LocalUser, check_name, write_users
+    from ttp_console.auth.users_file import LocalUser, check_name
     from ttp_console.context import CONSOLE_ROLES
 
     try:
@@ -96,7 +96,7 @@ def add_user(file: Path, name: str, role: str, *, password_stdin: bool, replace:
     users[name] = LocalUser(
         name, "operator" if role == "operator" else "viewer", PasswordHasher().hash(password)
     )
-    _write(file, users, write_users)
+    _write(file, users)
     return f"{'replaced' if existed else 'added'} {name} ({role}) in {file}"
 
 
@@ -109,12 +109,10 @@ def list_users(file: Path) -> list[str]:
 
 def remove_user(file: Path, name: str) -> str:
     """Remove ``name`` from ``file``; returns what was done."""
-    from ttp_console.auth.users_file import write_users
-
     users = _read(file, missing_ok=False)
     if users.pop(name, None) is None:
         raise UsersCommandError(f"no user {name} in {file}")
-    _write(file, users, write_users)
+    _write(file, users)
     return f"removed {name} from {file}"
 
 
@@ -127,13 +125,11 @@ def _read(file: Path, *, missing_ok: bool) -> "dict[str, LocalUser]":
         raise UsersCommandError(str(exc)) from None
 
 
-def _write(
-    file: Path,
-    users: "dict[str, LocalUser]",
-    write: "Callable[[Path, dict[str, LocalUser]], None]",
-) -> None:
+def _write(file: Path, users: "dict[str, LocalUser]") -> None:
+    from ttp_console.auth.users_file import write_users
+
     try:
-        write(file, users)
+        write_users(file, users)
     except OSError as exc:
         raise UsersCommandError(f"{file}: cannot be written ({exc.strerror or exc})") from None
 
