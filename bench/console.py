@@ -66,7 +66,6 @@ import itertools
 import json
 import os
 import random
-import statistics
 import subprocess
 import sys
 import time
@@ -86,6 +85,7 @@ from bench.master import (
     busy_cpu_seconds,
     connect_as,
     cpu_seconds,
+    distribution,
     load_templates,
     machine_figures,
     ms,
@@ -149,19 +149,6 @@ class Settings:
         if quick:
             return cls(tags=100_000, tags_per_message=2, attackers=10_000, requests=20)
         return cls(tags=TARGET_TAGS, tags_per_message=2, attackers=50_000, requests=100)
-
-
-def distribution(samples: Sequence[float]) -> dict[str, Any]:
-    """Count, p50, p99 and max in ms of seconds (nearest-rank p99: of 100 samples the second
-    worst, of 50 or fewer the worst)."""
-    if not samples:
-        return {"requests": 0}
-    return {
-        "requests": len(samples),
-        "p50_ms": ms(statistics.median(samples)),
-        "p99_ms": ms(percentile(samples, 99)),
-        "max_ms": ms(max(samples)),
-    }
 
 
 # --------------------------------------------------------------------------------------------

@@ -87,6 +87,7 @@ from bench.master import (
     BenchError,
     connect_as,
     cpu_seconds,
+    distribution,
     log_all_statements,
     machine_figures,
     ms,
@@ -542,15 +543,6 @@ async def read_latency(call: Callable[[], Awaitable[Any]], count: int) -> tuple[
     return samples, last
 
 
-def read_figures(samples: Sequence[float]) -> dict[str, Any]:
-    return {
-        "requests": len(samples),
-        "p50_ms": ms(statistics.median(samples)),
-        "p99_ms": ms(percentile(samples, 99)),
-        "max_ms": ms(max(samples)),
-    }
-
-
 # --------------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------------
@@ -689,9 +681,9 @@ async def run_all(
             started = time.perf_counter()
             reads: dict[str, Any] = {}
             fleet_samples, info = await read_latency(client.fleet, settings.reads)
-            reads["fleet"] = read_figures(fleet_samples) | {"workers": len(info.workers)}
+            reads["fleet"] = distribution(fleet_samples) | {"workers": len(info.workers)}
             list_samples, listing = await read_latency(client.rules_list, settings.reads)
-            reads["rules_list"] = read_figures(list_samples) | {"rules": len(listing.rules)}
+            reads["rules_list"] = distribution(list_samples) | {"rules": len(listing.rules)}
             for name, f in reads.items():
                 print(
                     f"  {name}: p50 {f['p50_ms']:.2f} ms, p99 {f['p99_ms']:.2f} ms, "

@@ -197,6 +197,19 @@ def ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
 
 
+def distribution(samples: Sequence[float]) -> dict[str, Any]:
+    """Count, p50, p99 and max in ms of seconds (nearest-rank p99: of 100 samples the second
+    worst, of 50 or fewer the worst); only the count when there is no sample."""
+    if not samples:
+        return {"requests": 0}
+    return {
+        "requests": len(samples),
+        "p50_ms": ms(statistics.median(samples)),
+        "p99_ms": ms(percentile(samples, 99)),
+        "max_ms": ms(max(samples)),
+    }
+
+
 def parse_ts(value: str) -> float:
     """Epoch seconds of an ISO-8601 timestamp (`...Z` accepted, as the logs and events use)."""
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
