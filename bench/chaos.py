@@ -236,7 +236,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), help="run only this scenario")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
-    args.profile = False
     names = [args.scenario] if args.scenario else list(SCENARIOS)
     return run_bench(
         args,

@@ -639,7 +639,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--tags-per-message", type=int, help="tags per message (2)")
     parser.add_argument("--attackers", type=int, help="attacker uuids (50,000; quick 10,000)")
     parser.add_argument("--requests", type=int, help="requests per page (100; quick 20)")
-    parser.set_defaults(profile=False)
     args = parser.parse_args(argv)
     settings = Settings.for_mode(args.quick)
     chosen = {

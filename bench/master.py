@@ -1781,8 +1781,9 @@ def run_bench(
     kept_note: str = "",
 ) -> int:
     """The part of a benchmark's `main` after its own checks: py-spy check, work directory,
-    banner, `run(cleanup, workdir)`, wall time and the final JSON line; the exit status."""
-    if args.profile:
+    banner, `run(cleanup, workdir)`, wall time and the final JSON line; the exit status.
+    `args` holds `quick` and `keep`; `profile` only where the benchmark offers `--profile`."""
+    if getattr(args, "profile", False):
         try:
             py_spy_binary()
         except BenchError as exc:
