@@ -77,13 +77,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import aiohttp
-from bench.fleet import mib, print_load, seed_rules, status_kib
+from bench.fleet import create_streams, mib, print_load, seed_rules, status_kib
 from bench.master import (
     BIN_DIR,
     STARTER_RULES,
     BenchError,
     busy_cpu_seconds,
-    connect_as,
     cpu_seconds,
     distribution,
     load_templates,
@@ -103,9 +102,7 @@ from ttp_core.attack.catalogue import load_catalogue
 from ttp_core.contract import subjects
 from ttp_core.contract.payloads import EventTagged, TagData, encode, envelope, worker_source
 from ttp_runtime.embedded import free_port
-from ttp_runtime.nats import ensure_configured_streams
 from ttp_runtime.nats_roles import Role
-from ttp_runtime.settings import ServiceSettings
 
 if TYPE_CHECKING:  # annotations only; bench/master.py starts the server (start_nats)
     from harness.nats_roles import RoleNats
@@ -228,15 +225,6 @@ def messages(
 def _envelope_time(raw: bytes) -> bytes:
     value: str = json.loads(raw)["time"]
     return value.encode()
-
-
-async def create_streams(bus: RoleNats) -> None:
-    """The four streams as a master with default settings creates them, as the master role."""
-    nc = await connect_as(bus, "master", "bench-console-streams")
-    try:
-        await ensure_configured_streams(nc.jetstream(), ServiceSettings.model_construct())
-    finally:
-        await nc.close()
 
 
 async def publish_tags(bus: RoleNats, bodies: Sequence[bytes]) -> float:
@@ -478,7 +466,7 @@ async def run_all(
     bus = start_nats(workdir / "nats", cleanup)
     print(f"NATS on {bus.url}", flush=True)
     print(roles_note(CONSOLE_BENCH_ROLES), flush=True)
-    await create_streams(bus)
+    await create_streams(bus, "bench-console-streams")
     templates = load_templates(STARTER_RULES)
     seeding = await seed_rules(bus, templates, 0, len(templates), 1)
     rule_ids = [f"COLD-{n:06d}" for n in range(len(templates))]
