@@ -1105,6 +1105,40 @@ def use_bytecode_cache(workdir: Path) -> bool:
     return WorkerProcess.pycache is not None
 
 
+async def cold_start_sections(
+    bus: RoleNats,
+    session: aiohttp.ClientSession,
+    settings: Settings,
+    templates: Sequence[Template],
+    held: int,
+    revision: int,
+    loads: dict[str, list[float]],
+    workdir: Path,
+    cleanup: contextlib.ExitStack,
+) -> dict[str, Any]:
+    """Section 4: for each size of `settings.cold_sets`, TTP_RULES (holding `held` rules, the
+    newest at `revision`) is topped up to that size with seeded rule messages and a worker's
+    cold starts are timed; the figures per size. No master may run: the seeded rules are not
+    in its database."""
+    figures: dict[str, Any] = {}
+    for size in settings.cold_sets:
+        section(f"4. cold start of a worker with {size:,} rules in TTP_RULES")
+        loads[f"cold_start_{size}"] = print_load()
+        seeding = await seed_rules(bus, templates, held, size - held, revision + 1)
+        held, revision = size, revision + seeding.published
+        print(
+            f"{seeding.published:,} rule messages published straight into TTP_RULES as "
+            f"the master role, in the master's form (no master validated them), in "
+            f"{seeding.seconds:.1f} s; {held:,} rules in TTP_RULES"
+        )
+        # Beyond the target's size one start is enough (100,000 rules take minutes).
+        starts = settings.cold_starts if size <= TARGET_COLD_START_RULES else 1
+        cold = await cold_starts(bus, session, size, starts, workdir, cleanup)
+        cold["seeded"] = {"published": seeding.published, "seconds": round(seeding.seconds, 2)}
+        figures[str(size)] = cold
+    return figures
+
+
 async def run_cold_only(
     args: argparse.Namespace, settings: Settings, cleanup: contextlib.ExitStack, workdir: Path
 ) -> dict[str, Any]:
@@ -1126,24 +1160,12 @@ async def run_cold_only(
     figures["worker_bytecode_cache"] = use_bytecode_cache(workdir)
     templates = load_templates(STARTER_RULES)
     loads: dict[str, list[float]] = {}
-    figures["cold_start"] = {}
     started = time.perf_counter()
-    held = 0
     async with aiohttp.ClientSession() as session:
-        for size in settings.cold_sets:
-            section(f"4. cold start of a worker with {size:,} rules in TTP_RULES")
-            loads[f"cold_start_{size}"] = print_load()
-            seeding = await seed_rules(bus, templates, held, size - held, held + 1)
-            held = size
-            print(
-                f"{seeding.published:,} rule messages published straight into TTP_RULES as "
-                f"the master role, in the master's form, in {seeding.seconds:.1f} s; "
-                f"{held:,} rules in TTP_RULES"
-            )
-            starts = settings.cold_starts if size <= TARGET_COLD_START_RULES else 1
-            cold = await cold_starts(bus, session, size, starts, workdir, cleanup)
-            cold["seeded"] = {"published": seeding.published, "seconds": round(seeding.seconds, 2)}
-            figures["cold_start"][str(size)] = cold
+        # An empty TTP_RULES: no rule held, no revision yet.
+        figures["cold_start"] = await cold_start_sections(
+            bus, session, settings, templates, 0, 0, loads, workdir, cleanup
+        )
     section_s["cold_start"] = round(time.perf_counter() - started, 2)
     figures["nats_violations"] = report_violations(bus, "the whole run")
     figures["section_s"] = section_s
@@ -1329,27 +1351,11 @@ async def run_all(
                 for line in problems[:5]:
                     print(f"  master log: {line}")
             latest = await master_summary(nc)
-            held = settings.medium_rules
             revision = int((latest or summary)["revision"])
-            figures["cold_start"] = {}
-            for size in settings.cold_sets:
-                section(f"4. cold start of a worker with {size:,} rules in TTP_RULES")
-                loads[f"cold_start_{size}"] = print_load()
-                seeding = await seed_rules(bus, templates, held, size - held, revision + 1)
-                held, revision = size, revision + seeding.published
-                print(
-                    f"{seeding.published:,} rule messages published straight into TTP_RULES as "
-                    f"the master role, in the master's form (no master validated them), in "
-                    f"{seeding.seconds:.1f} s; {held:,} rules in TTP_RULES"
-                )
-                # Beyond the target's size one start is enough (100,000 rules take minutes).
-                starts = settings.cold_starts if size <= TARGET_COLD_START_RULES else 1
-                cold = await cold_starts(bus, session, size, starts, workdir, cleanup)
-                cold["seeded"] = {
-                    "published": seeding.published,
-                    "seconds": round(seeding.seconds, 2),
-                }
-                figures["cold_start"][str(size)] = cold
+            figures["cold_start"] = await cold_start_sections(
+                bus, session, settings, templates, settings.medium_rules, revision, loads,
+                workdir, cleanup,
+            )  # fmt: skip
             section_s["cold_start"] = round(time.perf_counter() - started, 2)
     finally:
         await clients.close()
