@@ -66,7 +66,6 @@ import itertools
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 import uuid
@@ -74,7 +73,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import aiohttp
 from bench.fleet import create_streams, mib, print_load, seed_rules, status_kib
@@ -82,6 +81,7 @@ from bench.master import (
     BIN_DIR,
     STARTER_RULES,
     BenchError,
+    ServiceProcess,
     busy_cpu_seconds,
     cpu_seconds,
     distribution,
@@ -271,70 +271,53 @@ async def _wait_stored(js: JetStreamContext, count: int, slack: int) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class Console:
-    """A running `ttp-console` process and its two ports."""
+class ConsoleProcess(ServiceProcess):
+    """`ttp-console` as the console role, in proxy mode trusting only loopback; JSON logs.
+    Its pages answer on a port of their own, beside the health port (`url`)."""
 
-    proc: subprocess.Popen[bytes]
-    started: float
-    """perf_counter just before the process was started."""
-    base: str
-    readyz: str
-    log_path: Path
+    kind: ClassVar[str] = "console"
+    stop_timeout_s: ClassVar[float] = STOP_TIMEOUT_S
+
+    def __init__(self, bus: RoleNats, workdir: Path) -> None:
+        self.port = free_port()
+        super().__init__(
+            CONSOLE_BIN,
+            "console",
+            workdir / "console.log",
+            {
+                **bus.env("console"),
+                "TTP_CONSOLE_HOST": "127.0.0.1",
+                "TTP_CONSOLE_PORT": str(self.port),
+                "TTP_CONSOLE_AUTH": "proxy",
+                "TTP_CONSOLE_TRUSTED_PROXIES": "127.0.0.1/32",
+            },
+        )
 
     @property
-    def pid(self) -> int:
-        return self.proc.pid
+    def base(self) -> str:
+        """Where the pages are."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def readyz(self) -> str:
+        return f"{self.url}/readyz"
 
     def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            tail = self.log_path.read_text(errors="replace").splitlines()[-10:]
-            raise BenchError(f"the console exited with {self.proc.returncode}:\n" + "\n".join(tail))
+        """Raise `BenchError` with the log's tail once the console has exited."""
+        if self._popen is not None and self._popen.poll() is not None:
+            raise BenchError(
+                f"the console exited with {self._popen.returncode}:\n{self.log_tail(10)}"
+            )
 
     def stop(self) -> tuple[int | None, float]:
-        """SIGTERM, then SIGKILL after a while: (exit code, seconds to exit)."""
-        started = time.perf_counter()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode, time.perf_counter() - started
+        """SIGTERM, then SIGKILL after `stop_timeout_s`: (exit code, seconds to exit)."""
+        code, seconds, _target = self._terminate()
+        return code, seconds
 
 
-def start_console(bus: RoleNats, workdir: Path, cleanup: contextlib.ExitStack) -> Console:
-    """`ttp-console` as the console role, in proxy mode trusting only loopback; JSON logs."""
-    port, health_port = free_port(), free_port()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("TTP_")},
-        **bus.env("console"),
-        "TTP_CONSOLE_HOST": "127.0.0.1",
-        "TTP_CONSOLE_PORT": str(port),
-        "TTP_HTTP_HOST": "127.0.0.1",
-        "TTP_HTTP_PORT": str(health_port),
-        "TTP_CONSOLE_AUTH": "proxy",
-        "TTP_CONSOLE_TRUSTED_PROXIES": "127.0.0.1/32",
-        "TTP_LOG_FORMAT": "json",
-    }
-    log_path = workdir / "console.log"
-    with log_path.open("wb") as log:
-        started = time.perf_counter()
-        proc = subprocess.Popen(
-            [str(CONSOLE_BIN)],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    console = Console(
-        proc,
-        started,
-        f"http://127.0.0.1:{port}",
-        f"http://127.0.0.1:{health_port}/readyz",
-        log_path,
-    )
+def start_console(bus: RoleNats, workdir: Path, cleanup: contextlib.ExitStack) -> ConsoleProcess:
+    """A started `ConsoleProcess`, stopped by `cleanup` unless stopped before."""
+    console = ConsoleProcess(bus, workdir).start()
     cleanup.callback(console.stop)
     return console
 
@@ -354,7 +337,7 @@ async def status_of(http: aiohttp.ClientSession, url: str) -> int | None:
     return None
 
 
-async def wait_first_page(http: aiohttp.ClientSession, console: Console) -> float:
+async def wait_first_page(http: aiohttp.ClientSession, console: ConsoleProcess) -> float:
     """perf_counter when ``/`` first answered 200."""
     deadline = time.perf_counter() + START_TIMEOUT_S
     while time.perf_counter() < deadline:
@@ -366,7 +349,7 @@ async def wait_first_page(http: aiohttp.ClientSession, console: Console) -> floa
 
 
 async def load_phase(
-    http: aiohttp.ClientSession, console: Console
+    http: aiohttp.ClientSession, console: ConsoleProcess
 ) -> tuple[float, dict[str, list[float]]]:
     """Matrix requests (24 h, 7 d in turn) until ``/readyz`` says 200: (perf_counter of that
     200, samples by page)."""
@@ -386,12 +369,12 @@ async def load_phase(
     raise BenchError(f"the console did not catch up within {START_TIMEOUT_S} s")
 
 
-def memory(pid: int) -> dict[str, float | None]:
+def memory(pid: int | None) -> dict[str, float | None]:
     return {"rss_mib": mib(status_kib(pid, "VmRSS")), "peak_mib": mib(status_kib(pid, "VmHWM"))}
 
 
 async def page_latency(
-    http: aiohttp.ClientSession, console: Console, pages: Mapping[str, str], requests: int
+    http: aiohttp.ClientSession, console: ConsoleProcess, pages: Mapping[str, str], requests: int
 ) -> dict[str, dict[str, Any]]:
     """Per page: one warm-up, then `requests` sequential GETs; wall figures and console CPU."""
     results: dict[str, dict[str, Any]] = {}

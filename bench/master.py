@@ -323,14 +323,17 @@ class StopResult:
 
 
 class ServiceProcess:
-    """One console-script process of this environment (`ttp-master`, `ttp-worker`) with
-    JSON logs in a file and an HTTP port of its own; optionally under py-spy."""
+    """One console-script process of this environment (`ttp-master`, `ttp-worker`,
+    `ttp-console`) with JSON logs in a file and an HTTP port of its own; optionally under
+    py-spy."""
 
     kind: ClassVar[str] = "service"
     """Names the process in `BenchError` messages."""
     ready_timeout_s: ClassVar[float] = READY_TIMEOUT_S
     ready_poll_s: ClassVar[float] = READY_POLL_S
     tail_lines: ClassVar[int] = 30
+    stop_timeout_s: ClassVar[float] = STOP_TIMEOUT_S
+    """How long a SIGTERM is given before SIGKILL."""
 
     def __init__(
         self,
@@ -431,7 +434,7 @@ class ServiceProcess:
         raise BenchError(f"{self.kind} {self.label} not ready within {self.ready_timeout_s:.0f} s")
 
     def _terminate(self) -> tuple[int | None, float, int | None]:
-        """SIGTERM (the process's own graceful stop), SIGKILL after `STOP_TIMEOUT_S`:
+        """SIGTERM (the process's own graceful stop), SIGKILL after `stop_timeout_s`:
         (exit code of the direct child, seconds, PID signalled)."""
         popen = self._popen
         if popen is None:
@@ -442,7 +445,7 @@ class ServiceProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(target, signal.SIGTERM)
         try:
-            popen.wait(STOP_TIMEOUT_S)
+            popen.wait(self.stop_timeout_s)
         except subprocess.TimeoutExpired:
             if target is not None and target != popen.pid:
                 with contextlib.suppress(ProcessLookupError):
