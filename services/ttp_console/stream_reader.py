@@ -26,6 +26,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from ttp_runtime import nats_wire
+
 __all__ = ["FeedProgress", "StreamReader"]
 
 _log = logging.getLogger(__name__)
@@ -37,23 +39,6 @@ RETRY_MIN_S: Final = 0.2
 RETRY_MAX_S: Final = 5.0
 _STATUS: Final = "Status"
 _HEARTBEAT: Final = "100"
-
-
-def _ack_metadata(reply: str) -> tuple[int | None, int | None]:
-    """(stream sequence, messages pending) from a delivery's ``$JS.ACK`` reply subject.
-
-    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>``,
-    or the newer form with a domain and an account hash after ``$JS.ACK`` (12+ tokens).
-    """
-    tokens = reply.split(".")
-    try:
-        if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
-            return int(tokens[5]), int(tokens[8])
-        if len(tokens) >= 12 and tokens[0] == "$JS" and tokens[1] == "ACK":
-            return int(tokens[7]), int(tokens[10])
-    except ValueError:
-        pass
-    return None, None
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,9 +252,13 @@ class StreamReader:
                 _log.exception("%s: updating its metrics failed", self.name)
 
     def _take(self, subject: str, reply: str, data: bytes) -> None:
-        sequence, pending = _ack_metadata(reply)
-        if sequence is None:
+        counters = nats_wire.ack_counters(reply)
+        if counters is None:
             return  # not a JetStream delivery
+        try:
+            sequence, pending = int(counters[1]), int(counters[2])
+        except ValueError:
+            return
         self._last_sequence = sequence
         self._pending = pending
         self._loaded += 1

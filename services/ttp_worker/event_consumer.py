@@ -75,8 +75,6 @@ _ERROR_PAUSE_S: Final = 0.5
 _TOP_UP_S: Final = 0.02
 # Longest a stopping worker waits for late deliveries to release.
 _RELEASE_GRACE_S: Final = 2.0
-_ACK_TOKENS: Final = 9
-_ACK_PREFIX: Final = "$JS.ACK."
 
 
 @dataclass
@@ -713,13 +711,12 @@ class OutputTooLargeError(ValueError):
 
 def _deliveries(msg: Msg) -> int:
     """How many times the server has delivered this message (1 the first time)."""
-    # The count is a token of the ack subject: `$JS.ACK.<stream>.<consumer>.<delivered>.`
-    # `<stream seq>.<consumer seq>.<time>.<pending>`, read here without building the
-    # metadata object; other forms (with a domain and account hash) go the long way.
-    reply = getattr(msg, "reply", None) or ""
-    if reply.count(".") == _ACK_TOKENS - 1 and reply.startswith(_ACK_PREFIX):
+    # Read from the ack subject without building nats-py's metadata object (a datetime and
+    # two dataclasses per event); a subject of another form goes the long way.
+    counters = wire.ack_counters(getattr(msg, "reply", None) or "")
+    if counters is not None:
         try:
-            return int(reply.split(".", 5)[4])
+            return int(counters[0])
         except ValueError:
             pass
     try:

@@ -23,6 +23,24 @@ from nats.aio.client import Client
 _NO_NEWLINES: Final = str.maketrans({"\r": " ", "\n": " "})
 
 
+def ack_counters(reply: str) -> tuple[str, str, str] | None:
+    """``(delivered, stream sequence, pending)`` of a JetStream delivery, read from its reply.
+
+    The reply subject is ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer
+    seq>.<time>.<pending>`` (9 tokens), or the newer form with a domain and an account hash
+    after ``$JS.ACK`` (12 tokens or more); None for any other subject. The counters stay
+    text: the worker reads only the delivery count, once per event, and converting all three
+    would cost it more than the split. Callers convert what they read with ``int`` and take
+    a ``ValueError`` as "not a delivery".
+    """
+    match reply.split("."):
+        case ["$JS", "ACK", _, _, delivered, sequence, _, _, pending]:
+            return delivered, sequence, pending
+        case ["$JS", "ACK", _, _, _, _, delivered, sequence, _, _, pending, _, *_]:
+            return delivered, sequence, pending
+    return None
+
+
 def ready(nc: Client) -> bool:
     """Whether commands can go straight to the send buffer now."""
     return bool(nc.is_connected) and not nc.is_draining_pubs
