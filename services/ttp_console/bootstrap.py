@@ -32,7 +32,7 @@ from ttp_console.settings import ConsoleSettings
 from ttp_console.tag_feed import TagFeed
 from ttp_console.tag_store import TagStore
 from ttp_core.attack.catalogue import load_catalogue
-from ttp_runtime.health import HealthServer
+from ttp_runtime.health import HealthServer, local_url
 from ttp_runtime.logging import configure_logging
 from ttp_runtime.nats import connect, drain
 from ttp_runtime.service import first_completed, run_until_signalled
@@ -97,12 +97,7 @@ def bind_socket(host: str, port: int) -> socket.socket:
 
 def console_url(sock: socket.socket, host: str) -> str:
     """The URL the UI is reached at on this machine (the bound port when 0 was asked)."""
-    port = sock.getsockname()[1]
-    if host in {"0.0.0.0", "", "::"}:  # noqa: S104 (naming the wildcard, not binding it)
-        host = "127.0.0.1"
-    elif ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}/"
+    return f"{local_url(host, sock.getsockname()[1])}/"
 
 
 async def _freeze_once_caught_up(tag_feed: TagFeed, rule_feed: RuleFeed) -> None:

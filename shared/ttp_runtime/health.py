@@ -25,7 +25,7 @@ from prometheus_client.exposition import choose_encoder
 
 from ttp_runtime.settings import ServiceSettings
 
-__all__ = ["HealthServer", "Readiness", "ReadinessResult"]
+__all__ = ["HealthServer", "Readiness", "ReadinessResult", "local_url"]
 
 _log = logging.getLogger(__name__)
 
@@ -33,6 +33,19 @@ ReadinessResult = bool | tuple[bool, str]
 Readiness = Callable[[], ReadinessResult]
 
 _NO_STORE: Final = {"Cache-Control": "no-store"}
+_WILDCARDS: Final = frozenset({"0.0.0.0", "", "::"})  # noqa: S104 (naming, not binding)
+
+
+def local_url(host: str, port: int) -> str:
+    """``http://host:port`` of a server bound to ``host``, as reached from this machine.
+
+    A wildcard bind address is reached at 127.0.0.1; an IPv6 address goes in brackets.
+    """
+    if host in _WILDCARDS:
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 class HealthServer:
@@ -78,12 +91,7 @@ class HealthServer:
     @property
     def url(self) -> str:
         """Base URL of the running server, e.g. ``http://127.0.0.1:8080``."""
-        host = self._host
-        if host in {"0.0.0.0", "", "::"}:  # noqa: S104 (naming the wildcard, not binding it)
-            host = "127.0.0.1"
-        elif ":" in host:
-            host = f"[{host}]"
-        return f"http://{host}:{self.port}"
+        return local_url(self._host, self.port)
 
     @property
     def started(self) -> bool:
