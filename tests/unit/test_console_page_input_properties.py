@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from starlette.datastructures import QueryParams
 
 from ttp_console.pages.common import Formatter, confidence_level, duration, heat_level
-from ttp_console.pages.live import MAX_ATTACKER_ID, live_filter
+from ttp_console.pages.live import live_filter
 from ttp_console.pages.rules import MAX_DURATION, MAX_LINE_CHARS, excerpt, parse_duration
-from ttp_console.tag_store import Window, parse_window
+from ttp_console.tag_store import MAX_ID_CHARS, Window, parse_window
 from ttp_core.contract import subjects
 from ttp_core.contract.payloads import RejectionError
 
@@ -87,7 +87,7 @@ def test_a_live_filter_keeps_only_valid_fields(pairs: list[tuple[str, str]]) -> 
         assert _TECHNIQUE.fullmatch(live.technique)
     for token in (live.rule_id, live.source_kind):
         assert token is None or subjects.is_token(token)
-    assert live.attacker_uuid is None or 0 < len(live.attacker_uuid) <= MAX_ATTACKER_ID
+    assert live.attacker_uuid is None or 0 < len(live.attacker_uuid) <= MAX_ID_CHARS
 
 
 @settings(max_examples=300, deadline=None)

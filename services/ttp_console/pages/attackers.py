@@ -8,10 +8,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ttp_console.pages.common import console, render
+from ttp_console.tag_store import MAX_ID_CHARS
 
 __all__ = ["attacker_page", "attackers_page"]
 
-MAX_ATTACKER_ID: Final = 128
 RECENT: Final = 100
 
 
@@ -19,7 +19,7 @@ async def attacker_page(request: Request) -> Response:
     """``/attackers/{attacker_uuid}``: techniques observed for one attacker, with counts and
     the highest confidence, since the console started holding it."""
     context = console(request)
-    attacker_uuid = str(request.path_params["attacker_uuid"])[: MAX_ATTACKER_ID + 1]
+    attacker_uuid = str(request.path_params["attacker_uuid"])[: MAX_ID_CHARS + 1]
     view = context.tags.attacker(attacker_uuid)
     stats = context.tags.stats()
     return render(

@@ -31,6 +31,7 @@ from starlette.types import Receive, Scope, Send
 from ttp_console import metrics
 from ttp_console.pages.common import Formatter, console, render, user_of
 from ttp_console.tag_store import (
+    MAX_ID_CHARS,
     LiveFilter,
     Subscription,
     TagRecord,
@@ -49,7 +50,6 @@ QUEUE_CAPACITY: Final = 500
 """Rows held for one browser between two writes; more are dropped and counted."""
 MAX_EVIDENCE_VALUE: Final = 300
 _TECHNIQUE: Final = re.compile(r"T\d{4}(?:\.\d{3})?")
-MAX_ATTACKER_ID: Final = 128
 RETRY_AFTER_S: Final = 30
 _STREAM_HEADERS: Final = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
@@ -113,7 +113,7 @@ def live_filter(params: QueryParams) -> tuple[LiveFilter, list[str]]:
         ignored.append("kind")
         kind = None
     attacker = value("attacker")
-    if attacker is not None and len(attacker) > MAX_ATTACKER_ID:
+    if attacker is not None and len(attacker) > MAX_ID_CHARS:
         ignored.append("attacker")
         attacker = None
     return LiveFilter(technique, rule_id, kind, attacker), ignored
