@@ -152,7 +152,7 @@ class Console:
         """The app over the console's adapters (feeds made, not started)."""
         catalogue = load_catalogue()
         tags = TagStore(catalogue)
-        self.state.tag_feed = TagFeed(nc, tags)
+        tag_feed = self.state.tag_feed = TagFeed(nc, tags)
         self.state.rule_feed = RuleFeed(nc)
         context = ConsoleContext(
             settings=self.settings,
@@ -161,6 +161,7 @@ class Console:
             rules=self.state.rule_feed,
             catalogue=catalogue,
             templates=console_templates(),
+            tag_progress=lambda: tag_feed.progress,
         )
         return create_app(context)
 

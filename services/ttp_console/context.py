@@ -6,6 +6,7 @@ the logged-in :class:`ConsoleUser` on ``request.state.user``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Literal
 
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
 
     from ttp_console.rule_feed import RuleFeed
     from ttp_console.settings import ConsoleSettings
+    from ttp_console.stream_reader import FeedProgress
     from ttp_console.tag_store import TagStore
     from ttp_core.attack.catalogue import AttackCatalogue
     from ttp_runtime.control_client import ControlClient
@@ -46,3 +48,6 @@ class ConsoleContext:
     rules: RuleFeed
     catalogue: AttackCatalogue
     templates: Jinja2Templates
+    tag_progress: Callable[[], FeedProgress | None]
+    """The tag feed's progress (the matrix page says while it is still loading); None
+    when no feed fills ``tags``."""

@@ -50,7 +50,6 @@ class TagFeed:
             batch=batch,
             after_round=self.update_metrics,
         )
-        store.progress_source = lambda: self._reader.progress
 
     def _from_window_start(self) -> ConsumerConfig:
         return ConsumerConfig(

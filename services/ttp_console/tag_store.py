@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Final, NamedTuple, Protocol
+from typing import Any, Final, NamedTuple
 
 import msgspec
 import pydantic
@@ -54,7 +54,6 @@ __all__ = [
     "AttackerTechnique",
     "AttackerView",
     "DropReason",
-    "FeedStatus",
     "LiveFilter",
     "StoreStats",
     "Subscription",
@@ -324,19 +323,6 @@ class LiveFilter:
         return True
 
 
-class FeedStatus(Protocol):
-    """How far the reader filling the store got (the tag feed's progress)."""
-
-    @property
-    def loaded(self) -> int: ...
-    @property
-    def pending(self) -> int | None: ...
-    @property
-    def caught_up(self) -> bool: ...
-    @property
-    def error(self) -> str | None: ...
-
-
 class TooManySubscribersError(RuntimeError):
     """The store already feeds its cap of live subscribers."""
 
@@ -453,8 +439,6 @@ class TagStore:
         self._hour_floor = -1
         self._window_cache: dict[Window, tuple[tuple[int, int], dict[str, TechniqueCount]]] = {}
         self._tokens: dict[str, bool] = {}
-        self.progress_source: Callable[[], FeedStatus] | None = None
-        """Set by the feed that fills the store, so pages can say whether it is still loading."""
 
     # ---------------------------------------------------------------------------- ingestion
 
@@ -679,10 +663,6 @@ class TagStore:
             if len(out) >= limit:
                 break
         return out
-
-    def feed_progress(self) -> FeedStatus | None:
-        """The filling feed's progress, when a feed fills this store."""
-        return None if self.progress_source is None else self.progress_source()
 
     def stats(self) -> StoreStats:
         return StoreStats(

@@ -64,6 +64,7 @@ async def serve_console_in_process(
         rules=rule_feed,
         catalogue=catalogue,
         templates=console_templates(),
+        tag_progress=lambda: tag_feed.progress,
     )
     app = create_app(context)
     rule_feed.start()

@@ -90,7 +90,9 @@ async def test_the_tag_feed_loads_the_window_then_follows_live(bus: RoleNats, re
         await eventually(lambda: store.stats().tags == 300, "the stored tags")
         assert feed.progress.loaded == 300
         assert feed.progress.pending == 0
-        assert store.feed_progress() is not None
+        # What the matrix page's status line reads (ConsoleContext.tag_progress): loaded.
+        assert feed.progress.caught_up
+        assert feed.progress.error is None
 
         await publish_tags(bus, 5, first=300)
         await eventually(lambda: store.stats().tags == 305, "the live tags")

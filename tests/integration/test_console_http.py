@@ -98,6 +98,7 @@ async def serve(tmp_path: Path) -> AsyncIterator[ServeFactory]:
             rules=cast(Any, None),
             catalogue=cast(Any, None),
             templates=console_templates(),
+            tag_progress=lambda: None,
         )
         app = create_app(context)
         app.router.routes.extend(

@@ -128,7 +128,7 @@ async def matrix_page(request: Request) -> Response:
             "techniques_observed": len(observed),
             "techniques_covered": len(covered),
             "stats": context.tags.stats(),
-            "feed": context.tags.feed_progress(),
+            "feed": context.tag_progress(),
             "rules_feed": context.rules.progress,
         },
         active_nav="matrix",
