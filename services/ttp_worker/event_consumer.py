@@ -44,6 +44,7 @@ from ttp_core.engine.tags import Tag
 from ttp_runtime import nats_wire as wire
 from ttp_runtime.nats import MSG_ID_HEADER
 from ttp_runtime.pubacks import Outbound, PubAckRounds, Round
+from ttp_runtime.pull import PullBatches
 from ttp_runtime.tracing import (
     get_tracer,
     inject_headers,
@@ -59,7 +60,6 @@ from ttp_worker.events import (
     parse_event,
     tagged_message,
 )
-from ttp_worker.pull import PullBatches
 from ttp_worker.rulebook import Ruleset
 
 _log = logging.getLogger(__name__)

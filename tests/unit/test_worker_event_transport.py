@@ -18,7 +18,7 @@ import nats.js.errors
 import pytest
 
 from ttp_runtime.pubacks import NoPubAckError, PubAckRounds
-from ttp_worker.pull import PullBatches
+from ttp_runtime.pull import PullBatches
 
 # --------------------------------------------------------------------------------------------
 # PubAck rounds

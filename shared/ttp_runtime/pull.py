@@ -1,4 +1,7 @@
-"""Batches of events from the shared pull consumer, read straight off the subscription queue.
+"""Batches of messages from a pull consumer, read straight off the subscription queue.
+
+The worker takes events from the shared durable consumer this way, the console its feeds
+from its own ephemeral consumers.
 
 nats-py's `PullSubscription.fetch` waits for each message of a batch on its own: a uuid, a
 task and a `wait_for` timer per message, several times the cost of the message itself. A
@@ -40,7 +43,7 @@ class PullBatches:
         self._queue: asyncio.Queue[Msg] = self._inner._pending_queue
 
     def take(self, limit: int, into: list[Msg]) -> str | None:
-        """Move queued events into `into` (up to `limit` in all); the status that ended a
+        """Move queued messages into `into` (up to `limit` in all); the status that ended a
         request if one was met on the way (it is consumed), else None."""
         queue = self._queue
         while len(into) < limit and not queue.empty():
@@ -50,7 +53,7 @@ class PullBatches:
         return None
 
     async def request(self, batch: int, *, expires_s: float | None = None) -> None:
-        """Ask for up to `batch` events: waiting up to `expires_s` for the first, or (None)
+        """Ask for up to `batch` messages: waiting up to `expires_s` for the first, or (None)
         only those there right now (`no_wait`: the server ends the request with a 404)."""
         body: dict[str, Any] = {"batch": batch}
         if expires_s is None:
@@ -63,7 +66,7 @@ class PullBatches:
         )
 
     async def collect(self, into: list[Msg], limit: int, timeout: float) -> str | None:
-        """Add events to `into` until it holds `limit`, a request ends (its status is
+        """Add messages to `into` until it holds `limit`, a request ends (its status is
         returned) or `timeout` passes."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
