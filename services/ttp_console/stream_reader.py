@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import uuid
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from ttp_runtime import nats_wire
+from ttp_runtime.pull import PullBatches
 
 __all__ = ["FeedProgress", "StreamReader"]
 
@@ -37,8 +37,6 @@ INACTIVE_THRESHOLD_S: Final = 300.0
 FETCH_TIMEOUT_S: Final = 1.0
 RETRY_MIN_S: Final = 0.2
 RETRY_MAX_S: Final = 5.0
-_STATUS: Final = "Status"
-_HEARTBEAT: Final = "100"
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,41 +191,39 @@ class StreamReader:
         self._report()
 
     async def _read(self) -> None:
-        """Pull requests of ``batch`` messages answered on one inbox subscription.
+        """Pull requests of ``batch`` messages, taken off the pull subscription's queue.
 
         nats-py's ``fetch`` waits for each message of a batch with a task and a timer of its
-        own, several times the cost of the message; here each delivery is handed over from
-        the subscription's callback, and the next request goes out once a batch is complete
-        or the server ended the request (no messages before it expired).
+        own, several times the cost of the message; :class:`PullBatches` reads the queue
+        directly. Deliveries are handed over as they come (a live tag reaches the pages
+        without waiting for its round to end), and the next request goes out once a batch
+        is complete or the server ended the request (no messages before it expired).
         """
         consumer = self._consumer or ""
-        next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{self.stream}.{consumer}"
-        request = json.dumps(
-            {"batch": self.batch, "expires": int(FETCH_TIMEOUT_S * 1_000_000_000)}
-        ).encode()
-        ended = asyncio.Event()
-        received = 0
-
-        async def on_message(msg: Msg) -> None:
-            nonlocal received
-            if not msg.data and msg.headers and _STATUS in msg.headers:
-                if msg.headers[_STATUS] != _HEARTBEAT:
-                    ended.set()  # no messages (404), expired (408), or a conflict (409)
-                return
-            received += 1
-            self._take(msg.subject, msg.reply, msg.data)
-            if received >= self.batch:
-                ended.set()
-
-        self._sub = await self._nc.subscribe(self._nc.new_inbox(), cb=on_message)
+        self._sub = await self._js.pull_subscribe_bind(consumer=consumer, stream=self.stream)
+        pull = PullBatches(self._nc, self._sub)
+        loop = asyncio.get_running_loop()
         idle_rounds = 0
         while not self._stopping.is_set():
-            ended.clear()
+            await pull.request(self.batch, expires_s=FETCH_TIMEOUT_S)
+            # A request lost to a reconnect is never answered: ask again after this.
+            deadline = loop.time() + FETCH_TIMEOUT_S + 1.0
             received = 0
-            await self._nc.publish(next_subject, request, reply=self._sub.subject)
-            with contextlib.suppress(TimeoutError):
-                # A request lost to a reconnect is never answered: ask again after this.
-                await asyncio.wait_for(ended.wait(), FETCH_TIMEOUT_S + 1.0)
+            while received < self.batch:
+                msgs: list[Msg] = []
+                ended = pull.take(self.batch - received, msgs) is not None
+                if not msgs and not ended:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    ended = await pull.collect(msgs, 1, remaining) is not None
+                    if not msgs and not ended:
+                        break  # the request was lost
+                for msg in msgs:
+                    self._take(msg.subject, msg.reply, msg.data)
+                received += len(msgs)
+                if ended:
+                    break  # no messages (404), expired (408), or a conflict (409)
             if received:
                 idle_rounds = 0
             else:
